@@ -1,0 +1,1 @@
+"""Tracker integrations, shipped as `tracked_ckpt.integrations`; the only modules that import a tracker SDK."""

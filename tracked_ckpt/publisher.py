@@ -1,0 +1,176 @@
+"""The publisher: takes spooled checkpoints to their trackers, off the training thread.
+
+One background worker logs entries in the order they were saved. A tracker
+error is retried with exponential backoff while training goes on; the entry
+stays in the spool until every tracker confirmed it. `close` waits a bounded
+time and reports what was logged and what is still pending.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable, Mapping
+
+from tracked_ckpt.spool import Spool, SpoolEntry, sha256_file
+from tracked_ckpt.tracker import Tracker
+
+logger = logging.getLogger("tracked_ckpt")
+
+#: Called after a tracker confirmed an entry: (entry, tracker name, tracker's id).
+LoggedHook = Callable[[SpoolEntry, str, str], None]
+
+
+@dataclasses.dataclass
+class PublishReport:
+    """What the publisher did: ids logged per tracker, and entries still pending."""
+
+    logged: list[tuple[SpoolEntry, str, str]] = dataclasses.field(default_factory=list)
+    pending: list[SpoolEntry] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.pending
+
+
+class Publisher:
+    """Logs spool entries to trackers, in order, with retries.
+
+    Args:
+        trackers: tracker name -> tracker object (names as in the entries' destinations).
+        spool: where entries live until confirmed.
+        asynchronous: True to log on a background thread, False to log inline in `submit`.
+        on_logged: called (on the logging thread) whenever a tracker confirms an entry.
+        max_backoff: longest wait, in seconds, between two attempts at a failing entry.
+    """
+
+    def __init__(
+        self,
+        trackers: Mapping[str, Tracker],
+        spool: Spool,
+        *,
+        asynchronous: bool = True,
+        on_logged: LoggedHook | None = None,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ):
+        self.trackers = dict(trackers)
+        self.spool = spool
+        self.asynchronous = asynchronous
+        self.on_logged = on_logged
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.report = PublishReport()
+        self._queue: collections.deque[SpoolEntry] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deadline: float | None = None
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+
+    def submit(self, entry: SpoolEntry) -> None:
+        """Queue a spooled entry. In sync mode, log it (and anything before it) now."""
+        with self._cond:
+            self._queue.append(entry)
+            self._cond.notify_all()
+        if not self.asynchronous:
+            self._drain_once()
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tracked-ckpt-publisher", daemon=True)
+            self._thread.start()
+
+    @property
+    def pending_count(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def close(self, timeout: float | None = None) -> PublishReport:
+        """Log what is queued, waiting at most `timeout` seconds (None: until done)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.asynchronous and self._thread is not None:
+            with self._cond:
+                self._closing = True
+                self._deadline = deadline
+                self._cond.notify_all()
+            self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0)
+            if self._thread.is_alive():
+                # Still inside a tracker call: it finishes on its own, the spool keeps the rest.
+                logger.warning("A checkpoint upload was still in progress when the wait ran out.")
+        else:
+            while self._queue and (deadline is None or time.monotonic() < deadline):
+                if not self._drain_once():
+                    self._sleep_backoff(deadline)
+        with self._cond:
+            self.report.pending = list(self._queue)
+        return self.report
+
+    # -- worker -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue or self._past_deadline():
+                    return
+            if not self._drain_once():
+                self._sleep_backoff(self._deadline)
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _sleep_backoff(self, deadline: float | None) -> None:
+        delay = min(self.max_backoff, self.initial_backoff * 2 ** max(0, self._failures - 1))
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            # Woken early by close(), so a shortened deadline is honoured.
+            self._cond.wait(delay)
+
+    def _drain_once(self) -> bool:
+        """Try to log queued entries in order; False when one failed (it stays queued)."""
+        while True:
+            with self._cond:
+                if not self._queue:
+                    return True
+                entry = self._queue[0]
+            if not self._publish(entry):
+                return False
+            with self._cond:
+                self._queue.popleft()
+
+    def _publish(self, entry: SpoolEntry) -> bool:
+        try:
+            if not entry.record.sha256:
+                # Hashing happens here, not on the training thread: the staged file is frozen.
+                sha, size = sha256_file(entry.staged_path)
+                entry.record = dataclasses.replace(entry.record, sha256=sha, size_bytes=size)
+                self.spool.add(entry)
+            for name in entry.pending_trackers:
+                tracker = self.trackers[name]
+                ref = tracker.log_checkpoint(entry.record, entry.staged_path, entry.destinations[name])
+                entry.done[name] = ref
+                self.spool.add(entry)
+                self.report.logged.append((entry, name, ref))
+                if self.on_logged is not None:
+                    self.on_logged(entry, name, ref)
+        except Exception as exc:  # any tracker failure is retried; the entry stays spooled
+            self._failures += 1
+            message = f"{entry.record.name}: {type(exc).__name__}: {exc}"
+            if self._failures == 1 or self._failures % 10 == 0:
+                logger.warning(
+                    "Could not log checkpoint %s (attempt %d); will retry, training goes on.",
+                    message,
+                    self._failures,
+                )
+            self.report.errors.append(message)
+            return False
+        self._failures = 0
+        self.spool.remove(entry)
+        return True

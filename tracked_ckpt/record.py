@@ -1,0 +1,221 @@
+"""The checkpoint record: one metadata schema shared by every tracker.
+
+A `CheckpointRecord` describes one file that Keras wrote. Trackers store its
+`metadata()` as-is (MLflow: LoggedModel tags `tracked_ckpt.<key>`; W&B: the
+artifact's metadata), and `CheckpointRecord.from_metadata` reads it back, so
+every tracker, the registry helper and the CLI agree on keys and values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Mapping
+
+# The schema, in display order. Values are str, int, float or bool; a key whose
+# value is unknown (no git repo, monitored metric missing from the logs) is
+# omitted rather than stored as an empty string.
+SCHEMA_KEYS: tuple[str, ...] = (
+    "epoch",
+    "step",
+    "monitor",
+    "value",
+    "mode",
+    "is_best",
+    "sha256",
+    "size_bytes",
+    "format",
+    "filepath",
+    "keras_version",
+    "backend",
+    "git_commit",
+    "git_branch",
+    "git_dirty",
+    "git_remote",
+)
+
+# Prefix used where a tracker keeps metadata in a flat, shared namespace (MLflow tags).
+TAG_PREFIX = "tracked_ckpt."
+
+FORMATS = ("keras", "h5", "weights.h5")
+
+# Safe for every tracker: MLflow rejects / : . % " ' in LoggedModel names and
+# W&B artifact names allow only alphanumerics, dashes, underscores and dots.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
+
+
+def file_format(filepath: str) -> str:
+    """Return the schema's `format` for a checkpoint path (keras, h5 or weights.h5).
+
+    Raises:
+        ValueError: the extension is not one Keras 3 `ModelCheckpoint` writes.
+    """
+    if filepath.endswith(".weights.h5"):
+        return "weights.h5"
+    if filepath.endswith(".keras"):
+        return "keras"
+    if filepath.endswith(".h5"):
+        return "h5"
+    raise ValueError(
+        f"Checkpoint filepath {filepath!r} has an unsupported extension: use '.keras' "
+        "(or '.h5') for full models, or '.weights.h5' with save_weights_only=True."
+    )
+
+
+def sanitize_name(name: str) -> str:
+    """Turn any string (e.g. a Keras model name) into a checkpoint name every tracker accepts."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")
+    cleaned = cleaned[:180] or "model"
+    if not cleaned[0].isalnum():
+        cleaned = "m" + cleaned
+    return cleaned
+
+
+def validate_name(name: str) -> str:
+    """Check a user-given checkpoint name.
+
+    Raises:
+        ValueError: the name would be rejected by a tracker.
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"Invalid checkpoint name {name!r}: use letters, digits, '-' and '_' only, starting "
+            f"with a letter or digit (trackers reject '/', ':', '.', '%' and quotes), e.g. "
+            f"name={sanitize_name(str(name))!r}."
+        )
+    return name
+
+
+def checkpoint_name(name: str, epoch: int, batch: int | None) -> str:
+    """Name of one checkpoint: `{name}-e{epoch:04d}`, plus `-b{batch:06d}` for batch saves."""
+    suffix = f"-e{epoch:04d}"
+    if batch is not None:
+        suffix += f"-b{batch:06d}"
+    return name + suffix
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+    """Everything recorded about one checkpoint file.
+
+    Attributes:
+        name: the checkpoint's name in the tracker, e.g. `digits-e0003`.
+        epoch: 1-based epoch, as in Keras file names.
+        step: global batch count (optimizer iterations) when the file was written.
+        batch: 1-based batch within the epoch for batch-level saves, else None.
+        monitor: the monitored metric name.
+        value: the monitored metric's value, or None when it was missing from the logs.
+        mode: "min" or "max".
+        is_best: the value was the best seen so far at save time (False when missing).
+        sha256, size_bytes: content hash and size of the file as written.
+        format: "keras", "h5" or "weights.h5".
+        filepath: the local path Keras wrote.
+        keras_version, backend: the Keras version and backend that wrote it.
+        git_commit, git_branch, git_dirty, git_remote: provenance of the training code.
+        metrics: the logs Keras passed for this save (epoch or batch logs).
+    """
+
+    name: str
+    epoch: int
+    step: int
+    monitor: str
+    mode: str
+    is_best: bool
+    sha256: str
+    size_bytes: int
+    format: str
+    filepath: str
+    keras_version: str
+    backend: str
+    value: float | None = None
+    batch: int | None = None
+    git_commit: str | None = None
+    git_branch: str | None = None
+    git_dirty: bool | None = None
+    git_remote: str | None = None
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity of the checkpoint within a run: logging the same key twice is a no-op."""
+        return f"e{self.epoch}-s{self.step}-{self.sha256[:16]}"
+
+    def metadata(self) -> dict[str, Any]:
+        """The schema as a dict of plain values; unknown values are left out."""
+        out: dict[str, Any] = {}
+        for key in SCHEMA_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            out[key] = value
+        return out
+
+    def string_metadata(self) -> dict[str, str]:
+        """The schema with every value as a string, for trackers that only store strings."""
+        return {key: _to_str(value) for key, value in self.metadata().items()}
+
+    @classmethod
+    def from_metadata(
+        cls,
+        metadata: Mapping[str, Any],
+        *,
+        name: str = "",
+        metrics: Mapping[str, float] | None = None,
+    ) -> "CheckpointRecord":
+        """Rebuild a record from what a tracker stored (plain or string values)."""
+        missing = [k for k in ("epoch", "step", "sha256") if k not in metadata]
+        if missing:
+            raise ValueError(f"Not a tracked-ckpt checkpoint: metadata lacks {missing}.")
+        value = metadata.get("value")
+        return cls(
+            name=name,
+            epoch=int(metadata["epoch"]),
+            step=int(metadata["step"]),
+            monitor=str(metadata.get("monitor", "")),
+            mode=str(metadata.get("mode", "")),
+            is_best=_to_bool(metadata.get("is_best", False)),
+            sha256=str(metadata["sha256"]),
+            size_bytes=int(metadata.get("size_bytes", 0)),
+            format=str(metadata.get("format", "")),
+            filepath=str(metadata.get("filepath", "")),
+            keras_version=str(metadata.get("keras_version", "")),
+            backend=str(metadata.get("backend", "")),
+            value=None if value in (None, "") else float(value),
+            git_commit=_opt_str(metadata.get("git_commit")),
+            git_branch=_opt_str(metadata.get("git_branch")),
+            git_dirty=None if metadata.get("git_dirty") in (None, "") else _to_bool(metadata["git_dirty"]),
+            git_remote=_opt_str(metadata.get("git_remote")),
+            metrics=dict(metrics or {}),
+        )
+
+
+def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
+    """Keep the finite scalar entries of Keras logs, as floats."""
+    out: dict[str, float] = {}
+    for key, value in (logs or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[str(key)] = number
+    return out
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)

@@ -1,0 +1,163 @@
+"""The durable spool: checkpoints waiting to be logged, one file and one manifest each.
+
+Keras writes `.keras` files in place and may overwrite the same path next epoch,
+so the training thread freezes each written file here before anything uploads
+it. Freezing is a hard link when the spool is on the same filesystem (constant
+time, whatever the file size) and a copy otherwise; `release_path` makes sure
+Keras never writes into an inode the spool still holds. An entry stays until
+every tracker confirmed it, so a crash or an unreachable tracker loses nothing:
+`tracked-ckpt sync` (or the next `fit`) logs what is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Any, Iterator
+
+from tracked_ckpt.record import CheckpointRecord
+
+logger = logging.getLogger("tracked_ckpt")
+
+MANIFEST_SUFFIX = ".json"
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass
+class SpoolEntry:
+    """One checkpoint in the spool.
+
+    Attributes:
+        id: unique id, also the stem of the staged file and manifest.
+        record: the checkpoint's record (sha256 filled in once hashed).
+        staged_path: the frozen copy of the checkpoint file.
+        destinations: tracker name -> where to log it (what `Tracker.start` returned).
+        done: tracker name -> the id the tracker gave it, once logged.
+        created: UNIX time the entry was made.
+    """
+
+    id: str
+    record: CheckpointRecord
+    staged_path: str
+    destinations: dict[str, dict[str, Any]]
+    done: dict[str, str] = dataclasses.field(default_factory=dict)
+    created: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def pending_trackers(self) -> list[str]:
+        return [name for name in self.destinations if name not in self.done]
+
+    def to_json(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self.record)
+        record["metrics"] = dict(self.record.metrics)
+        return {
+            "id": self.id,
+            "record": record,
+            "staged_file": os.path.basename(self.staged_path),
+            "destinations": self.destinations,
+            "done": self.done,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], directory: str) -> "SpoolEntry":
+        return cls(
+            id=data["id"],
+            record=CheckpointRecord(**data["record"]),
+            staged_path=os.path.join(directory, data["staged_file"]),
+            destinations=data["destinations"],
+            done=data.get("done", {}),
+            created=data.get("created", 0.0),
+        )
+
+
+class Spool:
+    """A directory of staged checkpoint files with a JSON manifest beside each."""
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.directory = os.path.abspath(os.fspath(directory))
+
+    def stage(self, src: str) -> str:
+        """Freeze the file at `src` into the spool and return the frozen path."""
+        os.makedirs(self.directory, exist_ok=True)
+        suffix = _checkpoint_suffix(src)
+        dst = os.path.join(self.directory, f"{uuid.uuid4().hex}{suffix}")
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or links not supported: fall back to a copy
+            shutil.copyfile(src, dst)
+        return dst
+
+    def add(self, entry: SpoolEntry) -> None:
+        """Write (or rewrite) an entry's manifest atomically."""
+        path = os.path.join(self.directory, entry.id + MANIFEST_SUFFIX)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(entry.to_json(), f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Drop an entry once every tracker has confirmed it."""
+        for path in (entry.staged_path, os.path.join(self.directory, entry.id + MANIFEST_SUFFIX)):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+    def entries(self) -> Iterator[SpoolEntry]:
+        """Entries still in the spool, oldest first."""
+        if not os.path.isdir(self.directory):
+            return
+        found = []
+        for name in os.listdir(self.directory):
+            if not name.endswith(MANIFEST_SUFFIX):
+                continue
+            try:
+                with open(os.path.join(self.directory, name)) as f:
+                    entry = SpoolEntry.from_json(json.load(f), self.directory)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("Skipping unreadable spool manifest %s: %s", name, exc)
+                continue
+            found.append(entry)
+        yield from sorted(found, key=lambda e: (e.created, e.id))
+
+    def new_id(self) -> str:
+        return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+
+
+def release_path(path: str) -> None:
+    """Before Keras rewrites `path`, detach it from any spool link so the staged bytes stay as they were.
+
+    Keras opens checkpoint files with mode "wb", which truncates the existing
+    inode; a hard-linked spool entry would see the new bytes. Removing the path
+    first makes Keras create a fresh inode instead.
+    """
+    try:
+        if os.stat(path).st_nlink > 1:
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def sha256_file(path: str) -> tuple[str, int]:
+    """Return (hex sha256, size in bytes) of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _checkpoint_suffix(path: str) -> str:
+    for suffix in (".weights.h5", ".keras", ".h5"):
+        if path.endswith(suffix):
+            return suffix
+    return os.path.splitext(path)[1]
