@@ -1,0 +1,361 @@
+"""`TrackedModelCheckpoint`: Keras's `ModelCheckpoint`, with every written file logged to a tracker.
+
+This is the only module that touches Keras internals (`_should_save_model`,
+`_save_model`, `_set_monitor_op`), since Keras 3 has no after-save hook.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import weakref
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+from keras.callbacks import ModelCheckpoint
+from keras.src.utils import io_utils
+
+from tracked_ckpt import git as git_provenance
+from tracked_ckpt.publisher import PublishReport, Publisher
+from tracked_ckpt.record import (
+    CheckpointRecord,
+    checkpoint_name,
+    clean_metrics,
+    file_format,
+    sanitize_name,
+    validate_name,
+)
+from tracked_ckpt.spool import Spool, SpoolEntry, release_path
+from tracked_ckpt.tracker import Tracker, resolve_trackers, tracker_key
+
+logger = logging.getLogger("tracked_ckpt")
+
+_UPLOAD_MODES = ("async", "sync")
+_MODES = ("auto", "min", "max")
+
+
+class TrackedModelCheckpoint(ModelCheckpoint):
+    """Save the model like `keras.callbacks.ModelCheckpoint`, and log every saved file to a tracker.
+
+    Every Keras argument behaves as in `ModelCheckpoint` and the files on disk
+    are the ones Keras writes. Each file Keras actually writes is logged exactly
+    once, with the metadata schema of `tracked_ckpt.record` (epoch, step,
+    monitored value, best-so-far flag, sha256, git commit, ...): on MLflow as
+    one LoggedModel of the active run, on W&B as one artifact version.
+
+    The training thread only freezes the written file into a spool directory
+    (a hard link, or a copy across filesystems) and queues it; a background
+    worker uploads in order, retrying while the tracker is unreachable. At the
+    end of `fit` the callback waits up to `wait_timeout` seconds; anything not
+    logged by then stays in the spool for `tracked-ckpt sync`.
+
+    Args:
+        filepath: where to save, as in `ModelCheckpoint` (`.keras`, `.h5`, or
+            `.weights.h5` with `save_weights_only=True`; may hold `{epoch}`,
+            `{batch}` and log-key placeholders).
+        monitor, verbose, save_best_only, save_weights_only, mode, save_freq,
+            initial_value_threshold: as in `keras.callbacks.ModelCheckpoint`,
+            except that an unknown `mode` is an error rather than a warning.
+            `verbose=1` also prints one line per logged checkpoint.
+        tracker: "mlflow" (default), "wandb", any name registered under the
+            `tracked_ckpt.trackers` entry point group, a tracker object
+            (e.g. `tracked_ckpt.integrations.mlflow.MlflowTracker(...)`), or a
+            list of them to log each checkpoint to several trackers.
+        name: base name of the logged checkpoints (`{name}-e0003`); defaults
+            to the Keras model's name, sanitised.
+        upload: "async" (default) to upload on a background thread, or
+            "sync" to upload inline before training continues.
+        log_git: record the git commit, branch, dirty flag and (redacted)
+            remote of the repository containing the working directory.
+        spool_dir: where checkpoints wait to be logged; defaults to a
+            `.tracked_ckpt/spool` folder next to the checkpoint files (the same
+            filesystem, so freezing a file is a hard link, not a copy).
+        wait_timeout: seconds `on_train_end` waits for uploads (None: no limit).
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+    from tracked_ckpt import TrackedModelCheckpoint
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)], name="demo")
+    model.compile(optimizer="adam", loss="mse")
+    x, y = np.random.rand(64, 4), np.random.rand(64, 1)
+    checkpoint = TrackedModelCheckpoint(
+        "checkpoints/demo-{epoch:02d}.keras", monitor="val_loss", tracker="mlflow"
+    )
+    model.fit(x, y, validation_split=0.25, epochs=3, callbacks=[checkpoint])
+    # Three LoggedModels demo-e0001..demo-e0003 in the MLflow run, with val_loss attached.
+    ```
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+        *,
+        tracker: "str | Tracker | Sequence[str | Tracker]" = "mlflow",
+        name: str | None = None,
+        upload: str = "async",
+        log_git: bool = True,
+        spool_dir: str | os.PathLike[str] | None = None,
+        wait_timeout: float | None = 600.0,
+    ):
+        if mode not in _MODES:
+            raise ValueError(f"Invalid mode {mode!r}: use 'auto', 'min' or 'max'.")
+        if upload not in _UPLOAD_MODES:
+            raise ValueError(f"Invalid upload {upload!r}: use 'async' (default) or 'sync'.")
+        filepath = os.fspath(filepath)
+        if "://" in filepath:
+            raise ValueError(
+                f"filepath {filepath!r} is a remote URI: tracked-ckpt saves locally and uploads "
+                "through the tracker, so pass a local path."
+            )
+        super().__init__(
+            filepath,
+            monitor=monitor,
+            verbose=verbose,
+            save_best_only=save_best_only,
+            save_weights_only=save_weights_only,
+            mode=mode,
+            save_freq=save_freq,
+            initial_value_threshold=initial_value_threshold,
+        )
+        self.format = file_format(self.filepath)
+        self.name = validate_name(name) if name is not None else None
+        self.upload = upload
+        self.log_git = log_git
+        self.wait_timeout = wait_timeout
+        self.trackers = resolve_trackers(tracker)
+        self._tracker_by_key = {tracker_key(t): t for t in self.trackers}
+        self.spool = Spool(
+            spool_dir
+            if spool_dir is not None
+            else os.path.join(os.path.dirname(os.path.abspath(self.filepath)), ".tracked_ckpt", "spool")
+        )
+        self.best_value: float | None = None  # best monitored value among logged checkpoints
+        self.last_report: PublishReport | None = None
+        self._destinations: dict[str, dict[str, Any]] = {}
+        self._publisher: Publisher | None = None
+        self._git = git_provenance.GitInfo()
+        self._saving: dict[str, Any] | None = None
+        self._messages: list[str] = []
+        self._atexit = None
+
+    # -- Keras hooks ----------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.monitor_op is None:
+            try:
+                # Keras sets this lazily at the first epoch end, which crashes batch-level
+                # save_best_only (3.15); resolve it now while the compiled metrics are known.
+                self._set_monitor_op()
+            except ValueError:
+                pass  # auto mode not resolvable yet; Keras retries (and explains) at epoch end
+        self._git = git_provenance.capture() if self.log_git else git_provenance.GitInfo()
+        self._destinations = {
+            key: tracker.start(run_name=None) for key, tracker in self._tracker_by_key.items()
+        }
+        self._publisher = Publisher(
+            self._tracker_by_key,
+            self.spool,
+            asynchronous=self.upload == "async",
+            on_logged=self._on_logged,
+        )
+        self._resubmit_leftovers()
+        self._atexit = _register_atexit(self)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._print_messages()
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        self._close(success=True)
+
+    def _should_save_model(self, epoch, batch, logs, filepath):
+        if self.save_best_only and self.monitor_op is None:
+            self._set_monitor_op()  # see on_train_begin: the Keras 3.15 batch-level crash
+        decision = super()._should_save_model(epoch, batch, logs, filepath)
+        if decision:
+            release_path(filepath)
+            self._saving = {"filepath": filepath}
+        return decision
+
+    def _save_model(self, epoch, batch, logs):
+        self._saving = None
+        super()._save_model(epoch, batch, logs)
+        if self._saving is not None:  # Keras decided to save and the write returned
+            saving, self._saving = self._saving, None
+            self._on_saved(saving["filepath"], epoch, batch, logs or {})
+
+    # -- after a save ---------------------------------------------------------------------
+
+    def _on_saved(self, filepath: str, epoch: int, batch: int | None, logs: dict) -> None:
+        if self._publisher is None:  # saved outside fit (e.g. a direct call): nothing to log to
+            return
+        record = self._make_record(filepath, epoch, batch, logs)
+        staged = self.spool.stage(filepath)
+        entry = SpoolEntry(
+            id=self.spool.new_id(),
+            record=record,
+            staged_path=staged,
+            destinations=dict(self._destinations),
+        )
+        self.spool.add(entry)
+        self._publisher.submit(entry)
+        if not self._publisher.asynchronous:
+            self._print_messages()
+
+    def _make_record(self, filepath: str, epoch: int, batch: int | None, logs: dict) -> CheckpointRecord:
+        value = _scalar(logs.get(self.monitor))
+        is_best = value is not None and (self.best_value is None or self._better(value, self.best_value))
+        if is_best:
+            self.best_value = value
+        return CheckpointRecord(
+            name=checkpoint_name(self._base_name(), epoch + 1, None if batch is None else batch + 1),
+            epoch=epoch + 1,
+            step=self._global_step(),
+            batch=None if batch is None else batch + 1,
+            monitor=self.monitor,
+            value=value,
+            mode=self.resolved_mode,
+            is_best=is_best,
+            sha256="",  # filled in by the publisher, off the training thread
+            size_bytes=os.path.getsize(filepath),
+            format=self.format,
+            filepath=os.path.abspath(filepath),
+            keras_version=keras.__version__,
+            backend=keras.backend.backend(),
+            git_commit=self._git.commit,
+            git_branch=self._git.branch,
+            git_dirty=self._git.dirty,
+            git_remote=self._git.remote,
+            metrics=clean_metrics(logs),
+        )
+
+    @property
+    def resolved_mode(self) -> str:
+        """"min" or "max": the explicit mode, or what Keras inferred for mode="auto"."""
+        if self.mode in ("min", "max"):
+            return self.mode
+        if self.monitor_op is None:
+            try:
+                self._set_monitor_op()
+            except ValueError:
+                return "min"
+        return "max" if self.monitor_op is keras.ops.greater else "min"
+
+    def _better(self, value: float, reference: float) -> bool:
+        return value > reference if self.resolved_mode == "max" else value < reference
+
+    def _base_name(self) -> str:
+        if self.name is None:
+            self.name = sanitize_name(getattr(self.model, "name", None) or "model")
+        return self.name
+
+    def _global_step(self) -> int:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            try:
+                return int(keras.ops.convert_to_numpy(optimizer.iterations))
+            except Exception:
+                pass
+        return 0
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def _resubmit_leftovers(self) -> None:
+        """Queue checkpoints an earlier, interrupted fit left in this spool."""
+        for entry in self.spool.entries():
+            known = {k: v for k, v in entry.destinations.items() if k in self._tracker_by_key}
+            if known and all(k in self._tracker_by_key for k in entry.pending_trackers):
+                logger.info("Logging %s left in the spool by an earlier run.", entry.record.name)
+                self._publisher.submit(entry)
+
+    def _on_logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
+        if self.verbose > 0:
+            display = self._tracker_by_key[tracker].display_name
+            self._messages.append(
+                f"Epoch {entry.record.epoch}: logged {entry.record.name} to {display} ({ref})"
+            )
+
+    def _print_messages(self) -> None:
+        while self._messages:
+            io_utils.print_msg(self._messages.pop(0))
+
+    def _close(self, success: bool) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is None:
+            return
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+            self._atexit = None
+        report = publisher.close(self.wait_timeout)
+        self.last_report = report
+        self._print_messages()
+        for key, tracker in self._tracker_by_key.items():
+            try:
+                tracker.finish(success=success)
+            except Exception as exc:
+                logger.warning("Could not finish the %s run: %s", tracker.display_name, exc)
+        self._summarize(report)
+
+    def _summarize(self, report: PublishReport) -> None:
+        count = len({entry.id for entry, _, _ in report.logged})
+        links = [
+            url
+            for key, tracker in self._tracker_by_key.items()
+            if (url := tracker.run_url(self._destinations.get(key, {})))
+        ]
+        where = f" ({', '.join(links)})" if links else ""
+        if report.pending:
+            logger.error(
+                "%d checkpoint(s) are not logged yet and wait in %s; run `tracked-ckpt sync %s` "
+                "(or start the next fit with the same spool) to log them.",
+                len(report.pending),
+                self.spool.directory,
+                self.spool.directory,
+            )
+        message = f"tracked-ckpt: logged {count} checkpoint(s){where}"
+        if self.best_value is not None:
+            message += f"; best {self.monitor}={self.best_value:.5g}"
+        logger.info(message)
+        if self.verbose > 0:
+            io_utils.print_msg(message)
+
+
+def _scalar(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        array = np.asarray(value)
+        if array.shape != ():
+            return None
+        number = float(array)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _register_atexit(callback: TrackedModelCheckpoint):
+    """Flush on interpreter exit when fit was interrupted before on_train_end."""
+    ref = weakref.ref(callback)
+
+    def flush() -> None:
+        cb = ref()
+        if cb is not None:
+            cb._close(success=False)
+
+    atexit.register(flush)
+    return flush
