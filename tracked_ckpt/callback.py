@@ -303,6 +303,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self._atexit = None
         report = publisher.close(self.wait_timeout)
         self.last_report = report
+        if report.ok:
+            self.spool.remove_if_empty()
         self._print_messages()
         for key, tracker in self._tracker_by_key.items():
             try:

@@ -50,6 +50,8 @@ def redact_remote(url: str) -> str | None:
             return None
         if not parts.scheme or (not host and parts.scheme != "file"):
             return None
+        if "@" in parts.path:  # a raw '/' in a token pushed the credentials into the path
+            return None
         netloc = host or ""
         if ":" in netloc:  # IPv6 literal
             netloc = f"[{netloc}]"
@@ -59,6 +61,8 @@ def redact_remote(url: str) -> str | None:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     match = _SCP_RE.match(url)
     if match:
+        if "@" in match.group("path"):  # the user part did not match: credentials in the "path"
+            return None
         return f"{match.group('host')}:{match.group('path')}"
     if url.startswith(("/", "./", "../")) and "@" not in url:
         return url  # a local path remote

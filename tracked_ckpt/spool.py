@@ -127,6 +127,16 @@ class Spool:
             found.append(entry)
         yield from sorted(found, key=lambda e: (e.created, e.id))
 
+    def remove_if_empty(self) -> None:
+        """Remove the spool directory (and an emptied `.tracked_ckpt` parent) once nothing waits in it."""
+        for path in (self.directory, os.path.dirname(self.directory)):
+            if os.path.basename(path) not in ("spool", ".tracked_ckpt"):
+                break  # a user-chosen spool_dir: leave its parents alone
+            try:
+                os.rmdir(path)
+            except OSError:  # not empty, or already gone
+                break
+
     def new_id(self) -> str:
         return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 

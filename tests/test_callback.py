@@ -1,0 +1,243 @@
+"""TrackedModelCheckpoint against a real MLflow server and the embedded sqlite store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from helpers import InjectMetric, logged_models, make_data, make_model
+
+from tracked_ckpt import SCHEMA_KEYS, TrackedModelCheckpoint
+
+
+def sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def fit(callback, epochs=3, extra=(), batch_size=8, model=None, validation=True):
+    model = model or make_model()
+    x, y = make_data()
+    history = model.fit(
+        x, y,
+        validation_split=0.25 if validation else 0.0,
+        epochs=epochs, batch_size=batch_size, verbose=0,
+        callbacks=[*extra, callback],
+    )
+    return model, history
+
+
+def only_run_id() -> str:
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "Default")
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0].info.run_id
+
+
+def downloaded_checkpoint(model, tmp_path) -> str:
+    """Download a LoggedModel's artifacts and return the checkpoint file in them."""
+    dst = tmp_path / f"dl-{model.model_id}"
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(dst))
+    fmt = model.tags["tracked_ckpt.format"]
+    if fmt == "keras":
+        return os.path.join(local, "data", "model.keras")
+    return os.path.join(local, os.path.basename(model.tags["tracked_ckpt.filepath"]))
+
+
+def test_each_epoch_is_one_logged_model_with_the_schema(store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/tiny-{epoch:02d}.keras", upload="async")
+    _, history = fit(callback)
+    run_id = only_run_id()
+    models = logged_models(run_id)
+    assert [m.name for m in models] == ["tiny-e0001", "tiny-e0002", "tiny-e0003"]
+    best = None
+    for epoch, model in enumerate(models, start=1):
+        tags = {k.removeprefix("tracked_ckpt."): v for k, v in model.tags.items() if k.startswith("tracked_ckpt.")}
+        assert set(tags) <= set(SCHEMA_KEYS)
+        assert tags["epoch"] == str(epoch)
+        assert tags["step"] == str(epoch * 4)  # 30 training samples / batch 8 -> 4 batches an epoch
+        assert tags["monitor"] == "val_loss" and tags["mode"] == "min"
+        value = history.history["val_loss"][epoch - 1]
+        assert float(tags["value"]) == pytest.approx(value, rel=1e-6)
+        is_best = best is None or value < best
+        best = value if is_best else best
+        assert tags["is_best"] == ("true" if is_best else "false")
+        local = workdir / "ckpt" / f"tiny-{epoch:02d}.keras"
+        assert tags["sha256"] == sha256(local)
+        assert tags["size_bytes"] == str(local.stat().st_size)
+        assert tags["format"] == "keras"
+        assert tags["filepath"] == str(local)
+        assert tags["keras_version"] == keras.__version__ and tags["backend"] == "tensorflow"
+        assert sha256(downloaded_checkpoint(model, workdir)) == tags["sha256"]
+        metrics = {m.key: (m.value, m.step) for m in model.metrics}
+        assert metrics["val_loss"] == (pytest.approx(value, rel=1e-6), epoch)
+        assert metrics["loss"][0] == pytest.approx(history.history["loss"][epoch - 1], rel=1e-6)
+        assert str(model.status) == "READY"
+    # The run was started by the callback and ended by it.
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    assert callback.last_report.ok and len(callback.last_report.logged) == 3
+    # Nothing is left in the spool once everything is confirmed, and the spool itself is gone.
+    assert not os.path.exists(callback.spool.directory)
+    assert sorted(os.listdir(workdir / "ckpt")) == ["tiny-01.keras", "tiny-02.keras", "tiny-03.keras"]
+
+
+def test_fixed_filepath_logs_each_epochs_own_content(store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/last.keras")
+    fit(callback, epochs=4)
+    models = logged_models(only_run_id())
+    assert len(models) == 4
+    hashes = [m.tags["tracked_ckpt.sha256"] for m in models]
+    assert len(set(hashes)) == 4, "each epoch's upload must carry that epoch's bytes"
+    for model in models:
+        assert sha256(downloaded_checkpoint(model, workdir)) == model.tags["tracked_ckpt.sha256"]
+    assert hashes[-1] == sha256(workdir / "ckpt" / "last.keras")
+
+
+def test_save_best_only_logs_only_the_epochs_keras_saved(embedded_store, workdir):
+    scores = [0.5, 0.7, 0.4, 0.6, 0.3]
+    callback = TrackedModelCheckpoint("ckpt/best.keras", monitor="score", mode="min", save_best_only=True)
+    fit(callback, epochs=5, extra=[InjectMetric("score", scores)])
+    models = logged_models(only_run_id())
+    assert [int(m.tags["tracked_ckpt.epoch"]) for m in models] == [1, 3, 5]
+    assert [float(m.tags["tracked_ckpt.value"]) for m in models] == [0.5, 0.4, 0.3]
+    assert all(m.tags["tracked_ckpt.is_best"] == "true" for m in models)
+
+
+def test_best_flag_follows_max_mode_and_missing_metric(embedded_store, workdir):
+    scores = [0.2, None, 0.9, 0.5]
+    callback = TrackedModelCheckpoint("ckpt/e{epoch}.keras", monitor="score", mode="max")
+    fit(callback, epochs=4, extra=[InjectMetric("score", scores)])
+    models = logged_models(only_run_id())
+    assert [m.tags["tracked_ckpt.is_best"] for m in models] == ["true", "false", "true", "false"]
+    assert "tracked_ckpt.value" not in models[1].tags  # absent, not an empty string
+    assert models[2].tags["tracked_ckpt.mode"] == "max"
+
+
+def test_integer_save_freq_logs_batch_saves(store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/b-{epoch}-{batch}.keras", save_freq=3)
+    fit(callback, epochs=2)  # 4 batches an epoch -> saves after global batches 3 and 6
+    models = logged_models(only_run_id())
+    assert [m.name for m in models] == ["tiny-e0001-b000003", "tiny-e0002-b000002"]
+    assert [m.tags["tracked_ckpt.step"] for m in models] == ["3", "6"]
+    assert sorted(os.listdir(workdir / "ckpt")) == ["b-1-3.keras", "b-2-2.keras"]
+
+
+def test_save_best_only_with_integer_save_freq_does_not_crash(embedded_store, workdir):
+    # keras 3.15's own ModelCheckpoint raises TypeError here (monitor_op is None until epoch end).
+    callback = TrackedModelCheckpoint("ckpt/b.keras", monitor="loss", save_best_only=True, save_freq=1)
+    fit(callback, epochs=2, validation=False)
+    models = logged_models(only_run_id())
+    values = [float(m.tags["tracked_ckpt.value"]) for m in models]
+    assert len(models) >= 1
+    assert values == sorted(values, reverse=True)  # each save improved on the one before
+    assert all(m.tags["tracked_ckpt.is_best"] == "true" for m in models)
+
+
+def test_weights_only_checkpoint_carries_the_weights_file(store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/w-{epoch}.weights.h5", save_weights_only=True)
+    model, _ = fit(callback, epochs=2)
+    models = logged_models(only_run_id())
+    assert len(models) == 2
+    client = mlflow.MlflowClient()
+    files = {a.path for a in client.list_logged_model_artifacts(models[1].model_id)}
+    assert files == {"w-2.weights.h5", "tracked_ckpt.json"}
+    local = downloaded_checkpoint(models[1], workdir)
+    assert sha256(local) == sha256(workdir / "ckpt" / "w-2.weights.h5")
+    fresh = make_model()
+    fresh.load_weights(local)
+    x, _ = make_data()
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_logged_keras_checkpoint_loads_with_mlflow_and_predicts_like_the_file(store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras")
+    fit(callback, epochs=2)
+    last = logged_models(only_run_id())[-1]
+    loaded = mlflow.keras.load_model(f"models:/{last.model_id}")
+    local = keras.saving.load_model(workdir / "ckpt" / "m-2.keras")
+    x, _ = make_data()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), local.predict(x, verbose=0), rtol=1e-6)
+    # The optimizer state travels too, so training can resume from it.
+    assert int(loaded.optimizer.iterations.numpy()) == 8
+
+
+def test_async_and_sync_give_the_same_records(embedded_store, workdir):
+    records = {}
+    for upload in ("async", "sync"):
+        with mlflow.start_run() as run:
+            callback = TrackedModelCheckpoint(f"ckpt/{upload}-{{epoch}}.keras", upload=upload)
+            fit(callback, epochs=2)
+        records[upload] = [
+            {k: v for k, v in m.tags.items() if k.startswith("tracked_ckpt.") and k not in ("tracked_ckpt.filepath", "tracked_ckpt.sha256", "tracked_ckpt.size_bytes")}
+            | {"name": m.name, "metrics": sorted((x.key, x.step) for x in m.metrics)}
+            for m in logged_models(run.info.run_id)
+        ]
+    assert records["async"] == records["sync"]
+    assert len(records["sync"]) == 2
+
+
+def test_uses_the_active_run_and_leaves_it_open(store, workdir):
+    with mlflow.start_run() as run:
+        callback = TrackedModelCheckpoint("ckpt/a-{epoch}.keras")
+        fit(callback, epochs=1)
+        assert mlflow.active_run().info.run_id == run.info.run_id
+        assert mlflow.get_run(run.info.run_id).info.status == "RUNNING"
+    assert len(logged_models(run.info.run_id)) == 1
+
+
+def test_legacy_h5_full_model_is_logged_as_a_file(embedded_store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/full-{epoch}.h5")
+    fit(callback, epochs=1)
+    (model,) = logged_models(only_run_id())
+    assert model.tags["tracked_ckpt.format"] == "h5"
+    assert sha256(downloaded_checkpoint(model, workdir)) == sha256(workdir / "ckpt" / "full-1.h5")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tracker": "nosuch"}, "Unknown tracker 'nosuch'"),
+        ({"mode": "biggest"}, "Invalid mode 'biggest'"),
+        ({"upload": "later"}, "Invalid upload 'later'"),
+        ({"name": "my.model/v1"}, "Invalid checkpoint name"),
+    ],
+)
+def test_bad_arguments_fail_before_training(kwargs, message, workdir):
+    with pytest.raises(ValueError, match=message):
+        TrackedModelCheckpoint("ckpt/x.keras", **kwargs)
+
+
+def test_bad_extension_fails_before_training(workdir):
+    with pytest.raises(ValueError, match=r"\.keras"):
+        TrackedModelCheckpoint("ckpt/x.pt")
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_git_provenance_is_attached_without_credentials(embedded_store, workdir):
+    _git(workdir, "init", "-q", "-b", "main")
+    (workdir / "train.py").write_text("print('hi')\n")
+    _git(workdir, "add", "train.py")
+    _git(workdir, "commit", "-qm", "init")
+    _git(workdir, "remote", "add", "origin", "https://ci-bot:tok_PLANTED_SECRET@example.com/org/repo.git")
+    (workdir / "train.py").write_text("print('changed')\n")  # dirty
+    commit = _git(workdir, "rev-parse", "HEAD")
+    callback = TrackedModelCheckpoint("ckpt/g-{epoch}.keras")
+    fit(callback, epochs=1)
+    (model,) = logged_models(only_run_id())
+    assert model.tags["tracked_ckpt.git_commit"] == commit
+    assert model.tags["mlflow.source.git.commit"] == commit
+    assert model.tags["tracked_ckpt.git_branch"] == "main"
+    assert model.tags["tracked_ckpt.git_dirty"] == "true"
+    assert model.tags["tracked_ckpt.git_remote"] == "https://example.com/org/repo.git"
+    assert not any("PLANTED_SECRET" in v for v in model.tags.values())
