@@ -78,7 +78,7 @@ def validate_name(name: str) -> str:
     Raises:
         ValueError: the name would be rejected by a tracker.
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # '$' alone allows a trailing '\n'
         raise ValueError(
             f"Invalid checkpoint name {name!r}: use letters, digits, '-' and '_' only, starting "
             f"with a letter or digit (trackers reject '/', ':', '.', '%' and quotes), e.g. "
@@ -207,7 +207,7 @@ def _to_str(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))  # np.float64 is a float whose repr is 'np.float64(...)'
     return str(value)
 
 
