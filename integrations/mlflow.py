@@ -15,6 +15,7 @@ explicit ids.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,11 +28,13 @@ from typing import Any, Mapping
 
 import mlflow
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord
-from tracked_ckpt.tracker import TrackerError
+from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
+from tracked_ckpt.registry import LoggedCheckpoint, safe_file_name
+from tracked_ckpt.tracker import TrackerError, last_destination
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -218,6 +221,175 @@ class MlflowTracker:
         mlmodel.save(os.path.join(out, "MLmodel"))
         _write_environment(out, self.pip_requirements)
 
+
+    # -- registry backend (tracked_ckpt.registry) ------------------------------------------
+
+    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+        """A run (default: the last one `fit` logged to in this process) or a whole experiment."""
+        uri = self.tracking_uri or mlflow.get_tracking_uri()
+        client = self.client(uri)
+        run_id = run_id or self.run_id
+        if run_id:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException as exc:
+                raise LookupError(f"MLflow run {run_id!r} not found at {uri}: check --run-id / MLFLOW_TRACKING_URI.") from exc
+            return {"tracking_uri": uri, "experiment_ids": [run.info.experiment_id], "run_id": run_id}
+        experiment = experiment or self.experiment
+        if experiment:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise LookupError(f"MLflow experiment {experiment!r} not found at {uri}: check the name or MLFLOW_TRACKING_URI.")
+            return {"tracking_uri": uri, "experiment_ids": [found.experiment_id]}
+        last = last_destination(self.name)
+        if last is not None:
+            return {"tracking_uri": last["tracking_uri"], "experiment_ids": [last["experiment_id"]], "run_id": last["run_id"]}
+        raise LookupError("No run to look in: pass run_id= or experiment= (no fit has logged in this process).")
+
+    def search_checkpoints(
+        self,
+        scope: Mapping[str, Any],
+        *,
+        where: Mapping[str, Any] | None = None,
+        order_by: tuple[str, str] | None = None,
+        max_results: int | None = None,
+    ) -> list[LoggedCheckpoint]:
+        """Tracked LoggedModels of a scope; ordering by a metric happens on the server."""
+        client = self.client(scope["tracking_uri"])
+        clauses = [f"tags.`{TAG_PREFIX}sha256` LIKE '%'"]
+        if scope.get("run_id"):
+            clauses.append(f"source_run_id = '{_quote(scope['run_id'])}'")
+        for key, value in (where or {}).items():
+            if key == "name":
+                clauses.append(f"name LIKE '{_quote(str(value))}-e%'")
+            else:
+                clauses.append(f"tags.`{TAG_PREFIX}{key}` = '{_quote(format_value(value))}'")
+        order = None
+        if order_by is not None:
+            metric, mode = order_by
+            order = [{"field_name": f"metrics.{metric}", "ascending": mode == "min"}]
+        found, token = [], None
+        while True:
+            page = client.search_logged_models(
+                experiment_ids=list(scope["experiment_ids"]),
+                filter_string=" AND ".join(clauses),
+                order_by=order,
+                max_results=max_results or 1000,
+                page_token=token,
+            )
+            found.extend(page)
+            token = page.token
+            if not token or (max_results is not None and len(found) >= max_results):
+                break
+        return [self._checkpoint(m) for m in found[: max_results or None]]
+
+    def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
+        """The checkpoint `registered_name@alias` points at, or None."""
+        client = self.client(self.tracking_uri or mlflow.get_tracking_uri())
+        try:
+            version = client.get_model_version_by_alias(registered_name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return self._version_checkpoint(client, version)
+
+    def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
+        """Register the checkpoint's LoggedModel (once) and move `alias` onto that version."""
+        client = self.client(self.tracking_uri or mlflow.get_tracking_uri())
+        source = f"models:/{checkpoint.id}"
+        try:
+            client.create_registered_model(registered_name, description="Promoted by tracked-ckpt")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        existing = [
+            v for v in client.search_model_versions(
+                f"name = '{_quote(registered_name)}' AND run_id = '{_quote(checkpoint.run_id)}'"
+            )
+            if v.source == source
+        ]
+        if existing:
+            version = str(min(int(v.version) for v in existing))
+        else:
+            tags = {TAG_PREFIX + k: v for k, v in checkpoint.record.string_metadata().items()}
+            tags[TAG_PREFIX + "name"] = checkpoint.record.name
+            created = client.create_model_version(
+                registered_name, source=source, run_id=checkpoint.run_id, tags=tags, model_id=checkpoint.id
+            )
+            version = str(created.version)
+        client.set_registered_model_alias(registered_name, alias, version)
+        return version
+
+    def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """The checkpoint behind `registered_name@alias` or `registered_name/version`."""
+        client = self.client(self.tracking_uri or mlflow.get_tracking_uri())
+        try:
+            if alias is not None:
+                mv = client.get_model_version_by_alias(registered_name, alias)
+            elif version is not None:
+                mv = client.get_model_version(registered_name, str(version))
+            else:
+                raise ValueError("Pass alias= or version=.")
+        except MlflowException as exc:
+            what = f"alias {alias!r}" if alias is not None else f"version {version}"
+            raise LookupError(
+                f"Registered model {registered_name!r} has no {what} at {client.tracking_uri}: "
+                f"promote a checkpoint first (tracked-ckpt promote {registered_name}) or check the name."
+            ) from exc
+        found = self._version_checkpoint(client, mv)
+        if found is None:
+            raise LookupError(
+                f"{registered_name} version {mv.version} was not registered by tracked-ckpt "
+                f"(source {mv.source}): load it with mlflow.keras.load_model instead."
+            )
+        return found
+
+    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
+        """Download just the checkpoint file of a LoggedModel into `directory`."""
+        relative = (
+            f"{KERAS_DATA_DIR}/model.keras"
+            if checkpoint.record.format == "keras"
+            else safe_file_name(os.path.basename(checkpoint.record.filepath))
+        )
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{checkpoint.location.rstrip('/')}/{relative}",
+            dst_path=directory,
+            tracking_uri=checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri(),
+        )
+
+    def _version_checkpoint(self, client: MlflowClient, version) -> LoggedCheckpoint | None:
+        model_id = _model_id_from_source(version.source)
+        if model_id is None:
+            return None
+        try:
+            model = client.get_logged_model(model_id)
+        except MlflowException:
+            return None
+        found = self._checkpoint(model, tracking_uri=client.tracking_uri)
+        return dataclasses.replace(
+            found,
+            aliases=tuple(version.aliases or ()),
+            extra={**found.extra, "version": str(version.version), "registered_name": version.name},
+        )
+
+    def _checkpoint(self, model, tracking_uri: str | None = None) -> LoggedCheckpoint:
+        tags = model.tags or {}
+        metadata = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+        metrics: dict[str, float] = {}
+        for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
+            metrics[metric.key] = metric.value  # the latest value wins, as in MLflow's ordering
+        record = CheckpointRecord.from_metadata(metadata, name=model.name, metrics=metrics)
+        return LoggedCheckpoint(
+            id=model.model_id,
+            run_id=model.source_run_id or "",
+            record=record,
+            tracker=self.name,
+            location=model.artifact_location,
+            extra={"tracking_uri": tracking_uri or self.tracking_uri or mlflow.get_tracking_uri(),
+                   "status": str(model.status)},
+        )
+
     # -- helpers --------------------------------------------------------------------------
 
     def client(self, uri: str) -> MlflowClient:
@@ -246,6 +418,17 @@ def checkpoint_tags(record: CheckpointRecord) -> dict[str, str]:
     if record.git_branch:
         tags[GIT_BRANCH_TAG] = record.git_branch
     return tags
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _model_id_from_source(source: str | None) -> str | None:
+    """`ModelVersion.model_id` is None on the open-source registry: the id is in `source`."""
+    if source and source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
+        return source[len("models:/"):]
+    return None
 
 
 def _check_tracking_uri(uri: str | None) -> None:

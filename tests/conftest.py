@@ -106,6 +106,7 @@ def workdir(tmp_path, monkeypatch):
         mlflow.end_run()
     # MLflow keeps the fluent experiment in a module global; don't let it leak into the next test.
     mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it
 
 
 def _use_tracking_uri(monkeypatch, uri: str) -> None:
@@ -140,8 +141,10 @@ def store(request):
 
 
 @pytest.fixture(autouse=True)
-def _no_git_noise(monkeypatch):
+def _isolated_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")
+    # Downloads must not land in (or be served from) the real ~/.cache.
+    monkeypatch.setenv("TRACKED_CKPT_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 def have_git() -> bool:

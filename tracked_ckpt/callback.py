@@ -28,7 +28,7 @@ from tracked_ckpt.record import (
     validate_name,
 )
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
-from tracked_ckpt.tracker import Tracker, resolve_trackers, tracker_key
+from tracked_ckpt.tracker import Tracker, remember_destination, resolve_trackers, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -166,6 +166,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._destinations = {
             key: tracker.start(run_name=None) for key, tracker in self._tracker_by_key.items()
         }
+        for key, destination in self._destinations.items():
+            remember_destination(key, destination)
         self._publisher = Publisher(
             self._tracker_by_key,
             self.spool,

@@ -153,7 +153,7 @@ class CheckpointRecord:
 
     def string_metadata(self) -> dict[str, str]:
         """The schema with every value as a string, for trackers that only store strings."""
-        return {key: _to_str(value) for key, value in self.metadata().items()}
+        return {key: format_value(value) for key, value in self.metadata().items()}
 
     @classmethod
     def from_metadata(
@@ -203,7 +203,8 @@ def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def _to_str(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A schema value as the string stored by string-only trackers (bools as true/false)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

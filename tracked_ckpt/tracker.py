@@ -68,6 +68,21 @@ class Tracker(Protocol):
         ...
 
 
+# Where the last `fit` in this process logged, per tracker name: the registry's default scope.
+_LAST_DESTINATIONS: dict[str, dict[str, Any]] = {}
+
+
+def remember_destination(name: str, destination: Mapping[str, Any]) -> None:
+    """Record where a `fit` logged, so the registry helper can default to that run."""
+    _LAST_DESTINATIONS[name] = dict(destination)
+
+
+def last_destination(name: str) -> dict[str, Any] | None:
+    """Where the last `fit` in this process logged for tracker `name`, if any."""
+    found = _LAST_DESTINATIONS.get(name)
+    return dict(found) if found else None
+
+
 def tracker_names() -> list[str]:
     """Names that `resolve_tracker` accepts."""
     names = set(_BUILTIN)

@@ -1,0 +1,203 @@
+"""promote_best, list_checkpoints, load_model and download_checkpoint on real MLflow stores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from helpers import InjectMetric, make_data, make_model
+
+import tracked_ckpt
+from tracked_ckpt import ChecksumError, TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import MlflowTracker
+
+
+def unique(name: str) -> str:
+    """Registered-model names are global on the shared server: one per test."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def train(scores, *, monitor="score", mode="min", path="ckpt/{epoch}.keras", weights=False, run_name=None):
+    """One run whose checkpoint metric follows `scores`; returns the run id."""
+    with mlflow.start_run(run_name=run_name) as run:
+        callback = TrackedModelCheckpoint(
+            f"{run.info.run_id[:8]}/{path}", monitor=monitor, mode=mode, save_weights_only=weights
+        )
+        x, y = make_data()
+        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
+                         callbacks=[InjectMetric(monitor, scores), callback])
+    return run.info.run_id
+
+
+@pytest.mark.parametrize("mode, best_epoch", [("min", 4), ("max", 2)])
+def test_promote_picks_the_true_best_with_missing_metrics(store, workdir, mode, best_epoch):
+    scores = [0.5, 0.9, None, 0.1, None]
+    run_id = train(scores, mode=mode)
+    name = unique("reg-best")
+    result = tracked_ckpt.promote_best(name, run_id=run_id)
+    assert result.promoted, result.reason
+    assert result.checkpoint.record.epoch == best_epoch
+    assert result.version == "1"
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    assert version.source == f"models:/{result.checkpoint.id}"
+    assert version.tags["tracked_ckpt.epoch"] == str(best_epoch)
+    assert version.tags["tracked_ckpt.sha256"] == result.checkpoint.record.sha256
+
+
+def test_promote_across_the_runs_of_an_experiment(embedded_store, workdir):
+    mlflow.set_experiment("sweep")
+    train([0.5, 0.4])
+    second = train([0.6, 0.2, 0.3])
+    result = tracked_ckpt.promote_best("reg-sweep", experiment="sweep")
+    assert result.checkpoint.run_id == second
+    assert result.checkpoint.record.value == 0.2
+
+
+def test_only_if_better_keeps_a_better_champion(embedded_store, workdir):
+    good = train([0.3, 0.2])
+    worse = train([0.5, 0.4])
+    assert tracked_ckpt.promote_best("reg-keep", run_id=good).promoted
+    kept = tracked_ckpt.promote_best("reg-keep", run_id=worse)
+    assert not kept.promoted and "not better" in kept.reason
+    assert kept.previous.run_id == good
+    holder = mlflow.MlflowClient().get_model_version_by_alias("reg-keep", "champion")
+    assert holder.run_id == good
+    forced = tracked_ckpt.promote_best("reg-keep", run_id=worse, only_if_better=False)
+    assert forced.promoted and forced.version == "2"
+    better = train([0.1])
+    assert tracked_ckpt.promote_best("reg-keep", run_id=better).promoted
+
+
+def test_promoting_the_same_checkpoint_twice_creates_one_version(store, workdir):
+    run_id = train([0.3, 0.2])
+    name = unique("reg-idem")
+    first = tracked_ckpt.promote_best(name, run_id=run_id)
+    second = tracked_ckpt.promote_best(name, run_id=run_id)
+    assert first.promoted and not second.promoted
+    assert second.version == first.version
+    # Even when the alias was moved away in between, the existing version is reused.
+    tracked_ckpt.promote_best(name, run_id=run_id, alias="staging")
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    assert len(versions) == 1
+
+
+@pytest.mark.parametrize("alias", ["latest", "Latest", "v3", "bad alias"])
+def test_reserved_or_invalid_alias_is_refused(alias):
+    with pytest.raises(ValueError, match="(reserved|Invalid alias)"):
+        tracked_ckpt.promote_best("any", alias=alias)
+
+
+def test_promote_uses_a_constant_number_of_tracker_calls(embedded_store, workdir, monkeypatch):
+    calls = []
+    original = mlflow.MlflowClient.search_logged_models
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("max_results"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "search_logged_models", counting)
+    short = train([0.3, 0.2])
+    calls.clear()
+    tracked_ckpt.promote_best("reg-calls-a", run_id=short)
+    few = len(calls)
+    long = train([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.35])
+    calls.clear()
+    tracked_ckpt.promote_best("reg-calls-b", run_id=long)
+    assert len(calls) == few == 2
+    assert all(n == 1 for n in calls)  # server-side ordering, one row each
+
+
+def test_load_by_alias_predicts_like_the_local_file(store, workdir):
+    run_id = train([0.4, 0.1, 0.3])
+    name = unique("reg-load")
+    result = tracked_ckpt.promote_best(name, run_id=run_id)
+    loaded = tracked_ckpt.load_model(name, alias="champion")
+    local = keras.saving.load_model(result.checkpoint.record.filepath)
+    x, _ = make_data()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), local.predict(x, verbose=0), rtol=1e-6)
+    by_version = tracked_ckpt.load_model(name, version=result.version)
+    np.testing.assert_allclose(by_version.predict(x, verbose=0), local.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_cache_is_warm_and_corruption_is_detected(embedded_store, workdir, monkeypatch, caplog):
+    run_id = train([0.4, 0.1])
+    tracked_ckpt.promote_best("reg-cache", run_id=run_id)
+    fetches = []
+    original = MlflowTracker.fetch
+
+    def counting(self, checkpoint, directory):
+        fetches.append(checkpoint.id)
+        return original(self, checkpoint, directory)
+
+    monkeypatch.setattr(MlflowTracker, "fetch", counting)
+    path = tracked_ckpt.download_checkpoint("reg-cache", alias="champion")
+    assert tracked_ckpt.download_checkpoint("reg-cache", alias="champion") == path
+    assert len(fetches) == 1  # the warm call transferred nothing
+    time.sleep(0.05)  # corruption comes later than the download (mtime ticks are a few ms)
+    with open(path, "r+b") as f:  # corrupt the cached copy, same size
+        f.seek(100)
+        f.write(b"\x00corrupt\x00")
+    with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
+        model = tracked_ckpt.load_model("reg-cache", alias="champion")
+    assert "corrupted" in caplog.text
+    assert len(fetches) == 2
+    assert isinstance(model, keras.Model)
+    # verify=True re-hashes even a file whose stamp did not change.
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00again\x00")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, json.load(open(path + ".verified"))["stamp"]["mtime_ns"]))
+    tracked_ckpt.download_checkpoint("reg-cache", alias="champion", verify=True)
+    assert len(fetches) == 3
+
+
+def test_checksum_mismatch_on_download_is_an_error(embedded_store, workdir):
+    run_id = train([0.2])
+    result = tracked_ckpt.promote_best("reg-tamper", run_id=run_id)
+    stored = os.path.join(result.checkpoint.location, "data", "model.keras")
+    with open(stored, "r+b") as f:  # the tracker's copy is damaged
+        f.seek(50)
+        f.write(b"tampered")
+    with pytest.raises(ChecksumError, match="Checksum mismatch"):
+        tracked_ckpt.load_model("reg-tamper", alias="champion")
+
+
+def test_weights_only_checkpoint_needs_a_model(embedded_store, workdir):
+    run_id = train([0.3, 0.2], path="ckpt/{epoch}.weights.h5", weights=True)
+    tracked_ckpt.promote_best("reg-weights", run_id=run_id)
+    with pytest.raises(ValueError, match="weights-only.*model="):
+        tracked_ckpt.load_model("reg-weights", alias="champion")
+    model = tracked_ckpt.load_model("reg-weights", alias="champion", model=make_model())
+    x, _ = make_data()
+    assert model.predict(x, verbose=0).shape == (40, 1)
+
+
+def test_list_checkpoints_filters_by_schema_fields(store, workdir):
+    run_id = train([0.5, 0.6, 0.2])
+    everything = tracked_ckpt.list_checkpoints(run_id=run_id)
+    assert [c.record.epoch for c in everything] == [1, 2, 3]
+    best = tracked_ckpt.list_checkpoints(run_id=run_id, where={"is_best": True})
+    assert [c.record.epoch for c in best] == [1, 3]
+    (second,) = tracked_ckpt.list_checkpoints(run_id=run_id, where={"epoch": 2})
+    assert second.record.value == 0.6
+    assert tracked_ckpt.list_checkpoints(run_id=run_id, where={"git_commit": "0" * 40}) == []
+    # Default scope: the run the last fit in this process logged to.
+    assert [c.id for c in tracked_ckpt.list_checkpoints()] == [c.id for c in everything]
+    with pytest.raises(ValueError, match="Cannot filter on"):
+        tracked_ckpt.list_checkpoints(run_id=run_id, where={"colour": "red"})
+
+
+def test_missing_registered_model_or_alias_is_a_clear_error(embedded_store, workdir):
+    with pytest.raises(LookupError, match="has no alias 'champion'.*promote"):
+        tracked_ckpt.load_model("no-such-model")
+    run_id = train([0.2])
+    tracked_ckpt.promote_best("reg-exists", run_id=run_id)
+    with pytest.raises(LookupError, match="has no alias 'prod'"):
+        tracked_ckpt.load_model("reg-exists", alias="prod")

@@ -1,0 +1,491 @@
+"""The registry helper: list checkpoints, promote the best one, load it back by alias or tag.
+
+Tracker-agnostic: the selection rules (which checkpoint is best, whether a
+challenger beats the current champion) live here; trackers only answer
+narrow questions (`RegistryBackend`) with a constant number of calls each, so
+promoting over a run of 1,000 checkpoints costs the same as over 10.
+
+Example:
+
+```python
+import tracked_ckpt
+
+result = tracked_ckpt.promote_best("digits-classifier")          # alias "champion"
+model = tracked_ckpt.load_model("digits-classifier", alias="champion")
+for ckpt in tracked_ckpt.list_checkpoints(where={"is_best": True}):
+    print(ckpt.record.epoch, ckpt.record.value, ckpt.id)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tempfile
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+from tracked_ckpt.record import CheckpointRecord
+from tracked_ckpt.spool import sha256_file
+from tracked_ckpt.tracker import Tracker, last_destination, resolve_tracker
+
+logger = logging.getLogger("tracked_ckpt")
+
+DEFAULT_ALIAS = "champion"
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+
+
+class ChecksumError(RuntimeError):
+    """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedCheckpoint:
+    """A checkpoint as the tracker holds it.
+
+    Attributes:
+        id: the tracker's id (MLflow LoggedModel id, W&B artifact version path).
+        run_id: the run that logged it.
+        record: the schema values recorded with it.
+        tracker: the tracker's name ("mlflow", "wandb", ...).
+        location: where its files are, in the tracker's terms.
+        aliases: registry aliases pointing at it, where known.
+        extra: tracker-specific details (e.g. the registered version).
+    """
+
+    id: str
+    run_id: str
+    record: CheckpointRecord
+    tracker: str
+    location: str = ""
+    aliases: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromotionResult:
+    """What `promote_best` did.
+
+    Attributes:
+        promoted: the alias now points at `checkpoint` because of this call.
+        reason: one sentence for people.
+        registered_name, alias, version: where the alias points now.
+        checkpoint: the best checkpoint of the scope (the challenger).
+        previous: the checkpoint the alias pointed at before, if any.
+    """
+
+    promoted: bool
+    reason: str
+    registered_name: str
+    alias: str
+    version: str | None
+    checkpoint: LoggedCheckpoint | None
+    previous: LoggedCheckpoint | None = None
+
+
+@runtime_checkable
+class RegistryBackend(Protocol):
+    """What a tracker answers for the registry helper (each a constant number of calls)."""
+
+    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+        """Resolve a run or an experiment to a scope (default: the last run `fit` logged to)."""
+        ...
+
+    def search_checkpoints(
+        self,
+        scope: Mapping[str, Any],
+        *,
+        where: Mapping[str, Any] | None = None,
+        order_by: tuple[str, str] | None = None,
+        max_results: int | None = None,
+    ) -> list[LoggedCheckpoint]:
+        """Checkpoints of a scope matching `where` (schema keys -> values), optionally
+        ordered best-first by (metric, "min"|"max") on the tracker's side."""
+        ...
+
+    def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
+        """The checkpoint an alias of a registered model points at, or None."""
+        ...
+
+    def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
+        """Register `checkpoint` (reusing its existing version) and move `alias` onto it; return the version."""
+        ...
+
+    def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """The checkpoint behind an alias or a version of a registered model."""
+        ...
+
+    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
+        """Download the checkpoint file into `directory`; return its path."""
+        ...
+
+
+def validate_alias(alias: str) -> str:
+    """Check an alias is usable on every tracker.
+
+    Raises:
+        ValueError: the alias is reserved (`latest`, `v<N>`) or has invalid characters.
+    """
+    if not isinstance(alias, str) or not _ALIAS_RE.match(alias):
+        raise ValueError(
+            f"Invalid alias {alias!r}: use letters, digits, '-' and '_' (e.g. 'champion')."
+        )
+    if _RESERVED_ALIAS_RE.match(alias):
+        raise ValueError(
+            f"Alias {alias!r} is reserved (MLflow keeps 'latest' and 'v<N>' for itself): "
+            "choose another, e.g. 'champion' or 'best'."
+        )
+    return alias
+
+
+def list_checkpoints(
+    *,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    tracker: "str | Tracker" = "mlflow",
+    where: Mapping[str, Any] | None = None,
+) -> list[LoggedCheckpoint]:
+    """List logged checkpoints of a run (default: the last one `fit` logged to) or an experiment.
+
+    Args:
+        run_id: the run to list; default: the run of the last `fit` in this
+            process, or with `experiment`, every run of that experiment.
+        experiment: an experiment (MLflow) or project (W&B) name.
+        tracker: the tracker name or object.
+        where: schema keys to match exactly, e.g. `{"git_commit": "3f2a..."}`,
+            `{"epoch": 3}` or `{"is_best": True}`.
+
+    Returns:
+        The matching checkpoints, oldest first.
+
+    Example:
+        >>> best_ones = list_checkpoints(where={"is_best": True})  # doctest: +SKIP
+    """
+    backend = _backend(tracker)
+    found = backend.search_checkpoints(backend.scope(run_id, experiment), where=_where(where))
+    return sorted(found, key=lambda c: (c.run_id, c.record.step, c.record.epoch))
+
+
+def best_checkpoint(
+    *,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    tracker: "str | Tracker" = "mlflow",
+    monitor: str | None = None,
+    mode: str | None = None,
+) -> LoggedCheckpoint | None:
+    """The best checkpoint of a scope by its monitored metric, chosen on the tracker's side.
+
+    The monitor and mode default to those recorded with the checkpoints.
+    Checkpoints whose metric was missing are never chosen.
+    """
+    backend = _backend(tracker)
+    scope = backend.scope(run_id, experiment)
+    if monitor is None or mode is None:
+        sample = backend.search_checkpoints(scope, max_results=1)
+        if not sample:
+            return None
+        monitor = monitor or sample[0].record.monitor
+        mode = mode or sample[0].record.mode
+    if mode not in ("min", "max"):
+        raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
+    ranked = backend.search_checkpoints(scope, order_by=(monitor, mode), max_results=1)
+    if not ranked or _metric(ranked[0], monitor) is None:
+        return None
+    return ranked[0]
+
+
+def promote_best(
+    registered_name: str,
+    *,
+    tracker: "str | Tracker" = "mlflow",
+    run_id: str | None = None,
+    experiment: str | None = None,
+    name: str | None = None,
+    monitor: str | None = None,
+    mode: str | None = None,
+    alias: str = DEFAULT_ALIAS,
+    only_if_better: bool = True,
+) -> PromotionResult:
+    """Register the best checkpoint of a run or experiment and point `alias` at it.
+
+    MLflow: a registered model version whose source is the checkpoint's
+    LoggedModel, with the schema as version tags, and the alias moved onto it.
+    W&B: the artifact version linked into the Registry collection with the alias.
+
+    Args:
+        registered_name: the registered model (MLflow) or Registry collection (W&B).
+        tracker: the tracker name or object.
+        run_id, experiment: the scope, as in `list_checkpoints`.
+        name: only consider checkpoints whose base name is this (e.g. "digits").
+        monitor, mode: override the metric and direction recorded with the checkpoints.
+        alias: the alias to move (not `latest` or `v<N>`).
+        only_if_better: keep the current holder of the alias unless the
+            challenger is strictly better by the same monitor and mode.
+
+    Returns:
+        A `PromotionResult` saying what happened. Promoting the same checkpoint
+        twice creates no second version.
+
+    Example:
+        >>> result = promote_best("digits-classifier")  # doctest: +SKIP
+        >>> result.promoted, result.version, result.checkpoint.record.epoch  # doctest: +SKIP
+        (True, '1', 7)
+    """
+    validate_alias(alias)
+    backend = _backend(tracker)
+    scope = backend.scope(run_id, experiment)
+    where = {"name": name} if name else None
+    if monitor is None or mode is None:
+        sample = backend.search_checkpoints(scope, where=where, max_results=1)
+        if not sample:
+            raise LookupError(f"No tracked checkpoints found in {_describe(scope)}: train with TrackedModelCheckpoint first.")
+        monitor = monitor or sample[0].record.monitor
+        mode = mode or sample[0].record.mode
+    if mode not in ("min", "max"):
+        raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
+    ranked = backend.search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
+    challenger = ranked[0] if ranked else None
+    challenger_value = _metric(challenger, monitor) if challenger else None
+    if challenger is None or challenger_value is None:
+        return PromotionResult(
+            False, f"No checkpoint in {_describe(scope)} has a value for {monitor!r}.",
+            registered_name, alias, None, None,
+        )
+    previous = backend.alias_holder(registered_name, alias)
+    if previous is not None and previous.id == challenger.id:
+        return PromotionResult(
+            False, f"{alias!r} already points at {challenger.record.name}.",
+            registered_name, alias, previous.extra.get("version"), challenger, previous,
+        )
+    if only_if_better and previous is not None:
+        held = _metric(previous, monitor)
+        comparable = previous.record.monitor in ("", monitor)
+        if held is not None and comparable and not _better(challenger_value, held, mode):
+            return PromotionResult(
+                False,
+                f"Kept {previous.record.name} ({monitor}={held:.6g}) as {alias!r}: "
+                f"{challenger.record.name} ({monitor}={challenger_value:.6g}) is not better.",
+                registered_name, alias, previous.extra.get("version"), challenger, previous,
+            )
+    version = backend.register(registered_name, challenger, alias)
+    logger.info("Promoted %s (%s=%.6g) to %s@%s (version %s).",
+                challenger.record.name, monitor, challenger_value, registered_name, alias, version)
+    return PromotionResult(
+        True, f"{alias!r} now points at {challenger.record.name} ({monitor}={challenger_value:.6g}).",
+        registered_name, alias, version, challenger, previous,
+    )
+
+
+def download_checkpoint(
+    registered_name: str | None = None,
+    *,
+    alias: str | None = None,
+    version: str | None = None,
+    checkpoint: LoggedCheckpoint | None = None,
+    tracker: "str | Tracker" = "mlflow",
+    cache_dir: str | os.PathLike[str] | None = None,
+    verify: bool = False,
+) -> str:
+    """Download a checkpoint file (by registered alias/version, or a listed checkpoint); return its path.
+
+    Files land in a cache keyed by content hash (default `~/.cache/tracked_ckpt`,
+    or `TRACKED_CKPT_CACHE`) and are verified against the recorded sha256; a
+    warm call transfers nothing.
+
+    Raises:
+        ChecksumError: the downloaded bytes do not match the recorded sha256.
+    """
+    backend = _backend(tracker)
+    if checkpoint is None:
+        if registered_name is None:
+            raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
+        checkpoint = backend.resolve(registered_name, alias=alias, version=version)
+    return _cached_fetch(backend, checkpoint, cache_dir, verify)
+
+
+def load_model(
+    registered_name: str | None = None,
+    *,
+    alias: str | None = None,
+    version: str | None = None,
+    checkpoint: LoggedCheckpoint | None = None,
+    tracker: "str | Tracker" = "mlflow",
+    model: Any = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    verify: bool = False,
+):
+    """Load a checkpoint back as a `keras.Model`.
+
+    Args:
+        registered_name, alias, version: which registered checkpoint (alias wins
+            over version; neither means the `champion` alias).
+        checkpoint: a checkpoint from `list_checkpoints`, instead of a registered name.
+        tracker: the tracker name or object.
+        model: for weights-only checkpoints, the model to load the weights into.
+        compile, safe_mode: passed to `keras.saving.load_model`. `safe_mode`
+            stays on unless you trust the checkpoint's source.
+        cache_dir, verify: the download cache and its checks (see `download_checkpoint`).
+
+    Example:
+        >>> model = load_model("digits-classifier", alias="champion")  # doctest: +SKIP
+    """
+    import keras
+
+    if registered_name is not None and alias is None and version is None:
+        alias = DEFAULT_ALIAS
+    backend = _backend(tracker)
+    if checkpoint is None:
+        if registered_name is None:
+            raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
+        checkpoint = backend.resolve(registered_name, alias=alias, version=version)
+    if checkpoint.record.format == "weights.h5" and model is None:
+        raise ValueError(
+            f"{checkpoint.record.name} is a weights-only checkpoint: build the model in code and "
+            "pass it as load_model(..., model=my_model)."
+        )
+    path = _cached_fetch(backend, checkpoint, cache_dir, verify)
+    if checkpoint.record.format == "weights.h5":
+        model.load_weights(path)
+        return model
+    return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+
+
+# -- cache ------------------------------------------------------------------------------
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """The download cache folder."""
+    if cache_dir is not None:
+        return os.fspath(cache_dir)
+    if os.environ.get("TRACKED_CKPT_CACHE"):
+        return os.environ["TRACKED_CKPT_CACHE"]
+    return os.path.join(os.path.expanduser("~"), ".cache", "tracked_ckpt")
+
+
+def safe_file_name(name: str) -> str:
+    """A checkpoint file name that cannot escape its folder.
+
+    Raises:
+        ValueError: the name is empty, a path, or a special name like `..`.
+    """
+    base = os.path.basename(name.replace("\\", "/"))
+    if not base or base in (".", "..") or base != name.replace("\\", "/").split("/")[-1] or "\x00" in base:
+        raise ValueError(f"Refusing checkpoint file name {name!r}: it would escape the download folder.")
+    return base
+
+
+def _cached_fetch(backend: RegistryBackend, checkpoint: LoggedCheckpoint, cache_dir, verify: bool = False) -> str:
+    record = checkpoint.record
+    if not re.fullmatch(r"[0-9a-f]{64}", record.sha256 or ""):
+        raise ChecksumError(f"{record.name} has no valid sha256 recorded; it cannot be verified.")
+    folder = os.path.join(cache_root(cache_dir), record.sha256)
+    path = os.path.join(folder, safe_file_name(os.path.basename(record.filepath) or f"checkpoint.{record.format}"))
+    if _verified(path, record.sha256, rehash=verify):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+        fetched = backend.fetch(checkpoint, tmp)
+        sha, size = sha256_file(fetched)
+        if sha != record.sha256:
+            raise ChecksumError(
+                f"Checksum mismatch for {record.name}: downloaded sha256 {sha[:12]}... "
+                f"but {record.sha256[:12]}... was recorded. The stored copy is damaged or was "
+                "replaced; re-log the checkpoint or pick another version."
+            )
+        os.replace(fetched, path)
+    _mark_verified(path, record.sha256)
+    return path
+
+
+def _stamp(path: str) -> dict[str, int]:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def _verified(path: str, sha256: str, rehash: bool = False) -> bool:
+    """A cached file is trusted while it is unchanged since it was hashed (same size, mtime, inode).
+
+    Hashing a large checkpoint on every warm load would cost a good part of the
+    load itself, so the hash is redone only when the file changed (or `rehash`).
+    """
+    marker = path + ".verified"
+    try:
+        if rehash:
+            raise ValueError("re-hash requested")
+        with open(marker) as f:
+            saved = json.load(f)
+        if saved.get("sha256") != sha256 or saved.get("stamp") != _stamp(path):
+            raise ValueError("changed since verified")
+        return True
+    except (OSError, ValueError):
+        if os.path.exists(path):
+            # No (or a stale) marker: hash once; keep the file if it is intact.
+            sha, _ = sha256_file(path)
+            if sha == sha256:
+                _mark_verified(path, sha256)
+                return True
+            logger.warning("Cached %s is corrupted; downloading it again.", path)
+            os.remove(path)
+        return False
+
+
+def _mark_verified(path: str, sha256: str) -> None:
+    with open(path + ".verified", "w") as f:
+        json.dump({"sha256": sha256, "stamp": _stamp(path)}, f)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _backend(tracker: "str | Tracker") -> RegistryBackend:
+    backend = resolve_tracker(tracker)
+    if not isinstance(backend, RegistryBackend):
+        raise TypeError(f"Tracker {type(backend).__name__} does not support the registry helper.")
+    return backend
+
+
+def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not where:
+        return None
+    from tracked_ckpt.record import SCHEMA_KEYS
+
+    unknown = [k for k in where if k not in SCHEMA_KEYS and k != "name"]
+    if unknown:
+        raise ValueError(f"Cannot filter on {unknown}: use schema keys {list(SCHEMA_KEYS)} or 'name'.")
+    return dict(where)
+
+
+def _metric(checkpoint: LoggedCheckpoint, monitor: str) -> float | None:
+    if checkpoint.record.monitor == monitor:
+        return checkpoint.record.value
+    value = checkpoint.record.metrics.get(monitor)
+    return None if value is None else float(value)
+
+
+def _better(value: float, reference: float, mode: str) -> bool:
+    return value > reference if mode == "max" else value < reference
+
+
+def _describe(scope: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in scope.items() if k not in ("tracking_uri",)) or "scope"
+
+
+__all__ = [
+    "ChecksumError",
+    "LoggedCheckpoint",
+    "PromotionResult",
+    "RegistryBackend",
+    "best_checkpoint",
+    "download_checkpoint",
+    "list_checkpoints",
+    "load_model",
+    "promote_best",
+    "validate_alias",
+]
+
