@@ -93,17 +93,24 @@ class MlflowTracker:
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
-    def start(self, run_name: str | None = None) -> dict[str, Any]:
-        """Attach to the active run (or `run_id`), or start a run; return the destination."""
-        uri = self.tracking_uri or mlflow.get_tracking_uri()
+    def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination."""
+        uri = (resume or {}).get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
         _check_tracking_uri(uri)
         client = self.client(uri)
         active = mlflow.active_run() if self.tracking_uri is None else None
-        if self.run_id:
-            run = client.get_run(self.run_id)
+        run_id = self.run_id or (resume or {}).get("run_id")
+        if run_id:
+            if active is not None and active.info.run_id != run_id:
+                logger.warning(
+                    "Logging to run %s (resumed), not to the active run %s.", run_id, active.info.run_id
+                )
+            run = client.get_run(run_id)
             if run.info.status != "RUNNING":
-                client.update_run(self.run_id, status="RUNNING")
+                client.update_run(run_id, status="RUNNING")
                 self._started = "client"
+            elif (resume or {}).get("owned") and (active is None or active.info.run_id != run_id):
+                self._started = "client"  # our earlier, interrupted job started it: end it as it would have
         elif active is not None:
             run = active
         elif self.tracking_uri is None and self.experiment is None:
@@ -117,6 +124,7 @@ class MlflowTracker:
             "tracking_uri": uri,
             "experiment_id": run.info.experiment_id,
             "run_id": run.info.run_id,
+            "owned": self._started is not None,
         }
         return dict(self._destination)
 

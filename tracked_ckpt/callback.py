@@ -7,6 +7,7 @@ This is the only module that touches Keras internals (`_should_save_model`,
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import weakref
@@ -73,6 +74,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             `.tracked_ckpt/spool` folder next to the checkpoint files (the same
             filesystem, so freezing a file is a hard link, not a copy).
         wait_timeout: seconds `on_train_end` waits for uploads (None: no limit).
+        resume: continue an interrupted job: at the start of `fit`, reload the
+            latest checkpoint this callback wrote (model and optimizer state),
+            restore the best-so-far value, log into the same run again, and
+            start `fit` at the next epoch (like `BackupAndRestore`; a job cut off
+            mid-epoch restarts that epoch). The state lives in
+            `.tracked_ckpt/resume.json` beside the checkpoints and is removed
+            when `fit` completes.
 
     Example:
 
@@ -109,6 +117,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         log_git: bool = True,
         spool_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float | None = 600.0,
+        resume: bool = False,
     ):
         if mode not in _MODES:
             raise ValueError(f"Invalid mode {mode!r}: use 'auto', 'min' or 'max'.")
@@ -142,6 +151,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             if spool_dir is not None
             else os.path.join(os.path.dirname(os.path.abspath(self.filepath)), ".tracked_ckpt", "spool")
         )
+        self.resume = resume
+        self.state_path = os.path.join(os.path.dirname(self.spool.directory), "resume.json")
         self.best_value: float | None = None  # best monitored value among logged checkpoints
         self.last_report: PublishReport | None = None
         self._destinations: dict[str, dict[str, Any]] = {}
@@ -163,8 +174,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             except ValueError:
                 pass  # auto mode not resolvable yet; Keras retries (and explains) at epoch end
         self._git = git_provenance.capture() if self.log_git else git_provenance.GitInfo()
+        state = self._read_state() if self.resume else None
+        previous = (state or {}).get("destinations", {})
         self._destinations = {
-            key: tracker.start(run_name=None) for key, tracker in self._tracker_by_key.items()
+            key: tracker.start(run_name=None, resume=previous.get(key))
+            for key, tracker in self._tracker_by_key.items()
         }
         for key, destination in self._destinations.items():
             remember_destination(key, destination)
@@ -176,6 +190,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         )
         self._resubmit_leftovers()
         self._atexit = _register_atexit(self)
+        if state is not None:
+            self._restore(state)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -215,6 +231,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             destinations=dict(self._destinations),
         )
         self.spool.add(entry)
+        if self.resume:
+            self._write_state(record)
         self._publisher.submit(entry)
         if not self._publisher.asynchronous:
             self._print_messages()
@@ -275,6 +293,57 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 pass
         return 0
 
+    # -- resume ---------------------------------------------------------------------------
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            with open(self.state_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            logger.info("resume=True: no earlier state in %s; starting afresh.", self.state_path)
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"Cannot resume: {self.state_path} is unreadable ({exc}); delete it to start afresh."
+            ) from exc
+
+    def _write_state(self, record: CheckpointRecord) -> None:
+        state = {
+            "destinations": self._destinations,
+            "best_value": self.best_value,
+            "keras_best": _scalar(self.best),
+            "last": {"filepath": record.filepath, "epoch": record.epoch, "batch": record.batch, "step": record.step},
+        }
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.state_path)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Reload the latest checkpoint and bookkeeping, and move fit's start to the next epoch."""
+        last = state["last"]
+        path = last["filepath"]
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Cannot resume: the latest checkpoint {path} is gone. Restore it (e.g. "
+                f"tracked_ckpt.download_checkpoint) or delete {self.state_path} to start afresh."
+            )
+        if not self.model.built:
+            raise ValueError("resume=True needs a built model: build it (or call it on a batch) before fit().")
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # so its state can be loaded too
+        self.model.load_weights(path)
+        self.best_value = state.get("best_value")
+        if self.save_best_only and state.get("keras_best") is not None:
+            self.best = state["keras_best"]
+        # An epoch cut off after a batch-level save is run again from its start.
+        self.model._initial_epoch = last["epoch"] if last.get("batch") is None else last["epoch"] - 1
+        logger.info(
+            "Resumed from %s (epoch %d, step %d); best %s so far: %s.",
+            path, last["epoch"], last["step"], self.monitor, self.best_value,
+        )
+
     # -- publishing -----------------------------------------------------------------------
 
     def _resubmit_leftovers(self) -> None:
@@ -305,6 +374,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self._atexit = None
         report = publisher.close(self.wait_timeout)
         self.last_report = report
+        if success and self.resume and os.path.exists(self.state_path):
+            os.remove(self.state_path)  # the job completed: the next fit starts afresh
         if report.ok:
             self.spool.remove_if_empty()
         self._print_messages()

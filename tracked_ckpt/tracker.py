@@ -45,8 +45,12 @@ class Tracker(Protocol):
     #: Human-readable name used in messages, e.g. "MLflow".
     display_name: str
 
-    def start(self, run_name: str | None = None) -> dict[str, Any]:
-        """Attach to (or start) a run and return a JSON-serialisable destination."""
+    def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Attach to (or start) a run and return a JSON-serialisable destination.
+
+        With `resume`, a destination an earlier `start` returned, attach to that
+        run again so a restarted job keeps logging where it left off.
+        """
         ...
 
     def log_checkpoint(
