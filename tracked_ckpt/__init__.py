@@ -4,32 +4,59 @@ Data flows one way: `TrackedModelCheckpoint` (callback) builds a
 `CheckpointRecord` (record), freezes the file into a `Spool`, and the
 `Publisher` hands it to a `Tracker` (integrations). The registry helper reads
 the records back to promote, list and load checkpoints.
+
+Names are imported lazily, so `import tracked_ckpt` (and the CLI) does not
+pay for importing Keras and TensorFlow until the callback is used.
 """
 
-from tracked_ckpt.callback import TrackedModelCheckpoint
-from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
-from tracked_ckpt.registry import (
-    ChecksumError,
-    LoggedCheckpoint,
-    PromotionResult,
-    best_checkpoint,
-    download_checkpoint,
-    list_checkpoints,
-    load_model,
-    promote_best,
-)
+from __future__ import annotations
 
-__all__ = [
-    "SCHEMA_KEYS",
-    "CheckpointRecord",
-    "ChecksumError",
-    "LoggedCheckpoint",
-    "PromotionResult",
-    "TrackedModelCheckpoint",
-    "best_checkpoint",
-    "download_checkpoint",
-    "list_checkpoints",
-    "load_model",
-    "promote_best",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "TrackedModelCheckpoint": "tracked_ckpt.callback",
+    "CheckpointRecord": "tracked_ckpt.record",
+    "SCHEMA_KEYS": "tracked_ckpt.record",
+    "ChecksumError": "tracked_ckpt.registry",
+    "LoggedCheckpoint": "tracked_ckpt.registry",
+    "PromotionResult": "tracked_ckpt.registry",
+    "best_checkpoint": "tracked_ckpt.registry",
+    "download_checkpoint": "tracked_ckpt.registry",
+    "list_checkpoints": "tracked_ckpt.registry",
+    "load_model": "tracked_ckpt.registry",
+    "promote_best": "tracked_ckpt.registry",
+    "sync_spool": "tracked_ckpt.publisher",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from tracked_ckpt.callback import TrackedModelCheckpoint
+    from tracked_ckpt.publisher import sync_spool
+    from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
+    from tracked_ckpt.registry import (
+        ChecksumError,
+        LoggedCheckpoint,
+        PromotionResult,
+        best_checkpoint,
+        download_checkpoint,
+        list_checkpoints,
+        load_model,
+        promote_best,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tracked_ckpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

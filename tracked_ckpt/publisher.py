@@ -174,3 +174,30 @@ class Publisher:
         self._failures = 0
         self.spool.remove(entry)
         return True
+
+
+def sync_spool(directory: str, *, timeout: float | None = None) -> PublishReport:
+    """Log every checkpoint waiting in a spool directory (what `tracked-ckpt sync` runs).
+
+    Each entry goes to the run it was saved for, whatever process saved it;
+    already-logged ones are recognised by the tracker and not logged twice.
+
+    Example:
+        >>> sync_spool("checkpoints/.tracked_ckpt/spool")  # doctest: +SKIP
+    """
+    from tracked_ckpt.spool import Spool
+    from tracked_ckpt.tracker import tracker_class
+
+    spool = Spool(directory)
+    entries = list(spool.entries())
+    names = {name for entry in entries for name in entry.pending_trackers}
+    trackers = {name: tracker_class(name)() for name in sorted(names)}
+    # A single attempt per pass, then backoff until `timeout`: the same loop as during fit.
+    publisher = Publisher(trackers, spool, asynchronous=False)
+    for entry in entries:
+        with publisher._cond:
+            publisher._queue.append(entry)
+    report = publisher.close(timeout)
+    if report.ok:
+        spool.remove_if_empty()
+    return report

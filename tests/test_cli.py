@@ -1,0 +1,144 @@
+"""The tracked-ckpt command on a real store: ls, show, promote, pull, sync."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+from helpers import InjectMetric, logged_models, make_data, make_model
+
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.cli import main
+
+CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
+
+
+def train(scores):
+    with mlflow.start_run() as run:
+        callback = TrackedModelCheckpoint("ckpt/c-{epoch}.keras", monitor="score", mode="min")
+        x, y = make_data()
+        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
+                         callbacks=[InjectMetric("score", scores), callback])
+    return run.info.run_id
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ls_show_promote_pull(embedded_store, workdir, capsys):
+    run_id = train([0.4, 0.2, 0.3])
+    code, out, _ = run_cli(capsys, "ls", "--run-id", run_id)
+    lines = out.strip().splitlines()
+    assert code == 0
+    assert lines[0].split() == ["epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id"]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"]
+    assert "0.2" in lines[2] and "*" in lines[2]
+
+    code, out, _ = run_cli(capsys, "ls", "--run-id", run_id, "--where", "is_best=true", "--json")
+    assert [json.loads(line)["epoch"] for line in out.strip().splitlines()] == [1, 2]
+
+    code, out, _ = run_cli(capsys, "promote", "cli-model", "--run-id", run_id)
+    assert code == 0 and "cli-model@champion -> version 1" in out
+
+    code, out, _ = run_cli(capsys, "show", "cli-model")
+    assert code == 0 and "c-e0002" not in out  # named after the model, not the file
+    assert "tiny-e0002" in out and "epoch: 2" in out and "aliases: champion" in out
+
+    code, out, _ = run_cli(capsys, "pull", "cli-model", "--alias", "champion", "-o", str(workdir / "pulled"))
+    pulled = out.strip()
+    assert code == 0 and pulled == str(workdir / "pulled" / "c-2.keras")
+    with open(pulled, "rb") as a, open(workdir / "ckpt" / "c-2.keras", "rb") as b:
+        assert hashlib.sha256(a.read()).digest() == hashlib.sha256(b.read()).digest()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["promote", "m", "--alias", "latest"], "reserved"),
+        (["show", "missing-model"], "has no alias 'champion'"),
+        (["ls", "--run-id", "0123456789abcdef"], "not found"),
+        (["ls", "--where", "colour=red", "--run-id", "x"], ""),
+        (["ls", "--tracker", "nosuch", "--run-id", "x"], "Unknown tracker 'nosuch'"),
+    ],
+)
+def test_errors_are_one_line_with_nonzero_exit(embedded_store, workdir, capsys, args, message):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 1
+    assert err.startswith("tracked-ckpt: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("ls", "show", "promote", "pull", "sync"):
+        assert command in out
+    out = subprocess.run([*CLI, "promote", "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--run-id", "--experiment", "--tracker", "--alias", "--monitor", "--mode", "--force"):
+        assert option in out
+
+
+KILLED_WHILE_UPLOADING = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    import keras
+    from helpers import make_data, make_model
+    from tracked_ckpt import TrackedModelCheckpoint
+    from tracked_ckpt.integrations.mlflow import MlflowTracker
+
+    class SlowUpload(MlflowTracker):
+        # The LoggedModel exists (PENDING) and its files are being uploaded when the kill comes.
+        def _build_artifacts(self, *args, **kwargs):
+            super()._build_artifacts(*args, **kwargs)
+            time.sleep(3)
+
+    class Die(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                time.sleep(1)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    x, y = make_data()
+    callback = TrackedModelCheckpoint("ckpt/k-{{epoch}}.keras", tracker=SlowUpload())
+    make_model().fit(x, y, validation_split=0.25, epochs=6, verbose=0, callbacks=[callback, Die()])
+    """
+)
+
+
+@pytest.mark.slow
+def test_sync_logs_what_a_killed_job_left_none_twice(embedded_store, workdir):
+    script = workdir / "train.py"
+    script.write_text(KILLED_WHILE_UPLOADING.format(tests=os.path.dirname(__file__)))
+    died = subprocess.run([sys.executable, str(script)], cwd=workdir, capture_output=True, text=True)
+    assert died.returncode == -9, died.stderr[-2000:]
+    (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
+    before = logged_models(run.info.run_id)
+    assert [str(m.status) for m in before] == ["PENDING"], "the kill should land mid-upload"
+    spool = workdir / "ckpt" / ".tracked_ckpt" / "spool"
+    assert len([f for f in os.listdir(spool) if f.endswith(".json")]) == 4
+
+    synced = subprocess.run([*CLI, "sync"], cwd=workdir, capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    assert "logged 4 checkpoint(s), 0 still pending" in synced.stdout
+    after = logged_models(run.info.run_id)
+    assert [m.name for m in after] == [f"tiny-e000{i}" for i in range(1, 5)]
+    assert {str(m.status) for m in after} == {"READY"}
+    assert after[0].model_id == before[0].model_id  # the interrupted one was completed, not duplicated
+    for model in after:
+        local = workdir / "ckpt" / f"k-{model.tags['tracked_ckpt.epoch']}.keras"
+        with open(local, "rb") as f:
+            assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert not spool.exists()
+    # A second sync finds nothing left and logs nothing again.
+    again = subprocess.run([*CLI, "sync"], cwd=workdir, capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing to sync" in again.stdout
+    assert len(logged_models(run.info.run_id)) == 4

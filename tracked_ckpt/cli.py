@@ -1,0 +1,218 @@
+"""The `tracked-ckpt` command: list, show, promote, pull and sync checkpoints.
+
+Example:
+
+    tracked-ckpt ls --experiment digits-demo
+    tracked-ckpt promote digits-classifier --experiment digits-demo
+    tracked-ckpt pull digits-classifier --alias champion -o ./model
+    tracked-ckpt sync checkpoints/.tracked_ckpt/spool
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import shutil
+import sys
+from typing import Sequence
+
+# TensorFlow's C++ start-up chatter would drown a one-line answer.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from tracked_ckpt import registry  # noqa: E402
+from tracked_ckpt.record import SCHEMA_KEYS  # noqa: E402
+
+logger = logging.getLogger("tracked_ckpt")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 on success, 1 on error, 2 on usage errors)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. its database set-up notices
+    if getattr(args, "tracking_uri", None):
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("tracked-ckpt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, no traceback: the message says what to do
+        if args.verbose:
+            logger.exception("failed")
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"tracked-ckpt: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracked-ckpt",
+        description="List, inspect, promote, download and sync checkpoints logged by TrackedModelCheckpoint.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracker", default="mlflow", help="tracker name: mlflow (default) or wandb")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+    def scope(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run-id", help="the run to look in")
+        p.add_argument("--experiment", help="look in every run of this experiment (W&B: project)")
+
+    ls = commands.add_parser("ls", help="list the checkpoints of a run or experiment as a table")
+    common(ls)
+    scope(ls)
+    ls.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"keep checkpoints whose schema field matches (repeatable); keys: {', '.join(SCHEMA_KEYS)}")
+    ls.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    ls.set_defaults(func=_ls)
+
+    show = commands.add_parser("show", help="show everything recorded about one registered checkpoint")
+    common(show)
+    show.add_argument("registered_name")
+    _which(show)
+    show.set_defaults(func=_show)
+
+    promote = commands.add_parser("promote", help="register the best checkpoint and move an alias onto it")
+    common(promote)
+    scope(promote)
+    promote.add_argument("registered_name")
+    promote.add_argument("--alias", default=registry.DEFAULT_ALIAS, help="alias to move (default: champion)")
+    promote.add_argument("--name", help="only checkpoints with this base name")
+    promote.add_argument("--monitor", help="metric to rank by (default: the one recorded)")
+    promote.add_argument("--mode", choices=["min", "max"], help="direction (default: the one recorded)")
+    promote.add_argument("--force", action="store_true",
+                         help="move the alias even if the current holder is better (only_if_better=False)")
+    promote.set_defaults(func=_promote)
+
+    pull = commands.add_parser("pull", help="download a registered checkpoint (verified against its sha256)")
+    common(pull)
+    pull.add_argument("registered_name")
+    _which(pull)
+    pull.add_argument("-o", "--output", help="copy the file into this folder (default: print the cached path)")
+    pull.set_defaults(func=_pull)
+
+    sync = commands.add_parser("sync", help="log checkpoints left waiting in a spool (after a crash or outage)")
+    sync.add_argument("spools", nargs="*",
+                      help="spool folders (default: every */.tracked_ckpt/spool under the current folder)")
+    sync.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
+    sync.set_defaults(func=_sync)
+    return parser
+
+
+def _which(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--alias", help=f"alias (default: {registry.DEFAULT_ALIAS})")
+    group.add_argument("--version", help="registered version number")
+
+
+def _ls(args) -> int:
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--where {item!r} is not KEY=VALUE, e.g. --where epoch=3")
+        where[key] = value
+    found = registry.list_checkpoints(run_id=args.run_id, experiment=args.experiment,
+                                      tracker=args.tracker, where=where or None)
+    if args.json:
+        for c in found:
+            print(json.dumps({"id": c.id, "run_id": c.run_id, "name": c.record.name, **c.record.metadata()}))
+        return 0
+    rows = [("epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id")]
+    for c in found:
+        r = c.record
+        rows.append((
+            str(r.epoch), str(r.step), r.monitor, "-" if r.value is None else f"{r.value:.6g}",
+            "*" if r.is_best else "", (r.git_commit or "-")[:8],
+            "-" if r.git_dirty is None else ("yes" if r.git_dirty else "no"), _size(r.size_bytes), c.id,
+        ))
+    _table(rows)
+    if not found:
+        print("(no checkpoints)", file=sys.stderr)
+    return 0
+
+
+def _show(args) -> int:
+    alias = args.alias or (None if args.version else registry.DEFAULT_ALIAS)
+    backend = registry._backend(args.tracker)
+    c = backend.resolve(args.registered_name, alias=alias, version=args.version)
+    print(f"{c.record.name}  ({c.id})")
+    print(f"  registered: {args.registered_name} version {c.extra.get('version', '?')}"
+          f"{'  aliases: ' + ', '.join(c.aliases) if c.aliases else ''}")
+    print(f"  run: {c.run_id}")
+    print(f"  location: {c.location}")
+    for key, value in c.record.metadata().items():
+        print(f"  {key}: {value}")
+    for key, value in sorted(c.record.metrics.items()):
+        print(f"  metric {key}: {value:.6g}")
+    return 0
+
+
+def _promote(args) -> int:
+    result = registry.promote_best(
+        args.registered_name, tracker=args.tracker, run_id=args.run_id, experiment=args.experiment,
+        name=args.name, monitor=args.monitor, mode=args.mode, alias=args.alias, only_if_better=not args.force,
+    )
+    print(result.reason)
+    if result.version:
+        print(f"{result.registered_name}@{result.alias} -> version {result.version}")
+    return 0
+
+
+def _pull(args) -> int:
+    alias = args.alias or (None if args.version else registry.DEFAULT_ALIAS)
+    path = registry.download_checkpoint(args.registered_name, alias=alias, version=args.version, tracker=args.tracker)
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        target = os.path.join(args.output, os.path.basename(path))
+        shutil.copyfile(path, target)
+        path = target
+    print(path)
+    return 0
+
+
+def _sync(args) -> int:
+    from tracked_ckpt.publisher import sync_spool
+
+    spools = args.spools or sorted(glob.glob(os.path.join("**", ".tracked_ckpt", "spool"), recursive=True))
+    if not spools:
+        print("Nothing to sync: no .tracked_ckpt/spool folder under the current folder.")
+        return 0
+    pending = 0
+    for spool in spools:
+        if not os.path.isdir(spool):
+            raise FileNotFoundError(f"{spool} is not a folder: pass a .tracked_ckpt/spool folder.")
+        report = sync_spool(spool, timeout=args.timeout)
+        logged = len({entry.id for entry, _, _ in report.logged})
+        print(f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending")
+        pending += len(report.pending)
+    if pending:
+        raise RuntimeError(f"{pending} checkpoint(s) could not be logged: is the tracker reachable? Run sync again.")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
