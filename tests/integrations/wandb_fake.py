@@ -1,0 +1,343 @@
+"""An in-memory stand-in for the part of `wandb.Api` / `wandb.Artifact` that tracked-ckpt uses.
+
+`FakeServer` holds collections and applies W&B's rules:
+
+* versions of a collection are numbered v0, v1, ... in logging order;
+* logging content identical to an existing version (same artifact digest)
+  creates no new version, the existing one gets the aliases;
+* an alias is unique within a collection: giving it to a version takes it off
+  the previous holder; `latest` always names the newest version;
+* aliases may not contain "/" or ":";
+* a version holding aliases is only deleted with `delete_aliases=True`;
+* `link` to `wandb-registry-<registry>/<collection>` makes a linked version in
+  the registry's own collection (its own version numbers and aliases, no data
+  copied); linking the same source again returns that version; deleting a
+  linked version only unlinks it; the model registry takes type "model" only.
+
+`FakeApi` and `FakeArtifact` expose only members the real `wandb.Api` and
+`wandb.Artifact` have, with the same parameter names (checked by
+`test_fake_matches_real_wandb_classes`), so code written against the fake runs
+against W&B. Test helpers live on `FakeServer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Iterable
+
+import wandb.errors
+
+from wandb_records import logged_artifacts
+
+REGISTRY_PREFIX = "wandb-registry-"
+_SEP = ("/", ":")
+
+
+@dataclasses.dataclass(eq=False)
+class _Version:
+    collection: "_Collection"
+    index: int
+    files: dict[str, bytes]
+    digest: str
+    metadata: dict[str, Any]
+    source: "_Version | None" = None  # set on registry links
+
+    @property
+    def aliases(self) -> list[str]:
+        return sorted(a for a, v in self.collection.aliases.items() if v is self)
+
+
+@dataclasses.dataclass(eq=False)
+class _Collection:
+    entity: str
+    project: str
+    name: str
+    type: str
+    versions: list[_Version] = dataclasses.field(default_factory=list)
+    aliases: dict[str, _Version] = dataclasses.field(default_factory=dict)
+
+    def live(self) -> list[_Version]:
+        return [v for v in self.versions if v in self._alive]
+
+    def __post_init__(self):
+        self._alive: list[_Version] = []
+
+    def set_alias(self, alias: str, version: _Version) -> None:
+        if any(sep in alias for sep in _SEP):
+            raise ValueError(f"Aliases must not contain any of the following characters: {_SEP}")
+        self.aliases[alias] = version
+
+    def add(self, files: dict[str, bytes], digest: str, metadata: dict[str, Any], source=None) -> _Version:
+        version = _Version(self, len(self.versions), files, digest, metadata, source)
+        self.versions.append(version)
+        self._alive.append(version)
+        self.set_alias("latest", version)
+        return version
+
+
+class FakeServer:
+    """W&B's artifact store, in memory. `api()` gives a `wandb.Api`-like client on it.
+
+    Args:
+        entity, project: defaults for paths that leave them out.
+        organization: the entity registry collections live under.
+    """
+
+    def __init__(self, entity: str = "team", project: str = "proj", organization: str = "org"):
+        self.entity = entity
+        self.project = project
+        self.organization = organization
+        self.collections: dict[tuple[str, str, str], _Collection] = {}
+
+    def api(self) -> "FakeApi":
+        return FakeApi(self)
+
+    # -- writing (what `run.log_artifact` + `wandb sync` do) -----------------------------
+
+    def log(
+        self,
+        name: str,
+        files: dict[str, bytes],
+        metadata: dict[str, Any] | None = None,
+        aliases: Iterable[str] = (),
+        type: str = "model",
+        project: str | None = None,
+    ) -> "FakeArtifact":
+        """Log a version the way the server records `run.log_artifact(...)`."""
+        collection = self._collection(self.entity, project or self.project, name, type, create=True)
+        digest = _digest(files)
+        version = next((v for v in collection.live() if v.digest == digest), None)
+        if version is None:
+            version = collection.add(dict(files), digest, dict(metadata or {}))
+        for alias in ["latest", *aliases]:
+            collection.set_alias(alias, version)
+        return FakeArtifact(self, version)
+
+    def sync(self, run_dir: str) -> list["FakeArtifact"]:
+        """Upload an offline run's artifact records, as `wandb sync <run_dir>` would."""
+        out = []
+        for art in logged_artifacts(run_dir):
+            files = {}
+            for f in art.files:
+                with open(f.local_path, "rb") as fh:
+                    files[f.path] = fh.read()
+            out.append(self.log(art.name, files, art.metadata, art.aliases, art.type, art.project or None))
+        return out
+
+    def corrupt(self, path: str) -> None:
+        """Flip the stored bytes of a version's files (to test checksum verification)."""
+        version = self.resolve(path)
+        for name, data in version.files.items():
+            version.files[name] = bytes([data[0] ^ 0xFF]) + data[1:]
+
+    # -- reading --------------------------------------------------------------------------
+
+    def resolve(self, path: str) -> _Version:
+        """The version an "entity/project/name:version-or-alias" path names (KeyError if none)."""
+        collection_path, _, ref = path.partition(":")
+        collection = self._collection(*self._split(collection_path), type=None)
+        ref = ref or "latest"
+        if ref in collection.aliases and collection.aliases[ref] in collection.live():
+            return collection.aliases[ref]
+        if ref.startswith("v") and ref[1:].isdigit():
+            for version in collection.live():
+                if version.index == int(ref[1:]):
+                    return version
+        raise KeyError(f"no version {ref!r} in {collection_path}")
+
+    def collection_of(self, path: str) -> _Collection:
+        return self._collection(*self._split(path), type=None)
+
+    def _split(self, path: str) -> tuple[str, str, str]:
+        parts = path.split("/")
+        if len(parts) == 2 and parts[0].startswith(REGISTRY_PREFIX):
+            return self.organization, parts[0], parts[1]
+        if len(parts) == 1:
+            return self.entity, self.project, parts[0]
+        if len(parts) == 2:
+            return self.entity, parts[0], parts[1]
+        return parts[0], parts[1], parts[2]
+
+    def _collection(self, entity: str, project: str, name: str, type: str | None, create: bool = False):
+        key = (entity, project, name)
+        if key not in self.collections:
+            if not create:
+                raise KeyError(f"no collection {'/'.join(key)}")
+            self.collections[key] = _Collection(entity, project, name, type or "model")
+        return self.collections[key]
+
+
+class FakeApi:
+    """`wandb.Api`, on a `FakeServer`: the methods tracked-ckpt calls, with W&B's signatures."""
+
+    def __init__(self, server: FakeServer):
+        self._server = server
+
+    def artifact(self, name: str, type: str | None = None):
+        try:
+            version = self._server.resolve(name)
+        except KeyError as exc:
+            raise wandb.errors.CommError(f"artifact {name!r} not found") from exc
+        if type is not None and version.collection.type != type:
+            raise ValueError(
+                f"type {type!r} specified but this artifact is of type {version.collection.type!r}"
+            )
+        return FakeArtifact(self._server, version)
+
+    def artifact_exists(self, name: str, type: str | None = None) -> bool:
+        try:
+            self.artifact(name, type)
+        except (wandb.errors.CommError, ValueError):
+            return False
+        return True
+
+    def artifacts(
+        self,
+        type_name: str,
+        name: str,
+        order: str | None = None,
+        per_page: int = 50,
+        tags: list[str] | None = None,
+        start: str | None = None,
+    ) -> list["FakeArtifact"]:
+        """Versions of a collection, newest first (as W&B lists them)."""
+        collection = self._server.collection_of(name)
+        if collection.type != type_name:
+            return []
+        return [FakeArtifact(self._server, v) for v in reversed(collection.live())]
+
+
+class FakeArtifact:
+    """A logged `wandb.Artifact` version: a view on the server, edited through `save()`."""
+
+    def __init__(self, server: FakeServer, version: _Version):
+        self._server = server
+        self._version = version
+        self._aliases = version.aliases
+        self._saved_aliases = list(self._aliases)
+        self._metadata = dict(version.metadata)
+
+    @property
+    def name(self) -> str:
+        return f"{self._version.collection.name}:v{self._version.index}"
+
+    @property
+    def version(self) -> str:
+        return f"v{self._version.index}"
+
+    @property
+    def type(self) -> str:
+        return self._version.collection.type
+
+    @property
+    def entity(self) -> str:
+        return self._version.collection.entity
+
+    @property
+    def project(self) -> str:
+        return self._version.collection.project
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.entity}/{self.project}/{self.name}"
+
+    @property
+    def digest(self) -> str:
+        return self._version.digest
+
+    @property
+    def is_link(self) -> bool:
+        return self._version.source is not None
+
+    @property
+    def aliases(self) -> list[str]:
+        return self._aliases
+
+    @aliases.setter
+    def aliases(self, aliases: list[str]) -> None:
+        if any(sep in a for a in aliases for sep in _SEP):
+            raise ValueError(f"Aliases must not contain any of the following characters: {_SEP}")
+        self._aliases = list(aliases)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    def save(self, project: str | None = None, settings: Any = None) -> None:
+        collection = self._version.collection
+        for alias in set(self._saved_aliases) - set(self._aliases):
+            if collection.aliases.get(alias) is self._version:
+                del collection.aliases[alias]
+        for alias in self._aliases:
+            collection.set_alias(alias, self._version)
+        self._version.metadata = dict(self._metadata)
+        self._aliases = self._version.aliases
+        self._saved_aliases = list(self._aliases)
+
+    def delete(self, delete_aliases: bool = False) -> None:
+        version = self._version
+        collection = version.collection
+        if version.source is None and version.aliases and not delete_aliases:
+            raise wandb.errors.CommError(
+                f"cannot delete {self.qualified_name}: it has aliases {version.aliases}; "
+                "pass delete_aliases=True"
+            )
+        for alias in version.aliases:
+            del collection.aliases[alias]
+        collection._alive.remove(version)
+        if collection.live() and "latest" not in collection.aliases:
+            collection.set_alias("latest", collection.live()[-1])
+
+    def link(self, target_path: str, aliases: Iterable[str] | None = None) -> "FakeArtifact":
+        project, _, name = target_path.partition("/")
+        if not project.startswith(REGISTRY_PREFIX) or not name or "/" in name:
+            raise ValueError(f"target_path {target_path!r} is not wandb-registry-<registry>/<collection>")
+        if project == REGISTRY_PREFIX + "model" and self.type != "model":
+            raise ValueError(f"the model registry only accepts type 'model', not {self.type!r}")
+        server = self._server
+        collection = server._collection(server.organization, project, name, self.type, create=True)
+        source = self._version.source or self._version
+        linked = next((v for v in collection.live() if v.source is source), None)
+        if linked is None:
+            linked = collection.add(source.files, source.digest, source.metadata, source=source)
+        for alias in aliases or ():
+            collection.set_alias(alias, linked)
+        return FakeArtifact(server, linked)
+
+    def file(self, root: str | None = None) -> str:
+        files = self._version.files
+        if len(files) > 1:
+            raise ValueError("This artifact contains more than one file, call `.download()`")
+        (name, data), = files.items()
+        return self._write(root, name, data)
+
+    def download(
+        self,
+        root: str | None = None,
+        allow_missing_references: bool = False,
+        skip_cache: bool | None = None,
+        path_prefix: str | None = None,
+        multipart: bool | None = None,
+    ) -> str:
+        root = root or os.path.join(".", "artifacts", self.name)
+        for name, data in self._version.files.items():
+            self._write(root, name, data)
+        return root
+
+    def _write(self, root: str | None, name: str, data: bytes) -> str:
+        root = root or os.path.join(".", "artifacts", self.name)
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+
+def _digest(files: dict[str, bytes]) -> str:
+    """W&B's artifact digest idea: a hash over (name, content md5) of every file."""
+    entries = {name: base64.b64encode(hashlib.md5(data).digest()).decode() for name, data in files.items()}
+    return hashlib.md5(json.dumps(sorted(entries.items())).encode()).hexdigest()
