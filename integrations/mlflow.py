@@ -24,6 +24,9 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+import uuid
 from typing import Any, Mapping
 
 import mlflow
@@ -41,6 +44,7 @@ logger = logging.getLogger("tracked_ckpt")
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 GIT_BRANCH_TAG = "mlflow.source.git.branch"
 METADATA_FILE = "tracked_ckpt.json"
+DEFERRED_TAG = "tracked_ckpt.deferred_id"  # run tag: the run made for a deferred start
 KERAS_DATA_DIR = "data"
 
 
@@ -89,6 +93,8 @@ class MlflowTracker:
         self._started: str | None = None  # "fluent" or "client" when this tracker started the run
         self._destination: dict[str, Any] = {}
         self._clients: dict[str, MlflowClient] = {}
+        self._resolved: dict[str, dict[str, Any]] = {}
+        self._orphans: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     # -- run lifecycle (training thread) ------------------------------------------------
@@ -97,6 +103,8 @@ class MlflowTracker:
         """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination."""
         uri = (resume or {}).get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
         _check_tracking_uri(uri)
+        if not _reachable(uri):
+            return self._defer(uri, run_name, resume)
         client = self.client(uri)
         active = mlflow.active_run() if self.tracking_uri is None else None
         run_id = self.run_id or (resume or {}).get("run_id")
@@ -128,10 +136,65 @@ class MlflowTracker:
         }
         return dict(self._destination)
 
+    def _defer(self, uri: str, run_name: str | None, resume: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The server is down: hand out a destination whose run is created on the first upload."""
+        if resume and (resume.get("run_id") or resume.get("deferred")):
+            self._destination = dict(resume)
+        else:
+            self._destination = {
+                "tracking_uri": uri,
+                "deferred": uuid.uuid4().hex,
+                "experiment_name": self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"),
+                "run_name": run_name or self.run_name,
+                "owned": True,
+            }
+        self._started = "deferred"
+        logger.warning(
+            "MLflow at %s is unreachable: training goes on and checkpoints wait in the spool; they are "
+            "logged when the server answers again (or later with `tracked-ckpt sync`).",
+            uri,
+        )
+        return dict(self._destination)
+
+    def _resolve(self, destination: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The concrete run of a deferred destination, created once (found again by its tag)."""
+        if "run_id" in destination:
+            return destination
+        key = destination["deferred"]
+        with self._lock:
+            if key in self._resolved:
+                return self._resolved[key]
+        client = self.client(destination["tracking_uri"])
+        name = destination.get("experiment_name")
+        experiment_id = "0"
+        if name:
+            found = client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found else client.create_experiment(name)
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{DEFERRED_TAG}` = '{key}'", max_results=1)
+        run = runs[0] if runs else client.create_run(
+            experiment_id, run_name=destination.get("run_name"), tags={DEFERRED_TAG: key}
+        )
+        resolved = {
+            "tracking_uri": destination["tracking_uri"],
+            "experiment_id": run.info.experiment_id,
+            "run_id": run.info.run_id,
+            "owned": True,
+        }
+        with self._lock:
+            self._resolved[key] = resolved
+            if self._destination.get("deferred") == key:
+                self._destination, self._started = resolved, "client"
+            elif not runs:
+                self._orphans.append(resolved)  # made for another process's spool (sync): end it in finish
+        return resolved
+
     def finish(self, success: bool = True) -> None:
         """End the run if `start` started it."""
         started, self._started = self._started, None
         status = "FINISHED" if success else "FAILED"
+        for orphan in self._orphans:
+            self.client(orphan["tracking_uri"]).set_terminated(orphan["run_id"], status=status)
+        self._orphans.clear()
         if started == "fluent":
             active = mlflow.active_run()
             if active is not None and active.info.run_id == self._destination.get("run_id"):
@@ -156,6 +219,7 @@ class MlflowTracker:
         self, record: CheckpointRecord, path: str, destination: Mapping[str, Any]
     ) -> str:
         """Log one checkpoint as a LoggedModel; return its model id. Idempotent."""
+        destination = self._resolve(destination)
         client = self.client(destination["tracking_uri"])
         run_id = destination["run_id"]
         experiment_id = destination["experiment_id"]
@@ -437,6 +501,19 @@ def _model_id_from_source(source: str | None) -> str | None:
     if source and source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
         return source[len("models:/"):]
     return None
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> bool:
+    """False only when an HTTP tracking server cannot be connected to at all."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # something answered (auth, proxy): let MLflow report the details
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _check_tracking_uri(uri: str | None) -> None:

@@ -198,6 +198,8 @@ def sync_spool(directory: str, *, timeout: float | None = None) -> PublishReport
         with publisher._cond:
             publisher._queue.append(entry)
     report = publisher.close(timeout)
+    for tracker in trackers.values():
+        tracker.finish(success=True)  # ends only runs this sync had to create
     if report.ok:
         spool.remove_if_empty()
     return report
