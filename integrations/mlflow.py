@@ -33,6 +33,7 @@ import mlflow
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
@@ -247,6 +248,23 @@ class MlflowTracker:
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=record.epoch)])
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         return model.model_id
+
+    def delete_checkpoint(self, ref: str, destination: Mapping[str, Any]) -> bool:
+        """Delete a LoggedModel and its files, unless it is a registered model version's source.
+
+        `delete_logged_model` alone is a soft delete that keeps the bytes, so the
+        artifacts are removed first (what `mlflow gc` would do later).
+        """
+        destination = self._resolve(destination)
+        client = self.client(destination["tracking_uri"])
+        versions = client.search_model_versions(f"run_id = '{_quote(destination['run_id'])}'")
+        if any(v.source == f"models:/{ref}" for v in versions):
+            return False
+        model = client.get_logged_model(ref)
+        repository = get_artifact_repository(model.artifact_location, tracking_uri=destination["tracking_uri"])
+        repository.delete_artifacts()
+        client.delete_logged_model(ref)
+        return True
 
     @staticmethod
     def find_logged(client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord):

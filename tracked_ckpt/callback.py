@@ -28,6 +28,7 @@ from tracked_ckpt.record import (
     sanitize_name,
     validate_name,
 )
+from tracked_ckpt.retention import Retention
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
 from tracked_ckpt.tracker import Tracker, remember_destination, resolve_trackers, tracker_key
 
@@ -74,6 +75,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             `.tracked_ckpt/spool` folder next to the checkpoint files (the same
             filesystem, so freezing a file is a hard link, not a copy).
         wait_timeout: seconds `on_train_end` waits for uploads (None: no limit).
+        keep_top_k: keep only the K best checkpoints by the monitored metric,
+            plus the latest, on the tracker and on local disk; promoted or
+            aliased ones are never deleted. None (default) keeps everything.
         resume: continue an interrupted job: at the start of `fit`, reload the
             latest checkpoint this callback wrote (model and optimizer state),
             restore the best-so-far value, log into the same run again, and
@@ -117,6 +121,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         log_git: bool = True,
         spool_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float | None = 600.0,
+        keep_top_k: int | None = None,
         resume: bool = False,
     ):
         if mode not in _MODES:
@@ -152,6 +157,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             else os.path.join(os.path.dirname(os.path.abspath(self.filepath)), ".tracked_ckpt", "spool")
         )
         self.resume = resume
+        self.retention = (
+            Retention(keep_top_k, lambda: self.resolved_mode, self._delete) if keep_top_k is not None else None
+        )
         self.state_path = os.path.join(os.path.dirname(self.spool.directory), "resume.json")
         self.best_value: float | None = None  # best monitored value among logged checkpoints
         self.last_report: PublishReport | None = None
@@ -354,7 +362,15 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 logger.info("Logging %s left in the spool by an earlier run.", entry.record.name)
                 self._publisher.submit(entry)
 
+    def _delete(self, tracker: str, ref: str, destination) -> bool:
+        delete = getattr(self._tracker_by_key[tracker], "delete_checkpoint", None)
+        if delete is None:
+            return False  # a tracker that cannot delete keeps everything
+        return delete(ref, destination)
+
     def _on_logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
+        if self.retention is not None and not entry.pending_trackers:
+            self.retention.add(entry.record, entry.done, entry.destinations)
         if self.verbose > 0:
             display = self._tracker_by_key[tracker].display_name
             self._messages.append(

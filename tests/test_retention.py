@@ -1,0 +1,95 @@
+"""keep_top_k: storage stays O(K) on the tracker and on disk; promoted checkpoints survive."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import mlflow
+import pytest
+from helpers import InjectMetric, logged_models, make_data, make_model
+
+import tracked_ckpt
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.retention import Kept, to_evict
+from tracked_ckpt.record import CheckpointRecord
+
+# 20 epochs; the best three are epochs 7 (0.05), 13 (0.08) and 18 (0.1); epoch 20 is the latest.
+SCORES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.05, 0.3, 0.35, 0.45, 0.2, 0.25, 0.08, 0.5, 0.6, 0.7, 0.15, 0.1, 0.9, 0.95]
+
+
+def stored_model_ids(root) -> set[str]:
+    """Ids of LoggedModels whose artifact folder (…/models/<id>/artifacts) still holds files."""
+    found = set()
+    for dirpath, _, files in os.walk(root):
+        parts = dirpath.split(os.sep)
+        if files and "models" in parts:
+            index = parts.index("models")
+            if index + 2 < len(parts) and parts[index + 2] == "artifacts":
+                found.add(parts[index + 1])
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["server", "embedded"])
+def test_twenty_epochs_keep_three(where, request, workdir):
+    request.getfixturevalue("server_store" if where == "server" else "embedded_store")
+    callback = TrackedModelCheckpoint("ckpt/r-{epoch:02d}.keras", monitor="score", mode="min", keep_top_k=3)
+    x, y = make_data()
+    make_model().fit(x, y, epochs=20, batch_size=8, verbose=0,
+                     callbacks=[InjectMetric("score", SCORES), callback])
+    assert callback.last_report.ok
+    runs = mlflow.search_runs(experiment_names=[os.environ.get("MLFLOW_EXPERIMENT_NAME", "Default")], output_format="list")
+    (run,) = runs
+    remaining = logged_models(run.info.run_id)
+    assert [int(m.tags["tracked_ckpt.epoch"]) for m in remaining] == [7, 13, 18, 20]
+    assert sorted(os.listdir(workdir / "ckpt")) == ["r-07.keras", "r-13.keras", "r-18.keras", "r-20.keras"]
+    # The files of deleted checkpoints are gone from the artifact store, not just hidden.
+    root = request.getfixturevalue("mlflow_server").artifacts if where == "server" else workdir / "mlruns"
+    logged = {ref for _, _, ref in callback.last_report.logged}
+    kept = {m.model_id for m in remaining}
+    assert len(logged) == 20
+    assert stored_model_ids(root) & logged == kept
+
+
+class PromoteAt(keras.callbacks.Callback):
+    def __init__(self, epoch, name):
+        super().__init__()
+        self.epoch, self.name = epoch, name
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            tracked_ckpt.promote_best(self.name)
+
+
+def test_a_promoted_checkpoint_is_never_deleted(embedded_store, workdir):
+    scores = [0.5, 0.4, 0.3, 0.2, 0.1]
+    callback = TrackedModelCheckpoint("ckpt/p-{epoch}.keras", monitor="score", mode="min",
+                                      keep_top_k=1, upload="sync")
+    x, y = make_data()
+    # Epoch 1 is promoted right after it is logged (sync upload), then better ones follow.
+    make_model().fit(x, y, epochs=5, batch_size=8, verbose=0,
+                     callbacks=[InjectMetric("score", scores), callback, PromoteAt(0, "kept-model")])
+    (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
+    assert [int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(run.info.run_id)] == [1, 5]
+    assert sorted(os.listdir(workdir / "ckpt")) == ["p-1.keras", "p-5.keras"]
+    assert tracked_ckpt.load_model("kept-model") is not None
+
+
+def _rec(epoch, value):
+    return CheckpointRecord(name=f"m-e{epoch:04d}", epoch=epoch, step=epoch, monitor="s", mode="min", is_best=False,
+                            sha256="0" * 64, size_bytes=1, format="keras", filepath=f"/x/{epoch}", keras_version="3",
+                            backend="tf", value=value)
+
+
+def test_policy_keeps_top_k_and_latest_and_treats_missing_values_as_worst():
+    kept = [Kept(_rec(e, v), {}, {}) for e, v in enumerate([0.3, None, 0.1, 0.2, 0.5, None], start=1)]
+    assert [c.record.epoch for c in to_evict(kept, 2, "min")] == [1, 2, 5]
+    assert [c.record.epoch for c in to_evict(kept, 2, "max")] == [2, 3, 4]
+    assert to_evict(kept[:2], 2, "min") == []
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True])
+def test_keep_top_k_below_one_is_refused(k):
+    with pytest.raises(ValueError, match="keep_top_k"):
+        TrackedModelCheckpoint("ckpt/x.keras", keep_top_k=k)

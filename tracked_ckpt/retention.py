@@ -1,0 +1,90 @@
+"""Retention: keep the K best checkpoints by the monitored metric, plus the latest.
+
+Pure policy (`to_evict`) plus the bookkeeping the callback uses (`Retention`).
+Deleting is the trackers' job (`delete_checkpoint`), which refuses checkpoints
+that were promoted or aliased; those are kept and never asked about again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from typing import Any, Callable, Mapping
+
+from tracked_ckpt.record import CheckpointRecord
+
+logger = logging.getLogger("tracked_ckpt")
+
+
+@dataclasses.dataclass
+class Kept:
+    """A logged checkpoint that retention may still delete."""
+
+    record: CheckpointRecord
+    refs: dict[str, str]  # tracker name -> the tracker's id
+    destinations: dict[str, Mapping[str, Any]]
+    protected: bool = False
+
+
+def to_evict(kept: list[Kept], k: int, mode: str) -> list[Kept]:
+    """The checkpoints outside the K best (by value, missing values last) and the latest."""
+    if len(kept) <= k:
+        return []
+    latest = max(kept, key=lambda c: (c.record.step, c.record.epoch))
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted(
+        kept,
+        key=lambda c: (c.record.value is None, sign * (c.record.value or 0.0), c.record.step),
+    )
+    keep = {id(c) for c in ranked[:k]} | {id(latest)}
+    return [c for c in kept if id(c) not in keep and not c.protected]
+
+
+class Retention:
+    """Applies `keep_top_k` after each fully logged checkpoint, on the tracker and on disk.
+
+    Args:
+        k: how many of the best checkpoints to keep (the latest is kept too).
+        mode: "min" or "max" (a callable, since Keras may infer it late).
+        delete: (tracker name, ref, destination) -> False when the tracker refused (protected).
+    """
+
+    def __init__(self, k: int, mode: Callable[[], str], delete: Callable[[str, str, Mapping[str, Any]], bool]):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"keep_top_k={k!r} would keep nothing: pass an integer >= 1, or None to keep all.")
+        self.k = k
+        self.mode = mode
+        self.delete = delete
+        self.kept: list[Kept] = []
+        self._lock = threading.Lock()
+
+    def add(self, record: CheckpointRecord, refs: Mapping[str, str], destinations: Mapping[str, Mapping[str, Any]]) -> None:
+        """Note a checkpoint every tracker confirmed, then delete what falls out of the top K."""
+        with self._lock:
+            self.kept.append(Kept(record, dict(refs), dict(destinations)))
+            for victim in to_evict(self.kept, self.k, self.mode()):
+                self._evict(victim)
+
+    def _evict(self, victim: Kept) -> None:
+        refused = []
+        for tracker, ref in victim.refs.items():
+            try:
+                if not self.delete(tracker, ref, victim.destinations[tracker]):
+                    refused.append(tracker)
+            except Exception as exc:  # a failed delete loses nothing: try again next time
+                logger.warning("Could not delete %s from %s: %s", victim.record.name, tracker, exc)
+                return
+        if refused:
+            victim.protected = True
+            logger.info("Keeping %s: it is promoted or aliased in %s.", victim.record.name, ", ".join(refused))
+            return
+        self.kept.remove(victim)
+        still_used = {c.record.filepath for c in self.kept}
+        if victim.record.filepath not in still_used:
+            try:
+                os.remove(victim.record.filepath)
+            except FileNotFoundError:
+                pass
+        logger.info("Deleted %s (outside the best %d).", victim.record.name, self.k)
