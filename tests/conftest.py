@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -114,9 +115,20 @@ def _use_tracking_uri(monkeypatch, uri: str) -> None:
     mlflow.set_tracking_uri(uri)
 
 
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> str:
+    """An empty MLflow database with its schema created once (migrations take seconds)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return str(path)
+
+
 @pytest.fixture
-def embedded_store(workdir, monkeypatch):
+def embedded_store(workdir, monkeypatch, migrated_db):
     """MLflow's embedded sqlite store in the test's directory; yields its tracking URI."""
+    shutil.copyfile(migrated_db, workdir / "mlflow.db")
+    with sqlite3.connect(workdir / "mlflow.db") as db:  # the Default experiment's root was fixed at creation
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(workdir / "mlruns"),))
     uri = f"sqlite:///{workdir}/mlflow.db"
     _use_tracking_uri(monkeypatch, uri)
     yield uri

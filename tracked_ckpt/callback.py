@@ -7,6 +7,7 @@ This is the only module that touches Keras internals (`_should_save_model`,
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from tracked_ckpt.tracker import Tracker, remember_destination, resolve_trackers
 logger = logging.getLogger("tracked_ckpt")
 
 _UPLOAD_MODES = ("async", "sync")
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 _MODES = ("auto", "min", "max")
 
 
@@ -168,6 +170,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._git = git_provenance.GitInfo()
         self._saving: dict[str, Any] | None = None
         self._messages: list[str] = []
+        self._warned_monitor = False
         self._atexit = None
 
     # -- Keras hooks ----------------------------------------------------------------------
@@ -181,6 +184,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 self._set_monitor_op()
             except ValueError:
                 pass  # auto mode not resolvable yet; Keras retries (and explains) at epoch end
+        self._check_writable()
         self._git = git_provenance.capture() if self.log_git else git_provenance.GitInfo()
         state = self._read_state() if self.resume else None
         previous = (state or {}).get("destinations", {})
@@ -209,6 +213,16 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         super().on_train_end(logs)
         self._close(success=True)
 
+    def _get_file_path(self, epoch, batch, logs):
+        try:
+            return super()._get_file_path(epoch, batch, logs)
+        except KeyError as exc:
+            available = ", ".join(sorted({"epoch", "batch", *(logs or {})}))
+            raise KeyError(
+                f"filepath {self.filepath!r} has a placeholder that is not in the logs ({exc}); "
+                f"available: {available}. Use one of those names, or a fixed file name."
+            ) from None
+
     def _should_save_model(self, epoch, batch, logs, filepath):
         if self.save_best_only and self.monitor_op is None:
             self._set_monitor_op()  # see on_train_begin: the Keras 3.15 batch-level crash
@@ -220,7 +234,17 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _save_model(self, epoch, batch, logs):
         self._saving = None
-        super()._save_model(epoch, batch, logs)
+        try:
+            super()._save_model(epoch, batch, logs)
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRORS:
+                raise
+            raise OSError(
+                exc.errno,
+                f"Could not write checkpoint {self._saving and self._saving['filepath'] or self.filepath}: "
+                f"{exc.strerror}. Free some space or choose another filepath; the checkpoints saved "
+                "before this one are on disk and logged (or waiting in the spool).",
+            ) from exc
         if self._saving is not None:  # Keras decided to save and the write returned
             saving, self._saving = self._saving, None
             self._on_saved(saving["filepath"], epoch, batch, logs or {})
@@ -247,6 +271,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _make_record(self, filepath: str, epoch: int, batch: int | None, logs: dict) -> CheckpointRecord:
         value = _scalar(logs.get(self.monitor))
+        if value is None and not self._warned_monitor:
+            self._warned_monitor = True
+            logger.warning(
+                "monitor %r is not in the %s logs (available: %s): checkpoints are logged without a value "
+                "and never count as best. Pass validation data, or monitor one of the available keys.",
+                self.monitor, "batch" if batch is not None else "epoch", ", ".join(sorted(logs)) or "none",
+            )
         is_best = value is not None and (self.best_value is None or self._better(value, self.best_value))
         if is_best:
             self.best_value = value
@@ -300,6 +331,22 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             except Exception:
                 pass
         return 0
+
+    def _check_writable(self) -> None:
+        """Fail before the first epoch, not after it, when checkpoints cannot be written."""
+        folder = os.path.dirname(os.path.abspath(self.filepath))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            os.makedirs(self.spool.directory, exist_ok=True)
+            probe = os.path.join(self.spool.directory, ".write-test")
+            with open(probe, "wb") as f:
+                f.write(b"0" * 4096)
+            os.remove(probe)
+        except OSError as exc:
+            raise OSError(
+                f"Cannot write checkpoints to {folder}: {exc.strerror or exc}. "
+                "Free some space, fix the folder's permissions, or choose another filepath."
+            ) from exc
 
     # -- resume ---------------------------------------------------------------------------
 

@@ -374,10 +374,10 @@ def safe_file_name(name: str) -> str:
     Raises:
         ValueError: the name is empty, a path, or a special name like `..`.
     """
-    base = os.path.basename(name.replace("\\", "/"))
-    if not base or base in (".", "..") or base != name.replace("\\", "/").split("/")[-1] or "\x00" in base:
+    plain = name.replace("\\", "/")
+    if "/" in plain or plain in ("", ".", "..") or "\x00" in plain:
         raise ValueError(f"Refusing checkpoint file name {name!r}: it would escape the download folder.")
-    return base
+    return plain
 
 
 def _cached_fetch(backend: RegistryBackend, checkpoint: LoggedCheckpoint, cache_dir, verify: bool = False) -> str:
