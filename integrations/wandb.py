@@ -23,10 +23,23 @@ Remote operations on logged versions (move an alias, link into the Registry,
 find, download with a sha256 check, delete) are the module-level functions
 below; they go through the public `wandb.Api` only and take an `api` argument
 so another client (or a test double) can be passed in.
+
+`WandbTracker` also answers the registry helper (`promote_best`,
+`list_checkpoints`, `load_model`, ...; `tracker="wandb"`): a checkpoint's id is
+its version's full name `entity/project/collection:vN`; promoting links that
+version into the Registry collection `wandb-registry-model/<registered name>`
+(once; promoting it again only moves the alias) with the alias, e.g.
+`champion`. W&B has no server-side search or ordering over metadata, so a
+scope's versions are fetched once and ranked here: a run costs two calls
+whatever its number of checkpoints, a project one call per collection. All of
+it needs the W&B server: an offline run must be `wandb sync`ed first.
+`delete_checkpoint` (for retention) deletes a version unless an alias a person
+gave it or a Registry link protects it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -35,11 +48,12 @@ import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 import wandb
+import wandb.errors
 
 from tracked_ckpt.record import CheckpointRecord
-from tracked_ckpt.registry import ChecksumError
+from tracked_ckpt.registry import ChecksumError, LoggedCheckpoint
 from tracked_ckpt.spool import sha256_file
-from tracked_ckpt.tracker import TrackerError
+from tracked_ckpt.tracker import TrackerError, last_destination
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -53,9 +67,14 @@ BEST_ALIAS = "best"
 LATEST_ALIAS = "latest"
 #: Where an offline run keeps the checkpoint files its artifact records point at.
 OFFLINE_FILES_DIR = "tracked_ckpt"
+#: Registry projects are named `wandb-registry-<registry>`.
+REGISTRY_PREFIX = "wandb-registry-"
+#: Aliases this module (or W&B) sets on every version; any other alias protects a version from deletion.
+ROUTINE_ALIAS_RE = re.compile(r"(latest|best|epoch-\d+|step-\d+|v\d+)")
 
 _NAME_MAXLEN = 128  # W&B's limit on artifact names
 _SUFFIX_RE = re.compile(r"-e\d{4,}(?:-b\d{6,})?$")
+_TRACKED_KEYS = ("epoch", "step", "sha256")  # metadata every tracked-ckpt version has
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -84,6 +103,11 @@ class WandbTracker:
         cache: also copy each uploaded file into W&B's local artifact cache
             (`WANDB_CACHE_DIR`); off by default, since the checkpoint is on disk already.
         log_metrics: also write each save's logs to the run history under `checkpoint/`.
+        registry: the W&B Registry that `promote_best` links into
+            (`wandb-registry-{registry}`, default "model").
+        api: the `wandb.Api` used by the registry helper and `delete_checkpoint`
+            (or another client with its surface, e.g. a test double); default:
+            `wandb.Api()` from the environment, created on first use.
 
     Example:
 
@@ -95,6 +119,12 @@ class WandbTracker:
     checkpoint = TrackedModelCheckpoint("ckpt/{epoch:02d}.keras", tracker=tracker)
     # model.fit(..., callbacks=[checkpoint]) logs digits-<run id>:v0, v1, ... with
     # aliases epoch-1, epoch-2, ..., best and latest; then `wandb sync wandb/offline-run-*`.
+
+    # Online (or once synced): link the best version into the Registry as "champion", load it.
+    import tracked_ckpt
+
+    tracked_ckpt.promote_best("digits-classifier", tracker="wandb", run_id="digits/<run id>")
+    model = tracked_ckpt.load_model("digits-classifier", alias="champion", tracker="wandb")
     ```
     """
 
@@ -113,6 +143,8 @@ class WandbTracker:
         upload_timeout: float | None = 600.0,
         cache: bool = False,
         log_metrics: bool = True,
+        registry: str = "model",
+        api: Any = None,
     ):
         if mode not in (None, "online", "offline", "disabled", "shared"):
             raise ValueError(f"Invalid mode {mode!r}: use 'online', 'offline' or 'disabled'.")
@@ -126,6 +158,8 @@ class WandbTracker:
         self.upload_timeout = upload_timeout
         self.cache = cache
         self.log_metrics = log_metrics
+        self.registry = registry
+        self._api = api
         self._runs: dict[str, Any] = {}  # run id -> live run object
         self._owned: list[Any] = []  # runs this tracker started or resumed, finished by `finish`
         self._logged: dict[tuple[str, str], str] = {}  # (run id, record key) -> version ref
@@ -238,7 +272,338 @@ class WandbTracker:
         logged.wait(timeout=self.upload_timeout)
         return logged.qualified_name
 
+    # -- registry backend (tracked_ckpt.registry) ------------------------------------------
+    #
+    # W&B has no server-side search over artifact metadata and no ordering by a metadata
+    # value, so a scope's versions are fetched once and filtered and ranked here. A run
+    # scope costs two calls (the run, then its logged versions, 100 per page) whatever the
+    # number of checkpoints; a project scope costs one call per "model" collection.
+
+    @property
+    def api(self) -> Any:
+        """The `wandb.Api` for remote operations (the one passed in, else `wandb.Api()` on first use).
+
+        Raises:
+            TrackerError: W&B is in offline or disabled mode, or no API key is configured.
+        """
+        with self._lock:
+            if self._api is None:
+                self._api = self._new_api()
+            return self._api
+
+    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+        """A run's checkpoints or a whole project's.
+
+        Args:
+            run_id: a run id (its project from `experiment`, the tracker's `project`,
+                the last fit's destination or `WANDB_PROJECT`), or "project/run id",
+                or "entity/project/run id".
+            experiment: a W&B project ("project" or "entity/project"): alone, every
+                tracked-ckpt checkpoint of the project's "model" collections.
+
+        Default: the tracker's `run_id`, else the run the last `fit` in this process
+        logged to, else the tracker's `project`.
+
+        Raises:
+            LookupError: nothing names a run or project.
+            TrackerError: the default run was logged offline or disabled, so the W&B
+                server does not have it (`wandb sync` it, then pass `run_id=`).
+        """
+        if run_id:
+            return self._run_scope(run_id, experiment)
+        if experiment:
+            return self._project_scope(experiment)
+        if self.run_id:
+            return self._run_scope(self.run_id, self.project)
+        last = last_destination(self.name)
+        if last is not None:
+            mode = last.get("mode")
+            if mode == "offline":
+                wandb_dir = self.dir or os.environ.get("WANDB_DIR") or "."
+                pattern = os.path.join(wandb_dir, "wandb", f"offline-run-*-{last['run_id']}")
+                raise TrackerError(
+                    f"The last fit logged to W&B offline (run {last['run_id']}), so the W&B server does "
+                    f"not have its checkpoints yet: run `wandb sync {pattern}` first and use online mode, "
+                    f"then pass run_id='{last.get('project') or '<project>'}/{last['run_id']}'."
+                )
+            if mode == "disabled":
+                raise TrackerError(
+                    "The last fit ran with W&B disabled (WANDB_MODE=disabled), so nothing was logged: "
+                    "train in online mode, or pass run_id= / experiment= for a logged run."
+                )
+            scope = {"project": last.get("project") or "", "run_id": last["run_id"]}
+            if last.get("entity"):
+                scope = {"entity": last["entity"], **scope}
+            return scope
+        if self.project:
+            return self._project_scope(self.project)
+        raise LookupError(
+            "No W&B run to look in: pass run_id= (e.g. 'my-project/1a2b3c4d') or experiment='my-project' "
+            "(no fit has logged to W&B in this process)."
+        )
+
+    def search_checkpoints(
+        self,
+        scope: Mapping[str, Any],
+        *,
+        where: Mapping[str, Any] | None = None,
+        order_by: tuple[str, str] | None = None,
+        max_results: int | None = None,
+    ) -> list[LoggedCheckpoint]:
+        """Tracked checkpoints of a scope matching `where`, oldest first or best first by `order_by`.
+
+        W&B cannot filter or order versions by metadata on the server, so this
+        fetches the scope's versions once (a run: two calls; a project: one per
+        "model" collection) and filters and ranks them here. Checkpoints without
+        the metric rank last.
+        """
+        wanted = dict(where or {})
+        base = wanted.pop("name", None)
+        found = []
+        for artifact in self._scope_versions(scope, base):
+            checkpoint = self._checkpoint(artifact, scope.get("run_id"))
+            if checkpoint is None or (base is not None and checkpoint.extra["base"] != base):
+                continue
+            if all(_same(artifact.metadata.get(k), v) for k, v in wanted.items()):
+                found.append(checkpoint)
+        found.sort(key=lambda c: (c.run_id, c.record.step, _version_index(c.id)))
+        if order_by is not None:
+            metric, mode = order_by
+            found.sort(key=lambda c: _rank(c, metric, mode))
+        return found if max_results is None else found[:max_results]
+
+    def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
+        """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
+        path = f"{self._registry_collection(registered_name)}:{alias}"
+        api = self.api
+        if not api.artifact_exists(path, type=ARTIFACT_TYPE):
+            return None
+        return self._linked_checkpoint(api.artifact(path, type=ARTIFACT_TYPE), registered_name)
+
+    def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
+        """Link the checkpoint's version into the Registry collection (once) and move `alias` onto it.
+
+        A version already linked into the collection is not linked again: the
+        alias moves onto its existing link. Returns the Registry version, e.g. "v0".
+        """
+        api = self.api
+        target = self._registry_collection(registered_name)
+        source = api.artifact(checkpoint.id, type=ARTIFACT_TYPE)
+        project = REGISTRY_PREFIX + self.registry
+        existing = [
+            link for link in source.linked_artifacts
+            if link.project == project and link.name.split(":")[0] == registered_name
+        ]
+        if existing:
+            version = min((link.version for link in existing), key=_version_number_of)
+            move_alias(f"{target}:{version}", alias, api=api)
+            return version
+        return source.link(target, aliases=[alias]).version
+
+    def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """The checkpoint behind `registered_name` at `alias`, or at `version` ("v3", "3" or 3).
+
+        Raises:
+            LookupError: the Registry collection, alias or version does not exist, or
+                its version was not logged by tracked-ckpt.
+        """
+        if alias is not None:
+            ref, what = alias, f"alias {alias!r}"
+        elif version is not None:
+            ref, what = _version_ref(version), f"version {version}"
+        else:
+            raise ValueError("Pass alias= or version=.")
+        collection = self._registry_collection(registered_name)
+        api = self.api
+        if not api.artifact_exists(f"{collection}:{ref}", type=ARTIFACT_TYPE):
+            raise LookupError(
+                f"Registered model {registered_name!r} has no {what} in the W&B Registry ({collection}): "
+                f"promote a checkpoint first (tracked-ckpt promote {registered_name} --tracker wandb) "
+                "or check the name."
+            )
+        linked = api.artifact(f"{collection}:{ref}", type=ARTIFACT_TYPE)
+        found = self._linked_checkpoint(linked, registered_name)
+        if found is None:
+            raise LookupError(
+                f"{collection}:{ref} ({linked.source_qualified_name}) was not logged by tracked-ckpt: "
+                "download it with wandb.Api().artifact(...).download() instead."
+            )
+        return found
+
+    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
+        """Download the checkpoint's file into `directory` (through its Registry link if it has one)."""
+        ref = checkpoint.extra.get("registry_path") or checkpoint.id
+        return os.fspath(self.api.artifact(ref, type=ARTIFACT_TYPE).file(directory))
+
+    # -- retention ----------------------------------------------------------------------
+
+    def delete_checkpoint(self, ref: str, destination: Mapping[str, Any]) -> bool:
+        """Delete a logged checkpoint's version unless it is protected; return whether it is gone.
+
+        Protected (kept, returns False): a version holding an alias other than
+        `latest`, `best`, `epoch-N` and `step-S` (e.g. one a person gave it), a
+        version linked into a Registry, and a Registry link itself. Offline and
+        disabled runs return False (logged at debug level): the version is not on
+        a server to delete. A version that no longer exists counts as gone (True).
+
+        Args:
+            ref: what `log_checkpoint` returned, e.g. "team/digits/digits-1a2b3c4d:v3".
+            destination: the run's destination, as `start` returned it.
+        """
+        mode = destination.get("mode")
+        if mode != "online" or not ref or ref == "disabled":
+            logger.debug("Not deleting W&B checkpoint %s: its run is %s, so no server holds it.", ref, mode)
+            return False
+        api = self.api
+        if not api.artifact_exists(ref, type=ARTIFACT_TYPE):
+            logger.debug("W&B checkpoint %s is already deleted.", ref)
+            return True
+        artifact = api.artifact(ref, type=ARTIFACT_TYPE)
+        if artifact.is_link:
+            logger.debug("Keeping %s: it is a Registry link.", ref)
+            return False
+        kept = [a for a in artifact.aliases if not ROUTINE_ALIAS_RE.fullmatch(a)]
+        if kept:
+            logger.debug("Keeping W&B checkpoint %s: it holds the alias(es) %s.", ref, kept)
+            return False
+        links = artifact.linked_artifacts
+        if links:
+            logger.debug("Keeping W&B checkpoint %s: it is linked into %s.", ref,
+                         [f"{a.project}/{a.name}" for a in links])
+            return False
+        artifact.delete(delete_aliases=True)
+        logger.debug("Deleted W&B checkpoint %s.", ref)
+        return True
+
     # -- helpers --------------------------------------------------------------------------
+
+    def _new_api(self) -> Any:
+        mode = self.mode or os.environ.get("WANDB_MODE") or "online"
+        if mode in ("offline", "dryrun", "disabled"):
+            raise TrackerError(
+                f"W&B is in {mode} mode (WANDB_MODE or mode=), and listing, promoting, loading or "
+                "deleting checkpoints needs the W&B server: run `wandb sync <offline run dir>` first "
+                "and use online mode (unset WANDB_MODE or pass WandbTracker(mode='online'))."
+            )
+        overrides = {k: v for k, v in (("entity", self.entity), ("project", self.project)) if v}
+        try:
+            return wandb.Api(overrides=overrides)
+        except wandb.errors.UsageError as exc:
+            raise TrackerError(f"Cannot use the W&B API: {exc} (or set WANDB_API_KEY).") from exc
+
+    def _run_scope(self, run_id: str, project: str | None) -> dict[str, Any]:
+        parts = run_id.strip("/").split("/")
+        if len(parts) > 3 or not all(parts):
+            raise ValueError(
+                f"Invalid W&B run {run_id!r}: use 'run id', 'project/run id' or 'entity/project/run id'."
+            )
+        run = parts[-1]
+        last = last_destination(self.name) or {}
+        same_run = last.get("run_id") == run
+        if len(parts) >= 2:
+            project = parts[-2]
+        project_entity = ""
+        if project and "/" in project:
+            project_entity, _, project = project.rpartition("/")
+        project = (
+            project or self.project or (last.get("project") if same_run else None)
+            or os.environ.get("WANDB_PROJECT")
+        )
+        if not project:
+            raise LookupError(
+                f"W&B run ids are per project: pass run_id='<project>/{run}' or experiment='<project>'."
+            )
+        entity = (
+            (parts[0] if len(parts) == 3 else "") or project_entity or self.entity
+            or (last.get("entity") if same_run else None) or os.environ.get("WANDB_ENTITY") or ""
+        )
+        scope = {"project": project, "run_id": run}
+        return {"entity": entity, **scope} if entity else scope
+
+    def _project_scope(self, experiment: str) -> dict[str, Any]:
+        entity, _, project = experiment.strip("/").rpartition("/")
+        entity = entity or self.entity or os.environ.get("WANDB_ENTITY") or ""
+        return {"entity": entity, "project": project} if entity else {"project": project}
+
+    def _scope_versions(self, scope: Mapping[str, Any], base: str | None) -> list[Any]:
+        api = self.api
+        where = "/".join(p for p in (scope.get("entity"), scope["project"]) if p)
+        if scope.get("run_id"):
+            path = f"{where}/{scope['run_id']}"
+            try:
+                run = api.run(path)
+            except wandb.errors.CommError as exc:
+                raise LookupError(
+                    f"W&B run {path} not found ({exc}): check run_id, the project (experiment=) and "
+                    "WANDB_ENTITY; an offline run needs `wandb sync` first."
+                ) from exc
+            return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE]
+        try:
+            collections = [
+                c for c in api.artifact_collections(where, ARTIFACT_TYPE)
+                if base is None or c.name.startswith(base + "-")
+            ]
+        except (wandb.errors.CommError, ValueError) as exc:
+            raise LookupError(
+                f"W&B project {where} has no {ARTIFACT_TYPE!r} artifacts ({exc}): check the project "
+                "name and WANDB_ENTITY."
+            ) from exc
+        versions = []
+        for collection in collections:
+            path = f"{collection.entity}/{collection.project}/{collection.name}"
+            versions.extend(api.artifacts(ARTIFACT_TYPE, path))
+        return versions
+
+    def _checkpoint(self, artifact: Any, run_id: str | None = None) -> LoggedCheckpoint | None:
+        """A logged version (or a Registry link, mapped to its source) as a checkpoint; None if not ours."""
+        metadata = artifact.metadata or {}
+        if any(k not in metadata for k in _TRACKED_KEYS):
+            return None
+        collection = artifact.source_name.split(":")[0]
+        if not run_id:
+            run_id = collection.rsplit("-", 1)[-1]
+        suffix = "-" + _UNSAFE_RE.sub("-", run_id)
+        base = collection[: -len(suffix)] if collection.endswith(suffix) else collection
+        try:
+            epoch = int(metadata["epoch"])
+            value = metadata.get("value")
+            monitor = metadata.get("monitor")
+            metrics = {str(monitor): float(value)} if monitor and value not in (None, "") else {}
+            record = CheckpointRecord.from_metadata(metadata, name=f"{base}-e{epoch:04d}", metrics=metrics)
+        except (TypeError, ValueError):
+            return None
+        source = artifact.source_qualified_name
+        return LoggedCheckpoint(
+            id=source,
+            run_id=run_id,
+            record=record,
+            tracker=self.name,
+            location=source,
+            aliases=tuple(a for a in artifact.aliases if not re.fullmatch(r"v\d+", a)),
+            extra={"base": base, "collection": source.split(":")[0]},
+        )
+
+    def _linked_checkpoint(self, linked: Any, registered_name: str) -> LoggedCheckpoint | None:
+        found = self._checkpoint(linked)
+        if found is None:
+            return None
+        return dataclasses.replace(
+            found,
+            extra={
+                **found.extra,
+                "version": linked.version,
+                "registered_name": registered_name,
+                "registry_path": f"{self._registry_collection(registered_name)}:{linked.version}",
+            },
+        )
+
+    def _registry_collection(self, registered_name: str) -> str:
+        if not registered_name or any(c in registered_name for c in "/:"):
+            raise ValueError(
+                f"Invalid registered model name {registered_name!r}: a W&B Registry collection name "
+                "has no '/' or ':' (e.g. 'digits-classifier')."
+            )
+        return f"{REGISTRY_PREFIX}{self.registry}/{registered_name}"
 
     def _run_for(self, destination: Mapping[str, Any]) -> Any:
         """The live run for a destination: the one from `start`, the active one, or resumed."""
@@ -572,5 +937,30 @@ def _is_number(value: Any) -> bool:
 
 
 def _version_number(artifact: Any) -> int:
-    version = str(getattr(artifact, "version", "") or "")
+    return _version_number_of(str(getattr(artifact, "version", "") or ""))
+
+
+def _version_number_of(version: str) -> int:
     return int(version[1:]) if re.fullmatch(r"v\d+", version) else -1
+
+
+def _version_index(path: str) -> int:
+    """The N of a path ending in `:vN` (-1 for an alias)."""
+    return _version_number_of(path.rpartition(":")[2])
+
+
+def _version_ref(version: Any) -> str:
+    """A Registry version as W&B names it: 3, "3" or "v3" -> "v3"."""
+    text = str(version).strip()
+    if re.fullmatch(r"[vV]?\d+", text):
+        return "v" + text.lstrip("vV")
+    raise ValueError(f"Invalid version {version!r}: use a number such as 3 or 'v3'.")
+
+
+def _rank(checkpoint: LoggedCheckpoint, metric: str, mode: str) -> tuple[bool, float]:
+    """Sort key for best-first: checkpoints with the metric first, best value first."""
+    record = checkpoint.record
+    value = record.value if record.monitor == metric else record.metrics.get(metric)
+    if value is None:
+        return (True, 0.0)
+    return (False, float(value) if mode == "min" else -float(value))

@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import weakref
 from typing import Any, Sequence
 
@@ -171,12 +172,14 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._saving: dict[str, Any] | None = None
         self._messages: list[str] = []
         self._warned_monitor = False
+        self._chief, self._task_id = True, None
         self._atexit = None
 
     # -- Keras hooks ----------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self._chief, self._task_id = _worker_role(self.model)
         if self.monitor_op is None:
             try:
                 # Keras sets this lazily at the first epoch end, which crashes batch-level
@@ -184,6 +187,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 self._set_monitor_op()
             except ValueError:
                 pass  # auto mode not resolvable yet; Keras retries (and explains) at epoch end
+        if not self._chief:
+            # Saving is collective under MultiWorkerMirroredStrategy, so this worker saves
+            # too, into a private folder it deletes; only the chief talks to the tracker.
+            logger.info("Worker %s is not the chief: its checkpoints are not logged.", self._task_id)
+            return
         self._check_writable()
         self._git = git_provenance.capture() if self.log_git else git_provenance.GitInfo()
         state = self._read_state() if self.resume else None
@@ -215,13 +223,16 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _get_file_path(self, epoch, batch, logs):
         try:
-            return super()._get_file_path(epoch, batch, logs)
+            path = super()._get_file_path(epoch, batch, logs)
         except KeyError as exc:
             available = ", ".join(sorted({"epoch", "batch", *(logs or {})}))
             raise KeyError(
                 f"filepath {self.filepath!r} has a placeholder that is not in the logs ({exc}); "
                 f"available: {available}. Use one of those names, or a fixed file name."
             ) from None
+        if not self._chief:
+            return os.path.join(os.path.dirname(path), f"workertemp_{self._task_id}", os.path.basename(path))
+        return path
 
     def _should_save_model(self, epoch, batch, logs, filepath):
         if self.save_best_only and self.monitor_op is None:
@@ -247,6 +258,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             ) from exc
         if self._saving is not None:  # Keras decided to save and the write returned
             saving, self._saving = self._saving, None
+            if not self._chief:
+                shutil.rmtree(os.path.dirname(saving["filepath"]), ignore_errors=True)
+                return
             self._on_saved(saving["filepath"], epoch, batch, logs or {})
 
     # -- after a save ---------------------------------------------------------------------
@@ -484,6 +498,29 @@ def _scalar(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if np.isfinite(number) else None
+
+
+def _worker_role(model) -> tuple[bool, Any]:
+    """(is this process the chief, its task id) under tf.distribute multi-worker training.
+
+    The chief is the "chief" task, or worker 0 when the cluster has no chief,
+    as in TensorFlow's multi-worker tutorial. Outside a cluster: the chief.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if resolver is None or task_type is None:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = config.get("task") or {}
+        if not task:
+            return True, None
+        task_type, task_id, cluster = task.get("type"), task.get("index", 0), config.get("cluster", {})
+    else:
+        task_id, cluster = resolver.task_id, resolver.cluster_spec().as_dict()
+    if task_type == "chief":
+        return True, task_id
+    is_chief = task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
+    return is_chief, task_id
 
 
 def _register_atexit(callback: TrackedModelCheckpoint):

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import pytest
 import wandb
+import wandb.apis.public
 import wandb.errors
 
 from tracked_ckpt import SCHEMA_KEYS, CheckpointRecord, TrackedModelCheckpoint
@@ -33,7 +34,7 @@ from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.registry import ChecksumError
 from tracked_ckpt.spool import sha256_file
 from tracked_ckpt.tracker import Tracker, TrackerError, resolve_tracker
-from wandb_fake import FakeApi, FakeArtifact, FakeServer
+from wandb_fake import FakeApi, FakeArtifact, FakeCollection, FakeRun, FakeServer
 from wandb_records import history_rows, logged_artifacts, run_dirs
 
 # Scripted val_loss per epoch: epoch 2 does not improve, so `best` goes to epochs 1 and 3.
@@ -550,7 +551,15 @@ def test_offline_run_synced_into_the_fake_then_restored_by_alias(wandb_env):
 # -- the fake cannot drift from W&B --------------------------------------------------------
 
 
-@pytest.mark.parametrize("fake, real", [(FakeApi, wandb.Api), (FakeArtifact, wandb.Artifact)])
+@pytest.mark.parametrize(
+    "fake, real",
+    [
+        (FakeApi, wandb.Api),
+        (FakeArtifact, wandb.Artifact),
+        (FakeRun, wandb.apis.public.Run),
+        (FakeCollection, wandb.apis.public.ArtifactCollection),
+    ],
+)
 def test_fake_matches_real_wandb_classes(fake, real):
     """Every public member of the fake exists on the real class, with the same parameters."""
     public = [name for name in vars(fake) if not name.startswith("_")]
@@ -570,6 +579,7 @@ def test_fake_matches_real_wandb_classes(fake, real):
 
 
 def test_fake_instances_hold_only_private_state(server):
-    artifact = server.api().artifact("team/proj/tiny-r1:v0")
-    assert all(name.startswith("_") for name in vars(artifact))
-    assert all(name.startswith("_") for name in vars(server.api()))
+    api = server.api()
+    artifact = api.artifact("team/proj/tiny-r1:v0")
+    for obj in (artifact, api, *api.artifact_collections("team/proj", "model")):
+        assert all(name.startswith("_") for name in vars(obj)), type(obj).__name__

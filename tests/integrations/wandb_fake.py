@@ -12,7 +12,14 @@
 * `link` to `wandb-registry-<registry>/<collection>` makes a linked version in
   the registry's own collection (its own version numbers and aliases, no data
   copied); linking the same source again returns that version; deleting a
-  linked version only unlinks it; the model registry takes type "model" only.
+  linked version only unlinks it; the model registry takes type "model" only;
+* a version fetched by alias is named by that alias (`name`, `qualified_name`:
+  `tiny-r1:best`), while `source_*` always name the logged version
+  (`team/proj/tiny-r1:v2`), also on a registry link;
+* `linked_artifacts` of a source version lists its registry links, each with
+  its version index among its aliases (as W&B's own list does);
+* every failure of an `Api` call is a `wandb.errors.CommError` (W&B wraps
+  them), except listings, which fail with `ValueError` while being iterated.
 
 `FakeApi` and `FakeArtifact` expose only members the real `wandb.Api` and
 `wandb.Artifact` have, with the same parameter names (checked by
@@ -45,6 +52,7 @@ class _Version:
     digest: str
     metadata: dict[str, Any]
     source: "_Version | None" = None  # set on registry links
+    run_id: str = ""  # the run that logged it (source versions)
 
     @property
     def aliases(self) -> list[str]:
@@ -71,8 +79,10 @@ class _Collection:
             raise ValueError(f"Aliases must not contain any of the following characters: {_SEP}")
         self.aliases[alias] = version
 
-    def add(self, files: dict[str, bytes], digest: str, metadata: dict[str, Any], source=None) -> _Version:
-        version = _Version(self, len(self.versions), files, digest, metadata, source)
+    def add(
+        self, files: dict[str, bytes], digest: str, metadata: dict[str, Any], source=None, run_id: str = ""
+    ) -> _Version:
+        version = _Version(self, len(self.versions), files, digest, metadata, source, run_id)
         self.versions.append(version)
         self._alive.append(version)
         self.set_alias("latest", version)
@@ -92,6 +102,7 @@ class FakeServer:
         self.project = project
         self.organization = organization
         self.collections: dict[tuple[str, str, str], _Collection] = {}
+        self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
 
     def api(self) -> "FakeApi":
         return FakeApi(self)
@@ -106,13 +117,16 @@ class FakeServer:
         aliases: Iterable[str] = (),
         type: str = "model",
         project: str | None = None,
+        run_id: str = "",
     ) -> "FakeArtifact":
-        """Log a version the way the server records `run.log_artifact(...)`."""
+        """Log a version the way the server records `run.log_artifact(...)` by run `run_id`."""
         collection = self._collection(self.entity, project or self.project, name, type, create=True)
+        if run_id:
+            self.runs.add((collection.entity, collection.project, run_id))
         digest = _digest(files)
         version = next((v for v in collection.live() if v.digest == digest), None)
         if version is None:
-            version = collection.add(dict(files), digest, dict(metadata or {}))
+            version = collection.add(dict(files), digest, dict(metadata or {}), run_id=run_id)
         for alias in ["latest", *aliases]:
             collection.set_alias(alias, version)
         return FakeArtifact(self, version)
@@ -125,7 +139,9 @@ class FakeServer:
             for f in art.files:
                 with open(f.local_path, "rb") as fh:
                     files[f.path] = fh.read()
-            out.append(self.log(art.name, files, art.metadata, art.aliases, art.type, art.project or None))
+            out.append(
+                self.log(art.name, files, art.metadata, art.aliases, art.type, art.project or None, art.run_id)
+            )
         return out
 
     def corrupt(self, path: str) -> None:
@@ -151,6 +167,10 @@ class FakeServer:
 
     def collection_of(self, path: str) -> _Collection:
         return self._collection(*self._split(path), type=None)
+
+    def live_versions(self, path: str) -> list[_Version]:
+        """The versions of a collection that are not deleted (or unlinked), oldest first."""
+        return self.collection_of(path).live()
 
     def _split(self, path: str) -> tuple[str, str, str]:
         parts = path.split("/")
@@ -183,15 +203,17 @@ class FakeApi:
         except KeyError as exc:
             raise wandb.errors.CommError(f"artifact {name!r} not found") from exc
         if type is not None and version.collection.type != type:
-            raise ValueError(
+            # W&B raises ValueError here; `normalize_exceptions` turns it into a CommError.
+            raise wandb.errors.CommError(
                 f"type {type!r} specified but this artifact is of type {version.collection.type!r}"
             )
-        return FakeArtifact(self._server, version)
+        ref = name.partition(":")[2] or "latest"
+        return FakeArtifact(self._server, version, ref=ref)
 
     def artifact_exists(self, name: str, type: str | None = None) -> bool:
         try:
             self.artifact(name, type)
-        except (wandb.errors.CommError, ValueError):
+        except wandb.errors.CommError:
             return False
         return True
 
@@ -205,25 +227,122 @@ class FakeApi:
         start: str | None = None,
     ) -> list["FakeArtifact"]:
         """Versions of a collection, newest first (as W&B lists them)."""
-        collection = self._server.collection_of(name)
+        try:
+            collection = self._server.collection_of(name)
+        except KeyError as exc:
+            raise ValueError("Unable to parse 'Artifacts' response data") from exc
         if collection.type != type_name:
             return []
         return [FakeArtifact(self._server, v) for v in reversed(collection.live())]
+
+    def artifact_collections(
+        self,
+        project_name: str,
+        type_name: str,
+        order: str | None = None,
+        per_page: int = 50,
+        start: str | None = None,
+    ) -> list["FakeCollection"]:
+        """The collections of a type in a project ("entity/project" or "project")."""
+        server = self._server
+        entity, _, project = project_name.rpartition("/")
+        entity = entity or (server.organization if project.startswith(REGISTRY_PREFIX) else server.entity)
+        found = [
+            FakeCollection(c)
+            for (e, p, _), c in server.collections.items()
+            if (e, p) == (entity, project) and c.type == type_name and c.live()
+        ]
+        if not found:
+            # W&B: no such project or no collection of that type -> the listing fails to parse.
+            raise ValueError("Unable to parse 'ArtifactCollections' response data")
+        return found
+
+    def run(self, path: str = ""):
+        """A run by "entity/project/run_id" (or "project/run_id")."""
+        server = self._server
+        parts = path.split("/")
+        if len(parts) == 3:
+            entity, project, run_id = parts
+        elif len(parts) == 2:
+            entity, (project, run_id) = server.entity, parts
+        else:
+            entity, project, run_id = server.entity, server.project, path
+        if (entity, project, run_id) not in server.runs:
+            raise wandb.errors.CommError(f"Could not find run {path}")
+        return FakeRun(server, entity, project, run_id)
+
+
+class FakeRun:
+    """`wandb.apis.public.Run`: what tracked-ckpt reads from a run."""
+
+    def __init__(self, server: FakeServer, entity: str, project: str, run_id: str):
+        self._server = server
+        self._entity = entity
+        self._project = project
+        self._id = run_id
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def entity(self) -> str:
+        return self._entity
+
+    def logged_artifacts(self, per_page: int = 100) -> list["FakeArtifact"]:
+        """Every version this run logged (never registry links), in logging order."""
+        return [
+            FakeArtifact(self._server, v)
+            for (e, p, _), c in self._server.collections.items()
+            if (e, p) == (self._entity, self._project)
+            for v in c.live()
+            if v.run_id == self._id and v.source is None
+        ]
+
+
+class FakeCollection:
+    """`wandb.apis.public.ArtifactCollection`: a collection's identity."""
+
+    def __init__(self, collection: _Collection):
+        self._collection = collection
+
+    @property
+    def name(self) -> str:
+        return self._collection.name
+
+    @property
+    def type(self) -> str:
+        return self._collection.type
+
+    @property
+    def entity(self) -> str:
+        return self._collection.entity
+
+    @property
+    def project(self) -> str:
+        return self._collection.project
 
 
 class FakeArtifact:
     """A logged `wandb.Artifact` version: a view on the server, edited through `save()`."""
 
-    def __init__(self, server: FakeServer, version: _Version):
+    def __init__(
+        self, server: FakeServer, version: _Version, ref: str | None = None, aliases: list[str] | None = None
+    ):
         self._server = server
         self._version = version
-        self._aliases = version.aliases
+        self._ref = ref if ref is not None else f"v{version.index}"  # how it was fetched
+        self._aliases = list(version.aliases if aliases is None else aliases)
         self._saved_aliases = list(self._aliases)
-        self._metadata = dict(version.metadata)
+        self._metadata = dict(self._source.metadata)
+
+    @property
+    def _source(self) -> _Version:
+        return self._version.source or self._version
 
     @property
     def name(self) -> str:
-        return f"{self._version.collection.name}:v{self._version.index}"
+        return f"{self._version.collection.name}:{self._ref}"
 
     @property
     def version(self) -> str:
@@ -250,8 +369,41 @@ class FakeArtifact:
         return self._version.digest
 
     @property
+    def source_entity(self) -> str:
+        return self._source.collection.entity
+
+    @property
+    def source_project(self) -> str:
+        return self._source.collection.project
+
+    @property
+    def source_name(self) -> str:
+        return f"{self._source.collection.name}:v{self._source.index}"
+
+    @property
+    def source_qualified_name(self) -> str:
+        return f"{self.source_entity}/{self.source_project}/{self.source_name}"
+
+    @property
+    def source_version(self) -> str:
+        return f"v{self._source.index}"
+
+    @property
     def is_link(self) -> bool:
         return self._version.source is not None
+
+    @property
+    def linked_artifacts(self) -> list["FakeArtifact"]:
+        if self.is_link:
+            return []
+        return [
+            # W&B's list puts the link's version index among its aliases.
+            FakeArtifact(self._server, v, aliases=[*v.aliases, f"v{v.index}"])
+            for c in self._server.collections.values()
+            if c.project.startswith(REGISTRY_PREFIX)
+            for v in c.live()
+            if v.source is self._version
+        ]
 
     @property
     def aliases(self) -> list[str]:
@@ -268,13 +420,14 @@ class FakeArtifact:
         return self._metadata
 
     def save(self, project: str | None = None, settings: Any = None) -> None:
+        # W&B sends only the changes: aliases added and removed since the last save.
         collection = self._version.collection
         for alias in set(self._saved_aliases) - set(self._aliases):
             if collection.aliases.get(alias) is self._version:
                 del collection.aliases[alias]
-        for alias in self._aliases:
+        for alias in set(self._aliases) - set(self._saved_aliases):
             collection.set_alias(alias, self._version)
-        self._version.metadata = dict(self._metadata)
+        self._source.metadata = dict(self._metadata)
         self._aliases = self._version.aliases
         self._saved_aliases = list(self._aliases)
 
@@ -300,7 +453,7 @@ class FakeArtifact:
             raise ValueError(f"the model registry only accepts type 'model', not {self.type!r}")
         server = self._server
         collection = server._collection(server.organization, project, name, self.type, create=True)
-        source = self._version.source or self._version
+        source = self._source
         linked = next((v for v in collection.live() if v.source is source), None)
         if linked is None:
             linked = collection.add(source.files, source.digest, source.metadata, source=source)
