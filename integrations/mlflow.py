@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from typing import Any, Mapping
@@ -189,6 +190,11 @@ class MlflowTracker:
                 self._orphans.append(resolved)  # made for another process's spool (sync): end it in finish
         return resolved
 
+    @property
+    def destination(self) -> dict[str, Any]:
+        """Where this tracker logs now (a deferred start's run once it exists)."""
+        return dict(self._destination)
+
     def finish(self, success: bool = True) -> None:
         """End the run if `start` started it."""
         started, self._started = self._started, None
@@ -212,7 +218,10 @@ class MlflowTracker:
         uri = destination.get("tracking_uri", "")
         if not uri.startswith(("http://", "https://")) or "run_id" not in destination:
             return None
-        return f"{uri.rstrip('/')}/#/experiments/{destination['experiment_id']}/runs/{destination['run_id']}"
+        parts = urllib.parse.urlsplit(uri)
+        netloc = parts.netloc.rpartition("@")[2]  # never print credentials embedded in the URI
+        base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        return f"{base}/#/experiments/{destination['experiment_id']}/runs/{destination['run_id']}"
 
     # -- logging (publisher thread) -----------------------------------------------------
 
@@ -332,6 +341,11 @@ class MlflowTracker:
                 raise LookupError(f"MLflow experiment {experiment!r} not found at {uri}: check the name or MLFLOW_TRACKING_URI.")
             return {"tracking_uri": uri, "experiment_ids": [found.experiment_id]}
         last = last_destination(self.name)
+        if last is not None and "run_id" not in last:
+            raise LookupError(
+                "The last fit could not reach MLflow, so its checkpoints wait in the spool: run "
+                "`tracked-ckpt sync`, then pass run_id= or experiment=."
+            )
         if last is not None:
             return {"tracking_uri": last["tracking_uri"], "experiment_ids": [last["experiment_id"]], "run_id": last["run_id"]}
         raise LookupError("No run to look in: pass run_id= or experiment= (no fit has logged in this process).")
@@ -525,8 +539,10 @@ def _reachable(uri: str, timeout: float = 5.0) -> bool:
     """False only when an HTTP tracking server cannot be connected to at all."""
     if not uri.startswith(("http://", "https://")):
         return True
+    parts = urllib.parse.urlsplit(uri)
+    probe = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health", "", ""))
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        urllib.request.urlopen(probe, timeout=timeout).close()
     except urllib.error.HTTPError:
         return True  # something answered (auth, proxy): let MLflow report the details
     except (OSError, ValueError):

@@ -457,6 +457,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self.spool.remove_if_empty()
         self._print_messages()
         for key, tracker in self._tracker_by_key.items():
+            # A deferred start may have become a real run while uploading: remember that one.
+            remember_destination(key, getattr(tracker, "destination", None) or self._destinations.get(key, {}))
             try:
                 tracker.finish(success=success)
             except Exception as exc:
