@@ -456,11 +456,20 @@ class MlflowTracker:
             if checkpoint.record.format == "keras"
             else safe_file_name(os.path.basename(checkpoint.record.filepath))
         )
-        return mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{checkpoint.location.rstrip('/')}/{relative}",
-            dst_path=directory,
-            tracking_uri=checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri(),
-        )
+        # tracked-ckpt shows its own bar (only on a terminal); MLflow's would print into logs too.
+        previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            return mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{checkpoint.location.rstrip('/')}/{relative}",
+                dst_path=directory,
+                tracking_uri=checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri(),
+            )
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
     def _version_checkpoint(self, client: MlflowClient, version) -> LoggedCheckpoint | None:
         model_id = _model_id_from_source(version.source)

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Callable, Mapping
 
+from tracked_ckpt.progress import Progress, wait_with_progress
 from tracked_ckpt.spool import Spool, SpoolEntry, sha256_file
 from tracked_ckpt.tracker import Tracker
 
@@ -98,14 +99,27 @@ class Publisher:
                 self._closing = True
                 self._deadline = deadline
                 self._cond.notify_all()
+            wait_with_progress(
+                "tracked-ckpt: uploading",
+                pending=lambda: list(self._queue),
+                alive=self._thread.is_alive,
+                deadline=deadline,
+                size_of=lambda entry: entry.record.size_bytes,
+            )
             self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0)
             if self._thread.is_alive():
                 # Still inside a tracker call: it finishes on its own, the spool keeps the rest.
                 logger.warning("A checkpoint upload was still in progress when the wait ran out.")
         else:
-            while self._queue and (deadline is None or time.monotonic() < deadline):
-                if not self._drain_once():
-                    self._sleep_backoff(deadline)
+            with Progress("tracked-ckpt: syncing", sum(e.record.size_bytes for e in self._queue),
+                          len(self._queue)) as bar:
+                while self._queue and (deadline is None or time.monotonic() < deadline):
+                    before = list(self._queue)
+                    ok = self._drain_once()
+                    done = before[: len(before) - len(self._queue)]
+                    bar.advance(sum(e.record.size_bytes for e in done), len(done))
+                    if not ok:
+                        self._sleep_backoff(deadline)
         with self._cond:
             self.report.pending = list(self._queue)
         return self.report

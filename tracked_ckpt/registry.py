@@ -27,6 +27,7 @@ import re
 import tempfile
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+from tracked_ckpt.progress import Progress, watch_folder_size
 from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.spool import sha256_file
 from tracked_ckpt.tracker import Tracker, last_destination, resolve_tracker
@@ -389,8 +390,13 @@ def _cached_fetch(backend: RegistryBackend, checkpoint: LoggedCheckpoint, cache_
     if _verified(path, record.sha256, rehash=verify):
         return path
     os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
-        fetched = backend.fetch(checkpoint, tmp)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp, \
+            Progress(f"tracked-ckpt: pulling {record.name}", record.size_bytes, 1) as bar:
+        stop_watching = watch_folder_size(tmp, bar)
+        try:
+            fetched = backend.fetch(checkpoint, tmp)
+        finally:
+            stop_watching()
         sha, size = sha256_file(fetched)
         if sha != record.sha256:
             raise ChecksumError(
