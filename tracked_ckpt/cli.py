@@ -169,8 +169,8 @@ def _promote(args) -> int:
 
 
 def _pull(args) -> int:
-    alias = args.alias or (None if args.version else registry.DEFAULT_ALIAS)
-    path = registry.download_checkpoint(args.registered_name, alias=alias, version=args.version, tracker=args.tracker)
+    path = registry.download_checkpoint(args.registered_name, alias=args.alias, version=args.version,
+                                        tracker=args.tracker)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         target = os.path.join(args.output, os.path.basename(path))

@@ -293,6 +293,8 @@ def download_checkpoint(
 ) -> str:
     """Download a checkpoint file (by registered alias/version, or a listed checkpoint); return its path.
 
+    With neither alias nor version, the `champion` alias is used.
+
     Files land in a cache keyed by content hash (default `~/.cache/tracked_ckpt`,
     or `TRACKED_CKPT_CACHE`) and are verified against the recorded sha256; a
     warm call transfers nothing.
@@ -301,10 +303,7 @@ def download_checkpoint(
         ChecksumError: the downloaded bytes do not match the recorded sha256.
     """
     backend = _backend(tracker)
-    if checkpoint is None:
-        if registered_name is None:
-            raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
-        checkpoint = backend.resolve(registered_name, alias=alias, version=version)
+    checkpoint = _which(backend, registered_name, alias, version, checkpoint)
     return _cached_fetch(backend, checkpoint, cache_dir, verify)
 
 
@@ -338,13 +337,8 @@ def load_model(
     """
     import keras
 
-    if registered_name is not None and alias is None and version is None:
-        alias = DEFAULT_ALIAS
     backend = _backend(tracker)
-    if checkpoint is None:
-        if registered_name is None:
-            raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
-        checkpoint = backend.resolve(registered_name, alias=alias, version=version)
+    checkpoint = _which(backend, registered_name, alias, version, checkpoint)
     if checkpoint.record.format == "weights.h5" and model is None:
         raise ValueError(
             f"{checkpoint.record.name} is a weights-only checkpoint: build the model in code and "
@@ -447,6 +441,18 @@ def _mark_verified(path: str, sha256: str) -> None:
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+
+def _which(backend: RegistryBackend, registered_name: str | None, alias: str | None,
+           version: str | None, checkpoint: LoggedCheckpoint | None) -> LoggedCheckpoint:
+    """The checkpoint a caller means: given directly, or by registered name and alias/version."""
+    if checkpoint is not None:
+        return checkpoint
+    if registered_name is None:
+        raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
+    if alias is None and version is None:
+        alias = DEFAULT_ALIAS
+    return backend.resolve(registered_name, alias=alias, version=version)
 
 
 def _backend(tracker: "str | Tracker") -> RegistryBackend:
