@@ -216,8 +216,12 @@ class MlflowTracker:
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """The run's page in the MLflow UI, for an HTTP tracking server."""
         uri = destination.get("tracking_uri", "")
-        if not uri.startswith(("http://", "https://")) or "run_id" not in destination:
+        if "run_id" not in destination:
             return None
+        if not uri.startswith(("http://", "https://")):
+            # A local store has no server: point at the UI `mlflow ui` serves by default.
+            return (f"http://127.0.0.1:5000/#/experiments/{destination['experiment_id']}/runs/"
+                    f"{destination['run_id']} (after `mlflow ui --backend-store-uri {uri}`)")
         parts = urllib.parse.urlsplit(uri)
         netloc = parts.netloc.rpartition("@")[2]  # never print credentials embedded in the URI
         base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))

@@ -241,3 +241,19 @@ def test_git_provenance_is_attached_without_credentials(embedded_store, workdir)
     assert model.tags["tracked_ckpt.git_dirty"] == "true"
     assert model.tags["tracked_ckpt.git_remote"] == "https://example.com/org/repo.git"
     assert not any("PLANTED_SECRET" in v for v in model.tags.values())
+
+
+def test_verbose_prints_one_line_per_logged_checkpoint_and_a_summary(server_store, workdir, capsys):
+    callback = TrackedModelCheckpoint("ckpt/v-{epoch}.keras", verbose=1)
+    fit(callback, epochs=3)
+    out = capsys.readouterr().out
+    run_id = only_run_id()
+    models = logged_models(run_id)
+    for model in models:
+        epoch = model.tags["tracked_ckpt.epoch"]
+        assert f"Epoch {epoch}: logged {model.name} to MLflow ({model.model_id})" in out
+    summary = [line for line in out.splitlines() if line.startswith("tracked-ckpt: logged 3 checkpoint(s)")]
+    assert len(summary) == 1
+    best = min(models, key=lambda m: float(m.tags["tracked_ckpt.value"]))
+    assert f"best {best.name} (val_loss=" in summary[0]
+    assert f"{server_store}/#/experiments/" in summary[0] and run_id in summary[0]

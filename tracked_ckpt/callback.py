@@ -165,6 +165,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         )
         self.state_path = os.path.join(os.path.dirname(self.spool.directory), "resume.json")
         self.best_value: float | None = None  # best monitored value among logged checkpoints
+        self.best_name: str | None = None
         self.last_report: PublishReport | None = None
         self._destinations: dict[str, dict[str, Any]] = {}
         self._publisher: Publisher | None = None
@@ -293,10 +294,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 self.monitor, "batch" if batch is not None else "epoch", ", ".join(sorted(logs)) or "none",
             )
         is_best = value is not None and (self.best_value is None or self._better(value, self.best_value))
+        name = checkpoint_name(self._base_name(), epoch + 1, None if batch is None else batch + 1)
         if is_best:
-            self.best_value = value
+            self.best_value, self.best_name = value, name
         return CheckpointRecord(
-            name=checkpoint_name(self._base_name(), epoch + 1, None if batch is None else batch + 1),
+            name=name,
             epoch=epoch + 1,
             step=self._global_step(),
             batch=None if batch is None else batch + 1,
@@ -380,6 +382,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         state = {
             "destinations": self._destinations,
             "best_value": self.best_value,
+            "best_name": self.best_name,
             "keras_best": _scalar(self.best),
             "last": {"filepath": record.filepath, "epoch": record.epoch, "batch": record.batch, "step": record.step},
         }
@@ -404,6 +407,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             optimizer.build(self.model.trainable_variables)  # so its state can be loaded too
         self.model.load_weights(path)
         self.best_value = state.get("best_value")
+        self.best_name = state.get("best_name")
         if self.save_best_only and state.get("keras_best") is not None:
             self.best = state["keras_best"]
         # An epoch cut off after a batch-level save is run again from its start.
@@ -472,7 +476,6 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             for key, tracker in self._tracker_by_key.items()
             if (url := tracker.run_url(self._destinations.get(key, {})))
         ]
-        where = f" ({', '.join(links)})" if links else ""
         if report.pending:
             logger.error(
                 "%d checkpoint(s) are not logged yet and wait in %s; run `tracked-ckpt sync %s` "
@@ -481,12 +484,14 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 self.spool.directory,
                 self.spool.directory,
             )
-        message = f"tracked-ckpt: logged {count} checkpoint(s){where}"
+        message = f"tracked-ckpt: logged {count} checkpoint(s)"
         if self.best_value is not None:
-            message += f"; best {self.monitor}={self.best_value:.5g}"
-        logger.info(message)
+            message += f"; best {self.best_name or ''} ({self.monitor}={self.best_value:.5g})"
+        message += f"; run: {', '.join(links)}" if links else ""
         if self.verbose > 0:
             io_utils.print_msg(message)
+        else:
+            logger.info(message)
 
 
 def _scalar(value: Any) -> float | None:
