@@ -124,7 +124,7 @@ class MlflowTracker:
         elif active is not None:
             run = active
         elif self.tracking_uri is None and self.experiment is None:
-            run = mlflow.start_run(run_name=run_name or self.run_name)
+            run = _start_fluent_run(run_name or self.run_name)
             self._started = "fluent"
         else:
             experiment_id = self._experiment_id(client)
@@ -523,7 +523,28 @@ class MlflowTracker:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return client.create_experiment(name)
+        try:
+            return client.create_experiment(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # Jobs of a sweep starting together: another one created it since we looked.
+            return client.get_experiment_by_name(name).experiment_id
+
+
+def _start_fluent_run(run_name: str | None):
+    """`mlflow.start_run`, surviving a lost race to create `MLFLOW_EXPERIMENT_NAME`.
+
+    MLflow looks the experiment up, then creates it: when several jobs start
+    together in a new experiment, all but one get RESOURCE_ALREADY_EXISTS. By
+    then it exists, so a second attempt finds it.
+    """
+    try:
+        return mlflow.start_run(run_name=run_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.start_run(run_name=run_name)
 
 
 def checkpoint_tags(record: CheckpointRecord) -> dict[str, str]:
