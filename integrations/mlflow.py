@@ -48,6 +48,12 @@ GIT_BRANCH_TAG = "mlflow.source.git.branch"
 METADATA_FILE = "tracked_ckpt.json"
 DEFERRED_TAG = "tracked_ckpt.deferred_id"  # run tag: the run made for a deferred start
 KERAS_DATA_DIR = "data"
+# MLflow's UI shows none of a LoggedModel's tags, but its params both on the model page and as
+# "Parameters" columns of the experiment's Models table: these schema keys are logged as params too.
+MODEL_PARAMS = ("epoch", "step", "is_best", "monitor", "format", "size_bytes", "git_commit", "git_branch", "git_dirty")
+# Run tags the UI reads off a LoggedModel for "Created by" and "Logged from"; MLflow's fluent API
+# copies them from the context, `MlflowClient.create_logged_model` does not.
+RUN_CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
 
 
 class MlflowTracker:
@@ -97,6 +103,7 @@ class MlflowTracker:
         self._clients: dict[str, MlflowClient] = {}
         self._resolved: dict[str, dict[str, Any]] = {}
         self._orphans: list[dict[str, Any]] = []
+        self._context_tags: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     # -- run lifecycle (training thread) ------------------------------------------------
@@ -244,12 +251,14 @@ class MlflowTracker:
             experiment_id=experiment_id,
             name=record.name,
             source_run_id=run_id,
-            tags=checkpoint_tags(record),
+            tags={**self._run_context_tags(client, run_id), **checkpoint_tags(record)},
+            params=checkpoint_params(record),
         )
         with tempfile.TemporaryDirectory(prefix="tracked-ckpt-") as tmp:
             self._build_artifacts(record, path, tmp, model.model_id, run_id, model.artifact_location)
             client.log_model_artifacts(model.model_id, tmp)
-        if record.metrics:
+        retry = existing is not None  # a PENDING leftover of an interrupted attempt
+        if record.metrics and not (retry and existing.metrics):
             timestamp = int(time.time() * 1000)
             client.log_batch(
                 run_id,
@@ -258,7 +267,12 @@ class MlflowTracker:
                     for key, value in record.metrics.items()
                 ],
             )
-        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=record.epoch)])
+        linked = retry and any(
+            o.model_id == model.model_id
+            for o in (getattr(client.get_run(run_id).outputs, "model_outputs", None) or [])
+        )
+        if not linked:  # a second link of the same output is refused by the store
+            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=record.epoch)])
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         return model.model_id
 
@@ -274,10 +288,28 @@ class MlflowTracker:
         if any(v.source == f"models:/{ref}" for v in versions):
             return False
         model = client.get_logged_model(ref)
-        repository = get_artifact_repository(model.artifact_location, tracking_uri=destination["tracking_uri"])
-        repository.delete_artifacts()
+        # Hidden from searches first, so nothing picks a model whose files are going away.
         client.delete_logged_model(ref)
+        get_artifact_repository(model.artifact_location, tracking_uri=destination["tracking_uri"]).delete_artifacts()
         return True
+
+    def _run_context_tags(self, client: MlflowClient, run_id: str) -> dict[str, str]:
+        """The run's user and source tags, read once per run."""
+        with self._lock:
+            cached = self._context_tags.get(run_id)
+        if cached is None:
+            tags = client.get_run(run_id).data.tags
+            cached = {key: tags[key] for key in RUN_CONTEXT_TAGS if key in tags}
+            with self._lock:
+                self._context_tags[run_id] = cached
+        return cached
+
+    @staticmethod
+    def is_permanent(exc: Exception) -> bool:
+        """Errors no retry can fix: the run or model is gone, or MLflow refuses the request."""
+        return isinstance(exc, MlflowException) and exc.error_code in (
+            "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE",
+        )
 
     @staticmethod
     def find_logged(client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord):
@@ -556,6 +588,12 @@ def checkpoint_tags(record: CheckpointRecord) -> dict[str, str]:
     if record.git_branch:
         tags[GIT_BRANCH_TAG] = record.git_branch
     return tags
+
+
+def checkpoint_params(record: CheckpointRecord) -> dict[str, str]:
+    """LoggedModel params for a record: the schema keys worth a column in MLflow's Models table."""
+    metadata = record.string_metadata()
+    return {key: metadata[key] for key in MODEL_PARAMS if key in metadata}
 
 
 def _quote(value: str) -> str:

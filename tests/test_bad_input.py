@@ -36,7 +36,7 @@ def test_tracker_package_not_installed_names_the_extra(monkeypatch):
 
 def test_placeholder_missing_from_the_logs(embedded_store, workdir):
     callback = TrackedModelCheckpoint("ckpt/{epoch}-{val_acc:.2f}.keras")
-    with pytest.raises(KeyError, match=r"not in the logs.*available: .*val_loss") as info:
+    with pytest.raises(KeyError, match=r"uses {val_acc}, which is not in the epoch logs \(available: .*val_loss") as info:
         fit(callback, epochs=1)
     one_line(info.value)
 

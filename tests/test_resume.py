@@ -45,10 +45,12 @@ def test_resume_continues_the_same_run_with_the_best_value(embedded_store, workd
 
     model = make_model()
     x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/r-{epoch}.keras", monitor="score", mode="min", resume=True)
+    callback = TrackedModelCheckpoint("ckpt/r-{epoch}.keras", monitor="score", mode="min", resume=True,
+                                      wait_timeout=120)
     history = model.fit(x, y, epochs=5, batch_size=8, verbose=0,
                         callbacks=[InjectMetric("score", SCORES), callback])
 
+    assert callback.last_report.ok, callback.last_report.errors
     assert history.epoch == [3, 4]  # fit started after the third epoch
     assert int(model.optimizer.iterations.numpy()) == 5 * 5  # 5 batches an epoch: optimizer state came back
     models = logged_models(run.info.run_id)

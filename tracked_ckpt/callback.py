@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import shutil
+import string
+import threading
 import weakref
 from typing import Any, Sequence
 
@@ -160,8 +162,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             else os.path.join(os.path.dirname(os.path.abspath(self.filepath)), ".tracked_ckpt", "spool")
         )
         self.resume = resume
+        self._file_lock = threading.RLock()  # a save and its staging vs. retention's local deletes (re-entered by sync uploads)
         self.retention = (
-            Retention(keep_top_k, lambda: self.resolved_mode, self._delete) if keep_top_k is not None else None
+            Retention(keep_top_k, self._delete, self._paths_in_flight, self._file_lock)
+            if keep_top_k is not None else None
         )
         self.state_path = os.path.join(os.path.dirname(self.spool.directory), "resume.json")
         self.best_value: float | None = None  # best monitored value among logged checkpoints
@@ -180,6 +184,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        if self._publisher is not None:
+            # The previous fit raised (Keras skips on_train_end then): wind it down first.
+            self._close(success=False)
         self._chief, self._task_id = _worker_role(self.model)
         if self.monitor_op is None:
             try:
@@ -225,11 +232,14 @@ class TrackedModelCheckpoint(ModelCheckpoint):
     def _get_file_path(self, epoch, batch, logs):
         try:
             path = super()._get_file_path(epoch, batch, logs)
-        except KeyError as exc:
-            available = ", ".join(sorted({"epoch", "batch", *(logs or {})}))
+        except KeyError:
+            known = {"epoch", *(logs or {})} | ({"batch"} if batch is not None else set())
+            missing = [name for _, name, _, _ in string.Formatter().parse(self.filepath)
+                       if name and name.split(".")[0].split("[")[0] not in known]
             raise KeyError(
-                f"filepath {self.filepath!r} has a placeholder that is not in the logs ({exc}); "
-                f"available: {available}. Use one of those names, or a fixed file name."
+                f"filepath {self.filepath!r} uses {{{', '.join(missing) or '?'}}}, which is not in the "
+                f"{'batch' if batch is not None else 'epoch'} logs (available: {', '.join(sorted(known))}). "
+                "Use one of those names, or a fixed file name."
             ) from None
         if not self._chief:
             return os.path.join(os.path.dirname(path), f"workertemp_{self._task_id}", os.path.basename(path))
@@ -246,23 +256,26 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _save_model(self, epoch, batch, logs):
         self._saving = None
-        try:
-            super()._save_model(epoch, batch, logs)
-        except OSError as exc:
-            if exc.errno not in _DISK_ERRORS:
-                raise
-            raise OSError(
-                exc.errno,
-                f"Could not write checkpoint {self._saving and self._saving['filepath'] or self.filepath}: "
-                f"{exc.strerror}. Free some space or choose another filepath; the checkpoints saved "
-                "before this one are on disk and logged (or waiting in the spool).",
-            ) from exc
-        if self._saving is not None:  # Keras decided to save and the write returned
-            saving, self._saving = self._saving, None
-            if not self._chief:
-                shutil.rmtree(os.path.dirname(saving["filepath"]), ignore_errors=True)
-                return
-            self._on_saved(saving["filepath"], epoch, batch, logs or {})
+        with self._file_lock:
+            try:
+                super()._save_model(epoch, batch, logs)
+            except OSError as exc:
+                if exc.errno not in _DISK_ERRORS:
+                    raise
+                path = self._saving["filepath"] if self._saving else self.filepath
+                fix = ("Free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                       else "Fix the folder's permissions")
+                raise OSError(
+                    exc.errno,
+                    f"Could not write checkpoint {path}: {exc.strerror}. {fix} or choose another filepath; "
+                    "the checkpoints saved before this one are on disk and logged (or waiting in the spool).",
+                ) from exc
+            if self._saving is not None:  # Keras decided to save and the write returned
+                saving, self._saving = self._saving, None
+                if not self._chief:
+                    shutil.rmtree(os.path.dirname(saving["filepath"]), ignore_errors=True)
+                    return
+                self._on_saved(saving["filepath"], epoch, batch, logs or {})
 
     # -- after a save ---------------------------------------------------------------------
 
@@ -350,19 +363,19 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _check_writable(self) -> None:
         """Fail before the first epoch, not after it, when checkpoints cannot be written."""
-        folder = os.path.dirname(os.path.abspath(self.filepath))
-        try:
-            os.makedirs(folder, exist_ok=True)
-            os.makedirs(self.spool.directory, exist_ok=True)
-            probe = os.path.join(self.spool.directory, ".write-test")
-            with open(probe, "wb") as f:
-                f.write(b"0" * 4096)
-            os.remove(probe)
-        except OSError as exc:
-            raise OSError(
-                f"Cannot write checkpoints to {folder}: {exc.strerror or exc}. "
-                "Free some space, fix the folder's permissions, or choose another filepath."
-            ) from exc
+        for folder, what in ((os.path.dirname(os.path.abspath(self.filepath)), "filepath"),
+                             (self.spool.directory, "spool_dir")):
+            try:
+                os.makedirs(folder, exist_ok=True)
+                probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}")
+                with open(probe, "wb") as f:
+                    f.write(b"0" * 4096)
+                os.remove(probe)
+            except OSError as exc:
+                raise OSError(
+                    f"Cannot write checkpoints to {folder}: {exc.strerror or exc}. "
+                    f"Free some space, fix the folder's permissions, or choose another {what}."
+                ) from exc
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -433,8 +446,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             return False  # a tracker that cannot delete keeps everything
         return delete(ref, destination)
 
+    def _paths_in_flight(self) -> set[str]:
+        publisher = self._publisher
+        return {e.record.filepath for e in list(publisher._queue)} if publisher is not None else set()
+
     def _on_logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
-        if self.retention is not None and not entry.pending_trackers:
+        # Leftovers of an earlier job belong to another run's ranking: not this one's retention.
+        if self.retention is not None and not entry.pending_trackers and entry.destinations == self._destinations:
             self.retention.add(entry.record, entry.done, entry.destinations)
         if self.verbose > 0:
             display = self._tracker_by_key[tracker].display_name
@@ -476,6 +494,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             for key, tracker in self._tracker_by_key.items()
             if (url := tracker.run_url(self._destinations.get(key, {})))
         ]
+        if report.failed:
+            logger.error(
+                "%d checkpoint(s) could not be logged (%s) and are kept in %s; after fixing the cause, "
+                "run `tracked-ckpt sync --retry-failed %s`.",
+                len(report.failed), report.failed[0][1], self.spool.directory, self.spool.directory,
+            )
         if report.pending:
             logger.error(
                 "%d checkpoint(s) are not logged yet and wait in %s; run `tracked-ckpt sync %s` "

@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("spools", nargs="*",
                       help="spool folders (default: every */.tracked_ckpt/spool under the current folder)")
     sync.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
+    sync.add_argument("--retry-failed", action="store_true",
+                      help="also retry checkpoints set aside after an error retrying could not fix")
     sync.set_defaults(func=_sync)
     return parser
 
@@ -191,10 +193,13 @@ def _sync(args) -> int:
     for spool in spools:
         if not os.path.isdir(spool):
             raise FileNotFoundError(f"{spool} is not a folder: pass a .tracked_ckpt/spool folder.")
-        report = sync_spool(spool, timeout=args.timeout)
+        report = sync_spool(spool, timeout=args.timeout, retry_failed=args.retry_failed)
         logged = len({entry.id for entry, _, _ in report.logged})
-        print(f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending")
-        pending += len(report.pending)
+        print(f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending"
+              + (f", {len(report.failed)} failed" if report.failed else ""))
+        for _, reason in report.failed:
+            print(f"  failed: {reason}")
+        pending += len(report.pending) + len(report.failed)
     if pending:
         raise RuntimeError(f"{pending} checkpoint(s) could not be logged: is the tracker reachable? Run sync again.")
     return 0

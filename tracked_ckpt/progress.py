@@ -99,15 +99,19 @@ def watch_folder_size(folder: str, progress: Progress, interval: float = 0.2) ->
     return done
 
 
-def wait_with_progress(description: str, pending: Callable[[], list], alive: Callable[[], bool],
-                       deadline: float | None, size_of: Callable[[object], int]) -> None:
-    """Wait while `alive()` and before `deadline`, showing bytes and checkpoints still `pending()`."""
+def wait_with_progress(description: str, pending: Callable[[], list], join: Callable[[float], None],
+                       alive: Callable[[], bool], deadline: float | None,
+                       size_of: Callable[[object], int]) -> None:
+    """Wait (with `join(seconds)`) while `alive()` and before `deadline`, showing what is `pending()`.
+
+    Joining rather than sleeping returns the moment the work is done.
+    """
     items = pending()
     total = sum(size_of(e) for e in items)
     with Progress(description, total, len(items)) as bar:
         left_bytes, left_items = total, len(items)
         while alive() and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.1)
+            join(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic())))
             now = pending()
             now_bytes = sum(size_of(e) for e in now)
             bar.advance(max(0, left_bytes - now_bytes), max(0, left_items - len(now)))

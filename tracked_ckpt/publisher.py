@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Callable, Mapping
@@ -31,11 +32,12 @@ class PublishReport:
 
     logged: list[tuple[SpoolEntry, str, str]] = dataclasses.field(default_factory=list)
     pending: list[SpoolEntry] = dataclasses.field(default_factory=list)
+    failed: list[tuple[SpoolEntry, str]] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.pending
+        return not self.pending and not self.failed
 
 
 class Publisher:
@@ -69,6 +71,7 @@ class Publisher:
         self._queue: collections.deque[SpoolEntry] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._wake = threading.Event()  # set by close(): cut a backoff short
         self._deadline: float | None = None
         self._busy = False
         self._thread: threading.Thread | None = None
@@ -99,9 +102,11 @@ class Publisher:
                 self._closing = True
                 self._deadline = deadline
                 self._cond.notify_all()
+            self._wake.set()
             wait_with_progress(
                 "tracked-ckpt: uploading",
                 pending=lambda: list(self._queue),
+                join=self._thread.join,
                 alive=self._thread.is_alive,
                 deadline=deadline,
                 size_of=lambda entry: entry.record.size_bytes,
@@ -143,9 +148,8 @@ class Publisher:
         delay = min(self.max_backoff, self.initial_backoff * 2 ** max(0, self._failures - 1))
         if deadline is not None:
             delay = min(delay, max(0.0, deadline - time.monotonic()))
-        with self._cond:
-            # Woken early by close(), so a shortened deadline is honoured.
-            self._cond.wait(delay)
+        # Woken early by close() only (new checkpoints must not cut the backoff short).
+        self._wake.wait(delay)
 
     def _drain_once(self) -> bool:
         """Try to log queued entries in order; False when one failed (it stays queued)."""
@@ -153,6 +157,8 @@ class Publisher:
             with self._cond:
                 if not self._queue:
                     return True
+                if self._closing and self._past_deadline():
+                    return False  # what is left stays in the spool, reported as pending
                 entry = self._queue[0]
             if not self._publish(entry):
                 return False
@@ -160,6 +166,14 @@ class Publisher:
                 self._queue.popleft()
 
     def _publish(self, entry: SpoolEntry) -> bool:
+        """Log one entry to its pending trackers; True when it is done with (logged or parked)."""
+        with self.spool.claim(entry) as claimed:
+            if not claimed:  # another process or worker (e.g. a concurrent sync) holds it
+                self.report.errors.append(f"{entry.record.name}: being logged elsewhere")
+                return False
+            return self._publish_claimed(entry)
+
+    def _publish_claimed(self, entry: SpoolEntry) -> bool:
         try:
             if not entry.record.sha256:
                 # Hashing happens here, not on the training thread: the staged file is frozen.
@@ -174,9 +188,17 @@ class Publisher:
                 self.report.logged.append((entry, name, ref))
                 if self.on_logged is not None:
                     self.on_logged(entry, name, ref)
-        except Exception as exc:  # any tracker failure is retried; the entry stays spooled
-            self._failures += 1
+        except Exception as exc:  # a tracker failure is retried; the entry stays spooled
             message = f"{entry.record.name}: {type(exc).__name__}: {exc}"
+            if self._permanent(exc, entry):
+                # Retrying cannot help (the run was deleted, the file is gone, the request is
+                # invalid): park it so the checkpoints after it are not held up.
+                self.spool.park(entry, message)
+                self.report.failed.append((entry, message))
+                logger.error("Could not log checkpoint %s; kept in %s (retry with `tracked-ckpt sync "
+                             "--retry-failed`).", message, self.spool.directory)
+                return True
+            self._failures += 1
             if self._failures == 1 or self._failures % 10 == 0:
                 logger.warning(
                     "Could not log checkpoint %s (attempt %d); will retry, training goes on.",
@@ -189,8 +211,16 @@ class Publisher:
         self.spool.remove(entry)
         return True
 
+    def _permanent(self, exc: Exception, entry: SpoolEntry) -> bool:
+        if isinstance(exc, FileNotFoundError) and not os.path.exists(entry.staged_path):
+            return True
+        return any(
+            getattr(self.trackers[name], "is_permanent", lambda e: False)(exc)
+            for name in entry.pending_trackers if name in self.trackers
+        )
 
-def sync_spool(directory: str, *, timeout: float | None = None) -> PublishReport:
+
+def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bool = False) -> PublishReport:
     """Log every checkpoint waiting in a spool directory (what `tracked-ckpt sync` runs).
 
     Each entry goes to the run it was saved for, whatever process saved it;
@@ -203,6 +233,8 @@ def sync_spool(directory: str, *, timeout: float | None = None) -> PublishReport
     from tracked_ckpt.tracker import tracker_class
 
     spool = Spool(directory)
+    if retry_failed:
+        spool.unpark_all()
     entries = list(spool.entries())
     names = {name for entry in entries for name in entry.pending_trackers}
     trackers = {name: tracker_class(name)() for name in sorted(names)}

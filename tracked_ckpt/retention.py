@@ -47,16 +47,25 @@ class Retention:
 
     Args:
         k: how many of the best checkpoints to keep (the latest is kept too).
-        mode: "min" or "max" (a callable, since Keras may infer it late).
         delete: (tracker name, ref, destination) -> False when the tracker refused (protected).
+        in_use: local paths that checkpoints still waiting to be logged point at.
+        file_lock: held by the training thread while Keras writes and the file is staged,
+            so a local file is never deleted while a newer save of the same path happens.
     """
 
-    def __init__(self, k: int, mode: Callable[[], str], delete: Callable[[str, str, Mapping[str, Any]], bool]):
+    def __init__(
+        self,
+        k: int,
+        delete: Callable[[str, str, Mapping[str, Any]], bool],
+        in_use: Callable[[], set[str]] = set,
+        file_lock: "threading.RLock | None" = None,
+    ):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"keep_top_k={k!r} would keep nothing: pass an integer >= 1, or None to keep all.")
         self.k = k
-        self.mode = mode
         self.delete = delete
+        self.in_use = in_use
+        self.file_lock = file_lock or threading.RLock()
         self.kept: list[Kept] = []
         self._lock = threading.Lock()
 
@@ -64,7 +73,7 @@ class Retention:
         """Note a checkpoint every tracker confirmed, then delete what falls out of the top K."""
         with self._lock:
             self.kept.append(Kept(record, dict(refs), dict(destinations)))
-            for victim in to_evict(self.kept, self.k, self.mode()):
+            for victim in to_evict(self.kept, self.k, record.mode):
                 self._evict(victim)
 
     def _evict(self, victim: Kept) -> None:
@@ -81,10 +90,12 @@ class Retention:
             logger.info("Keeping %s: it is promoted or aliased in %s.", victim.record.name, ", ".join(refused))
             return
         self.kept.remove(victim)
-        still_used = {c.record.filepath for c in self.kept}
-        if victim.record.filepath not in still_used:
-            try:
-                os.remove(victim.record.filepath)
-            except FileNotFoundError:
-                pass
+        with self.file_lock:
+            # A templated path can repeat (e.g. {batch}): keep it while a newer checkpoint uses it.
+            still_used = {c.record.filepath for c in self.kept} | self.in_use()
+            if victim.record.filepath not in still_used:
+                try:
+                    os.remove(victim.record.filepath)
+                except FileNotFoundError:
+                    pass
         logger.info("Deleted %s (outside the best %d).", victim.record.name, self.k)

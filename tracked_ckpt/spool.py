@@ -11,12 +11,15 @@ every tracker confirmed it, so a crash or an unreachable tracker loses nothing:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from typing import Any, Iterator
@@ -26,6 +29,8 @@ from tracked_ckpt.record import CheckpointRecord
 logger = logging.getLogger("tracked_ckpt")
 
 MANIFEST_SUFFIX = ".json"
+LOCK_SUFFIX = ".lock"
+FAILED_SUFFIX = ".failed"
 _CHUNK = 1 << 20
 
 
@@ -86,6 +91,7 @@ class Spool:
     def stage(self, src: str) -> str:
         """Freeze the file at `src` into the spool and return the frozen path."""
         os.makedirs(self.directory, exist_ok=True)
+        src = os.path.realpath(src)  # a link to a symlink would not freeze the bytes behind it
         suffix = _checkpoint_suffix(src)
         dst = os.path.join(self.directory, f"{uuid.uuid4().hex}{suffix}")
         try:
@@ -97,14 +103,58 @@ class Spool:
     def add(self, entry: SpoolEntry) -> None:
         """Write (or rewrite) an entry's manifest atomically."""
         path = os.path.join(self.directory, entry.id + MANIFEST_SUFFIX)
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w") as f:
             json.dump(entry.to_json(), f, indent=1, sort_keys=True)
         os.replace(tmp, path)
 
+    @contextlib.contextmanager
+    def claim(self, entry: SpoolEntry) -> Iterator[bool]:
+        """Hold an exclusive lock on an entry while logging it; yields False if someone else holds it.
+
+        Keeps a `tracked-ckpt sync` and a still-running worker from logging the same
+        checkpoint at once (both would find nothing logged yet and both create it).
+        """
+        path = os.path.join(self.directory, entry.id + LOCK_SUFFIX)
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def park(self, entry: SpoolEntry, reason: str) -> None:
+        """Set aside an entry that cannot be logged as it is, with the reason, for a later retry."""
+        data = entry.to_json()
+        data["failed"] = reason
+        path = os.path.join(self.directory, entry.id + FAILED_SUFFIX)
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        for stale in (MANIFEST_SUFFIX, LOCK_SUFFIX):
+            try:
+                os.remove(os.path.join(self.directory, entry.id + stale))
+            except FileNotFoundError:
+                pass
+
+    def unpark_all(self) -> int:
+        """Put every parked entry back in line; returns how many."""
+        count = 0
+        if os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if name.endswith(FAILED_SUFFIX):
+                    stem = name[: -len(FAILED_SUFFIX)]
+                    os.replace(os.path.join(self.directory, name), os.path.join(self.directory, stem + MANIFEST_SUFFIX))
+                    count += 1
+        return count
+
     def remove(self, entry: SpoolEntry) -> None:
         """Drop an entry once every tracker has confirmed it."""
-        for path in (entry.staged_path, os.path.join(self.directory, entry.id + MANIFEST_SUFFIX)):
+        for path in (entry.staged_path, os.path.join(self.directory, entry.id + MANIFEST_SUFFIX),
+                     os.path.join(self.directory, entry.id + LOCK_SUFFIX)):
             try:
                 os.remove(path)
             except FileNotFoundError:
@@ -149,8 +199,9 @@ def release_path(path: str) -> None:
     first makes Keras create a fresh inode instead.
     """
     try:
-        if os.stat(path).st_nlink > 1:
-            os.remove(path)
+        target = os.path.realpath(path)  # Keras writes through a symlink into its target
+        if os.stat(target).st_nlink > 1:
+            os.remove(target)
     except FileNotFoundError:
         pass
 
