@@ -1,0 +1,237 @@
+"""Shared helpers for the benchmarks: a real local MLflow server, models of a given checkpoint size,
+machine/version info, and small statistics helpers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "out")
+
+# Dense stacks whose `.keras` checkpoint (weights + Adam's two moment slots, ~12 bytes/param)
+# is about the nominal size. Input dim 32, `layers` hidden Dense(width, relu), Dense(1).
+SIZES = {
+    "10MB": (640, 3),
+    "60MB": (1024, 6),
+    "250MB": (2048, 6),
+}
+INPUT_DIM = 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` on a free 127.0.0.1 port: sqlite backend, proxied artifacts, 1 worker, no job runner."""
+
+    def __init__(self, root: str):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = os.path.join(root, "mlflow.db")
+        self.artifacts = os.path.join(root, "artifacts")
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    def start(self, timeout: float = 120.0) -> "MlflowServer":
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        log = open(os.path.join(self.root, "server.log"), "ab")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", f"sqlite:///{self.db}",
+                "--artifacts-destination", self.artifacts,
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            ],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        self.startup_seconds = time.monotonic() - started
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not become healthy in {timeout}s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self.proc = None
+
+    def log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.root, "server.log"), "rb") as f:
+                return f.read()[-2000:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def build_model(size: str, name: str = "bench"):
+    import keras
+
+    width, layers = SIZES[size]
+    model = keras.Sequential(
+        [keras.Input((INPUT_DIM,))]
+        + [keras.layers.Dense(width, activation="relu") for _ in range(layers)]
+        + [keras.layers.Dense(1)],
+        name=name,
+    )
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def tiny_data(n: int = 64, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, INPUT_DIM), dtype="float32")
+    y = rng.random((n, 1), dtype="float32")
+    return x, y
+
+
+def machine_info() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                    break
+    except OSError:
+        pass
+    return {"nproc": str(os.cpu_count()), "memory": mem, "cpu": cpu, "os": platform.platform()}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "mlflow", "wandb", "tracked-ckpt"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- CPU accounting: this benchmark's processes vs everything else on the machine ---------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (ppid, pgid, cpu seconds) for every process."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICK)
+    return table
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def cpu_snapshot(server_pgid: int | None = None) -> dict[str, float]:
+    """Busy CPU of the machine, of this process tree (incl. the MLflow server), and of the server alone."""
+    table = _proc_table()
+    me = os.getpid()
+    own = server = 0.0
+    for pid, (ppid, pgid, cpu) in table.items():
+        if server_pgid is not None and pgid == server_pgid:
+            server += cpu
+        p, seen = pid, 0
+        while p and seen < 64:
+            if p == me:
+                own += cpu
+                break
+            p = table.get(p, (0, 0, 0.0))[0]
+            seen += 1
+    return {"machine": machine_busy_seconds(), "tree": own, "server": server, "wall": time.monotonic()}
+
+
+def other_cpu_between(a: dict[str, float], b: dict[str, float]) -> float:
+    """CPU seconds used by processes outside this benchmark between two snapshots (>= 0)."""
+    return max(0.0, (b["machine"] - a["machine"]) - (b["tree"] - a["tree"]))
+
+
+def wait_for_quiet(server_pgid: int | None, threshold_cores: float = 0.25, window: float = 0.3,
+                   max_wait: float = 15.0) -> float:
+    """Wait (up to `max_wait` s) until other processes use < `threshold_cores` CPUs; return seconds waited."""
+    started = time.monotonic()
+    while True:
+        a = cpu_snapshot(server_pgid)
+        time.sleep(window)
+        b = cpu_snapshot(server_pgid)
+        load = other_cpu_between(a, b) / (b["wall"] - a["wall"])
+        waited = time.monotonic() - started
+        if load < threshold_cores or waited >= max_wait:
+            return waited
+        time.sleep(0.5)
