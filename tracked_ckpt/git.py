@@ -74,6 +74,11 @@ def capture(path: str | os.PathLike[str] | None = None) -> GitInfo:
 
     Never raises: outside a repository, without git, or on an empty repository it
     logs one warning and returns the fields it could determine.
+
+    Example:
+        >>> info = capture()  # doctest: +SKIP
+        >>> info.commit, info.branch, info.dirty, info.remote  # doctest: +SKIP
+        ('9c1e4a7b…', 'main', False, 'https://github.com/org/repo.git')
     """
     path = os.fspath(path) if path is not None else os.getcwd()
     try:

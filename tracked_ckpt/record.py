@@ -48,6 +48,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
 def file_format(filepath: str) -> str:
     """Return the schema's `format` for a checkpoint path (keras, h5 or weights.h5).
 
+    Example:
+        >>> file_format("ckpt/digits-03.weights.h5")
+        'weights.h5'
+
     Raises:
         ValueError: the extension is not one Keras 3 `ModelCheckpoint` writes.
     """
@@ -64,7 +68,12 @@ def file_format(filepath: str) -> str:
 
 
 def sanitize_name(name: str) -> str:
-    """Turn any string (e.g. a Keras model name) into a checkpoint name every tracker accepts."""
+    """Turn any string (e.g. a Keras model name) into a checkpoint name every tracker accepts.
+
+    Example:
+        >>> sanitize_name("my.model/v1")
+        'my-model-v1'
+"""
     cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")
     cleaned = cleaned[:180] or "model"
     if not cleaned[0].isalnum():
@@ -88,7 +97,12 @@ def validate_name(name: str) -> str:
 
 
 def checkpoint_name(name: str, epoch: int, batch: int | None) -> str:
-    """Name of one checkpoint: `{name}-e{epoch:04d}`, plus `-b{batch:06d}` for batch saves."""
+    """Name of one checkpoint: `{name}-e{epoch:04d}`, plus `-b{batch:06d}` for batch saves.
+
+    Example:
+        >>> checkpoint_name("digits", 3, None), checkpoint_name("digits", 3, 20)
+        ('digits-e0003', 'digits-e0003-b000020')
+"""
     suffix = f"-e{epoch:04d}"
     if batch is not None:
         suffix += f"-b{batch:06d}"
@@ -114,6 +128,12 @@ class CheckpointRecord:
         keras_version, backend: the Keras version and backend that wrote it.
         git_commit, git_branch, git_dirty, git_remote: provenance of the training code.
         metrics: the logs Keras passed for this save (epoch or batch logs).
+
+    Example:
+        >>> ckpt = tracked_ckpt.list_checkpoints()[0]  # doctest: +SKIP
+        >>> ckpt.record.epoch, ckpt.record.value, ckpt.record.git_commit  # doctest: +SKIP
+        (1, 0.4213, '9c1e4a7b...')
+        >>> ckpt.record.metadata()["sha256"]  # doctest: +SKIP
     """
 
     name: str

@@ -40,7 +40,14 @@ _RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
 
 class ChecksumError(RuntimeError):
-    """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged."""
+    """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     load_model("digits-classifier")
+        ... except ChecksumError as exc:
+        ...     print(exc)
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,10 @@ class LoggedCheckpoint:
         location: where its files are, in the tracker's terms.
         aliases: registry aliases pointing at it, where known.
         extra: tracker-specific details (e.g. the registered version).
+
+    Example:
+        >>> for ckpt in list_checkpoints(where={"is_best": True}):  # doctest: +SKIP
+        ...     print(ckpt.id, ckpt.record.epoch, ckpt.record.value)
     """
 
     id: str
@@ -76,6 +87,11 @@ class PromotionResult:
         registered_name, alias, version: where the alias points now.
         checkpoint: the best checkpoint of the scope (the challenger).
         previous: the checkpoint the alias pointed at before, if any.
+
+    Example:
+        >>> result = promote_best("digits-classifier")  # doctest: +SKIP
+        >>> print(result.reason)  # doctest: +SKIP
+        'champion' now points at digits-e0007 (val_accuracy=0.9583).
     """
 
     promoted: bool
@@ -129,6 +145,10 @@ def validate_alias(alias: str) -> str:
 
     Raises:
         ValueError: the alias is reserved (`latest`, `v<N>`) or has invalid characters.
+
+    Example:
+        >>> validate_alias("champion")
+        'champion'
     """
     if not isinstance(alias, str) or not _ALIAS_RE.match(alias):
         raise ValueError(
@@ -182,6 +202,10 @@ def best_checkpoint(
 
     The monitor and mode default to those recorded with the checkpoints.
     Checkpoints whose metric was missing are never chosen.
+
+    Example:
+        >>> best = best_checkpoint(experiment="digits-demo")  # doctest: +SKIP
+        >>> best.record.epoch, best.record.value  # doctest: +SKIP
     """
     backend = _backend(tracker)
     scope = backend.scope(run_id, experiment)
@@ -301,6 +325,10 @@ def download_checkpoint(
 
     Raises:
         ChecksumError: the downloaded bytes do not match the recorded sha256.
+
+    Example:
+        >>> path = download_checkpoint("digits-classifier", alias="champion")  # doctest: +SKIP
+        >>> keras.saving.load_model(path)  # doctest: +SKIP
     """
     backend = _backend(tracker)
     checkpoint = _which(backend, registered_name, alias, version, checkpoint)
