@@ -103,6 +103,7 @@ class MlflowTracker:
         self._clients: dict[str, MlflowClient] = {}
         self._resolved: dict[str, dict[str, Any]] = {}
         self._orphans: list[dict[str, Any]] = []
+        self._scope_uri: str | None = None
         self._context_tags: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
@@ -362,6 +363,11 @@ class MlflowTracker:
     def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
         """A run (default: the last one `fit` logged to in this process) or a whole experiment."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
+        found = self._scope(uri, run_id, experiment)
+        self._scope_uri = found["tracking_uri"]
+        return found
+
+    def _scope(self, uri: str, run_id: str | None, experiment: str | None) -> dict[str, Any]:
         client = self.client(uri)
         run_id = run_id or self.run_id
         if run_id:
@@ -421,11 +427,11 @@ class MlflowTracker:
             token = page.token
             if not token or (max_results is not None and len(found) >= max_results):
                 break
-        return [self._checkpoint(m) for m in found[: max_results or None]]
+        return [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
 
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `registered_name@alias` points at, or None."""
-        client = self.client(self.tracking_uri or mlflow.get_tracking_uri())
+        client = self.client(self._registry_uri())
         try:
             version = client.get_model_version_by_alias(registered_name, alias)
         except MlflowException as exc:
@@ -436,7 +442,8 @@ class MlflowTracker:
 
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
         """Register the checkpoint's LoggedModel (once) and move `alias` onto that version."""
-        client = self.client(self.tracking_uri or mlflow.get_tracking_uri())
+        # In the registry of the store the checkpoint lives in (the last fit's server, say).
+        client = self.client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
         source = f"models:/{checkpoint.id}"
         try:
             client.create_registered_model(registered_name, description="Promoted by tracked-ckpt")
@@ -463,7 +470,7 @@ class MlflowTracker:
 
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind `registered_name@alias` or `registered_name/version`."""
-        client = self.client(self.tracking_uri or mlflow.get_tracking_uri())
+        client = self.client(self._registry_uri())
         try:
             if alias is not None:
                 mv = client.get_model_version_by_alias(registered_name, alias)
@@ -506,6 +513,10 @@ class MlflowTracker:
                 os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
             else:
                 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+    def _registry_uri(self) -> str:
+        """This tracker's URI, else the store `scope()` last looked in, else MLflow's default."""
+        return self.tracking_uri or self._scope_uri or mlflow.get_tracking_uri()
 
     def _version_checkpoint(self, client: MlflowClient, version) -> LoggedCheckpoint | None:
         model_id = _model_id_from_source(version.source)

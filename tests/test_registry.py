@@ -201,3 +201,17 @@ def test_missing_registered_model_or_alias_is_a_clear_error(embedded_store, work
     tracked_ckpt.promote_best("reg-exists", run_id=run_id)
     with pytest.raises(LookupError, match="has no alias 'prod'"):
         tracked_ckpt.load_model("reg-exists", alias="prod")
+
+
+def test_promotion_goes_to_the_store_the_last_fit_logged_to(embedded_store, mlflow_server, workdir):
+    # The process default is the embedded store, but the fit logged to a server.
+    callback = TrackedModelCheckpoint("ckpt/s-{epoch}.keras", tracker=MlflowTracker(
+        tracking_uri=mlflow_server.url, experiment=unique("elsewhere")))
+    x, y = make_data()
+    make_model().fit(x, y, validation_split=0.25, epochs=2, verbose=0, callbacks=[callback])
+    name = unique("reg-elsewhere")
+    result = tracked_ckpt.promote_best(name)
+    assert result.promoted
+    server = mlflow.MlflowClient(tracking_uri=mlflow_server.url)
+    assert server.get_model_version_by_alias(name, "champion").source == f"models:/{result.checkpoint.id}"
+    assert mlflow.MlflowClient().search_registered_models(f"name = '{name}'") == []
