@@ -115,6 +115,8 @@ class MlflowTracker:
         _check_tracking_uri(uri)
         if not _reachable(uri):
             return self._defer(uri, run_name, resume)
+        if resume and resume.get("deferred") and "run_id" not in resume:
+            resume = self._resolve(resume)  # the interrupted job never reached the server's run
         client = self.client(uri)
         active = mlflow.active_run() if self.tracking_uri is None else None
         run_id = self.run_id or (resume or {}).get("run_id")
@@ -150,6 +152,9 @@ class MlflowTracker:
         """The server is down: hand out a destination whose run is created on the first upload."""
         if resume and (resume.get("run_id") or resume.get("deferred")):
             self._destination = dict(resume)
+        elif self.run_id:
+            # The run named by the caller, whose experiment is looked up once the server answers.
+            self._destination = {"tracking_uri": uri, "run_id": self.run_id, "owned": False}
         else:
             self._destination = {
                 "tracking_uri": uri,
@@ -169,7 +174,10 @@ class MlflowTracker:
     def _resolve(self, destination: Mapping[str, Any]) -> Mapping[str, Any]:
         """The concrete run of a deferred destination, created once (found again by its tag)."""
         if "run_id" in destination:
-            return destination
+            if "experiment_id" in destination:
+                return destination
+            run = self.client(destination["tracking_uri"]).get_run(destination["run_id"])
+            return {**destination, "experiment_id": run.info.experiment_id}
         key = destination["deferred"]
         with self._lock:
             if key in self._resolved:

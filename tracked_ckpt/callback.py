@@ -393,7 +393,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _write_state(self, record: CheckpointRecord) -> None:
         state = {
-            "destinations": self._destinations,
+            # A deferred start may have become a real run meanwhile: resume into that one.
+            "destinations": {
+                key: getattr(tracker, "destination", None) or self._destinations[key]
+                for key, tracker in self._tracker_by_key.items()
+            },
             "best_value": self.best_value,
             "best_name": self.best_name,
             "keras_best": _scalar(self.best),
