@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -19,6 +15,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
+
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from mlflow_server import MlflowServer, free_port  # noqa: E402,F401  (one server wrapper for tests and benchmarks)
 
 # Dense stacks whose `.keras` checkpoint (weights + Adam's two moment slots, ~12 bytes/param)
 # is about the nominal size. Input dim 32, `layers` hidden Dense(width, relu), Dense(1).
@@ -28,81 +27,6 @@ SIZES = {
     "250MB": (2048, 6),
 }
 INPUT_DIM = 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` on a free 127.0.0.1 port: sqlite backend, proxied artifacts, 1 worker, no job runner."""
-
-    def __init__(self, root: str):
-        self.root = root
-        os.makedirs(root, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = os.path.join(root, "mlflow.db")
-        self.artifacts = os.path.join(root, "artifacts")
-        self.proc: subprocess.Popen | None = None
-        self.startup_seconds: float | None = None
-
-    def start(self, timeout: float = 120.0) -> "MlflowServer":
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        log = open(os.path.join(self.root, "server.log"), "ab")
-        started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.db}",
-                "--artifacts-destination", self.artifacts,
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            ],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = started + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        self.startup_seconds = time.monotonic() - started
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not become healthy in {timeout}s: {self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
-        self.proc = None
-
-    def log_tail(self) -> str:
-        try:
-            with open(os.path.join(self.root, "server.log"), "rb") as f:
-                return f.read()[-2000:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def build_model(size: str, name: str = "bench"):

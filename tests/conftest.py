@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -18,75 +13,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` (sqlite backend, proxied artifacts) on a free 127.0.0.1 port.
-
-    `stop()` and `start()` keep the same store and port, so a test can take the
-    server away in the middle of training and bring it back.
-    """
-
-    def __init__(self, root: str):
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = os.path.join(root, "mlflow.db")
-        self.artifacts = os.path.join(root, "artifacts")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90.0) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        log = open(os.path.join(self.root, "server.log"), "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.db}",
-                "--artifacts-destination", self.artifacts,
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            ],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not become healthy in {timeout}s: {self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
-        self.proc = None
-
-    def log_tail(self) -> str:
-        try:
-            with open(os.path.join(self.root, "server.log"), "rb") as f:
-                return f.read()[-2000:].decode(errors="replace")
-        except OSError:
-            return ""
+from mlflow_server import MlflowServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

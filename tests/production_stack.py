@@ -24,12 +24,13 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from mlflow_server import free_port
 
 BUCKET = "tracked-ckpt"
 ARTIFACT_PREFIX = "mlartifacts"
@@ -48,12 +49,6 @@ _AWS_DROP = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDP
 
 class StackUnavailable(Exception):
     """A piece of the stack cannot be provided here (the tests skip with this reason)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: str, n: int = 3000) -> str:

@@ -7,7 +7,7 @@ import logging
 import keras
 import mlflow
 import pytest
-from conftest import MlflowServer
+from mlflow_server import MlflowServer
 from helpers import logged_models, make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint

@@ -10,7 +10,7 @@ import textwrap
 
 import mlflow
 import pytest
-from conftest import free_port
+from mlflow_server import free_port
 from helpers import logged_models
 
 from tracked_ckpt.callback import _worker_role

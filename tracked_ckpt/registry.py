@@ -30,7 +30,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 from tracked_ckpt.progress import Progress, watch_folder_size
 from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.spool import sha256_file
-from tracked_ckpt.tracker import Tracker, last_destination, resolve_tracker
+from tracked_ckpt.tracker import Tracker, resolve_tracker
 
 logger = logging.getLogger("tracked_ckpt")
 
