@@ -22,9 +22,10 @@ class Recorder:
     name = display_name = "t"
 
     def __init__(self, fail_with=None):
-        self.fail_with, self.logged = fail_with, []
+        self.fail_with, self.logged, self.attempts = fail_with, [], []
 
     def log_checkpoint(self, record, path, destination):
+        self.attempts.append(record.epoch)
         if self.fail_with is not None and record.epoch == 1:
             raise self.fail_with
         with open(path, "rb") as f:
@@ -93,5 +94,6 @@ def test_transient_failures_keep_order_and_are_retried(tmp_path):
         publisher.submit(entry_for(spool, str(tmp_path / f"{epoch}.keras"), epoch))
     report = publisher.close(timeout=0.5)
     assert tracker.logged == []  # epoch 2 waits behind epoch 1, in order
+    assert len(tracker.attempts) < 20  # backoff holds after close() too: no busy retry loop
     assert [e.record.epoch for e in report.pending] == [1, 2]
     assert len(list(spool.entries())) == 2  # nothing lost

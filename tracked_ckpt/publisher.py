@@ -139,17 +139,26 @@ class Publisher:
                 if not self._queue or self._past_deadline():
                     return
             if not self._drain_once():
-                self._sleep_backoff(self._deadline)
+                self._sleep_backoff(None)  # follows self._deadline, which close() may set meanwhile
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
     def _sleep_backoff(self, deadline: float | None) -> None:
-        delay = min(self.max_backoff, self.initial_backoff * 2 ** max(0, self._failures - 1))
-        if deadline is not None:
-            delay = min(delay, max(0.0, deadline - time.monotonic()))
-        # Woken early by close() only (new checkpoints must not cut the backoff short).
-        self._wake.wait(delay)
+        """Wait before the next attempt: exponential, capped, and never past the deadline.
+
+        `close()` may set (or shorten) the deadline while the worker sleeps; it sets
+        `_wake` so the remaining wait is recomputed, not dropped.
+        """
+        exponent = min(max(0, self._failures - 1), 16)
+        until = time.monotonic() + min(self.max_backoff, self.initial_backoff * 2**exponent)
+        while True:
+            limit = deadline if deadline is not None else self._deadline
+            remaining = (until if limit is None else min(until, limit)) - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._wake.wait(remaining):
+                self._wake.clear()
 
     def _drain_once(self) -> bool:
         """Try to log queued entries in order; False when one failed (it stays queued)."""
