@@ -473,7 +473,13 @@ class MlflowTracker:
                 registered_name, source=source, run_id=checkpoint.run_id, tags=tags, model_id=checkpoint.id
             )
             version = str(created.version)
-        client.set_registered_model_alias(registered_name, alias, version)
+        try:
+            client.set_registered_model_alias(registered_name, alias, version)
+        except MlflowException:
+            # MLflow's SQL store sets an alias by look-up-then-insert: when jobs of a sweep
+            # promote at the same moment, all but one insert a duplicate and fail. The alias
+            # exists now, so a second call updates it.
+            client.set_registered_model_alias(registered_name, alias, version)
         return version
 
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:

@@ -215,3 +215,23 @@ def test_promotion_goes_to_the_store_the_last_fit_logged_to(embedded_store, mlfl
     server = mlflow.MlflowClient(tracking_uri=mlflow_server.url)
     assert server.get_model_version_by_alias(name, "champion").source == f"models:/{result.checkpoint.id}"
     assert mlflow.MlflowClient().search_registered_models(f"name = '{name}'") == []
+
+
+def test_a_lost_race_to_set_a_new_alias_is_retried(embedded_store, workdir, monkeypatch):
+    # What MLflow's SQL store does when two jobs set a fresh alias at once: the loser's insert fails.
+    original = mlflow.MlflowClient.set_registered_model_alias
+    calls = []
+
+    def loses_the_first_race(self, name, alias, version):
+        calls.append(version)
+        if len(calls) == 1:
+            original(self, name, alias, version)  # the other job's insert lands first...
+            raise mlflow.exceptions.MlflowException(
+                'duplicate key value violates unique constraint "registered_model_alias_pk"')
+        return original(self, name, alias, version)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", loses_the_first_race)
+    run_id = train([0.3, 0.2])
+    result = tracked_ckpt.promote_best("reg-race", run_id=run_id)
+    assert result.promoted and len(calls) == 2
+    assert str(mlflow.MlflowClient().get_model_version_by_alias("reg-race", "champion").version) == result.version
