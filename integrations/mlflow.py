@@ -421,7 +421,9 @@ class MlflowTracker:
         order = None
         if order_by is not None:
             metric, mode = order_by
-            order = [{"field_name": f"metrics.{metric}", "ascending": mode == "min"}]
+            # Ties go to the earliest checkpoint, the one that first reached the value (as is_best does).
+            order = [{"field_name": f"metrics.{metric}", "ascending": mode == "min"},
+                     {"field_name": "creation_timestamp", "ascending": True}]
         found, token = [], None
         while True:
             page = client.search_logged_models(

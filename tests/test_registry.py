@@ -235,3 +235,10 @@ def test_a_lost_race_to_set_a_new_alias_is_retried(embedded_store, workdir, monk
     result = tracked_ckpt.promote_best("reg-race", run_id=run_id)
     assert result.promoted and len(calls) == 2
     assert str(mlflow.MlflowClient().get_model_version_by_alias("reg-race", "champion").version) == result.version
+
+
+def test_a_tie_goes_to_the_checkpoint_that_reached_the_value_first(store, workdir):
+    run_id = train([0.5, 0.2, 0.2, 0.3])
+    result = tracked_ckpt.promote_best(unique("reg-tie"), run_id=run_id)
+    assert result.checkpoint.record.epoch == 2
+    assert result.checkpoint.record.is_best  # the same one the is_best flag names
