@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 
+from apt import apt_install
 from mlflow_server import free_port
 
 BUCKET = "tracked-ckpt"
@@ -118,24 +119,7 @@ def ensure_postgres(timeout: float = 1200.0) -> tuple[str, float | None]:
     bindir = postgres_bindir()
     if bindir is not None:
         return bindir, None
-    if os.geteuid() != 0:
-        raise StackUnavailable(
-            "PostgreSQL is not installed and we are not root: run `sudo apt-get install -y postgresql`"
-        )
-    if shutil.which("apt-get") is None:
-        raise StackUnavailable("PostgreSQL is not installed and there is no apt-get to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    started = time.monotonic()
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "postgresql"]):
-        try:
-            done = subprocess.run(
-                command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            raise StackUnavailable(f"`{' '.join(command)}` took longer than {timeout:.0f}s") from None
-        if done.returncode != 0:
-            raise StackUnavailable(f"`{' '.join(command)}` failed ({done.returncode}): {(done.stdout + done.stderr)[-1500:]}")
-    elapsed = time.monotonic() - started
+    elapsed = apt_install("postgresql", error=StackUnavailable, timeout=timeout)
     bindir = postgres_bindir()
     if bindir is None:
         raise StackUnavailable("apt-get installed postgresql but no initdb was found under /usr/lib/postgresql")

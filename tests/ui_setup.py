@@ -8,9 +8,8 @@ module installs with apt when it is missing and we are root.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
+
+from apt import apt_install
 
 CHROMIUM = os.environ.get("TRACKED_CKPT_CHROMIUM", "/usr/bin/chromium")
 
@@ -36,28 +35,7 @@ def ensure_chromium(timeout: float = 1200.0) -> tuple[str, float | None]:
     """Return (path to chromium, seconds spent installing it, or None if it was already there)."""
     if os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK):
         return CHROMIUM, None
-    if os.geteuid() != 0:
-        raise ChromiumUnavailable(
-            f"{CHROMIUM} is missing and we are not root: run `sudo apt-get install -y chromium`"
-        )
-    if shutil.which("apt-get") is None:
-        raise ChromiumUnavailable(f"{CHROMIUM} is missing and there is no apt-get to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    started = time.monotonic()
-    for command in (
-        ["apt-get", "update"],
-        ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", "chromium"],
-    ):
-        try:
-            done = subprocess.run(
-                command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            raise ChromiumUnavailable(f"`{' '.join(command)}` took longer than {timeout:.0f}s") from None
-        if done.returncode != 0:
-            tail = (done.stdout + done.stderr)[-1500:]
-            raise ChromiumUnavailable(f"`{' '.join(command)}` failed ({done.returncode}): {tail}")
-    elapsed = time.monotonic() - started
+    elapsed = apt_install("chromium", error=ChromiumUnavailable, timeout=timeout, extra=("--no-install-recommends",))
     if not os.access(CHROMIUM, os.X_OK):
         raise ChromiumUnavailable(f"apt-get installed chromium but {CHROMIUM} is not there")
     return CHROMIUM, elapsed
