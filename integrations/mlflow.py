@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import tempfile
 import threading
 import time
@@ -39,6 +38,7 @@ from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.registry import LoggedCheckpoint, safe_file_name
+from tracked_ckpt.spool import link_or_copy
 from tracked_ckpt.tracker import TrackerError, last_destination
 
 logger = logging.getLogger("tracked_ckpt")
@@ -238,10 +238,7 @@ class MlflowTracker:
             # A local store has no server: point at the UI `mlflow ui` serves by default.
             return (f"http://127.0.0.1:5000/#/experiments/{destination['experiment_id']}/runs/"
                     f"{destination['run_id']} (after `mlflow ui --backend-store-uri {uri}`)")
-        parts = urllib.parse.urlsplit(uri)
-        netloc = parts.netloc.rpartition("@")[2]  # never print credentials embedded in the URI
-        base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        return f"{base}/#/experiments/{destination['experiment_id']}/runs/{destination['run_id']}"
+        return f"{_without_credentials(uri)}/#/experiments/{destination['experiment_id']}/runs/{destination['run_id']}"
 
     # -- logging (publisher thread) -----------------------------------------------------
 
@@ -342,12 +339,12 @@ class MlflowTracker:
         with open(os.path.join(out, METADATA_FILE), "w") as f:
             json.dump(record.metadata(), f, indent=1, sort_keys=True)
         if record.format != "keras":
-            _link_or_copy(path, os.path.join(out, os.path.basename(record.filepath)))
+            link_or_copy(path, os.path.join(out, os.path.basename(record.filepath)))
             return
         # The MLflow keras flavor's layout (mlflow.keras.save_model), around Keras's own file.
         data = os.path.join(out, KERAS_DATA_DIR)
         os.makedirs(data)
-        _link_or_copy(path, os.path.join(data, "model.keras"))
+        link_or_copy(path, os.path.join(data, "model.keras"))
         with open(os.path.join(data, "keras_module.txt"), "w") as f:
             f.write("keras")
         mlmodel = Model(artifact_path=artifact_uri, run_id=run_id, model_id=model_id, model_uuid=model_id)
@@ -634,14 +631,18 @@ def _model_id_from_source(source: str | None) -> str | None:
     return None
 
 
+def _without_credentials(uri: str) -> str:
+    """An HTTP URI without user, password, query or trailing slash (never printed or probed with them)."""
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
+
+
 def _reachable(uri: str, timeout: float = 5.0) -> bool:
     """False only when an HTTP tracking server cannot be connected to at all."""
     if not uri.startswith(("http://", "https://")):
         return True
-    parts = urllib.parse.urlsplit(uri)
-    probe = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health", "", ""))
     try:
-        urllib.request.urlopen(probe, timeout=timeout).close()
+        urllib.request.urlopen(_without_credentials(uri) + "/health", timeout=timeout).close()
     except urllib.error.HTTPError:
         return True  # something answered (auth, proxy): let MLflow report the details
     except (OSError, ValueError):
@@ -683,8 +684,3 @@ def _write_environment(out: str, requirements: list[str]) -> None:
         f.write(f"channels:\n- conda-forge\ndependencies:\n- python={python}\n- pip\n- pip:\n{deps}name: mlflow-env\n")
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)

@@ -43,7 +43,6 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -52,7 +51,7 @@ import wandb.errors
 
 from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.registry import ChecksumError, LoggedCheckpoint
-from tracked_ckpt.spool import sha256_file
+from tracked_ckpt.spool import link_or_copy, sha256_file
 from tracked_ckpt.tracker import TrackerError, last_destination
 
 logger = logging.getLogger("tracked_ckpt")
@@ -734,10 +733,7 @@ def _keep_for_sync(path: str, sync_dir: str, record: CheckpointRecord) -> str:
     os.makedirs(folder, exist_ok=True)
     kept = os.path.join(folder, os.path.basename(record.filepath))
     tmp = kept + ".tmp"
-    try:
-        os.link(path, tmp)
-    except OSError:  # another filesystem: copy
-        shutil.copyfile(path, tmp)
+    link_or_copy(path, tmp)
     os.replace(tmp, kept)
     return kept
 

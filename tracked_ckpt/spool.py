@@ -94,10 +94,7 @@ class Spool:
         src = os.path.realpath(src)  # a link to a symlink would not freeze the bytes behind it
         suffix = _checkpoint_suffix(src)
         dst = os.path.join(self.directory, f"{uuid.uuid4().hex}{suffix}")
-        try:
-            os.link(src, dst)
-        except OSError:  # another filesystem, or links not supported: fall back to a copy
-            shutil.copyfile(src, dst)
+        link_or_copy(src, dst)
         return dst
 
     def add(self, entry: SpoolEntry) -> None:
@@ -204,6 +201,15 @@ def release_path(path: str) -> None:
             os.remove(target)
     except FileNotFoundError:
         pass
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """Make `dst` hold the bytes of `src`: a hard link (no copy, constant time) where the
+    filesystem allows it, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not supported
+        shutil.copyfile(src, dst)
 
 
 def sha256_file(path: str) -> tuple[str, int]:
