@@ -89,11 +89,6 @@ class Publisher:
             self._thread = threading.Thread(target=self._run, name="tracked-ckpt-publisher", daemon=True)
             self._thread.start()
 
-    @property
-    def pending_count(self) -> int:
-        with self._cond:
-            return len(self._queue)
-
     def close(self, timeout: float | None = None) -> PublishReport:
         """Log what is queued, waiting at most `timeout` seconds (None: until done)."""
         deadline = None if timeout is None else time.monotonic() + timeout
