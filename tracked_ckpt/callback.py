@@ -29,6 +29,7 @@ from tracked_ckpt.record import (
     checkpoint_name,
     clean_metrics,
     file_format,
+    is_better,
     sanitize_name,
     validate_name,
 )
@@ -306,7 +307,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 "and never count as best. Pass validation data, or monitor one of the available keys.",
                 self.monitor, "batch" if batch is not None else "epoch", ", ".join(sorted(logs)) or "none",
             )
-        is_best = value is not None and (self.best_value is None or self._better(value, self.best_value))
+        is_best = value is not None and (self.best_value is None or is_better(value, self.best_value, self.resolved_mode))
         name = checkpoint_name(self._base_name(), epoch + 1, None if batch is None else batch + 1)
         if is_best:
             self.best_value, self.best_name = value, name
@@ -343,9 +344,6 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             except ValueError:
                 return "min"
         return "max" if self.monitor_op is keras.ops.greater else "min"
-
-    def _better(self, value: float, reference: float) -> bool:
-        return value > reference if self.resolved_mode == "max" else value < reference
 
     def _base_name(self) -> str:
         if self.name is None:

@@ -210,6 +210,16 @@ class CheckpointRecord:
         )
 
 
+def is_better(value: float, reference: float, mode: str) -> bool:
+    """Strictly better by the schema's `mode` ("max": higher, otherwise lower), as Keras compares.
+
+    Example:
+        >>> is_better(0.2, 0.3, "min"), is_better(0.3, 0.3, "max")
+        (True, False)
+    """
+    return value > reference if mode == "max" else value < reference
+
+
 def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
     """Keep the finite scalar entries of Keras logs, as floats."""
     out: dict[str, float] = {}

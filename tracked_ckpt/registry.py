@@ -28,7 +28,7 @@ import tempfile
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from tracked_ckpt.progress import Progress, watch_folder_size
-from tracked_ckpt.record import CheckpointRecord
+from tracked_ckpt.record import CheckpointRecord, is_better
 from tracked_ckpt.spool import sha256_file
 from tracked_ckpt.tracker import Tracker, resolve_tracker
 
@@ -289,7 +289,7 @@ def promote_best(
     if only_if_better and previous is not None:
         held = _metric(previous, monitor)
         comparable = previous.record.monitor in ("", monitor)
-        if held is not None and comparable and not _better(challenger_value, held, mode):
+        if held is not None and comparable and not is_better(challenger_value, held, mode):
             return PromotionResult(
                 False,
                 f"Kept {previous.record.name} ({monitor}={held:.6g}) as {alias!r}: "
@@ -506,10 +506,6 @@ def _metric(checkpoint: LoggedCheckpoint, monitor: str) -> float | None:
         return checkpoint.record.value
     value = checkpoint.record.metrics.get(monitor)
     return None if value is None else float(value)
-
-
-def _better(value: float, reference: float, mode: str) -> bool:
-    return value > reference if mode == "max" else value < reference
 
 
 def _describe(scope: Mapping[str, Any]) -> str:
