@@ -49,7 +49,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import wandb
 import wandb.errors
 
-from tracked_ckpt.record import CheckpointRecord
+from tracked_ckpt.record import CheckpointRecord, best_first, checkpoint_name
 from tracked_ckpt.registry import ChecksumError, LoggedCheckpoint
 from tracked_ckpt.spool import link_or_copy, sha256_file
 from tracked_ckpt.tracker import TrackerError, last_destination
@@ -253,7 +253,7 @@ class WandbTracker:
         if run.offline:
             # The artifact record points at this file until `wandb sync`; keep it with the run.
             path = _keep_for_sync(path, run.settings.sync_dir, record)
-        artifact = wandb.Artifact(collection, type=ARTIFACT_TYPE, metadata=record.metadata())
+        artifact = wandb.Artifact(collection, type=ARTIFACT_TYPE, metadata=artifact_metadata(record))
         artifact.add_file(
             path,
             name=os.path.basename(record.filepath),
@@ -368,7 +368,7 @@ class WandbTracker:
         found.sort(key=lambda c: (c.run_id, c.record.step, _version_index(c.id)))
         if order_by is not None:
             metric, mode = order_by
-            found.sort(key=lambda c: _rank(c, metric, mode))
+            found.sort(key=lambda c: best_first(c.record, metric, mode))
         return found if max_results is None else found[:max_results]
 
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
@@ -564,11 +564,7 @@ class WandbTracker:
         suffix = "-" + _UNSAFE_RE.sub("-", run_id)
         base = collection[: -len(suffix)] if collection.endswith(suffix) else collection
         try:
-            epoch = int(metadata["epoch"])
-            value = metadata.get("value")
-            monitor = metadata.get("monitor")
-            metrics = {str(monitor): float(value)} if monitor and value not in (None, "") else {}
-            record = CheckpointRecord.from_metadata(metadata, name=f"{base}-e{epoch:04d}", metrics=metrics)
+            record = record_from_metadata(metadata, base)
         except (TypeError, ValueError):
             return None
         source = artifact.source_qualified_name
@@ -667,6 +663,40 @@ class WandbTracker:
 def base_name(record: CheckpointRecord) -> str:
     """The checkpoint's base name: `record.name` without its `-eNNNN[-bNNNNNN]` suffix."""
     return _SUFFIX_RE.sub("", record.name) or record.name
+
+
+def artifact_metadata(record: CheckpointRecord) -> dict[str, Any]:
+    """A version's metadata: the schema, plus the batch of a batch save and the save's logs.
+
+    The extras let a version read back as the record that was written: its full
+    name (`-bNNNNNN` for batch saves) and every logged metric, so the registry can
+    rank by any of them, as it does on MLflow.
+    """
+    metadata = record.metadata()
+    if record.batch is not None:
+        metadata["batch"] = record.batch
+    if record.metrics:
+        metadata["metrics"] = {str(k): float(v) for k, v in record.metrics.items()}
+    return metadata
+
+
+def record_from_metadata(metadata: Mapping[str, Any], base: str) -> CheckpointRecord:
+    """Rebuild the record of a version from its metadata (`artifact_metadata`) and base name.
+
+    Versions logged before the extras existed carry only the monitored value.
+    """
+    batch = metadata.get("batch")
+    batch = None if batch in (None, "") else int(batch)
+    metrics = metadata.get("metrics")
+    if isinstance(metrics, Mapping):
+        metrics = {str(k): float(v) for k, v in metrics.items() if _is_number(v)}
+    else:
+        monitor, value = metadata.get("monitor"), metadata.get("value")
+        metrics = {str(monitor): float(value)} if monitor and value not in (None, "") else {}
+    record = CheckpointRecord.from_metadata(
+        metadata, name=checkpoint_name(base, int(metadata["epoch"]), batch), metrics=metrics
+    )
+    return dataclasses.replace(record, batch=batch)
 
 
 def collection_name(record: CheckpointRecord, run_id: str) -> str:
@@ -952,11 +982,3 @@ def _version_ref(version: Any) -> str:
         return "v" + text.lstrip("vV")
     raise ValueError(f"Invalid version {version!r}: use a number such as 3 or 'v3'.")
 
-
-def _rank(checkpoint: LoggedCheckpoint, metric: str, mode: str) -> tuple[bool, float]:
-    """Sort key for best-first: checkpoints with the metric first, best value first."""
-    record = checkpoint.record
-    value = record.value if record.monitor == metric else record.metrics.get(metric)
-    if value is None:
-        return (True, 0.0)
-    return (False, float(value) if mode == "min" else -float(value))

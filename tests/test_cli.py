@@ -77,13 +77,19 @@ def test_errors_are_one_line_with_nonzero_exit(embedded_store, workdir, capsys, 
     assert message in err
 
 
-def test_help_lists_every_command():
-    out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("ls", "show", "promote", "pull", "sync"):
-        assert command in out
-    out = subprocess.run([*CLI, "promote", "--help"], capture_output=True, text=True, check=True).stdout
-    for option in ("--run-id", "--experiment", "--tracker", "--alias", "--monitor", "--mode", "--force"):
-        assert option in out
+def help_entries(*args):
+    """The first word of each indented help line: the commands or options argparse documents."""
+    out = subprocess.run([*CLI, *args, "--help"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0].rstrip(",") for line in out.splitlines() if line.startswith("  ") and line.split()}
+
+
+def test_help_documents_every_command_and_option():
+    assert {"ls", "show", "promote", "pull", "sync"} <= help_entries()
+    options = {"--run-id", "--experiment", "--tracker", "--tracking-uri", "--alias", "--monitor", "--mode",
+               "--force"}
+    assert options <= help_entries("promote")
+    assert {"--run-id", "--experiment", "--where", "--json"} <= help_entries("ls")
+    assert {"--timeout", "--retry-failed"} <= help_entries("sync")
 
 
 KILLED_WHILE_UPLOADING = textwrap.dedent(
@@ -95,20 +101,26 @@ KILLED_WHILE_UPLOADING = textwrap.dedent(
     from tracked_ckpt import TrackedModelCheckpoint
     from tracked_ckpt.integrations.mlflow import MlflowTracker
 
-    class SlowUpload(MlflowTracker):
-        # The LoggedModel exists (PENDING) and its files are being uploaded when the kill comes.
+    UPLOADING = "uploading.marker"
+
+    class StuckUpload(MlflowTracker):
+        # The LoggedModel exists (PENDING) and its files are being uploaded when the kill comes:
+        # the first upload says so and never finishes.
         def _build_artifacts(self, *args, **kwargs):
             super()._build_artifacts(*args, **kwargs)
-            time.sleep(3)
+            open(UPLOADING, "w").close()
+            time.sleep(300)
 
     class Die(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 3:
-                time.sleep(1)
+                deadline = time.monotonic() + 120
+                while not os.path.exists(UPLOADING) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/k-{{epoch}}.keras", tracker=SlowUpload())
+    callback = TrackedModelCheckpoint("ckpt/k-{{epoch}}.keras", tracker=StuckUpload())
     make_model().fit(x, y, validation_split=0.25, epochs=6, verbose=0, callbacks=[callback, Die()])
     """
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import uuid
 
 import keras
@@ -140,10 +139,12 @@ def test_cache_is_warm_and_corruption_is_detected(embedded_store, workdir, monke
     path = tracked_ckpt.download_checkpoint("reg-cache", alias="champion")
     assert tracked_ckpt.download_checkpoint("reg-cache", alias="champion") == path
     assert len(fetches) == 1  # the warm call transferred nothing
-    time.sleep(0.05)  # corruption comes later than the download (mtime ticks are a few ms)
+    verified_at = json.load(open(path + ".verified"))["stamp"]["mtime_ns"]
     with open(path, "r+b") as f:  # corrupt the cached copy, same size
         f.seek(100)
         f.write(b"\x00corrupt\x00")
+    # A coarse filesystem clock may give the write the download's own mtime: make it later.
+    os.utime(path, ns=(os.stat(path).st_atime_ns, max(os.stat(path).st_mtime_ns, verified_at + 1)))
     with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
         model = tracked_ckpt.load_model("reg-cache", alias="champion")
     assert "corrupted" in caplog.text
@@ -171,12 +172,16 @@ def test_checksum_mismatch_on_download_is_an_error(embedded_store, workdir):
 
 def test_weights_only_checkpoint_needs_a_model(embedded_store, workdir):
     run_id = train([0.3, 0.2], path="ckpt/{epoch}.weights.h5", weights=True)
-    tracked_ckpt.promote_best("reg-weights", run_id=run_id)
+    result = tracked_ckpt.promote_best("reg-weights", run_id=run_id)
     with pytest.raises(ValueError, match="weights-only.*model="):
         tracked_ckpt.load_model("reg-weights", alias="champion")
     model = tracked_ckpt.load_model("reg-weights", alias="champion", model=make_model())
+    local = make_model()
+    local.load_weights(result.checkpoint.record.filepath)
     x, _ = make_data()
-    assert model.predict(x, verbose=0).shape == (40, 1)
+    # The champion's weights, not the fresh model's random ones.
+    np.testing.assert_allclose(model.predict(x, verbose=0), local.predict(x, verbose=0), rtol=1e-6)
+    assert not np.allclose(make_model().predict(x, verbose=0), local.predict(x, verbose=0))
 
 
 def test_list_checkpoints_filters_by_schema_fields(store, workdir):

@@ -6,6 +6,7 @@ import os
 
 import keras
 import mlflow
+import numpy as np
 import pytest
 from helpers import InjectMetric, logged_models, make_data, make_model
 
@@ -73,7 +74,12 @@ def test_a_promoted_checkpoint_is_never_deleted(embedded_store, workdir):
     (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
     assert [int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(run.info.run_id)] == [1, 5]
     assert sorted(os.listdir(workdir / "ckpt")) == ["p-1.keras", "p-5.keras"]
-    assert tracked_ckpt.load_model("kept-model") is not None
+    # The alias still resolves to epoch 1's checkpoint: it loads with epoch 1's weights, not epoch 5's.
+    loaded = tracked_ckpt.load_model("kept-model").predict(x, verbose=0)
+    first = keras.saving.load_model(workdir / "ckpt" / "p-1.keras").predict(x, verbose=0)
+    last = keras.saving.load_model(workdir / "ckpt" / "p-5.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(loaded, first, rtol=1e-6)
+    assert not np.allclose(loaded, last)
 
 
 def _rec(epoch, value):

@@ -21,13 +21,15 @@ def entry_for(spool: Spool, path: str, epoch: int) -> SpoolEntry:
 class Recorder:
     name = display_name = "t"
 
-    def __init__(self, fail_with=None):
+    def __init__(self, fail_with=None, failures=None):
         self.fail_with, self.logged, self.attempts = fail_with, [], []
+        self.failures = failures  # None: epoch 1 always fails; N: it fails N times, then works
 
     def log_checkpoint(self, record, path, destination):
         self.attempts.append(record.epoch)
         if self.fail_with is not None and record.epoch == 1:
-            raise self.fail_with
+            if self.failures is None or self.attempts.count(1) <= self.failures:
+                raise self.fail_with
         with open(path, "rb") as f:
             self.logged.append((record.epoch, f.read()))
         return f"id-{record.epoch}"
@@ -94,6 +96,22 @@ def test_transient_failures_keep_order_and_are_retried(tmp_path):
         publisher.submit(entry_for(spool, str(tmp_path / f"{epoch}.keras"), epoch))
     report = publisher.close(timeout=0.5)
     assert tracker.logged == []  # epoch 2 waits behind epoch 1, in order
-    assert len(tracker.attempts) < 20  # backoff holds after close() too: no busy retry loop
+    assert 3 <= len(tracker.attempts) < 20  # retried, with backoff after close() too: no busy loop
+    assert set(tracker.attempts) == {1}
     assert [e.record.epoch for e in report.pending] == [1, 2]
     assert len(list(spool.entries())) == 2  # nothing lost
+
+
+def test_a_transient_failure_is_retried_until_it_logs(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    for epoch in (1, 2):
+        (tmp_path / f"{epoch}.keras").write_bytes(f"bytes {epoch}".encode())
+    tracker = Recorder(fail_with=ConnectionError("down"), failures=3)
+    publisher = Publisher({"t": tracker}, spool, asynchronous=True, initial_backoff=0.01)
+    for epoch in (1, 2):
+        publisher.submit(entry_for(spool, str(tmp_path / f"{epoch}.keras"), epoch))
+    report = publisher.close(timeout=30)
+    assert report.ok and tracker.attempts == [1, 1, 1, 1, 2]
+    assert tracker.logged == [(1, b"bytes 1"), (2, b"bytes 2")]
+    assert [ref for _, _, ref in report.logged] == ["id-1", "id-2"]
+    assert list(spool.entries()) == []

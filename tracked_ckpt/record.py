@@ -156,6 +156,18 @@ class CheckpointRecord:
     git_remote: str | None = None
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
+    def metric(self, name: str) -> float | None:
+        """The value of metric `name` at this save (the monitored value or another logged one), or None.
+
+        Example:
+            >>> ckpt.record.metric("val_accuracy")  # doctest: +SKIP
+            0.9375
+        """
+        if name == self.monitor:
+            return self.value
+        value = self.metrics.get(name)
+        return None if value is None else float(value)
+
     @property
     def key(self) -> str:
         """Identity of the checkpoint within a run: logging the same key twice is a no-op."""
@@ -218,6 +230,21 @@ def is_better(value: float, reference: float, mode: str) -> bool:
         (True, False)
     """
     return value > reference if mode == "max" else value < reference
+
+
+def best_first(record: CheckpointRecord, metric: str, mode: str) -> tuple[bool, float]:
+    """Sort key putting the best value of `metric` first and records without it last.
+
+    Python's sort is stable, so among equal values the earlier checkpoint stays
+    first, as `is_better` (strict) decides during training.
+
+    Example:
+        >>> sorted(records, key=lambda r: best_first(r, "val_loss", "min"))  # doctest: +SKIP
+    """
+    value = record.metric(metric)
+    if value is None:
+        return (True, 0.0)
+    return (False, value if mode == "min" else -value)
 
 
 def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:

@@ -502,10 +502,7 @@ def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _metric(checkpoint: LoggedCheckpoint, monitor: str) -> float | None:
-    if checkpoint.record.monitor == monitor:
-        return checkpoint.record.value
-    value = checkpoint.record.metrics.get(monitor)
-    return None if value is None else float(value)
+    return checkpoint.record.metric(monitor)
 
 
 def _describe(scope: Mapping[str, Any]) -> str:

@@ -118,8 +118,9 @@ def assert_logged_as_schema(artifacts, checkpoint: TrackedModelCheckpoint, run_d
     for artifact, record in zip(artifacts, records):
         assert artifact.name == f"tiny-{run_id}"
         assert artifact.type == "model"
-        assert artifact.metadata == record.metadata()
-        assert set(artifact.metadata) <= set(SCHEMA_KEYS)
+        assert artifact.metadata == wb.artifact_metadata(record)
+        assert set(artifact.metadata) <= {*SCHEMA_KEYS, "batch", "metrics"}
+        assert artifact.metadata["metrics"] == pytest.approx(dict(record.metrics))
         (logged_file,) = artifact.files
         assert logged_file.path == os.path.basename(record.filepath)
         # The file the record points at is inside the run dir (syncable) and is the checkpoint.
@@ -252,7 +253,7 @@ def test_log_checkpoint_from_another_thread_is_idempotent(wandb_env, tmp_path):
 
     artifacts = logged_artifacts(the_run_dir(wandb_env))
     assert len(artifacts) == 1 and refs[0] == refs[1]
-    assert artifacts[0].metadata == record.metadata()
+    assert artifacts[0].metadata == wb.artifact_metadata(record)
     assert len([r for r in history_rows(the_run_dir(wandb_env)) if "checkpoint/epoch" in r]) == 1
 
 
@@ -336,7 +337,7 @@ def test_online_logging_uploads_the_spooled_file_and_waits_for_the_commit(tmp_pa
 
     assert ref == "team/proj/tiny-onl1ne:v0"
     ((artifact, aliases),) = run.logged
-    assert aliases == ["epoch-1", "best"] and artifact.metadata == record.metadata()
+    assert aliases == ["epoch-1", "best"] and artifact.metadata == wb.artifact_metadata(record)
     entry = artifact.manifest.entries["m-01.keras"]
     assert entry.local_path == path  # uploaded from the spool: no staging copy
     assert entry.skip_cache  # and no copy into W&B's cache afterwards
@@ -440,7 +441,7 @@ def server():
         server.log(
             wb.collection_name(record, "r1"),
             {os.path.basename(record.filepath): f"checkpoint {epoch}".encode()},
-            record.metadata(),
+            wb.artifact_metadata(record),
             wb.checkpoint_aliases(record),
         )
     return server

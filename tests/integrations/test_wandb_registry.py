@@ -49,7 +49,7 @@ def log_run(server: FakeServer, run_id: str, values, *, mode="min", name="tiny",
         )
         logged = server.log(
             wb.collection_name(record, run_id), {os.path.basename(record.filepath): data},
-            record.metadata(), wb.checkpoint_aliases(record), project=project, run_id=run_id,
+            wb.artifact_metadata(record), wb.checkpoint_aliases(record), project=project, run_id=run_id,
         )
         paths.append(logged.qualified_name)
     return paths
