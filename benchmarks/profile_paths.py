@@ -51,7 +51,7 @@ from tracked_ckpt.integrations import mlflow as mlflow_integration  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord  # noqa: E402
 from tracked_ckpt.registry import LoggedCheckpoint  # noqa: E402
-from tracked_ckpt.spool import sha256_file  # noqa: E402
+from tracked_ckpt.files import sha256_file  # noqa: E402
 
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 logging.getLogger("tracked_ckpt").setLevel(logging.ERROR)

@@ -55,7 +55,7 @@ from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
 from tracked_ckpt import publisher as publisher_module  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 from tracked_ckpt.record import CheckpointRecord  # noqa: E402
-from tracked_ckpt.spool import sha256_file  # noqa: E402
+from tracked_ckpt.files import sha256_file  # noqa: E402
 
 
 # -- counting MlflowClient calls and HTTP requests ------------------------------------------------

@@ -37,9 +37,8 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
-from tracked_ckpt.registry import LoggedCheckpoint, safe_file_name
-from tracked_ckpt.spool import link_or_copy
-from tracked_ckpt.tracker import TrackerError, last_destination
+from tracked_ckpt.files import link_or_copy, safe_file_name
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, last_destination
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -56,7 +55,7 @@ MODEL_PARAMS = ("epoch", "step", "is_best", "monitor", "format", "size_bytes", "
 RUN_CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
 
 
-class MlflowTracker:
+class MlflowTracker(Tracker):
     """Log checkpoints to MLflow.
 
     Args:

@@ -50,9 +50,8 @@ import wandb
 import wandb.errors
 
 from tracked_ckpt.record import CheckpointRecord, best_first, checkpoint_name
-from tracked_ckpt.registry import ChecksumError, LoggedCheckpoint
-from tracked_ckpt.spool import link_or_copy, sha256_file
-from tracked_ckpt.tracker import TrackerError, last_destination
+from tracked_ckpt.files import link_or_copy, sha256_file
+from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, TrackerError, last_destination
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -77,7 +76,7 @@ _TRACKED_KEYS = ("epoch", "step", "sha256")  # metadata every tracked-ckpt versi
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class WandbTracker:
+class WandbTracker(Tracker):
     """Log checkpoints to Weights & Biases as versions of a "model" artifact.
 
     Attaches to `wandb.run` when a run is active; otherwise starts one from the

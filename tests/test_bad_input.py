@@ -11,7 +11,7 @@ from helpers import logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
-from tracked_ckpt.registry import safe_file_name
+from tracked_ckpt.files import safe_file_name
 
 
 def fit(callback, epochs=2, validation=True):

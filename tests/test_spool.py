@@ -7,6 +7,7 @@ import os
 from tracked_ckpt.publisher import Publisher
 from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
+from tracked_ckpt.tracker import Tracker
 
 
 def entry_for(spool: Spool, path: str, epoch: int) -> SpoolEntry:
@@ -18,8 +19,11 @@ def entry_for(spool: Spool, path: str, epoch: int) -> SpoolEntry:
     return entry
 
 
-class Recorder:
+class Recorder(Tracker):
     name = display_name = "t"
+
+    def start(self, run_name=None, resume=None):
+        return {}
 
     def __init__(self, fail_with=None, failures=None):
         self.fail_with, self.logged, self.attempts = fail_with, [], []

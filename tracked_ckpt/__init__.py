@@ -20,14 +20,15 @@ _EXPORTS = {
     "TrackedModelCheckpoint": "tracked_ckpt.callback",
     "CheckpointRecord": "tracked_ckpt.record",
     "SCHEMA_KEYS": "tracked_ckpt.record",
-    "ChecksumError": "tracked_ckpt.registry",
-    "LoggedCheckpoint": "tracked_ckpt.registry",
+    "ChecksumError": "tracked_ckpt.tracker",
+    "LoggedCheckpoint": "tracked_ckpt.tracker",
     "PromotionResult": "tracked_ckpt.registry",
     "best_checkpoint": "tracked_ckpt.registry",
     "download_checkpoint": "tracked_ckpt.registry",
     "list_checkpoints": "tracked_ckpt.registry",
     "load_model": "tracked_ckpt.registry",
     "promote_best": "tracked_ckpt.registry",
+    "registered_checkpoint": "tracked_ckpt.registry",
     "sync_spool": "tracked_ckpt.publisher",
 }
 
@@ -37,15 +38,15 @@ if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
     from tracked_ckpt.publisher import sync_spool
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
+    from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint
     from tracked_ckpt.registry import (
-        ChecksumError,
-        LoggedCheckpoint,
         PromotionResult,
         best_checkpoint,
         download_checkpoint,
         list_checkpoints,
         load_model,
         promote_best,
+        registered_checkpoint,
     )
 
 

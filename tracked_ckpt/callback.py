@@ -393,7 +393,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         state = {
             # A deferred start may have become a real run meanwhile: resume into that one.
             "destinations": {
-                key: getattr(tracker, "destination", None) or self._destinations[key]
+                key: tracker.destination or self._destinations[key]
                 for key, tracker in self._tracker_by_key.items()
             },
             "best_value": self.best_value,
@@ -443,14 +443,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 self._publisher.submit(entry)
 
     def _delete(self, tracker: str, ref: str, destination) -> bool:
-        delete = getattr(self._tracker_by_key[tracker], "delete_checkpoint", None)
-        if delete is None:
-            return False  # a tracker that cannot delete keeps everything
-        return delete(ref, destination)
+        return self._tracker_by_key[tracker].delete_checkpoint(ref, destination)
 
     def _paths_in_flight(self) -> set[str]:
         publisher = self._publisher
-        return {e.record.filepath for e in list(publisher._queue)} if publisher is not None else set()
+        return {e.record.filepath for e in publisher.queued()} if publisher is not None else set()
 
     def _on_logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
         # Leftovers of an earlier job belong to another run's ranking: not this one's retention.
@@ -482,7 +479,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._print_messages()
         for key, tracker in self._tracker_by_key.items():
             # A deferred start may have become a real run while uploading: remember that one.
-            remember_destination(key, getattr(tracker, "destination", None) or self._destinations.get(key, {}))
+            remember_destination(key, tracker.destination or self._destinations.get(key, {}))
             try:
                 tracker.finish(success=success)
             except Exception as exc:

@@ -144,9 +144,8 @@ def _ls(args) -> int:
 
 
 def _show(args) -> int:
-    alias = args.alias or (None if args.version else registry.DEFAULT_ALIAS)
-    backend = registry._backend(args.tracker)
-    c = backend.resolve(args.registered_name, alias=alias, version=args.version)
+    c = registry.registered_checkpoint(args.registered_name, alias=args.alias, version=args.version,
+                                       tracker=args.tracker)
     print(f"{c.record.name}  ({c.id})")
     print(f"  registered: {args.registered_name} version {c.extra.get('version', '?')}"
           f"{'  aliases: ' + ', '.join(c.aliases) if c.aliases else ''}")

@@ -17,7 +17,8 @@ import time
 from typing import Callable, Mapping
 
 from tracked_ckpt.progress import Progress, wait_with_progress
-from tracked_ckpt.spool import Spool, SpoolEntry, sha256_file
+from tracked_ckpt.files import sha256_file
+from tracked_ckpt.spool import Spool, SpoolEntry
 from tracked_ckpt.tracker import Tracker
 
 logger = logging.getLogger("tracked_ckpt")
@@ -88,6 +89,11 @@ class Publisher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tracked-ckpt-publisher", daemon=True)
             self._thread.start()
+
+    def queued(self) -> list[SpoolEntry]:
+        """Entries submitted and not yet done with, oldest first."""
+        with self._cond:
+            return list(self._queue)
 
     def close(self, timeout: float | None = None) -> PublishReport:
         """Log what is queued, waiting at most `timeout` seconds (None: until done)."""
@@ -219,7 +225,7 @@ class Publisher:
         if isinstance(exc, FileNotFoundError) and not os.path.exists(entry.staged_path):
             return True
         return any(
-            getattr(self.trackers[name], "is_permanent", lambda e: False)(exc)
+            self.trackers[name].is_permanent(exc)
             for name in entry.pending_trackers if name in self.trackers
         )
 

@@ -2,7 +2,7 @@
 
 Tracker-agnostic: the selection rules (which checkpoint is best, whether a
 challenger beats the current champion) live here; trackers only answer
-narrow questions (`RegistryBackend`) with a constant number of calls each, so
+narrow questions (the registry side of `Tracker`) with a constant number of calls each, so
 promoting over a run of 1,000 checkpoints costs the same as over 10.
 
 Example:
@@ -25,56 +25,18 @@ import logging
 import os
 import re
 import tempfile
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping
 
+from tracked_ckpt.files import safe_file_name, sha256_file
 from tracked_ckpt.progress import Progress, watch_folder_size
-from tracked_ckpt.record import CheckpointRecord, is_better
-from tracked_ckpt.spool import sha256_file
-from tracked_ckpt.tracker import Tracker, resolve_tracker
+from tracked_ckpt.record import is_better
+from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, resolve_tracker
 
 logger = logging.getLogger("tracked_ckpt")
 
 DEFAULT_ALIAS = "champion"
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
-
-
-class ChecksumError(RuntimeError):
-    """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged.
-
-    Example:
-        >>> try:  # doctest: +SKIP
-        ...     load_model("digits-classifier")
-        ... except ChecksumError as exc:
-        ...     print(exc)
-"""
-
-
-@dataclasses.dataclass(frozen=True)
-class LoggedCheckpoint:
-    """A checkpoint as the tracker holds it.
-
-    Attributes:
-        id: the tracker's id (MLflow LoggedModel id, W&B artifact version path).
-        run_id: the run that logged it.
-        record: the schema values recorded with it.
-        tracker: the tracker's name ("mlflow", "wandb", ...).
-        location: where its files are, in the tracker's terms.
-        aliases: registry aliases pointing at it, where known.
-        extra: tracker-specific details (e.g. the registered version).
-
-    Example:
-        >>> for ckpt in list_checkpoints(where={"is_best": True}):  # doctest: +SKIP
-        ...     print(ckpt.id, ckpt.record.epoch, ckpt.record.value)
-    """
-
-    id: str
-    run_id: str
-    record: CheckpointRecord
-    tracker: str
-    location: str = ""
-    aliases: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,43 +63,6 @@ class PromotionResult:
     version: str | None
     checkpoint: LoggedCheckpoint | None
     previous: LoggedCheckpoint | None = None
-
-
-@runtime_checkable
-class RegistryBackend(Protocol):
-    """What a tracker answers for the registry helper (each a constant number of calls)."""
-
-    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
-        """Resolve a run or an experiment to a scope (default: the last run `fit` logged to)."""
-        ...
-
-    def search_checkpoints(
-        self,
-        scope: Mapping[str, Any],
-        *,
-        where: Mapping[str, Any] | None = None,
-        order_by: tuple[str, str] | None = None,
-        max_results: int | None = None,
-    ) -> list[LoggedCheckpoint]:
-        """Checkpoints of a scope matching `where` (schema keys -> values), optionally
-        ordered best-first by (metric, "min"|"max") on the tracker's side."""
-        ...
-
-    def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
-        """The checkpoint an alias of a registered model points at, or None."""
-        ...
-
-    def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
-        """Register `checkpoint` (reusing its existing version) and move `alias` onto it; return the version."""
-        ...
-
-    def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
-        """The checkpoint behind an alias or a version of a registered model."""
-        ...
-
-    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
-        """Download the checkpoint file into `directory`; return its path."""
-        ...
 
 
 def validate_alias(alias: str) -> str:
@@ -305,6 +230,22 @@ def promote_best(
     )
 
 
+def registered_checkpoint(
+    registered_name: str,
+    *,
+    alias: str | None = None,
+    version: str | None = None,
+    tracker: "str | Tracker" = "mlflow",
+) -> LoggedCheckpoint:
+    """The checkpoint behind an alias (default `champion`) or a version of a registered model.
+
+    Example:
+        >>> ckpt = registered_checkpoint("digits-classifier")  # doctest: +SKIP
+        >>> ckpt.record.epoch, ckpt.record.git_commit  # doctest: +SKIP
+    """
+    return _which(_backend(tracker), registered_name, alias, version, None)
+
+
 def download_checkpoint(
     registered_name: str | None = None,
     *,
@@ -391,19 +332,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "tracked_ckpt")
 
 
-def safe_file_name(name: str) -> str:
-    """A checkpoint file name that cannot escape its folder.
-
-    Raises:
-        ValueError: the name is empty, a path, or a special name like `..`.
-    """
-    plain = name.replace("\\", "/")
-    if "/" in plain or plain in ("", ".", "..") or "\x00" in plain:
-        raise ValueError(f"Refusing checkpoint file name {name!r}: it would escape the download folder.")
-    return plain
-
-
-def _cached_fetch(backend: RegistryBackend, checkpoint: LoggedCheckpoint, cache_dir, verify: bool = False) -> str:
+def _cached_fetch(backend: Tracker, checkpoint: LoggedCheckpoint, cache_dir, verify: bool = False) -> str:
     record = checkpoint.record
     if not re.fullmatch(r"[0-9a-f]{64}", record.sha256 or ""):
         raise ChecksumError(f"{record.name} has no valid sha256 recorded; it cannot be verified.")
@@ -471,7 +400,7 @@ def _mark_verified(path: str, sha256: str) -> None:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _which(backend: RegistryBackend, registered_name: str | None, alias: str | None,
+def _which(backend: Tracker, registered_name: str | None, alias: str | None,
            version: str | None, checkpoint: LoggedCheckpoint | None) -> LoggedCheckpoint:
     """The checkpoint a caller means: given directly, or by registered name and alias/version."""
     if checkpoint is not None:
@@ -483,11 +412,8 @@ def _which(backend: RegistryBackend, registered_name: str | None, alias: str | N
     return backend.resolve(registered_name, alias=alias, version=version)
 
 
-def _backend(tracker: "str | Tracker") -> RegistryBackend:
-    backend = resolve_tracker(tracker)
-    if not isinstance(backend, RegistryBackend):
-        raise TypeError(f"Tracker {type(backend).__name__} does not support the registry helper.")
-    return backend
+def _backend(tracker: "str | Tracker") -> Tracker:
+    return resolve_tracker(tracker)
 
 
 def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -513,12 +439,12 @@ __all__ = [
     "ChecksumError",
     "LoggedCheckpoint",
     "PromotionResult",
-    "RegistryBackend",
     "best_checkpoint",
     "download_checkpoint",
     "list_checkpoints",
     "load_model",
     "promote_best",
+    "registered_checkpoint",
     "validate_alias",
 ]
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
 from typing import Any, Iterator
 
+from tracked_ckpt.files import link_or_copy
 from tracked_ckpt.record import CheckpointRecord
 
 logger = logging.getLogger("tracked_ckpt")
@@ -31,7 +30,6 @@ logger = logging.getLogger("tracked_ckpt")
 MANIFEST_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 FAILED_SUFFIX = ".failed"
-_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass
@@ -201,26 +199,6 @@ def release_path(path: str) -> None:
             os.remove(target)
     except FileNotFoundError:
         pass
-
-
-def link_or_copy(src: str, dst: str) -> None:
-    """Make `dst` hold the bytes of `src`: a hard link (no copy, constant time) where the
-    filesystem allows it, else a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or links not supported
-        shutil.copyfile(src, dst)
-
-
-def sha256_file(path: str) -> tuple[str, int]:
-    """Return (hex sha256, size in bytes) of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _checkpoint_suffix(path: str) -> str:

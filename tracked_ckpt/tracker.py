@@ -11,9 +11,11 @@ point group, so a third-party package can add one with a single line in its
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import importlib
 import importlib.metadata
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Sequence
 
 from tracked_ckpt.record import CheckpointRecord
 
@@ -31,45 +33,177 @@ class TrackerError(RuntimeError):
     """A tracker could not do what was asked; the message says why and what to do."""
 
 
-@runtime_checkable
-class Tracker(Protocol):
-    """What a tracker does for the callback.
+class ChecksumError(RuntimeError):
+    """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged.
 
-    `start` and `finish` run on the training thread; `log_checkpoint` runs on the
-    publisher's background thread (or inline with `upload="sync"`) and must not
-    depend on thread-local state: everything it needs is in `destination`, the
-    plain dict `start` returned, which is also written to the durable spool so
-    `tracked-ckpt sync` can finish the job in another process.
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     tracked_ckpt.load_model("digits-classifier")
+        ... except ChecksumError as exc:
+        ...     print(exc)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedCheckpoint:
+    """A checkpoint as the tracker holds it.
+
+    Attributes:
+        id: the tracker's id (MLflow LoggedModel id, W&B artifact version path).
+        run_id: the run that logged it.
+        record: the schema values recorded with it.
+        tracker: the tracker's name ("mlflow", "wandb", ...).
+        location: where its files are, in the tracker's terms.
+        aliases: registry aliases pointing at it, where known.
+        extra: tracker-specific details (e.g. the registered version).
+
+    Example:
+        >>> for ckpt in tracked_ckpt.list_checkpoints(where={"is_best": True}):  # doctest: +SKIP
+        ...     print(ckpt.id, ckpt.record.epoch, ckpt.record.value)
     """
 
-    #: Human-readable name used in messages, e.g. "MLflow".
-    display_name: str
+    id: str
+    run_id: str
+    record: CheckpointRecord
+    tracker: str
+    location: str = ""
+    aliases: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+
+class Tracker(abc.ABC):
+    """The whole contract between tracked-ckpt and a tracker, in one place.
+
+    A tracker must implement `start` and `log_checkpoint`; everything else has a
+    default that is safe for a tracker which cannot do it. The callback, the
+    publisher and the registry helper only ever talk to this interface.
+
+    Threads: `start` and `finish` run on the training thread; `log_checkpoint`
+    and `delete_checkpoint` run on the publisher's background thread (or inline
+    with `upload="sync"`, or in `tracked-ckpt sync`, another process) and must not
+    depend on thread-local state: everything they need is in `destination`, the
+    JSON-serialisable dict `start` returned, which is also written to the
+    durable spool.
+
+    The registry side (`scope` ... `fetch`) answers the registry helper's
+    questions with a constant number of tracker calls each; a tracker without a
+    registry leaves them raising `TrackerError`.
+
+    Example:
+        A tracker that copies each checkpoint into a folder (register it under
+        the `tracked_ckpt.trackers` entry point group to use it by name):
+
+        ```python
+        import os, shutil
+        from tracked_ckpt.tracker import Tracker
+
+        class FolderTracker(Tracker):
+            name, display_name = "folder", "a folder"
+
+            def start(self, run_name=None, resume=None):
+                return dict(resume or {"root": os.path.abspath("logged")})
+
+            def log_checkpoint(self, record, path, destination):
+                target = os.path.join(destination["root"], f"{record.name}-{record.sha256[:12]}")
+                os.makedirs(destination["root"], exist_ok=True)
+                shutil.copyfile(path, target)  # same record, same target: idempotent
+                return target
+
+        TrackedModelCheckpoint("ckpt/{epoch}.keras", tracker=FolderTracker())
+        ```
+    """
+
+    #: Key in the spool and in the `tracker=` list; the entry point name for built-in trackers.
+    name: str = ""
+    #: Human-readable name used in messages, e.g. "MLflow".
+    display_name: str = "tracker"
+
+    # -- required -----------------------------------------------------------------------
+
+    @abc.abstractmethod
     def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to (or start) a run and return a JSON-serialisable destination.
 
         With `resume`, a destination an earlier `start` returned, attach to that
         run again so a restarted job keeps logging where it left off.
         """
-        ...
 
-    def log_checkpoint(
-        self, record: CheckpointRecord, path: str, destination: Mapping[str, Any]
-    ) -> str:
+    @abc.abstractmethod
+    def log_checkpoint(self, record: CheckpointRecord, path: str, destination: Mapping[str, Any]) -> str:
         """Log the file at `path` described by `record`; return the tracker's id for it.
 
         Must be idempotent: logging a record whose (run, epoch, step, sha256) is
         already logged returns the existing id and creates nothing.
         """
-        ...
+
+    # -- optional, with defaults --------------------------------------------------------
 
     def finish(self, success: bool = True) -> None:
-        """End the run if `start` started it."""
-        ...
+        """End the run if `start` started it. Default: nothing to end."""
 
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
-        """A link to the run in the tracker's UI, if one can be formed."""
-        ...
+        """A link to the run in the tracker's UI, if one can be formed. Default: None."""
+        return None
+
+    @property
+    def destination(self) -> dict[str, Any] | None:
+        """Where the tracker logs now, if that changed since `start` (e.g. a run created late).
+
+        Default: None, meaning "what `start` returned".
+        """
+        return None
+
+    def is_permanent(self, exc: Exception) -> bool:
+        """True for a `log_checkpoint` error no retry can fix; the entry is then set aside.
+
+        Default: False (every error is retried with backoff).
+        """
+        return False
+
+    def delete_checkpoint(self, ref: str, destination: Mapping[str, Any]) -> bool:
+        """Delete a logged checkpoint (for `keep_top_k`); False to keep it (e.g. it is registered).
+
+        Default: False, a tracker that cannot delete keeps everything.
+        """
+        return False
+
+    # -- registry side (the registry helper and the CLI) --------------------------------
+
+    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+        """Resolve a run or an experiment to a scope (default: the last run `fit` logged to)."""
+        raise self._unsupported("list or promote checkpoints")
+
+    def search_checkpoints(
+        self,
+        scope: Mapping[str, Any],
+        *,
+        where: Mapping[str, Any] | None = None,
+        order_by: tuple[str, str] | None = None,
+        max_results: int | None = None,
+    ) -> list[LoggedCheckpoint]:
+        """Finished checkpoints of a scope matching `where` (schema keys -> values), oldest
+        first, or best first by `order_by` = (metric, "min"|"max") on the tracker's side."""
+        raise self._unsupported("search checkpoints")
+
+    def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
+        """The checkpoint an alias of a registered model points at, or None."""
+        raise self._unsupported("read registry aliases")
+
+    def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
+        """Register `checkpoint` (reusing its existing version) and move `alias` onto it; return the version."""
+        raise self._unsupported("register checkpoints")
+
+    def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """The checkpoint behind an alias or a version of a registered model."""
+        raise self._unsupported("resolve registered checkpoints")
+
+    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
+        """Download the checkpoint file into `directory`; return its path (the caller verifies it)."""
+        raise self._unsupported("download checkpoints")
+
+    def _unsupported(self, what: str) -> TrackerError:
+        return TrackerError(f"The {self.display_name} tracker ({type(self).__name__}) cannot {what}: "
+                            "use a tracker with a registry, such as 'mlflow' or 'wandb'.")
 
 
 # Where the last `fit` in this process logged, per tracker name: the registry's default scope.
@@ -126,8 +260,8 @@ def resolve_tracker(spec: "str | Tracker") -> Tracker:
     if isinstance(spec, Tracker):
         return spec
     raise TypeError(
-        f"tracker must be a name such as 'mlflow' or 'wandb', a Tracker object, or a list of "
-        f"them; got {type(spec).__name__}."
+        f"tracker must be a name such as 'mlflow' or 'wandb', a Tracker object (a subclass of "
+        f"tracked_ckpt.tracker.Tracker), or a list of them; got {type(spec).__name__}."
     )
 
 
@@ -145,4 +279,4 @@ def resolve_trackers(spec: "str | Tracker | Sequence[str | Tracker]") -> list[Tr
 
 def tracker_key(tracker: Tracker) -> str:
     """A stable name for a tracker object, used as its key in the spool."""
-    return getattr(tracker, "name", None) or type(tracker).__name__.lower()
+    return tracker.name or type(tracker).__name__.lower()

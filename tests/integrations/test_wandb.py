@@ -32,7 +32,7 @@ from tracked_ckpt import SCHEMA_KEYS, CheckpointRecord, TrackedModelCheckpoint
 from tracked_ckpt.integrations import wandb as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.registry import ChecksumError
-from tracked_ckpt.spool import sha256_file
+from tracked_ckpt.files import sha256_file
 from tracked_ckpt.tracker import Tracker, TrackerError, resolve_tracker
 from wandb_fake import FakeApi, FakeArtifact, FakeCollection, FakeRun, FakeServer
 from wandb_records import history_rows, logged_artifacts, run_dirs

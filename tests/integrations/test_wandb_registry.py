@@ -23,8 +23,7 @@ from tracked_ckpt import CheckpointRecord, ChecksumError
 from tracked_ckpt import tracker as tracker_module
 from tracked_ckpt.integrations import wandb as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
-from tracked_ckpt.registry import RegistryBackend
-from tracked_ckpt.tracker import TrackerError
+from tracked_ckpt.tracker import Tracker, TrackerError
 from test_wandb import the_run_dir, train, wandb_env  # noqa: F401  (wandb_env is a fixture)
 from wandb_fake import FakeApi, FakeArtifact, FakeServer
 
@@ -79,7 +78,7 @@ def champion_source(server, name, alias="champion"):
 
 
 def test_tracker_is_a_registry_backend(tracker):
-    assert isinstance(tracker, RegistryBackend)
+    assert isinstance(tracker, Tracker)
 
 
 @pytest.mark.parametrize("mode, best_epoch", [("min", 4), ("max", 2)])

@@ -1,0 +1,90 @@
+"""The tracker contract: a minimal third-party tracker, registered through the entry point group."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import os
+import textwrap
+
+import pytest
+from helpers import make_data, make_model
+
+import tracked_ckpt
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.tracker import Tracker, TrackerError, resolve_tracker, tracker_names
+
+# Only the two required methods: everything else comes from the base class's defaults.
+FOLDER_TRACKER = textwrap.dedent(
+    """
+    import os, shutil
+    from tracked_ckpt.tracker import Tracker
+
+    class FolderTracker(Tracker):
+        name, display_name = "folder", "a folder"
+
+        def start(self, run_name=None, resume=None):
+            return dict(resume or {"root": os.path.abspath("logged")})
+
+        def log_checkpoint(self, record, path, destination):
+            os.makedirs(destination["root"], exist_ok=True)
+            target = os.path.join(destination["root"], f"{record.name}-{record.sha256[:12]}")
+            shutil.copyfile(path, target)
+            return target
+    """
+)
+
+
+@pytest.fixture
+def installed_folder_tracker(tmp_path_factory, monkeypatch):
+    """A package `folder_tracker` installed with an entry point, as `pip install` would leave it."""
+    site = tmp_path_factory.mktemp("site-packages")
+    (site / "folder_tracker.py").write_text(FOLDER_TRACKER)
+    dist_info = site / "folder_tracker-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: folder-tracker\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text("[tracked_ckpt.trackers]\nfolder = folder_tracker:FolderTracker\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield
+    sys.modules.pop("folder_tracker", None)
+
+
+def test_a_minimal_third_party_tracker_logs_every_checkpoint_once(installed_folder_tracker, workdir):
+    assert "folder" in tracker_names()
+    callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="folder", keep_top_k=1,
+                                      monitor="loss")
+    x, y = make_data()
+    make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
+    assert callback.last_report.ok
+    logged = sorted(os.listdir(workdir / "logged"))
+    assert [name.rsplit("-", 1)[0] for name in logged] == ["tiny-e0001", "tiny-e0002", "tiny-e0003"]
+    for entry, tracker, ref in callback.last_report.logged:
+        assert tracker == "folder" and os.path.dirname(ref) == str(workdir / "logged")
+        with open(ref, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == entry.record.sha256
+    # It cannot delete (the default), so keep_top_k keeps everything it logged, there and on disk.
+    assert sorted(os.listdir(workdir / "ckpt")) == ["m-1.keras", "m-2.keras", "m-3.keras"]
+    # No registry side: one clear error, not an AttributeError.
+    with pytest.raises(TrackerError, match="a folder tracker .* cannot list or promote"):
+        tracked_ckpt.list_checkpoints(tracker="folder")
+
+
+def test_the_contract_is_the_base_class():
+    class Incomplete(Tracker):
+        def start(self, run_name=None, resume=None):
+            return {}
+
+    with pytest.raises(TypeError, match="log_checkpoint"):
+        Incomplete()
+
+    class DuckTyped:
+        display_name = "duck"
+
+        def start(self, run_name=None, resume=None):
+            return {}
+
+        def log_checkpoint(self, record, path, destination):
+            return "x"
+
+    with pytest.raises(TypeError, match="subclass of tracked_ckpt.tracker.Tracker"):
+        resolve_tracker(DuckTyped())
