@@ -19,9 +19,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/nox $(NOX_ARGS)  # floor and newest versions, each in its own venv (noxfile.py)
 
 bench: install
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info mlflow.db mlruns checkpoints .tracked_ckpt
+	rm -rf $(VENV) .nox build *.egg-info mlflow.db mlruns checkpoints .tracked_ckpt

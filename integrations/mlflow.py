@@ -29,6 +29,10 @@ import urllib.request
 import uuid
 from typing import Any, Mapping
 
+from tracked_ckpt.versions import check_supported
+
+check_supported("mlflow", "sqlalchemy", extra="mlflow")  # before importing it (mlflow < 3.9 breaks on SQLAlchemy 2.1)
+
 import mlflow
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException

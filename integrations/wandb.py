@@ -46,6 +46,10 @@ import re
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
+from tracked_ckpt.versions import check_supported
+
+check_supported("wandb", extra="wandb")  # before importing it
+
 import wandb
 import wandb.errors
 

@@ -17,6 +17,10 @@ import threading
 import weakref
 from typing import Any, Sequence
 
+from tracked_ckpt.versions import check_supported
+
+check_supported("keras")  # before importing Keras: one line naming the fix, not an AttributeError mid-fit
+
 import keras
 import numpy as np
 from keras.callbacks import ModelCheckpoint
@@ -150,6 +154,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             save_freq=save_freq,
             initial_value_threshold=initial_value_threshold,
         )
+        if not hasattr(self, "mode"):  # Keras 3.10 picks its direction in __init__ and keeps no `mode`
+            self.mode = mode
         self.format = file_format(self.filepath)
         self.name = validate_name(name) if name is not None else None
         self.upload = upload
@@ -343,7 +349,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 self._set_monitor_op()
             except ValueError:
                 return "min"
-        return "max" if self.monitor_op is keras.ops.greater else "min"
+        return "max" if self.monitor_op in (keras.ops.greater, np.greater) else "min"  # np: Keras 3.10
 
     def _base_name(self) -> str:
         if self.name is None:
