@@ -50,7 +50,6 @@ GIT_BRANCH_TAG = "mlflow.source.git.branch"
 METADATA_FILE = "tracked_ckpt.json"
 DEFERRED_TAG = "tracked_ckpt.deferred_id"  # run tag: the run made for a deferred start
 KERAS_DATA_DIR = "data"
-SEARCH_EXPERIMENTS_MAX = 50_000  # the SQL store's page limit: every experiment of a store in one request
 # MLflow's UI shows none of a LoggedModel's tags, but its params both on the model page and as
 # "Parameters" columns of the experiment's Models table: these schema keys are logged as params too.
 MODEL_PARAMS = ("epoch", "step", "is_best", "monitor", "format", "size_bytes", "git_commit", "git_branch", "git_dirty")
@@ -417,8 +416,14 @@ class MlflowTracker:
 
     @staticmethod
     def _latest_checkpoint_run(client: MlflowClient) -> str | None:
-        """The run that logged the store's most recent tracked checkpoint (two requests)."""
-        experiment_ids = [e.experiment_id for e in client.search_experiments(max_results=SEARCH_EXPERIMENTS_MAX)]
+        """The run that logged the store's most recent tracked checkpoint (two requests, for up to 1000 experiments)."""
+        experiment_ids, token = [], None
+        while True:
+            page = client.search_experiments(page_token=token)
+            experiment_ids += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                break
         if not experiment_ids:
             return None
         found = client.search_logged_models(
