@@ -17,9 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) examples/train_digits.py
 
+# Keras fixes its backend at import, so the JAX run is a second pytest process, on the embedded
+# store only (what depends on the backend is saving and loading, not the tracker's transport).
+# Both runs always run; `make test` fails if either does.
+JAX_TESTS ?= tests/test_callback.py tests/test_registry.py tests/test_resume.py tests/test_backends.py
+
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(VENV)/bin/nox $(NOX_ARGS)  # floor and newest versions, each in its own venv (noxfile.py)
+	@status=0; \
+	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	echo "== the same callback, registry and resume tests on the JAX backend =="; \
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider -k "not server" $(JAX_TESTS) || status=$$?; \
+	echo "== floor and newest supported versions, each in its own venv (noxfile.py) =="; \
+	$(VENV)/bin/nox $(NOX_ARGS) || status=$$?; \
+	exit $$status
 
 bench: install
 	$(PY) benchmarks/run.py

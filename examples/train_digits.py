@@ -6,7 +6,7 @@ MLFLOW_TRACKING_URI set, everything goes to MLflow's embedded store
 
     .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
-and open the experiment's Models tab (switch the experiment to "Model training").
+and open the printed link (the experiment's Models view, in MLflow's "Model training" mode).
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ def main() -> None:
     champion = tracked_ckpt.load_model(args.registered_name, alias="champion")
     _, accuracy = champion.evaluate(x_test, y_test, verbose=0)
     print(f"Loaded {args.registered_name}@champion back: test accuracy {accuracy:.4f}")
+    if not mlflow.get_tracking_uri().startswith(("http://", "https://")):
+        print(f"\nList them again with `tracked-ckpt ls`; browse them with "
+              f"`.venv/bin/mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}` and open\n"
+              f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/models?workflowType=machine_learning")
 
 
 if __name__ == "__main__":

@@ -34,11 +34,13 @@ from tracked_ckpt.versions import check_supported
 check_supported("mlflow", "sqlalchemy", extra="mlflow")  # before importing it (mlflow < 3.9 breaks on SQLAlchemy 2.1)
 
 import mlflow
+import numpy as np
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
+from mlflow.models import Model, ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
 
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.files import link_or_copy, safe_file_name
@@ -54,6 +56,9 @@ KERAS_DATA_DIR = "data"
 # MLflow's UI shows none of a LoggedModel's tags, but its params both on the model page and as
 # "Parameters" columns of the experiment's Models table: these schema keys are logged as params too.
 MODEL_PARAMS = ("epoch", "step", "is_best", "monitor", "format", "size_bytes", "git_commit", "git_branch", "git_dirty")
+# MLflow 3's UI opens in its GenAI mode unless the link asks for "Model training" (an experiment
+# tag does not switch it): every link we print carries this query.
+UI_TRAINING_VIEW = "?workflowType=machine_learning"
 # Run tags the UI reads off a LoggedModel for "Created by" and "Logged from"; MLflow's fluent API
 # copies them from the context, `MlflowClient.create_logged_model` does not.
 RUN_CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
@@ -70,8 +75,8 @@ class MlflowTracker(Tracker):
         run_id: log into this existing run instead of the active or a new one.
         run_name: name of the run this tracker starts, if it starts one.
         pip_requirements: requirements written into keras-flavor models;
-            default: the installed keras and tensorflow (MLflow's inference
-            costs seconds per call, so it is never used).
+            default: the installed keras and the checkpoint's backend package
+            (MLflow's inference costs seconds per call, so it is never used).
 
     Example:
 
@@ -100,7 +105,7 @@ class MlflowTracker(Tracker):
         self.experiment = experiment
         self.run_id = run_id
         self.run_name = run_name
-        self.pip_requirements = pip_requirements or _default_requirements()
+        self.pip_requirements = pip_requirements  # None: keras and the checkpoint's backend, as installed
         self._started: str | None = None  # "fluent" or "client" when this tracker started the run
         self._destination: dict[str, Any] = {}
         self._clients: dict[str, MlflowClient] = {}
@@ -240,8 +245,9 @@ class MlflowTracker(Tracker):
         if not uri.startswith(("http://", "https://")):
             # A local store has no server: point at the UI `mlflow ui` serves by default.
             return (f"http://127.0.0.1:5000/#/experiments/{destination['experiment_id']}/runs/"
-                    f"{destination['run_id']} (after `mlflow ui --backend-store-uri {uri}`)")
-        return f"{_without_credentials(uri)}/#/experiments/{destination['experiment_id']}/runs/{destination['run_id']}"
+                    f"{destination['run_id']}{UI_TRAINING_VIEW} (after `mlflow ui --backend-store-uri {uri}`)")
+        return (f"{_without_credentials(uri)}/#/experiments/{destination['experiment_id']}/runs/"
+                f"{destination['run_id']}{UI_TRAINING_VIEW}")
 
     # -- logging (publisher thread) -----------------------------------------------------
 
@@ -362,14 +368,18 @@ class MlflowTracker(Tracker):
             mlmodel, loader_module="mlflow.keras", conda_env="conda.yaml", python_env="python_env.yaml"
         )
         mlmodel.model_size_bytes = record.size_bytes
+        mlmodel.signature = model_signature(record)
+        if mlmodel.signature is None:
+            logger.debug("%s is logged without a signature: its inputs and outputs cannot be described.", record.name)
         mlmodel.save(os.path.join(out, "MLmodel"))
-        _write_environment(out, self.pip_requirements)
+        _write_environment(out, self.pip_requirements or _default_requirements(record.backend))
 
 
     # -- registry backend (tracked_ckpt.registry) ------------------------------------------
 
     def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
-        """A run (default: the last one `fit` logged to in this process) or a whole experiment."""
+        """A run or a whole experiment; default: the run the last `fit` in this process logged to,
+        else the run that logged the store's most recent checkpoint."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
         found = self._scope(uri, run_id, experiment)
         self._scope_uri = found["tracking_uri"]
@@ -398,7 +408,34 @@ class MlflowTracker(Tracker):
             )
         if last is not None:
             return {"tracking_uri": last["tracking_uri"], "experiment_ids": [last["experiment_id"]], "run_id": last["run_id"]}
-        raise LookupError("No run to look in: pass run_id= or experiment= (no fit has logged in this process).")
+        latest = self._latest_checkpoint_run(client)
+        if latest is None:
+            raise LookupError(
+                f"No checkpoints logged at {uri}: train with TrackedModelCheckpoint first, or pass run_id= or "
+                "experiment= (and check MLFLOW_TRACKING_URI)."
+            )
+        logger.info("Looking in run %s, the most recent run with checkpoints at %s.", latest, uri)
+        return self._scope(uri, latest, None)
+
+    @staticmethod
+    def _latest_checkpoint_run(client: MlflowClient) -> str | None:
+        """The run that logged the store's most recent tracked checkpoint (two requests, for up to 1000 experiments)."""
+        experiment_ids, token = [], None
+        while True:
+            page = client.search_experiments(page_token=token)
+            experiment_ids += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                break
+        if not experiment_ids:
+            return None
+        found = client.search_logged_models(
+            experiment_ids=experiment_ids,
+            filter_string=f"tags.`{TAG_PREFIX}sha256` LIKE '%'",
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+            max_results=1,
+        )
+        return found[0].source_run_id if found else None
 
     def search_checkpoints(
         self,
@@ -472,7 +509,8 @@ class MlflowTracker(Tracker):
             tags = {TAG_PREFIX + k: v for k, v in checkpoint.record.string_metadata().items()}
             tags[TAG_PREFIX + "name"] = checkpoint.record.name
             created = client.create_model_version(
-                registered_name, source=source, run_id=checkpoint.run_id, tags=tags, model_id=checkpoint.id
+                registered_name, source=source, run_id=checkpoint.run_id, tags=tags, model_id=checkpoint.id,
+                description=checkpoint.record.summary(),  # the tags are for machines; this line is for people
             )
             version = str(created.version)
         try:
@@ -661,11 +699,41 @@ def _check_tracking_uri(uri: str | None) -> None:
         )
 
 
-def _default_requirements() -> list[str]:
+def model_signature(record: CheckpointRecord) -> ModelSignature | None:
+    """The MLflow signature of a checkpoint, from the Keras model's input and output specs.
+
+    A single input (or output) is unnamed, so `mlflow models serve` takes a plain
+    tensor; several are named after the Keras inputs. The batch dimension is -1.
+    None when the record has no specs or they do not map onto MLflow tensor specs.
+    """
+    specs = record.io_specs or {}
+    if not specs.get("inputs") or not specs.get("outputs"):
+        return None
+
+    def schema(tensors) -> Schema:
+        named = len(tensors) > 1
+        return Schema([
+            TensorSpec(np.dtype(t["dtype"]), tuple(-1 if d is None else int(d) for d in t["shape"]),
+                       t.get("name") if named else None)
+            for t in tensors
+        ])
+
+    try:
+        return ModelSignature(inputs=schema(specs["inputs"]), outputs=schema(specs["outputs"]))
+    except (TypeError, ValueError, KeyError, MlflowException) as exc:
+        logger.debug("No signature for %s: %s", record.name, exc)
+        return None
+
+
+# The package that runs each Keras backend, for the requirements of a logged model.
+_BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def _default_requirements(backend: str = "tensorflow") -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     requirements = []
-    for package in ("keras", "tensorflow"):
+    for package in ("keras", _BACKEND_PACKAGES.get(backend, "tensorflow")):
         try:
             requirements.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

@@ -27,6 +27,7 @@ from ui_setup import CHROMIUM_ARGS, ChromiumUnavailable, ensure_chromium
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import UI_TRAINING_VIEW
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -39,11 +40,11 @@ TIMEOUT_MS = 30_000
 EPOCHS = 4
 RUN_NAME = "tiny-run"
 
-# Before the app starts: "Model training" mode (the experiment page defaults to
-# GenAI, where the same table is "Agent versions"), and no MLflow Assistant
-# panel opening over the table on first visit.
+# A fresh profile: no saved "Model training" choice (the UI's default is GenAI, where the
+# same table is "Agent versions"); the links we print and document carry
+# ?workflowType=machine_learning, which is what must open the training view. Only the
+# MLflow Assistant panel, which would open over the table on first visit, is kept shut.
 INIT_SCRIPT = """
-localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));
 localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
 localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
 """
@@ -218,8 +219,8 @@ def test_checkpoints_and_champion_in_the_mlflow_ui(page, server_store, workdir, 
     champion = result.checkpoint
     base = server_store.rstrip("/")
 
-    # -- the experiment's Models view (Model training mode) --------------------------------
-    page.goto(f"{base}/#/experiments/{experiment_id}/models?workflowType=machine_learning")
+    # -- the experiment's Models view, by the link the README gives ------------------------
+    page.goto(f"{base}/#/experiments/{experiment_id}/models{UI_TRAINING_VIEW}")
     page.get_by_role("heading", name="Models").first.wait_for()  # "Agent versions" in GenAI mode
     metric_keys = sorted({m.key for model in models for m in model.metrics})
     assert {"loss", "val_loss", "mae", "val_mae"} <= set(metric_keys)
@@ -276,6 +277,13 @@ def test_checkpoints_and_champion_in_the_mlflow_ui(page, server_store, workdir, 
     row_text = version_row.first.inner_text()
     assert re.search(r"@\s*champion", row_text), row_text
     assert re.search(rf"tracked_ckpt\.epoch\s*:\s*{champion.record.epoch}\b", row_text), row_text
+    # One line a person reads, next to the tags for machines.
+    description = champion.record.summary()
+    assert version.description == description
+    assert champion.record.name in description and f"epoch {champion.record.epoch}" in description
+    assert f"val_loss={champion.record.value:.5g}" in description
+    assert ("(clean)" in description or "(dirty)" in description) if champion.record.git_commit else True
+    page.get_by_text(description, exact=True).first.wait_for()
     assert page.get_by_role("row").filter(has_text="Version 2").count() == 0
     screenshot(page, tmp_path / "registered-model.png")
 
@@ -285,6 +293,7 @@ def test_checkpoints_and_champion_in_the_mlflow_ui(page, server_store, workdir, 
     assert source_model.inner_text().strip() == champion.record.name
     source_run = page.locator(f'a[href*="/runs/{run_id}"]').first  # Source Run
     assert source_run.inner_text().strip() == RUN_NAME
+    page.get_by_text(description, exact=True).first.wait_for()  # the version's Description
     aliases = page.get_by_test_id("descriptions-item").filter(has=page.get_by_text("Aliases", exact=True))
     aliases.get_by_title("champion", exact=True).wait_for()  # the "@ champion" alias tag
     tracked_tags = {k: v for k, v in version.tags.items() if k.startswith("tracked_ckpt.")}

@@ -38,6 +38,8 @@ from tracked_ckpt.record import (
     validate_name,
 )
 from tracked_ckpt.retention import Retention
+from tracked_ckpt.roles import process_role
+from tracked_ckpt.specs import io_specs
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
 from tracked_ckpt.tracker import Tracker, remember_destination, resolve_trackers, tracker_key
 
@@ -194,7 +196,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         if self._publisher is not None:
             # The previous fit raised (Keras skips on_train_end then): wind it down first.
             self._close(success=False)
-        self._chief, self._task_id = _worker_role(self.model)
+        self._chief, self._task_id = process_role() or _worker_role(self.model)
         if self.monitor_op is None:
             try:
                 # Keras sets this lazily at the first epoch end, which crashes batch-level
@@ -337,6 +339,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             git_dirty=self._git.dirty,
             git_remote=self._git.remote,
             metrics=clean_metrics(logs),
+            io_specs=io_specs(self.model) if self.format == "keras" else None,
         )
 
     @property

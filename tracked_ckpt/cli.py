@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from typing import Sequence
@@ -47,8 +48,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logger.exception("failed")
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"tracked-ckpt: error: {message}", file=sys.stderr)
+        print(f"tracked-ckpt: error: {in_cli_terms(message)}", file=sys.stderr)
         return 1
+
+
+# The library's messages name keyword arguments and "this process"; a command line has flags.
+_KEYWORD = re.compile(r"\b(run_id|experiment|alias|version)=(?:'([^']*)'|\"([^\"]*)\")?")
+_THIS_PROCESS = re.compile(r"\s*\([^()]*\bthis process\)|,?\s*\b(?:in|from) this process\b")
+
+
+def in_cli_terms(message: str) -> str:
+    """A library error message as the command line says it: flags for keywords, no "this process".
+
+    Example:
+        >>> in_cli_terms("pass run_id='proj/1a2b' or experiment= (no fit has logged in this process).")
+        'pass --run-id proj/1a2b or --experiment.'
+    """
+    def flag(match: re.Match) -> str:
+        name = "--" + match.group(1).replace("_", "-")
+        value = match.group(2) if match.group(2) is not None else match.group(3)
+        return f"{name} {value}" if value else name
+
+    message = _THIS_PROCESS.sub("", message)
+    return _KEYWORD.sub(flag, message)
 
 
 def _parser() -> argparse.ArgumentParser:

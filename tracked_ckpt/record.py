@@ -128,6 +128,10 @@ class CheckpointRecord:
         keras_version, backend: the Keras version and backend that wrote it.
         git_commit, git_branch, git_dirty, git_remote: provenance of the training code.
         metrics: the logs Keras passed for this save (epoch or batch logs).
+        io_specs: the model's input and output tensors for a full-model checkpoint,
+            `{"inputs": [{"name", "dtype", "shape"}, ...], "outputs": [...]}` (None in a
+            shape dimension: any size), or None when they cannot be described. Not part of
+            the schema's tags: trackers turn it into their own description (an MLflow signature).
 
     Example:
         >>> ckpt = tracked_ckpt.list_checkpoints()[0]  # doctest: +SKIP
@@ -155,6 +159,7 @@ class CheckpointRecord:
     git_dirty: bool | None = None
     git_remote: str | None = None
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    io_specs: Mapping[str, Any] | None = None
 
     def metric(self, name: str) -> float | None:
         """The value of metric `name` at this save (the monitored value or another logged one), or None.
@@ -182,6 +187,25 @@ class CheckpointRecord:
                 continue
             out[key] = value
         return out
+
+    def summary(self) -> str:
+        """One line a person reads at a glance: name, monitored value, epoch, short commit, dirty or clean.
+
+        Example:
+            >>> record.summary()  # doctest: +SKIP
+            'digits-e0007: val_accuracy=0.95139 (max), epoch 7, step 126, commit 9c1e4a7b (clean)'
+        """
+        value = "missing" if self.value is None else f"{self.value:.5g}"
+        line = f"{self.name}: {self.monitor}={value} ({self.mode}), epoch {self.epoch}"
+        if self.batch is not None:
+            line += f" batch {self.batch}"
+        line += f", step {self.step}"
+        if self.git_commit:
+            state = {True: "dirty", False: "clean"}.get(self.git_dirty, "dirty state unknown")
+            line += f", commit {self.git_commit[:8]} ({state})"
+        else:
+            line += ", no git commit"
+        return line
 
     def string_metadata(self) -> dict[str, str]:
         """The schema with every value as a string, for trackers that only store strings."""

@@ -1,0 +1,77 @@
+"""`tracked-ckpt` with no flags, as a new user types it after a fit: the store in the current folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from helpers import make_data, make_model
+
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt import tracker
+from tracked_ckpt.cli import in_cli_terms, main
+
+CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
+
+
+def cli(workdir, *args) -> subprocess.CompletedProcess:
+    """The command in a new process, with no tracking URI set: MLflow's default store in `workdir`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return subprocess.run([*CLI, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+
+
+def demo_fit(experiment: str, epochs: int) -> str:
+    mlflow.set_experiment(experiment)
+    x, y = make_data()
+    with mlflow.start_run() as run:
+        make_model("demo").fit(x, y, validation_split=0.25, epochs=epochs, batch_size=8, verbose=0, callbacks=[
+            TrackedModelCheckpoint(f"checkpoints/{experiment}-{{epoch:02d}}.keras", monitor="val_loss"),
+        ])
+    return run.info.run_id
+
+
+def test_ls_with_no_flags_lists_the_most_recent_run(embedded_store, workdir):
+    assert embedded_store == f"sqlite:///{workdir}/mlflow.db"  # what MLflow picks in this folder by default
+    older = demo_fit("older-demo", epochs=3)
+    newer = demo_fit("digits-demo", epochs=2)
+    done = cli(workdir, "ls")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["epoch", "step"]
+    ids = [line.split()[-1] for line in lines[1:]]
+    client = mlflow.MlflowClient()
+    newest = client.search_logged_models(
+        experiment_ids=[client.get_experiment_by_name("digits-demo").experiment_id],
+        filter_string=f"source_run_id = '{newer}'",
+    )
+    assert sorted(ids) == sorted(m.model_id for m in newest) and len(ids) == 2
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2"]
+    assert not set(ids) & {m.model_id for m in client.search_logged_models(
+        experiment_ids=[client.get_experiment_by_name("older-demo").experiment_id],
+        filter_string=f"source_run_id = '{older}'")}
+
+
+def test_ls_in_a_store_without_checkpoints_names_the_flags(embedded_store, workdir, monkeypatch, capsys):
+    monkeypatch.setattr(tracker, "_LAST_DESTINATIONS", {})  # as in a new process: no fit logged yet
+    assert main(["ls"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"tracked-ckpt: error: No checkpoints logged at {embedded_store}: "), error
+    assert "--run-id" in error and "--experiment" in error, error
+    assert "run_id=" not in error and "this process" not in error, error
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("No run to look in: pass run_id= or experiment= (no fit has logged in this process).",
+     "No run to look in: pass --run-id or --experiment."),
+    ("W&B run ids are per project: pass run_id='<project>/1a2b' or experiment='<project>'.",
+     "W&B run ids are per project: pass --run-id <project>/1a2b or --experiment <project>."),
+    ("Name a registered model (with alias= or version=) or pass checkpoint=.",
+     "Name a registered model (with --alias or --version) or pass checkpoint=."),
+    ("W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server",
+     "W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server"),
+])
+def test_library_messages_speak_in_flags_on_the_command_line(message, expected):
+    assert in_cli_terms(message) == expected

@@ -1,0 +1,77 @@
+"""Chief-only logging under Keras's own multi-process distribution on JAX: two real processes.
+
+`keras.distribution.initialize` joins two processes on 127.0.0.1 (JAX's CPU
+collectives through gloo), both train one data-parallel model and both save;
+only process 0 talks to MLflow, process 1 saves into a private folder it deletes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+from helpers import logged_models
+from mlflow_server import free_port
+
+WORKER = textwrap.dedent(
+    """
+    import logging, os, sys
+    sys.path.insert(0, {tests!r})
+    process_id, port = int(sys.argv[1]), sys.argv[2]
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    import keras
+    keras.distribution.initialize(f"127.0.0.1:{{port}}", num_processes=2, process_id=process_id)
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=keras.distribution.list_devices(), auto_shard_dataset=False)
+    )
+    logging.basicConfig(level=logging.INFO)
+    from helpers import make_data, make_model
+    from tracked_ckpt import TrackedModelCheckpoint
+    x, y = make_data(64)
+    x, y = x[process_id::2], y[process_id::2]  # each process feeds its own shard
+    callback = TrackedModelCheckpoint("ckpt/mp-{{epoch}}.keras", monitor="loss")
+    make_model("mp").fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    print("RESULT", process_id, jax.process_count(), callback._chief, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_only_process_zero_logs_under_keras_jax_distribution(embedded_store, workdir):
+    script = workdir / "worker.py"
+    script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
+    port = str(free_port())
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    workers = [
+        subprocess.Popen([sys.executable, str(script), str(i), port], cwd=workdir, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for worker in workers:
+            out, _ = worker.communicate(timeout=600)
+            outputs.append(out)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, out in zip(workers, outputs):
+        assert worker.returncode == 0, out[-3000:]
+    results = [line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RESULT ")]
+    assert sorted(results) == [["0", "2", "True"], ["1", "2", "False"]], outputs
+    assert "Worker 1 is not the chief" in outputs[1]
+
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1, [r.info.run_id for r in runs]  # process 1 started no run
+    models = logged_models(runs[0].info.run_id)
+    assert [m.name for m in models] == ["mp-e0001", "mp-e0002"]
+    # Both epochs on disk once (the chief's files); process 1's private folder is gone.
+    assert sorted(os.listdir(workdir / "ckpt")) == [".tracked_ckpt", "mp-1.keras", "mp-2.keras"] or \
+        sorted(os.listdir(workdir / "ckpt")) == ["mp-1.keras", "mp-2.keras"]
+    assert not list(workdir.glob("**/workertemp_*"))
