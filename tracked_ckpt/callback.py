@@ -76,7 +76,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         upload: "async" (default) to upload on a background thread, or
             "sync" to upload inline before training continues.
         log_git: record the git commit, branch, dirty flag and (redacted)
-            remote of the repository containing the working directory.
+            remote of the training code's repository: `git_repo` if given,
+            else `TRACKED_CKPT_GIT_REPO`, else the repository containing the
+            folder the callback was made in, the working directory, the
+            launcher's original folder (a Ray Tune trial's driver) or the
+            `__main__` script (see `tracked_ckpt.git.capture_for_job`).
+        git_repo: path of the repository to record, for jobs that train
+            outside it (e.g. a sweep trial in its own folder).
         spool_dir: where checkpoints wait to be logged; defaults to a
             `.tracked_ckpt/spool` folder next to the checkpoint files (the same
             filesystem, so freezing a file is a hard link, not a copy).
@@ -125,6 +131,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         name: str | None = None,
         upload: str = "async",
         log_git: bool = True,
+        git_repo: str | os.PathLike[str] | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float | None = 600.0,
         keep_top_k: int | None = None,
@@ -154,6 +161,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self.name = validate_name(name) if name is not None else None
         self.upload = upload
         self.log_git = log_git
+        self.git_repo = git_repo
+        # Jobs (and sweep trials) may change directory before fit: remember where this one started.
+        self._started_in = git_provenance._cwd()
         self.wait_timeout = wait_timeout
         self.trackers = resolve_trackers(tracker)
         self._tracker_by_key = {tracker_key(t): t for t in self.trackers}
@@ -202,7 +212,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             logger.info("Worker %s is not the chief: its checkpoints are not logged.", self._task_id)
             return
         self._check_writable()
-        self._git = git_provenance.capture() if self.log_git else git_provenance.GitInfo()
+        self._git = (git_provenance.capture_for_job(self.git_repo, self._started_in)
+                     if self.log_git else git_provenance.GitInfo())
         state = self._read_state() if self.resume else None
         previous = (state or {}).get("destinations", {})
         self._destinations = {
