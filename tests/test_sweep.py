@@ -190,3 +190,18 @@ def test_half_written_model_is_never_listed_or_promoted_and_recovery_completes_i
     result = tracked_ckpt.promote_best(registered, run_id=run_id)
     assert result.promoted and result.checkpoint.id == half.model_id
     assert find_spools(workdir) == []
+
+
+def test_find_spools_beneath_a_sweep_root(tmp_path):
+    trial = tmp_path / "trial_0"
+    (trial / ".tracked_ckpt" / "spool").mkdir(parents=True)
+    (trial / ".tracked_ckpt" / "spool" / "20261129T120000-0123456789ab.json").write_text("{}")
+    (trial / "result.json").write_text("{}")  # Ray's own files are not spools
+    (trial / "params.json").write_text("{}")
+    parked = tmp_path / "custom-spool"  # a spool_dir of the user's choosing, one entry parked
+    parked.mkdir()
+    (parked / "20261129T120001-ba9876543210.failed").write_text("{}")
+    (tmp_path / "trial_1" / ".tracked_ckpt" / "spool").mkdir(parents=True)  # emptied: nothing waits
+    assert find_spools(tmp_path) == [str(parked), str(trial / ".tracked_ckpt" / "spool")]
+    assert find_spools(parked) == [str(parked)]
+    assert find_spools(tmp_path / "missing") == []
