@@ -16,14 +16,17 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import keras
 import mlflow
 import pytest
-from helpers import logged_models
+from helpers import logged_models, make_data, make_model
 
 import tracked_ckpt
+from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.cli import main as cli
 from tracked_ckpt.spool import find_spools
 
@@ -205,3 +208,39 @@ def test_find_spools_beneath_a_sweep_root(tmp_path):
     assert find_spools(tmp_path) == [str(parked), str(trial / ".tracked_ckpt" / "spool")]
     assert find_spools(parked) == [str(parked)]
     assert find_spools(tmp_path / "missing") == []
+
+
+class StopLikeTune(keras.callbacks.Callback):
+    """What Ray Tune does to a trial it stops: SystemExit from `tune.report` inside on_epoch_end."""
+
+    def __init__(self, after_epoch: int):
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after_epoch:
+            raise SystemExit(0)
+
+
+def test_fit_stopped_by_systemexit_in_a_trial_thread_finishes_uploads_and_run(embedded_store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/s-{epoch}.keras")
+    x, y = make_data()
+
+    def trial() -> None:  # as Ray's trial thread runs the training function
+        try:
+            make_model().fit(x, y, validation_split=0.25, epochs=5, verbose=0, callbacks=[callback, StopLikeTune(2)])
+        except SystemExit:
+            pass
+
+    thread = threading.Thread(target=trial)
+    thread.start()
+    thread.join()  # on_train_end never ran
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + 120
+    while (run := client.search_runs(["0"])[0]).info.status == "RUNNING":
+        assert time.monotonic() < deadline, "the cut-off fit's run was never ended"
+        time.sleep(0.2)
+    assert run.info.status == "FINISHED"
+    models = logged_models(run.info.run_id)
+    assert [(m.tags["tracked_ckpt.epoch"], str(m.status)) for m in models] == [("1", "READY"), ("2", "READY")]
+    assert find_spools(workdir) == []

@@ -190,6 +190,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._warned_monitor = False
         self._chief, self._task_id = True, None
         self._atexit = None
+        self._close_lock = threading.Lock()
+        self._watched: threading.Thread | None = None  # the worker thread a watcher waits on
 
     # -- Keras hooks ----------------------------------------------------------------------
 
@@ -230,6 +232,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         )
         self._resubmit_leftovers()
         self._atexit = _register_atexit(self)
+        _watch_training_thread(self)
         if state is not None:
             self._restore(state)
 
@@ -477,8 +480,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         while self._messages:
             io_utils.print_msg(self._messages.pop(0))
 
-    def _close(self, success: bool) -> None:
-        publisher, self._publisher = self._publisher, None
+    def _close(self, success: bool, cut_off: bool = False) -> None:
+        with self._close_lock:  # on_train_end, the atexit flush and the thread watcher may race
+            publisher, self._publisher = self._publisher, None
         if publisher is None:
             return
         if self._atexit is not None:
@@ -486,7 +490,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self._atexit = None
         report = publisher.close(self.wait_timeout)
         self.last_report = report
-        if success and self.resume and os.path.exists(self.state_path):
+        if success and not cut_off and self.resume and os.path.exists(self.state_path):
             os.remove(self.state_path)  # the job completed: the next fit starts afresh
         if report.ok:
             self.spool.remove_if_empty()
@@ -565,6 +569,35 @@ def _worker_role(model) -> tuple[bool, Any]:
         return True, task_id
     is_chief = task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
     return is_chief, task_id
+
+
+def _watch_training_thread(callback: TrackedModelCheckpoint) -> None:
+    """Finish a fit cut off in a worker thread as soon as that thread ends.
+
+    Ray Tune stops a trial (a losing one, or one at `max_t`) by raising
+    `SystemExit` from `tune.report` inside `on_epoch_end`: Keras skips
+    `on_train_end` and the trial's thread ends. Its process may live on (reused
+    for the next trial) or end soon after, so the uploads are finished and the
+    run ended now, not at interpreter exit; anything a killed process still had
+    pending stays in the spool for `tracked_ckpt.sync_spool(root)`. The run ends
+    as FINISHED, as Tune reports such a trial (terminated, not errored). A fit on
+    the main thread is left to the atexit flush.
+    """
+    training = threading.current_thread()
+    if training is threading.main_thread() or callback._watched is training:
+        return
+    callback._watched = training
+    ref = weakref.ref(callback)  # a completed fit's callback (and model) is not kept alive
+
+    def watch() -> None:
+        threading.Thread.join(training)  # not a subclass's join, which may re-raise its error
+        cb = ref()
+        if cb is not None and cb._publisher is not None:  # the last fit never reached on_train_end
+            logger.info("fit ended without on_train_end (e.g. a sweep scheduler stopped the trial): "
+                        "finishing its uploads.")
+            cb._close(success=True, cut_off=True)
+
+    threading.Thread(target=watch, name="tracked-ckpt-watch", daemon=True).start()
 
 
 def _register_atexit(callback: TrackedModelCheckpoint):
