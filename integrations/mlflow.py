@@ -447,7 +447,10 @@ class MlflowTracker(Tracker):
     ) -> list[LoggedCheckpoint]:
         """Tracked LoggedModels of a scope; ordering by a metric happens on the server."""
         client = self.client(scope["tracking_uri"])
-        clauses = [f"tags.`{TAG_PREFIX}sha256` LIKE '%'"]
+        # Only finished checkpoints: a LoggedModel a killed upload left PENDING is not offered
+        # (nor promoted) until `tracked-ckpt sync` completes it. The store compares the status
+        # column, which holds the enum's number.
+        clauses = [f"tags.`{TAG_PREFIX}sha256` LIKE '%'", f"status = '{LoggedModelStatus.READY.to_int()}'"]
         if scope.get("run_id"):
             clauses.append(f"source_run_id = '{_quote(scope['run_id'])}'")
         for key, value in (where or {}).items():
@@ -470,7 +473,7 @@ class MlflowTracker(Tracker):
                 max_results=max_results or 1000,
                 page_token=token,
             )
-            found.extend(page)
+            found.extend(m for m in page if m.status == LoggedModelStatus.READY)
             token = page.token
             if not token or (max_results is not None and len(found) >= max_results):
                 break

@@ -363,6 +363,8 @@ class WandbTracker(Tracker):
         base = wanted.pop("name", None)
         found = []
         for artifact in self._scope_versions(scope, base):
+            if getattr(artifact, "state", "COMMITTED") != "COMMITTED":
+                continue  # still uploading (or deleted): never offered as a checkpoint
             checkpoint = self._checkpoint(artifact, scope.get("run_id"))
             if checkpoint is None or (base is not None and checkpoint.extra["base"] != base):
                 continue

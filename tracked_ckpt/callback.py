@@ -82,7 +82,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         upload: "async" (default) to upload on a background thread, or
             "sync" to upload inline before training continues.
         log_git: record the git commit, branch, dirty flag and (redacted)
-            remote of the repository containing the working directory.
+            remote of the training code's repository: `git_repo` if given,
+            else `TRACKED_CKPT_GIT_REPO`, else the repository containing the
+            folder the callback was made in, the working directory, the
+            launcher's original folder (a Ray Tune trial's driver) or the
+            `__main__` script (see `tracked_ckpt.git.capture_for_job`).
+        git_repo: path of the repository to record, for jobs that train
+            outside it (e.g. a sweep trial in its own folder).
         spool_dir: where checkpoints wait to be logged; defaults to a
             `.tracked_ckpt/spool` folder next to the checkpoint files (the same
             filesystem, so freezing a file is a hard link, not a copy).
@@ -131,6 +137,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         name: str | None = None,
         upload: str = "async",
         log_git: bool = True,
+        git_repo: str | os.PathLike[str] | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float | None = 600.0,
         keep_top_k: int | None = None,
@@ -162,6 +169,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self.name = validate_name(name) if name is not None else None
         self.upload = upload
         self.log_git = log_git
+        self.git_repo = git_repo
+        # Jobs (and sweep trials) may change directory before fit: remember where this one started.
+        self._started_in = git_provenance._cwd()
         self.wait_timeout = wait_timeout
         self.trackers = resolve_trackers(tracker)
         self._tracker_by_key = {tracker_key(t): t for t in self.trackers}
@@ -188,6 +198,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._warned_monitor = False
         self._chief, self._task_id = True, None
         self._atexit = None
+        self._close_lock = threading.Lock()
+        self._watched: threading.Thread | None = None  # the worker thread a watcher waits on
 
     # -- Keras hooks ----------------------------------------------------------------------
 
@@ -210,7 +222,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             logger.info("Worker %s is not the chief: its checkpoints are not logged.", self._task_id)
             return
         self._check_writable()
-        self._git = git_provenance.capture() if self.log_git else git_provenance.GitInfo()
+        self._git = (git_provenance.capture_for_job(self.git_repo, self._started_in)
+                     if self.log_git else git_provenance.GitInfo())
         state = self._read_state() if self.resume else None
         previous = (state or {}).get("destinations", {})
         self._destinations = {
@@ -227,6 +240,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         )
         self._resubmit_leftovers()
         self._atexit = _register_atexit(self)
+        _watch_training_thread(self)
         if state is not None:
             self._restore(state)
 
@@ -472,8 +486,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         while self._messages:
             io_utils.print_msg(self._messages.pop(0))
 
-    def _close(self, success: bool) -> None:
-        publisher, self._publisher = self._publisher, None
+    def _close(self, success: bool, cut_off: bool = False) -> None:
+        with self._close_lock:  # on_train_end, the atexit flush and the thread watcher may race
+            publisher, self._publisher = self._publisher, None
         if publisher is None:
             return
         if self._atexit is not None:
@@ -481,7 +496,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self._atexit = None
         report = publisher.close(self.wait_timeout)
         self.last_report = report
-        if success and self.resume and os.path.exists(self.state_path):
+        if success and not cut_off and self.resume and os.path.exists(self.state_path):
             os.remove(self.state_path)  # the job completed: the next fit starts afresh
         if report.ok:
             self.spool.remove_if_empty()
@@ -560,6 +575,35 @@ def _worker_role(model) -> tuple[bool, Any]:
         return True, task_id
     is_chief = task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
     return is_chief, task_id
+
+
+def _watch_training_thread(callback: TrackedModelCheckpoint) -> None:
+    """Finish a fit cut off in a worker thread as soon as that thread ends.
+
+    Ray Tune stops a trial (a losing one, or one at `max_t`) by raising
+    `SystemExit` from `tune.report` inside `on_epoch_end`: Keras skips
+    `on_train_end` and the trial's thread ends. Its process may live on (reused
+    for the next trial) or end soon after, so the uploads are finished and the
+    run ended now, not at interpreter exit; anything a killed process still had
+    pending stays in the spool for `tracked_ckpt.sync_spool(root)`. The run ends
+    as FINISHED, as Tune reports such a trial (terminated, not errored). A fit on
+    the main thread is left to the atexit flush.
+    """
+    training = threading.current_thread()
+    if training is threading.main_thread() or callback._watched is training:
+        return
+    callback._watched = training
+    ref = weakref.ref(callback)  # a completed fit's callback (and model) is not kept alive
+
+    def watch() -> None:
+        threading.Thread.join(training)  # not a subclass's join, which may re-raise its error
+        cb = ref()
+        if cb is not None and cb._publisher is not None:  # the last fit never reached on_train_end
+            logger.info("fit ended without on_train_end (e.g. a sweep scheduler stopped the trial): "
+                        "finishing its uploads.")
+            cb._close(success=True, cut_off=True)
+
+    threading.Thread(target=watch, name="tracked-ckpt-watch", daemon=True).start()
 
 
 def _register_atexit(callback: TrackedModelCheckpoint):

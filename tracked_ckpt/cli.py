@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -124,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser("sync", help="log checkpoints left waiting in a spool (after a crash or outage)")
     sync.add_argument("spools", nargs="*",
-                      help="spool folders (default: every */.tracked_ckpt/spool under the current folder)")
+                      help="spool folders, or folders above them such as a sweep's checkpoint root "
+                           "(default: every spool under the current folder)")
     sync.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
     sync.add_argument("--retry-failed", action="store_true",
                       help="also retry checkpoints set aside after an error retrying could not fix")
@@ -206,14 +206,18 @@ def _pull(args) -> int:
 def _sync(args) -> int:
     from tracked_ckpt.publisher import sync_spool
 
-    spools = args.spools or sorted(glob.glob(os.path.join("**", ".tracked_ckpt", "spool"), recursive=True))
+    from tracked_ckpt.spool import find_spools
+
+    for folder in args.spools:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{folder} is not a folder: pass a spool folder or a folder above spools.")
+    # A sweep's root finds every trial's spool beneath it.
+    spools = [spool for folder in args.spools or ["."] for spool in find_spools(folder)]
     if not spools:
-        print("Nothing to sync: no .tracked_ckpt/spool folder under the current folder.")
+        print(f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}.")
         return 0
     pending = 0
     for spool in spools:
-        if not os.path.isdir(spool):
-            raise FileNotFoundError(f"{spool} is not a folder: pass a .tracked_ckpt/spool folder.")
         report = sync_spool(spool, timeout=args.timeout, retry_failed=args.retry_failed)
         logged = len({entry.id for entry, _, _ in report.logged})
         print(f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending"

@@ -11,9 +11,16 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger("tracked_ckpt")
+
+#: Names the repository of the training code for every job started from an environment
+#: (e.g. a sweep's driver sets it before `ray.init`, whose workers inherit it).
+REPO_ENV = "TRACKED_CKPT_GIT_REPO"
+#: Working directories launchers record before moving a job elsewhere (Ray Tune's driver CWD).
+LAUNCH_DIR_ENVS = ("TUNE_ORIG_WORKING_DIR",)
 
 # scp-like syntax: [user@]host:path (no scheme, no "//" after the colon).
 _SCP_RE = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>[A-Za-z0-9.\-_]+):(?!//)(?P<path>[^\s]+)$")
@@ -98,6 +105,70 @@ def capture(path: str | os.PathLike[str] | None = None) -> GitInfo:
         return _describe(repo)
     finally:
         repo.close()
+
+
+def capture_for_job(repo: str | os.PathLike[str] | None = None, started_in: str | None = None) -> GitInfo:
+    """Provenance of the code a training job runs, even when the job runs in another folder.
+
+    Sweep engines (Ray Tune) and many job scripts change directory before
+    training, so the CWD alone is often not inside the repository. The first
+    of these wins:
+
+    1. `repo`, the caller's explicit repository path;
+    2. the `TRACKED_CKPT_GIT_REPO` environment variable;
+    3. the first of these folders that is inside a git repository: `started_in`
+       (the CWD when the callback was made), the CWD now, the launcher's
+       original folder (Ray Tune's `TUNE_ORIG_WORKING_DIR`), the folder of the
+       `__main__` script (unless it is installed code, such as a Ray worker).
+
+    An explicit repository (1 or 2) that is not a git repository is not
+    replaced by a guess: it is warned about and nothing is recorded. Never raises.
+
+    Example:
+        >>> capture_for_job(repo="~/src/my-project").commit  # doctest: +SKIP
+        '9c1e4a7b…'
+    """
+    explicit = repo if repo is not None else os.environ.get(REPO_ENV) or None
+    if explicit is not None:
+        return capture(os.path.expanduser(os.fspath(explicit)))
+    candidates = [started_in, _cwd(), *(os.environ.get(name) for name in LAUNCH_DIR_ENVS), _main_script_dir()]
+    for path in candidates:
+        if path and _inside_repository(path):
+            return capture(path)
+    logger.warning(
+        "Git provenance not recorded: %s is not inside a git repository (nor the folder the job started "
+        "in); pass git_repo= or set %s to the repository of the training code.", _cwd() or "the CWD", REPO_ENV,
+    )
+    return GitInfo()
+
+
+def _inside_repository(path: str) -> bool:
+    try:
+        import git
+
+        git.Repo(path, search_parent_directories=True).close()
+        return True
+    except Exception:  # not a repository, no such path, or no git executable
+        return False
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the folder was deleted under the process
+        return None
+
+
+def _main_script_dir() -> str | None:
+    """The folder of the `__main__` script, unless it is installed code (site-packages, a venv's bin)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path:
+        return None
+    path = os.path.realpath(path)
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if any(path.startswith(prefix + os.sep) for prefix in installed) or "site-packages" in path.split(os.sep):
+        return None
+    return os.path.dirname(path)
 
 
 def _describe(repo) -> GitInfo:

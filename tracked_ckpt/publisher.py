@@ -231,15 +231,36 @@ class Publisher:
 
 
 def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bool = False) -> PublishReport:
-    """Log every checkpoint waiting in a spool directory (what `tracked-ckpt sync` runs).
+    """Log every checkpoint waiting in a spool, or in every spool beneath a folder (`tracked-ckpt sync`).
 
+    `directory` is a spool folder, or any folder above spools, such as a sweep's
+    checkpoint root: a trial that its scheduler stopped (Ray Tune ends it from
+    inside `on_epoch_end`, before `on_train_end`) may leave checkpoints in its
+    spool, and one `sync_spool(root)` after `Tuner.fit()` logs them all.
     Each entry goes to the run it was saved for, whatever process saved it;
-    already-logged ones are recognised by the tracker and not logged twice.
+    already-logged ones are recognised by the tracker and not logged twice, and
+    a LoggedModel a killed upload left half-written is completed. `timeout`
+    bounds the whole call; the report covers every spool found.
 
     Example:
         >>> sync_spool("checkpoints/.tracked_ckpt/spool")  # doctest: +SKIP
+        >>> report = sync_spool("sweep-checkpoints")  # every trial's spool  # doctest: +SKIP
+        >>> report.ok  # doctest: +SKIP
+        True
     """
-    from tracked_ckpt.spool import Spool
+    from tracked_ckpt.spool import find_spools
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    report = PublishReport()
+    for spool_dir in find_spools(directory):
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        one = _sync_one(spool_dir, remaining, retry_failed)
+        for field in dataclasses.fields(PublishReport):
+            getattr(report, field.name).extend(getattr(one, field.name))
+    return report
+
+
+def _sync_one(directory: str, timeout: float | None, retry_failed: bool) -> PublishReport:
     from tracked_ckpt.tracker import tracker_class
 
     spool = Spool(directory)

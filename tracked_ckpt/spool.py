@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -30,6 +31,8 @@ logger = logging.getLogger("tracked_ckpt")
 MANIFEST_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 FAILED_SUFFIX = ".failed"
+# A manifest's (or parked entry's) file name: `Spool.new_id()` plus its suffix.
+_ENTRY_FILE_RE = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{12}\.(?:json|failed)$")
 
 
 @dataclasses.dataclass
@@ -184,6 +187,26 @@ class Spool:
 
     def new_id(self) -> str:
         return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+
+
+def find_spools(root: str | os.PathLike[str]) -> list[str]:
+    """Every spool folder at or beneath `root` that holds checkpoints waiting (or parked).
+
+    A sweep's trials each keep their own spool (by default `.tracked_ckpt/spool`
+    beside their checkpoints, wherever their `spool_dir` points otherwise): this
+    finds them all under a sweep's checkpoint root. Folders are recognised by
+    their manifests' names, so other JSON files (Ray's `result.json`) do not count.
+
+    Example:
+        >>> find_spools("sweep-checkpoints")  # doctest: +SKIP
+        ['/…/sweep-checkpoints/trial_0/.tracked_ckpt/spool', '/…/sweep-checkpoints/trial_3/.tracked_ckpt/spool']
+    """
+    found = []
+    for folder, subfolders, files in os.walk(os.path.abspath(os.fspath(root))):
+        subfolders[:] = sorted(d for d in subfolders if d != ".git")
+        if any(_ENTRY_FILE_RE.match(name) for name in files):
+            found.append(folder)
+    return found
 
 
 def release_path(path: str) -> None:

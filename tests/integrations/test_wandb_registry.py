@@ -344,3 +344,15 @@ def test_fake_names_versions_as_fetched_and_links_by_their_source(server):
     assert [c.name for c in api.artifact_collections("team/proj", "model")] == ["tiny-r1"]
     with pytest.raises(ValueError):
         api.artifact_collections("team/empty", "model")
+
+
+def test_a_version_still_uploading_is_never_listed_or_promoted(server, tracker):
+    paths = log_run(server, "r1", [0.5, 0.4, 0.1])
+    uploading = server.api().artifact(paths[2])._version
+    uploading.state = "PENDING"  # W&B's state until the version's files are committed
+    assert [c.record.epoch for c in tracked_ckpt.list_checkpoints(tracker=tracker, run_id="r1")] == [1, 2]
+    result = tracked_ckpt.promote_best("pending-model", tracker=tracker, run_id="r1")
+    assert result.checkpoint.record.epoch == 2
+    uploading.state = "COMMITTED"
+    result = tracked_ckpt.promote_best("pending-model", tracker=tracker, run_id="r1")
+    assert result.promoted and result.checkpoint.record.epoch == 3

@@ -53,6 +53,7 @@ class _Version:
     metadata: dict[str, Any]
     source: "_Version | None" = None  # set on registry links
     run_id: str = ""  # the run that logged it (source versions)
+    state: str = "COMMITTED"  # "PENDING" while its files upload
 
     @property
     def aliases(self) -> list[str]:
@@ -347,6 +348,10 @@ class FakeArtifact:
     @property
     def version(self) -> str:
         return f"v{self._version.index}"
+
+    @property
+    def state(self) -> str:
+        return self._version.state
 
     @property
     def type(self) -> str:
