@@ -40,7 +40,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import OUT, REPO, cpu_snapshot, machine_info, median, other_cpu_between, versions  # noqa: E402
+from common import OUT, REPO, _proc_table, cpu_snapshot, machine_info, median, other_cpu_between, versions  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from production_stack import ARTIFACT_PREFIX, ProductionStack  # noqa: E402
@@ -51,9 +51,21 @@ SECTION_END = "<!-- trainers:end -->"
 MULTIPART_CHUNK = 16 * 1024**2  # S3 parts must be >= 5 MiB (but the last)
 
 
-def _group_cpu(pgid: int | None) -> float:
-    """CPU seconds of every live process in process group `pgid`."""
-    return cpu_snapshot(pgid)["server"] if pgid else 0.0
+def _tree_cpu(root: int | None) -> float:
+    """CPU seconds of process `root` and every live descendant (server workers, PostgreSQL backends)."""
+    if root is None:
+        return 0.0
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid][2]
+        todo.extend(children.get(pid, []))
+    return total
 
 
 def _parts(stack: ProductionStack) -> dict[str, int | None]:
@@ -72,15 +84,15 @@ def run_trainers(stack: ProductionStack, n: int, epochs: int, workdir: str) -> d
     root = tempfile.mkdtemp(prefix=f"trainers-{n}-", dir=workdir)
     experiment = f"bench-trainers-{n}-{uuid.uuid4().hex[:8]}"
     scores = {f"t{i:02d}": [round(1.0 / (1 + e + i), 4) for e in range(epochs)] for i in range(n)}
-    pgids = _parts(stack)
+    pids = _parts(stack)
     with TrainerFleet(root, stack.url, experiment, scores) as fleet:
         fleet.start(timeout=600)
-        before = {name: _group_cpu(pgid) for name, pgid in pgids.items()}
+        before = {name: _tree_cpu(pid) for name, pid in pids.items()}
         snap = cpu_snapshot()
         go_wall = time.time()
         fleet.go()
         fleet.wait(timeout=900)
-        after = {name: _group_cpu(pgid) for name, pgid in pgids.items()}
+        after = {name: _tree_cpu(pid) for name, pid in pids.items()}
         snap_after = cpu_snapshot()
     failed = {k: v for k, v in fleet.returncodes.items() if v != 0}
     if failed or len(fleet.results) != n:
@@ -159,7 +171,7 @@ def render(raw: dict) -> str:
         "bucket, and every trainer, all on this one "
         f"{raw['machine']['nproc']}-CPU machine. **The machine was shared with other sessions running their test "
         "suites during the measurement, so absolute figures are noisy** (*other CPU* is what the rest of the "
-        f"machine used meanwhile); {args['repeats']} rounds, configurations alternated (order rotated each round), "
+        f"machine used meanwhile); {raw['rounds']} rounds, configurations alternated (order rotated each round), "
         "medians (min–max).",
         "",
         f"Each trainer: its own process (tests/sweep_trainer.py), a tiny Keras model, {args['epochs']} epochs, one "
@@ -262,6 +274,7 @@ def main(argv=None) -> int:
                 figures["round"] = round_
                 raw["trainers"].append(figures)
                 print(json.dumps(figures), flush=True)
+            _write(raw, args.results, started)  # a round at a time: an interrupted run keeps what it measured
         for size in sizes:
             for multipart in (True, False):
                 figures = measure_multipart(stack, size, multipart, workdir)
@@ -271,17 +284,21 @@ def main(argv=None) -> int:
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    print(_write(raw, args.results, started))
+    return 0
+
+
+def _write(raw: dict, results: str, started: float) -> str:
     raw.update(
         generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         elapsed_min=(time.monotonic() - started) / 60, machine=machine_info(), versions=versions(),
+        rounds=len({r["round"] for r in raw["trainers"]}),
     )
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    with open(os.path.join(OUT, f"trainers-{stamp}.json"), "w") as f:
+    with open(os.path.join(OUT, f"trainers-{raw.setdefault('stamp', datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))}.json"), "w") as f:
         json.dump(raw, f, indent=1)
     text = render(raw)
-    print(text)
-    replace_section(args.results, text)
-    return 0
+    replace_section(results, text)
+    return text
 
 
 if __name__ == "__main__":

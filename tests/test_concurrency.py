@@ -309,3 +309,45 @@ def test_first_use_of_an_experiment_name_survives_a_lost_creation_race(server_st
     (run,) = client.search_runs([experiment_id])
     assert run.info.status == "FINISHED"
     assert len(client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 2
+
+
+class _ResentCreate(keras.callbacks.Callback):
+    """Before the checkpoint callback ends the run: leave what a create applied twice leaves.
+
+    An overloaded server's worker killed mid-request (uvicorn's health check) loses the
+    response of a create it applied; MLflow's HTTP session resends the POST, so the run
+    gets a second LoggedModel with the same tags that nobody ever completes.
+    """
+
+    def __init__(self, tracker: MlflowTracker):
+        super().__init__()
+        self.tracker, self.twin = tracker, None
+
+    def on_train_end(self, logs=None):
+        destination = self.tracker.destination
+        client = mlflow.MlflowClient(destination["tracking_uri"])
+        logged = client.search_logged_models(
+            [destination["experiment_id"]], filter_string=f"source_run_id = '{destination['run_id']}'"
+        )
+        model = max(logged, key=lambda m: int(m.tags["tracked_ckpt.epoch"]))
+        self.twin = client.create_logged_model(
+            experiment_id=destination["experiment_id"], name=model.name, source_run_id=destination["run_id"],
+            tags=model.tags,
+        )
+
+
+def test_an_unfinished_duplicate_of_a_logged_checkpoint_is_dropped_when_the_run_ends(server_store, workdir):
+    tracker = MlflowTracker(tracking_uri=server_store)
+    resent = _ResentCreate(tracker)
+    callback = tracked_ckpt.TrackedModelCheckpoint("ckpt/{epoch}.keras", monitor="loss", tracker=tracker,
+                                                   upload="sync")
+    x, y = make_data()
+    make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[resent, callback])
+    client = mlflow.MlflowClient(server_store)
+    run_id = resent.twin.source_run_id
+    models = client.search_logged_models([resent.twin.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert sorted((m.name, m.status) for m in models) == [
+        ("tiny-e0001", LoggedModelStatus.READY), ("tiny-e0002", LoggedModelStatus.READY)
+    ]
+    assert resent.twin.model_id not in {m.model_id for m in models}
+    assert client.get_run(run_id).info.status == "FINISHED"
