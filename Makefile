@@ -22,6 +22,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/trainers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info mlflow.db mlruns checkpoints .tracked_ckpt

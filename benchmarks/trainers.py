@@ -21,7 +21,8 @@ this machine.
    and the S3 object's part count read back from the bucket (its ETag).
 
 Run: `.venv/bin/python benchmarks/trainers.py [--repeats 3] [--trainers 1,4,16] [--epochs 10]
-[--sizes 60MB,250MB]` (also the second step of `make bench`). The tables replace the
+[--sizes 60MB,250MB]` (also the second step of `make bench`); `--render-only out/trainers-<time>.json`
+rewrites the section from the raw numbers of an earlier run. The tables replace the
 "Many trainers" section of benchmarks/RESULTS.md (`--results` to write elsewhere).
 """
 
@@ -40,30 +41,45 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import OUT, REPO, _proc_table, cpu_snapshot, machine_info, median, other_cpu_between, versions  # noqa: E402
+from common import OUT, REPO, cpu_snapshot, machine_info, median, other_cpu_between, versions  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from production_stack import ARTIFACT_PREFIX, ProductionStack  # noqa: E402
 from sweep_trainer import TrainerFleet  # noqa: E402
 
+_TICK = os.sysconf("SC_CLK_TCK")
 SECTION_START = "<!-- trainers:start -->"
 SECTION_END = "<!-- trainers:end -->"
 MULTIPART_CHUNK = 16 * 1024**2  # S3 parts must be >= 5 MiB (but the last)
 
 
 def _tree_cpu(root: int | None) -> float:
-    """CPU seconds of process `root` and every live descendant (server workers, PostgreSQL backends)."""
+    """CPU seconds of process `root` and its descendants, including the exited ones it reaped.
+
+    PostgreSQL backends end with their connections, and uvicorn replaces workers that miss a
+    health check: their CPU is in the parent's cutime/cstime once reaped, so each process
+    counts utime + stime + cutime + cstime (a live child's time is never in its parent's).
+    """
     if root is None:
         return 0.0
-    table = _proc_table()
+    table: dict[int, tuple[int, float]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), sum(int(v) for v in fields[11:15]) / _TICK)
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
+    for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
         if pid in table:
-            total += table[pid][2]
+            total += table[pid][1]
         todo.extend(children.get(pid, []))
     return total
 
@@ -182,13 +198,23 @@ def render(raw: dict) -> str:
         "processes (training included). *exactly once* = the experiment holds one READY LoggedModel per checkpoint "
         "after every round.",
         "",
+        "Reading it: each checkpoint costs about 13 HTTP requests to the server (idempotency search, create, 7 "
+        "artifact PUTs that the server writes on to S3 with boto3, metrics, run output, finalize, one read), so the "
+        "server's CPU per checkpoint, not PostgreSQL, bounds throughput, and on 2 cores the trainers and the server "
+        "compete for the same CPUs: more trainers raise checkpoints/s only while the server has idle CPU.",
+        "",
         "| trainers | checkpoints | checkpoints/s | server CPU s/ckpt | PostgreSQL CPU s/ckpt | moto CPU s/ckpt "
         "| trainer CPU s/ckpt | other CPU s | exactly once |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
+    missed = []
+
     def cell(rows, key, digits):
         values = [r[key] for r in rows]
+        if min(values) < 0:  # raw numbers of a run that counted live processes only
+            missed.append(key)
+            return "n/a*"
         return f"{median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
     for n in args["trainers"]:
@@ -202,6 +228,10 @@ def render(raw: dict) -> str:
             f"| {cell(rows, 'trainer_cpu_per_ckpt', 3)} | {cell(rows, 'other_cpu', 0)} "
             f"| {'yes' if once else 'NO'} ({len(rows)}/{len(rows) if once else sum(r['exactly_once'] for r in rows)}) |"
         )
+    if missed:
+        lines += ["", "\\* This run summed the CPU of live processes only, so PostgreSQL backends that ended during the "
+                  "window were missed (a negative difference); `trainers.py` now also counts the CPU of reaped "
+                  "children (cutime/cstime)."]
     if raw.get("multipart"):
         lines += [
             "",
@@ -255,7 +285,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="60MB,250MB", help="multipart sizes (benchmarks/common.py SIZES); '' to skip")
     parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--render-only", metavar="RAW_JSON", help="rewrite the section from an earlier run's out/trainers-*.json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        with open(args.render_only) as f:
+            raw = json.load(f)
+        text = render(raw)
+        replace_section(args.results, text)
+        print(text)
+        return 0
     trainers = [int(n) for n in args.trainers.split(",")]
     sizes = [s for s in args.sizes.split(",") if s]
     os.makedirs(OUT, exist_ok=True)

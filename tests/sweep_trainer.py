@@ -42,7 +42,7 @@ def main(cfg: dict) -> None:
     else:
         tracker = "mlflow"  # MLFLOW_TRACKING_URI + MLFLOW_EXPERIMENT_NAME, fluent run
     callback = TrackedModelCheckpoint(name + "/{epoch}.keras", monitor="score", mode="min", tracker=tracker,
-                                      wait_timeout=240)
+                                      wait_timeout=600)
     open(name + ".ready", "w").close()
     deadline = time.monotonic() + BARRIER_TIMEOUT
     while not os.path.exists("go"):  # the barrier: every trainer has paid its imports

@@ -135,7 +135,7 @@ def run_sweep(stack: str, url: str, root, scores: dict[str, list[float | None]])
         fleet.start(timeout=300)
         fleet.go()
         try:
-            fleet.wait(timeout=300)  # a trainer still running then is stuck: the fixture fails, naming it
+            fleet.wait(timeout=900)  # a trainer still running then is stuck: the fixture fails, naming it
         finally:
             sweep.tails = fleet.tails()
     sweep.returncodes, sweep.results, sweep.seconds = fleet.returncodes, fleet.results, fleet.seconds
