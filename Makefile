@@ -33,6 +33,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/trainers.py
 
 clean:
 	rm -rf $(VENV) .nox build *.egg-info mlflow.db mlruns checkpoints .tracked_ckpt

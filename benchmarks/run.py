@@ -778,12 +778,28 @@ def write_results(path: str, args, table, scaling, skipped, errors, file_mb, ela
     for target, verdict, figures in evaluate_targets(table, scaling):
         lines.append(f"| {target} | **{verdict}** | {figures} |")
     lines.append("")
+    kept = _trainers_section(path)  # written by benchmarks/trainers.py: keep it
+    if kept:
+        lines += [kept, ""]
     notes = os.path.join(HERE, "NOTES.md")
     if os.path.exists(notes):
         with open(notes) as f:
             lines += [f.read().rstrip(), ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+def _trainers_section(path: str) -> str | None:
+    from trainers import SECTION_END, SECTION_START
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    if SECTION_START not in text or SECTION_END not in text:
+        return None
+    return SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END
 
 
 def _now() -> str:

@@ -220,7 +220,8 @@ class MlflowTracker(Tracker):
         return dict(self._destination)
 
     def finish(self, success: bool = True) -> None:
-        """End the run if `start` started it."""
+        """End the run if `start` started it (after dropping unfinished duplicates of its checkpoints)."""
+        self._drop_unfinished_twins(self._destination)
         started, self._started = self._started, None
         status = "FINISHED" if success else "FAILED"
         for orphan in self._orphans:
@@ -236,6 +237,45 @@ class MlflowTracker(Tracker):
             self.client(self._destination["tracking_uri"]).set_terminated(
                 self._destination["run_id"], status=status
             )
+
+    def _drop_unfinished_twins(self, destination: Mapping[str, Any]) -> None:
+        """Delete PENDING LoggedModels of the run that duplicate a READY one (same sha256, epoch, step).
+
+        An overloaded server can apply a create request and lose its response (uvicorn kills a
+        worker that misses its 5 s health check); MLflow's HTTP session then resends the POST
+        and the server creates a second model, of which only the second is ever completed.
+        """
+        run_id, experiment_id = destination.get("run_id"), destination.get("experiment_id")
+        if not run_id or not experiment_id:
+            return
+        uri = destination["tracking_uri"]
+        if not _reachable(uri):
+            return  # never keep the end of training waiting on a server that is down
+        try:
+            client = self.client(uri)
+            models, token = [], None
+            while True:
+                page = client.search_logged_models(
+                    [experiment_id], filter_string=f"source_run_id = '{_quote(run_id)}'", max_results=1000,
+                    page_token=token,
+                )
+                models += page
+                token = page.token
+                if not token:
+                    break
+
+            def key(model):
+                return tuple(model.tags.get(f"{TAG_PREFIX}{k}") for k in ("sha256", "epoch", "step"))
+
+            ready = {key(m) for m in models if m.status == LoggedModelStatus.READY}
+            for model in models:
+                if model.status != LoggedModelStatus.READY and key(model)[0] and key(model) in ready:
+                    client.delete_logged_model(model.model_id)
+                    get_artifact_repository(model.artifact_location, tracking_uri=uri).delete_artifacts()
+                    logger.info("Deleted %s (%s), an unfinished duplicate of a logged checkpoint.",
+                                model.model_id, model.name)
+        except Exception as exc:  # never let the clean-up keep the run from ending
+            logger.debug("Could not look for duplicate checkpoints of run %s: %s", run_id, exc)
 
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """The run's page in the MLflow UI, for an HTTP tracking server."""

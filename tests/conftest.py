@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -15,6 +16,7 @@ import keras  # noqa: E402
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
 from mlflow_server import MlflowServer  # noqa: E402
+from production_stack import ProductionStack, StackUnavailable  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,22 @@ def mlflow_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def production_stack(tmp_path_factory):
+    """PostgreSQL + S3 (moto) + mlflow server, for the session; skipped only where it cannot exist."""
+    stack = ProductionStack(str(tmp_path_factory.mktemp("production-stack")))
+    try:
+        stack.start()
+    except StackUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"production stack unavailable on CI: {exc}")
+        pytest.skip(f"production stack unavailable: {exc}")
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in stack.timings.items() if v is not None)
+    print(f"\nproduction stack up: {timings}", file=sys.stderr)
+    yield stack
+    stack.stop()
 
 
 @pytest.fixture

@@ -1,16 +1,18 @@
-"""Concurrency, production-shaped: four training processes logging at once to one MLflow server.
+"""Concurrency, production-shaped: many training processes logging at once to one MLflow server.
 
 Each stack gets one sweep (module-scoped, run once, asserted by several tests):
-four real training subprocesses, each its own run with scripted `score`
-values (so every run's best is known), started together behind a barrier so
-their fits, uploads and end-of-job promotions overlap. Two of them attach the
-way most users do (`MLFLOW_TRACKING_URI` + `MLFLOW_EXPERIMENT_NAME`, fluent
-run), two with an explicit `MlflowTracker(tracking_uri=..., experiment=...)`.
+real training subprocesses (tests/sweep_trainer.py), each its own run with
+scripted `score` values (so every run's best is known), started together behind
+a barrier so their fits, uploads and end-of-job promotions overlap. Half of them
+attach the way most users do (`MLFLOW_TRACKING_URI` + `MLFLOW_EXPERIMENT_NAME`,
+fluent run), half with an explicit `MlflowTracker(tracking_uri=..., experiment=...)`.
 
 Stacks:
-* "sqlite": the session's `mlflow server` from conftest (sqlite, local proxied artifacts).
+* "sqlite": the session's `mlflow server` from conftest (sqlite, local proxied
+  artifacts), four trainers of 5 checkpoints.
 * "postgres-s3": `mlflow server` (2 workers) on a private PostgreSQL cluster with
-  artifacts in an S3 bucket served by moto (tests/production_stack.py).
+  artifacts in an S3 bucket served by moto (tests/production_stack.py), sixteen
+  trainers of 10 checkpoints.
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
+import random
 import sys
-import textwrap
 import time
 import uuid
 
@@ -31,14 +31,13 @@ import numpy as np
 import pytest
 from helpers import make_data, make_model
 from mlflow.entities import LoggedModelStatus
-from production_stack import ARTIFACT_PREFIX, ProductionStack, StackUnavailable
+from production_stack import ARTIFACT_PREFIX
+from sweep_trainer import TrainerFleet
 
 import tracked_ckpt
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 pytestmark = pytest.mark.slow
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 # One monitored metric, mode "min", for every run (so the experiment-wide best is meaningful).
 # None: the metric is missing that epoch (the checkpoint is still written and logged, never best).
@@ -48,52 +47,21 @@ SCORES = {
     "w2": [0.80, None, 0.75, 0.90, 0.10],  # best: epoch 5, and the best of the sweep
     "w3": [0.35, 0.34, 0.33, 0.32, 0.31],  # every epoch a new best
 }
-EXPLICIT_TRACKER = {"w0": False, "w1": True, "w2": False, "w3": True}
-EPOCHS = 5
 
-WORKER = textwrap.dedent(
-    """
-    import json, os, sys, time, traceback
-    sys.path.insert(0, {tests!r})
-    cfg = json.loads(sys.argv[1])
-    from helpers import InjectMetric, make_data, make_model
-    import tracked_ckpt
-    from tracked_ckpt import TrackedModelCheckpoint
-    from tracked_ckpt.integrations.mlflow import MlflowTracker
-    from tracked_ckpt.tracker import last_destination
 
-    name = cfg["name"]
-    x, y = make_data()
-    model = make_model(name)
-    if cfg["explicit"]:
-        tracker = MlflowTracker(tracking_uri=cfg["uri"], experiment=cfg["experiment"], run_name=name)
-    else:
-        tracker = "mlflow"  # MLFLOW_TRACKING_URI + MLFLOW_EXPERIMENT_NAME, fluent run
-    callback = TrackedModelCheckpoint(name + "/{{epoch}}.keras", monitor="score", mode="min", tracker=tracker,
-                                      wait_timeout=120)
-    open(name + ".ready", "w").close()
-    deadline = time.monotonic() + 300
-    while not os.path.exists("go"):  # the barrier: every worker has paid its imports
-        if time.monotonic() > deadline:
-            sys.exit("no go signal")
-        time.sleep(0.01)
-    result = {{"name": name}}
-    model.fit(x, y, epochs=len(cfg["scores"]), batch_size=8, verbose=0,
-              callbacks=[InjectMetric("score", cfg["scores"]), callback])
-    result["run_id"] = last_destination("mlflow")["run_id"]
-    result["pending"] = [e.record.name for e in callback.last_report.pending]
-    result["upload_errors"] = callback.last_report.errors
-    # What a sweep job does last: offer its best to the shared registered model (scope: this run).
-    try:
-        promoted = tracked_ckpt.promote_best(cfg["registered"])
-        result["promotion"] = {{"promoted": promoted.promoted, "version": promoted.version,
-                               "epoch": promoted.checkpoint.record.epoch, "reason": promoted.reason}}
-    except Exception:
-        result["promotion"] = {{"error": traceback.format_exc()}}
-    with open(name + ".json", "w") as f:
-        json.dump(result, f)
-    """
-)
+def many_scores(trainers: int, epochs: int, seed: int = 10) -> dict[str, list[float | None]]:
+    """Scripted scores for a big sweep: noisy, some epochs without the metric, one clear sweep-wide best."""
+    rng = random.Random(seed)
+    scores = {
+        f"t{i:02d}": [None if e > 0 and rng.random() < 0.1 else round(rng.uniform(0.2, 1.0), 3) for e in range(epochs)]
+        for i in range(trainers)
+    }
+    scores[f"t{trainers // 2:02d}"][epochs - 2] = 0.05  # the sweep's best, late in one run
+    return scores
+
+
+MANY_TRAINERS, MANY_EPOCHS = 16, 10
+MANY_SCORES = many_scores(MANY_TRAINERS, MANY_EPOCHS)
 
 
 # -- expectations -----------------------------------------------------------------------------
@@ -112,9 +80,9 @@ def expected_best_epoch(scores) -> int:
     return min((v, e) for e, v in enumerate(scores, start=1) if v is not None)[1]
 
 
-GLOBAL_BEST = min(
-    ((v, name, e) for name, scores in SCORES.items() for e, v in enumerate(scores, start=1) if v is not None)
-)  # (0.10, "w2", 5)
+def global_best(scores) -> tuple[float, str, int]:
+    """(value, trainer, epoch) of the sweep's best checkpoint."""
+    return min((v, name, e) for name, values in scores.items() for e, v in enumerate(values, start=1) if v is not None)
 
 
 def sha256(path) -> str:
@@ -126,18 +94,24 @@ def sha256(path) -> str:
 
 
 class Sweep:
-    """The outcome of four concurrent training processes against one server."""
+    """The outcome of concurrent training processes against one server."""
 
-    def __init__(self, stack: str, url: str, root, experiment: str, registered: str):
-        self.stack, self.url, self.root = stack, url, root
-        self.experiment, self.registered = experiment, registered
+    def __init__(self, stack: str, url: str, root, scores: dict[str, list[float | None]]):
+        self.stack, self.url, self.root, self.scores = stack, url, root, scores
+        self.experiment = f"concurrency-{stack}-{uuid.uuid4().hex[:8]}"
+        self.registered = f"sweep-{uuid.uuid4().hex[:8]}"
         self.client = mlflow.MlflowClient(url)
         self.tracker = MlflowTracker(tracking_uri=url)
         self.results: dict[str, dict] = {}
         self.returncodes: dict[str, int] = {}
         self.seconds = 0.0
+        self.tails = ""
         self.s3 = None  # the postgres-s3 stack's MotoS3 and mlflow server directory
         self.server_root: str | None = None
+
+    @property
+    def global_best(self) -> tuple[float, str, int]:
+        return global_best(self.scores)
 
     @property
     def experiment_id(self) -> str:
@@ -155,93 +129,32 @@ class Sweep:
         return sorted(found, key=lambda m: (m.source_run_id, int(m.tags["tracked_ckpt.epoch"]), m.creation_timestamp))
 
 
-def run_sweep(stack: str, url: str, root) -> Sweep:
-    sweep = Sweep(stack, url, root, f"concurrency-{stack}-{uuid.uuid4().hex[:8]}", f"sweep-{uuid.uuid4().hex[:8]}")
-    script = root / "worker.py"
-    script.write_text(WORKER.format(tests=TESTS))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    env.update(
-        MLFLOW_TRACKING_URI=url,
-        TRACKED_CKPT_CACHE=str(root / "cache"),
-        GIT_TERMINAL_PROMPT="0",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        KERAS_BACKEND="tensorflow",
-    )
-    procs: dict[str, subprocess.Popen] = {}
-    logs = {}
-    try:
-        for name, scores in SCORES.items():
-            cfg = {"name": name, "scores": scores, "explicit": EXPLICIT_TRACKER[name], "uri": url,
-                   "experiment": sweep.experiment, "registered": sweep.registered}
-            worker_env = dict(env)
-            if not cfg["explicit"]:
-                worker_env["MLFLOW_EXPERIMENT_NAME"] = sweep.experiment
-            logs[name] = open(root / f"{name}.log", "wb")
-            procs[name] = subprocess.Popen(
-                [sys.executable, str(script), json.dumps(cfg)], cwd=root, env=worker_env,
-                stdout=logs[name], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        deadline = time.monotonic() + 240
-        while not all((root / f"{n}.ready").exists() for n in SCORES):
-            dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
-            if dead or time.monotonic() > deadline:
-                raise AssertionError(f"workers not ready (exited: {dead}): {tails(root)}")
-            time.sleep(0.05)
-        started = time.monotonic()
-        (root / "go").touch()
-        for name, proc in procs.items():
-            sweep.returncodes[name] = proc.wait(max(1.0, started + 300 - time.monotonic()))
-        sweep.seconds = time.monotonic() - started
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        for log in logs.values():
-            log.close()
-    for name in SCORES:
-        path = root / f"{name}.json"
-        if path.exists():
-            sweep.results[name] = json.loads(path.read_text())
+def run_sweep(stack: str, url: str, root, scores: dict[str, list[float | None]]) -> Sweep:
+    sweep = Sweep(stack, url, root, scores)
+    with TrainerFleet(root, url, sweep.experiment, scores, registered=sweep.registered) as fleet:
+        fleet.start(timeout=300)
+        fleet.go()
+        try:
+            fleet.wait(timeout=900)  # a trainer still running then is stuck: the fixture fails, naming it
+        finally:
+            sweep.tails = fleet.tails()
+    sweep.returncodes, sweep.results, sweep.seconds = fleet.returncodes, fleet.results, fleet.seconds
+    print(f"\n[{stack}] {len(scores)} trainers x {len(next(iter(scores.values())))} checkpoints: "
+          f"{fleet.seconds:.1f}s from the barrier to the last exit", file=sys.stderr)
     return sweep
-
-
-def tails(root) -> str:
-    out = []
-    for name in SCORES:
-        path = root / f"{name}.log"
-        if path.exists():
-            out.append(f"--- {name}.log ---\n{path.read_bytes()[-1500:].decode(errors='replace')}")
-    return "\n".join(out)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def production_stack(tmp_path_factory):
-    """PostgreSQL + S3 (moto) + mlflow server, for the session; skipped only where it cannot exist."""
-    stack = ProductionStack(str(tmp_path_factory.mktemp("production-stack")))
-    try:
-        stack.start()
-    except StackUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"production stack unavailable on CI: {exc}")
-        pytest.skip(f"production stack unavailable: {exc}")
-    timings = ", ".join(f"{k} {v:.1f}s" for k, v in stack.timings.items() if v is not None)
-    print(f"\nproduction stack up: {timings}", file=sys.stderr)
-    yield stack
-    stack.stop()
-
-
 @pytest.fixture(scope="module")
 def sqlite_sweep(mlflow_server, tmp_path_factory):
-    return run_sweep("sqlite", mlflow_server.url, tmp_path_factory.mktemp("sweep-sqlite"))
+    return run_sweep("sqlite", mlflow_server.url, tmp_path_factory.mktemp("sweep-sqlite"), SCORES)
 
 
 @pytest.fixture(scope="module")
 def postgres_s3_sweep(production_stack, tmp_path_factory):
-    sweep = run_sweep("postgres-s3", production_stack.url, tmp_path_factory.mktemp("sweep-postgres-s3"))
+    sweep = run_sweep("postgres-s3", production_stack.url, tmp_path_factory.mktemp("sweep-postgres-s3"), MANY_SCORES)
     sweep.s3 = production_stack.s3
     sweep.server_root = production_stack.root
     return sweep
@@ -252,8 +165,8 @@ def sweep(request) -> Sweep:
     done = request.getfixturevalue("sqlite_sweep" if request.param == "sqlite" else "postgres_s3_sweep")
     # Every test needs the processes to have finished cleanly; say why once, clearly.
     failed = {n: rc for n, rc in done.returncodes.items() if rc != 0}
-    assert not failed and len(done.results) == len(SCORES), (
-        f"[{done.stack}] workers failed {failed}, results for {sorted(done.results)}:\n{tails(done.root)}"
+    assert not failed and len(done.results) == len(done.scores), (
+        f"[{done.stack}] workers failed {failed}, results for {sorted(done.results)}:\n{done.tails}"
     )
     return done
 
@@ -264,7 +177,7 @@ def sweep(request) -> Sweep:
 def test_every_run_finishes_with_nothing_left_to_upload(sweep):
     runs = sweep.client.search_runs([sweep.experiment_id], max_results=100)
     assert sorted(r.info.run_id for r in runs) == sorted(res["run_id"] for res in sweep.results.values())
-    assert len(runs) == len(SCORES)  # one run per process, none shared, none extra
+    assert len(runs) == len(sweep.scores)  # one run per process, none shared, none extra
     assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
     for name, result in sweep.results.items():
         assert result["pending"] == [], (name, result)
@@ -274,11 +187,12 @@ def test_every_run_finishes_with_nothing_left_to_upload(sweep):
 
 def test_every_checkpoint_of_every_run_is_logged_exactly_once(sweep):
     every = sweep.models()
-    assert len(every) == len(SCORES) * EPOCHS, [(m.name, m.status) for m in every]
-    for name, scores in SCORES.items():
+    assert len(every) == sum(len(s) for s in sweep.scores.values()), [(m.name, m.status) for m in every]
+    for name, scores in sweep.scores.items():
         models = sweep.models(name)
-        assert [int(m.tags["tracked_ckpt.epoch"]) for m in models] == list(range(1, EPOCHS + 1)), name
-        assert [m.name for m in models] == [f"{name}-e{e:04d}" for e in range(1, EPOCHS + 1)]
+        epochs = len(scores)
+        assert [int(m.tags["tracked_ckpt.epoch"]) for m in models] == list(range(1, epochs + 1)), name
+        assert [m.name for m in models] == [f"{name}-e{e:04d}" for e in range(1, epochs + 1)]
         assert all(m.status == LoggedModelStatus.READY for m in models), [(m.name, m.status) for m in models]
         # Each is an output of its run at step=epoch (the run page's "Logged models").
         outputs = sweep.client.get_run(sweep.run_id(name)).outputs.model_outputs
@@ -298,7 +212,7 @@ def test_every_checkpoint_of_every_run_is_logged_exactly_once(sweep):
 
 
 def test_each_run_best_is_the_scripted_one(sweep):
-    for name, scores in SCORES.items():
+    for name, scores in sweep.scores.items():
         models = sweep.models(name)
         assert [m.tags["tracked_ckpt.is_best"] for m in models] == [
             str(flag).lower() for flag in expected_is_best(scores)
@@ -315,17 +229,17 @@ def test_concurrent_end_of_job_promotions_register_each_best_once(sweep):
     for name, result in sweep.results.items():
         promotion = result["promotion"]
         assert "error" not in promotion, f"{name}: {promotion.get('error')}"
-        assert promotion["epoch"] == expected_best_epoch(SCORES[name]), (name, promotion)
+        assert promotion["epoch"] == expected_best_epoch(sweep.scores[name]), (name, promotion)
     versions = sweep.client.search_model_versions(f"name = '{sweep.registered}'")
     # No checkpoint registered twice; at most one version per job; the versions jobs report exist.
     sources = [v.source for v in versions]
-    assert len(sources) == len(set(sources)) <= len(SCORES), sources
+    assert len(sources) == len(set(sources)) <= len(sweep.scores), sources
     assert all(v.run_id in {r["run_id"] for r in sweep.results.values()} for v in versions)
     reported = {r["promotion"]["version"] for r in sweep.results.values() if r["promotion"]["version"]}
     assert reported <= {str(v.version) for v in versions}, reported
     # A follow-up promotion over the whole experiment leaves the sweep's best as the champion.
     tracked_ckpt.promote_best(sweep.registered, experiment=sweep.experiment, tracker=sweep.tracker)
-    assert champion_of(sweep, sweep.registered) == GLOBAL_BEST[1:]
+    assert champion_of(sweep, sweep.registered) == sweep.global_best[1:]
 
 
 def champion_of(sweep: Sweep, registered: str) -> tuple[str, int]:
@@ -339,7 +253,7 @@ def champion_of(sweep: Sweep, registered: str) -> tuple[str, int]:
 def test_the_sweeps_best_downloads_and_loads_back_verified(sweep, tmp_path):
     name = f"{sweep.registered}-load"
     result = tracked_ckpt.promote_best(name, experiment=sweep.experiment, tracker=sweep.tracker)
-    value, worker, epoch = GLOBAL_BEST
+    value, worker, epoch = sweep.global_best
     assert result.promoted and result.checkpoint.run_id == sweep.run_id(worker)
     assert result.checkpoint.record.epoch == epoch and result.checkpoint.record.value == pytest.approx(value)
     local = sweep.root / worker / f"{epoch}.keras"
@@ -353,10 +267,10 @@ def test_the_sweeps_best_downloads_and_loads_back_verified(sweep, tmp_path):
 
 def test_postgres_s3_checkpoints_live_in_the_bucket(postgres_s3_sweep):
     sweep = postgres_s3_sweep
-    assert sweep.returncodes and all(rc == 0 for rc in sweep.returncodes.values()), tails(sweep.root)
+    assert sweep.returncodes and all(rc == 0 for rc in sweep.returncodes.values()), sweep.tails
     keys = set(sweep.s3.keys(f"{ARTIFACT_PREFIX}/{sweep.experiment_id}/"))
     models = sweep.models()
-    assert len(models) == len(SCORES) * EPOCHS
+    assert len(models) == sum(len(s) for s in sweep.scores.values())
     for model in models:
         # Proxied artifacts: clients see mlflow-artifacts:/, the server writes to S3.
         assert model.artifact_location.startswith("mlflow-artifacts:/"), model.artifact_location
@@ -395,3 +309,45 @@ def test_first_use_of_an_experiment_name_survives_a_lost_creation_race(server_st
     (run,) = client.search_runs([experiment_id])
     assert run.info.status == "FINISHED"
     assert len(client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")) == 2
+
+
+class _ResentCreate(keras.callbacks.Callback):
+    """Before the checkpoint callback ends the run: leave what a create applied twice leaves.
+
+    An overloaded server's worker killed mid-request (uvicorn's health check) loses the
+    response of a create it applied; MLflow's HTTP session resends the POST, so the run
+    gets a second LoggedModel with the same tags that nobody ever completes.
+    """
+
+    def __init__(self, tracker: MlflowTracker):
+        super().__init__()
+        self.tracker, self.twin = tracker, None
+
+    def on_train_end(self, logs=None):
+        destination = self.tracker.destination
+        client = mlflow.MlflowClient(destination["tracking_uri"])
+        logged = client.search_logged_models(
+            [destination["experiment_id"]], filter_string=f"source_run_id = '{destination['run_id']}'"
+        )
+        model = max(logged, key=lambda m: int(m.tags["tracked_ckpt.epoch"]))
+        self.twin = client.create_logged_model(
+            experiment_id=destination["experiment_id"], name=model.name, source_run_id=destination["run_id"],
+            tags=model.tags,
+        )
+
+
+def test_an_unfinished_duplicate_of_a_logged_checkpoint_is_dropped_when_the_run_ends(server_store, workdir):
+    tracker = MlflowTracker(tracking_uri=server_store)
+    resent = _ResentCreate(tracker)
+    callback = tracked_ckpt.TrackedModelCheckpoint("ckpt/{epoch}.keras", monitor="loss", tracker=tracker,
+                                                   upload="sync")
+    x, y = make_data()
+    make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[resent, callback])
+    client = mlflow.MlflowClient(server_store)
+    run_id = resent.twin.source_run_id
+    models = client.search_logged_models([resent.twin.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert sorted((m.name, m.status) for m in models) == [
+        ("tiny-e0001", LoggedModelStatus.READY), ("tiny-e0002", LoggedModelStatus.READY)
+    ]
+    assert resent.twin.model_id not in {m.model_id for m in models}
+    assert client.get_run(run_id).info.status == "FINISHED"
