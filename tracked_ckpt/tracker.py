@@ -60,6 +60,12 @@ class Tracker(Protocol):
 
         Must be idempotent: logging a record whose (run, epoch, step, sha256) is
         already logged returns the existing id and creates nothing.
+
+        Optional: a `first_attempt: bool = False` keyword, which the publisher sets
+        when no call for this checkpoint ever started (nothing can exist to look
+        up); and an `is_reachable(destination) -> bool` method, asked while a call
+        seems stuck at the end of `fit` (without it, a call in flight counts as
+        progress).
         """
         ...
 
