@@ -41,6 +41,7 @@ def _endpoint(path: str) -> str:
     path = path.split("?")[0]
     if "/mlflow-artifacts/artifacts/" in path:
         return "artifacts/" + re.sub(r"^.*/artifacts/", "", path)
+    path = re.sub(r"m-[0-9a-f]{32}", "<id>", path)
     return path.replace("/api/2.0/mlflow/", "").replace("/ajax-api/2.0/mlflow/", "")
 
 

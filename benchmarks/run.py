@@ -254,7 +254,7 @@ class Bench:
 
     def start(self) -> None:
         os.chdir(WORK)  # ./mlruns, ./wandb and friends land in the temp dir
-        self.server = MlflowServer(os.path.join(WORK, "server")).start()
+        self.server = MlflowServer(os.path.join(WORK, "server")).start(timeout=300)  # a busy shared machine
         log(f"MLflow server {self.server.url} healthy after {self.server.startup_seconds:.1f} s")
         os.makedirs(os.path.dirname(self.embedded_artifacts), exist_ok=True)
         # Create (migrate) the embedded store now, not inside a timed run.

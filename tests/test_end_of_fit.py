@@ -70,7 +70,7 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
     assert f"3 checkpoint(s) are not logged yet and wait in {spool}" in done.stderr
     assert f"run `tracked-ckpt sync {spool}`" in done.stderr
 
-    server.start()
+    server.start(timeout=300)
     try:
         sync_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
         synced = subprocess.run([sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "120"],
@@ -118,6 +118,8 @@ def test_an_upload_slower_than_the_stall_window_completes_within_fit(server_stor
         # The premise: the upload went on well past the stall window (throttled time, a lower bound).
         assert proxy.longest_upload_s > 3 * stall, proxy.longest_upload_s
         assert any(method == "PUT" and path.endswith("/data/model.keras") for method, path in proxy.requests)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # the proxy is gone: read back directly
+    mlflow.set_tracking_uri(mlflow_server.url)
     (entry, _, model_id), = report.logged
     (model,) = logged_models(entry.destinations["mlflow"]["run_id"])
     assert model.model_id == model_id
