@@ -73,7 +73,7 @@ class SleepTracker(MlflowTracker):
     def start(self, run_name=None, **kwargs):
         return {"tracking_uri": "none", "experiment_id": "0", "run_id": "sleep"}
 
-    def log_checkpoint(self, record, path, destination):
+    def log_checkpoint(self, record, path, destination, first_attempt=False):
         time.sleep(self.seconds)
         return "sleep"
 
@@ -299,7 +299,7 @@ class ProcessTracker(MlflowTracker):
         )
         self.pool.submit(os.getpid).result()  # start (and import) before the timed fit
 
-    def log_checkpoint(self, record, path, destination):
+    def log_checkpoint(self, record, path, destination, first_attempt=False):
         return self.pool.submit(_child_log, destination["tracking_uri"], record, path, dict(destination)).result()
 
 

@@ -41,6 +41,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.files import link_or_copy, safe_file_name
@@ -292,14 +293,19 @@ class MlflowTracker(Tracker):
     # -- logging (publisher thread) -----------------------------------------------------
 
     def log_checkpoint(
-        self, record: CheckpointRecord, path: str, destination: Mapping[str, Any]
+        self, record: CheckpointRecord, path: str, destination: Mapping[str, Any], *, first_attempt: bool = False
     ) -> str:
-        """Log one checkpoint as a LoggedModel; return its model id. Idempotent."""
+        """Log one checkpoint as a LoggedModel; return its model id. Idempotent.
+
+        `first_attempt=True` (the publisher's word that no earlier call for this
+        checkpoint ever started) skips the look-up for a model left by an earlier
+        attempt, which could find nothing.
+        """
         destination = self._resolve(destination)
         client = self.client(destination["tracking_uri"])
         run_id = destination["run_id"]
         experiment_id = destination["experiment_id"]
-        existing = self.find_logged(client, experiment_id, run_id, record)
+        existing = None if first_attempt else self.find_logged(client, experiment_id, run_id, record)
         if existing is not None and existing.status == LoggedModelStatus.READY:
             return existing.model_id
         model = existing or client.create_logged_model(
@@ -311,7 +317,8 @@ class MlflowTracker(Tracker):
         )
         with tempfile.TemporaryDirectory(prefix="tracked-ckpt-") as tmp:
             self._build_artifacts(record, path, tmp, model.model_id, run_id, model.artifact_location)
-            client.log_model_artifacts(model.model_id, tmp)
+            # Not client.log_model_artifacts: it would GET the model again just for artifact_location.
+            _artifact_repository(client, model.artifact_location).log_artifacts(tmp)
         retry = existing is not None  # a PENDING leftover of an interrupted attempt
         if record.metrics and not (retry and existing.metrics):
             timestamp = int(time.time() * 1000)
@@ -359,6 +366,10 @@ class MlflowTracker(Tracker):
                 self._context_tags[run_id] = cached
         return cached
 
+    def is_reachable(self, destination: Mapping[str, Any]) -> bool:
+        """Whether the destination's server answers now (asked while an upload seems stuck)."""
+        return _reachable(destination.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri())
+
     @staticmethod
     def is_permanent(exc: Exception) -> bool:
         """Errors no retry can fix: the run or model is gone, or MLflow refuses the request."""
@@ -385,18 +396,19 @@ class MlflowTracker(Tracker):
     def _build_artifacts(
         self, record: CheckpointRecord, path: str, out: str, model_id: str, run_id: str, artifact_uri: str
     ) -> None:
-        with open(os.path.join(out, METADATA_FILE), "w") as f:
-            json.dump(record.metadata(), f, indent=1, sort_keys=True)
+        # Every file is one more request (and server CPU) per checkpoint: only what loading needs.
         if record.format != "keras":
+            with open(os.path.join(out, METADATA_FILE), "w") as f:
+                json.dump(record.metadata(), f, indent=1, sort_keys=True)
             link_or_copy(path, os.path.join(out, os.path.basename(record.filepath)))
             return
-        # The MLflow keras flavor's layout (mlflow.keras.save_model), around Keras's own file.
+        # The MLflow keras flavor's layout (mlflow.keras.save_model), around Keras's own file; its
+        # keras_module.txt is never read back by Keras 3's loader, and the schema rides in MLmodel.
         data = os.path.join(out, KERAS_DATA_DIR)
         os.makedirs(data)
         link_or_copy(path, os.path.join(data, "model.keras"))
-        with open(os.path.join(data, "keras_module.txt"), "w") as f:
-            f.write("keras")
-        mlmodel = Model(artifact_path=artifact_uri, run_id=run_id, model_id=model_id, model_uuid=model_id)
+        mlmodel = Model(artifact_path=artifact_uri, run_id=run_id, model_id=model_id, model_uuid=model_id,
+                        metadata={"tracked_ckpt": record.metadata()})
         mlmodel.add_flavor(
             "keras",
             data=KERAS_DATA_DIR,
@@ -589,8 +601,39 @@ class MlflowTracker(Tracker):
             )
         return found
 
+    def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """`resolve` in one request, for loading: the record from the registered version's tags.
+
+        `register()` copied the schema there; the LoggedModel (metrics, location)
+        is read only on a cache miss, by `fetch`. The downloaded bytes are still
+        checked against the recorded sha256.
+        """
+        client = self.client(self._registry_uri())
+        try:
+            mv = (client.get_model_version_by_alias(registered_name, alias) if alias is not None
+                  else client.get_model_version(registered_name, str(version)) if version is not None else None)
+        except MlflowException:
+            mv = None  # resolve() says what is missing
+        model_id = _model_id_from_source(getattr(mv, "source", None))
+        tags = getattr(mv, "tags", None) or {}
+        if mv is None or model_id is None or TAG_PREFIX + "sha256" not in tags:
+            return self.resolve(registered_name, alias=alias, version=version)
+        metadata = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+        name = metadata.pop("name", "")
+        return LoggedCheckpoint(
+            id=model_id,
+            run_id=mv.run_id or "",
+            record=CheckpointRecord.from_metadata(metadata, name=name),
+            tracker=self.name,
+            location="",
+            aliases=tuple(mv.aliases or ()),
+            extra={"tracking_uri": client.tracking_uri, "version": str(mv.version), "registered_name": mv.name},
+        )
+
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download just the checkpoint file of a LoggedModel into `directory`."""
+        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
+        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
         relative = (
             f"{KERAS_DATA_DIR}/model.keras"
             if checkpoint.record.format == "keras"
@@ -601,9 +644,9 @@ class MlflowTracker(Tracker):
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
             return mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{checkpoint.location.rstrip('/')}/{relative}",
+                artifact_uri=f"{location.rstrip('/')}/{relative}",
                 dst_path=directory,
-                tracking_uri=checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri(),
+                tracking_uri=tracking_uri,
             )
         finally:
             if previous is None:
@@ -702,6 +745,12 @@ def checkpoint_params(record: CheckpointRecord) -> dict[str, str]:
     """LoggedModel params for a record: the schema keys worth a column in MLflow's Models table."""
     metadata = record.string_metadata()
     return {key: metadata[key] for key in MODEL_PARAMS if key in metadata}
+
+
+def _artifact_repository(client: MlflowClient, artifact_location: str):
+    """The artifact repository of a location, as `MlflowClient` builds it for a LoggedModel."""
+    uri = add_databricks_profile_info_to_artifact_uri(artifact_location, client.tracking_uri)
+    return get_artifact_repository(uri, tracking_uri=client.tracking_uri)
 
 
 def _quote(value: str) -> str:

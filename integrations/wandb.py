@@ -219,7 +219,7 @@ class WandbTracker(Tracker):
     # -- logging (publisher thread) -----------------------------------------------------
 
     def log_checkpoint(
-        self, record: CheckpointRecord, path: str, destination: Mapping[str, Any]
+        self, record: CheckpointRecord, path: str, destination: Mapping[str, Any], *, first_attempt: bool = False
     ) -> str:
         """Log the file at `path` as a new version of the run's collection; return its reference.
 

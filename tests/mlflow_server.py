@@ -34,7 +34,7 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
-    def start(self, timeout: float = 120.0) -> "MlflowServer":
+    def start(self, timeout: float = 300.0) -> "MlflowServer":  # minutes on a busy shared machine
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         log = open(os.path.join(self.root, "server.log"), "ab")

@@ -29,7 +29,7 @@ class Recorder(Tracker):
         self.fail_with, self.logged, self.attempts = fail_with, [], []
         self.failures = failures  # None: epoch 1 always fails; N: it fails N times, then works
 
-    def log_checkpoint(self, record, path, destination):
+    def log_checkpoint(self, record, path, destination, first_attempt=False):
         self.attempts.append(record.epoch)
         if self.fail_with is not None and record.epoch == 1:
             if self.failures is None or self.attempts.count(1) <= self.failures:

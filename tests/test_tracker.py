@@ -26,7 +26,7 @@ FOLDER_TRACKER = textwrap.dedent(
         def start(self, run_name=None, resume=None):
             return dict(resume or {"root": os.path.abspath("logged")})
 
-        def log_checkpoint(self, record, path, destination):
+        def log_checkpoint(self, record, path, destination, first_attempt=False):
             os.makedirs(destination["root"], exist_ok=True)
             target = os.path.join(destination["root"], f"{record.name}-{record.sha256[:12]}")
             shutil.copyfile(path, target)
@@ -83,7 +83,7 @@ def test_the_contract_is_the_base_class():
         def start(self, run_name=None, resume=None):
             return {}
 
-        def log_checkpoint(self, record, path, destination):
+        def log_checkpoint(self, record, path, destination, first_attempt=False):
             return "x"
 
     with pytest.raises(TypeError, match="subclass of tracked_ckpt.tracker.Tracker"):

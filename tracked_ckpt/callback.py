@@ -27,7 +27,7 @@ from keras.callbacks import ModelCheckpoint
 from keras.src.utils import io_utils
 
 from tracked_ckpt import git as git_provenance
-from tracked_ckpt.publisher import PublishReport, Publisher
+from tracked_ckpt.publisher import PublishReport, Publisher, stall_timeout_from
 from tracked_ckpt.record import (
     CheckpointRecord,
     checkpoint_name,
@@ -93,6 +93,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             `.tracked_ckpt/spool` folder next to the checkpoint files (the same
             filesystem, so freezing a file is a hard link, not a copy).
         wait_timeout: seconds `on_train_end` waits for uploads (None: no limit).
+        stall_timeout: seconds `on_train_end` keeps waiting while no upload makes
+            progress (tracker unreachable or failing); an upload in flight to a
+            tracker that answers is progress, however slow. Default: the
+            `TRACKED_CKPT_STALL_TIMEOUT` environment variable, else 30; pass
+            `math.inf` to wait for the whole `wait_timeout`.
         keep_top_k: keep only the K best checkpoints by the monitored metric,
             plus the latest, on the tracker and on local disk; promoted or
             aliased ones are never deleted. None (default) keeps everything.
@@ -140,6 +145,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         git_repo: str | os.PathLike[str] | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float | None = 600.0,
+        stall_timeout: float | None = None,
         keep_top_k: int | None = None,
         resume: bool = False,
     ):
@@ -173,6 +179,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         # Jobs (and sweep trials) may change directory before fit: remember where this one started.
         self._started_in = git_provenance._cwd()
         self.wait_timeout = wait_timeout
+        self.stall_timeout = stall_timeout_from(stall_timeout)
         self.trackers = resolve_trackers(tracker)
         self._tracker_by_key = {tracker_key(t): t for t in self.trackers}
         self.spool = Spool(
@@ -237,6 +244,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self.spool,
             asynchronous=self.upload == "async",
             on_logged=self._on_logged,
+            stall_timeout=self.stall_timeout,
         )
         self._resubmit_leftovers()
         self._atexit = _register_atexit(self)
@@ -504,10 +512,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         for key, tracker in self._tracker_by_key.items():
             # A deferred start may have become a real run while uploading: remember that one.
             remember_destination(key, tracker.destination or self._destinations.get(key, {}))
-            try:
-                tracker.finish(success=success)
-            except Exception as exc:
-                logger.warning("Could not finish the %s run: %s", tracker.display_name, exc)
+            _finish(tracker, success, self._destinations.get(key, {}), report.stalled)
         self._summarize(report)
 
     def _summarize(self, report: PublishReport) -> None:
@@ -539,6 +544,21 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             io_utils.print_msg(message)
         else:
             logger.info(message)
+
+
+def _finish(tracker: Tracker, success: bool, destination: dict[str, Any], stalled: bool) -> None:
+    """End the tracker's run, unless the wait stalled and the tracker still does not answer.
+
+    Asking an unreachable tracker to end a run would hang in its own retries
+    (minutes, for MLflow) after the wait has just given up on it.
+    """
+    if stalled and destination and not tracker.is_reachable(destination):
+        logger.warning("The %s run was not ended: the tracker does not answer.", tracker.display_name)
+        return
+    try:
+        tracker.finish(success=success)
+    except Exception as exc:
+        logger.warning("Could not finish the %s run: %s", tracker.display_name, exc)
 
 
 def _scalar(value: Any) -> float | None:

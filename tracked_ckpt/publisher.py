@@ -4,6 +4,12 @@ One background worker logs entries in the order they were saved. A tracker
 error is retried with exponential backoff while training goes on; the entry
 stays in the spool until every tracker confirmed it. `close` waits a bounded
 time and reports what was logged and what is still pending.
+
+The wait at the end follows progress: it goes on while uploads advance (up to
+the caller's timeout), and stops once the trackers have made none for the stall
+window. An attempt still inside a tracker call is not a stall while the tracker
+answers (a large, slow upload); failed attempts, or a call hanging on a tracker
+that does not answer (MLflow's own HTTP retries can take minutes), are.
 """
 
 from __future__ import annotations
@@ -26,6 +32,34 @@ logger = logging.getLogger("tracked_ckpt")
 #: Called after a tracker confirmed an entry: (entry, tracker name, tracker's id).
 LoggedHook = Callable[[SpoolEntry, str, str], None]
 
+#: Seconds without upload progress after which the end-of-fit wait gives up (the spool keeps the rest).
+DEFAULT_STALL_TIMEOUT = 30.0
+STALL_TIMEOUT_ENV = "TRACKED_CKPT_STALL_TIMEOUT"
+
+
+def stall_timeout_from(value: float | None) -> float:
+    """The stall window: `value`, else `TRACKED_CKPT_STALL_TIMEOUT`, else 30 s.
+
+    Raises:
+        ValueError: the value is not a positive number of seconds.
+    """
+    source = "stall_timeout"
+    if value is None:
+        raw = os.environ.get(STALL_TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_STALL_TIMEOUT
+        source = STALL_TIMEOUT_ENV
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+    if not value > 0:  # also refuses NaN
+        raise ValueError(
+            f"{source}={value!r} is not a positive number of seconds: use e.g. 30, or math.inf to wait "
+            "for the whole wait_timeout."
+        )
+    return float(value)
+
 
 @dataclasses.dataclass
 class PublishReport:
@@ -35,6 +69,8 @@ class PublishReport:
     pending: list[SpoolEntry] = dataclasses.field(default_factory=list)
     failed: list[tuple[SpoolEntry, str]] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
+    #: True when the wait stopped because no tracker made progress for the stall window.
+    stalled: bool = False
 
     @property
     def ok(self) -> bool:
@@ -50,6 +86,9 @@ class Publisher:
         asynchronous: True to log on a background thread, False to log inline in `submit`.
         on_logged: called (on the logging thread) whenever a tracker confirms an entry.
         max_backoff: longest wait, in seconds, between two attempts at a failing entry.
+        stall_timeout: seconds `close` keeps waiting without progress (an entry
+            confirmed, or a tracker answering while an upload is in flight);
+            None: no stall rule, only `close`'s timeout.
     """
 
     def __init__(
@@ -61,6 +100,7 @@ class Publisher:
         on_logged: LoggedHook | None = None,
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
+        stall_timeout: float | None = None,
     ):
         self.trackers = dict(trackers)
         self.spool = spool
@@ -68,6 +108,7 @@ class Publisher:
         self.on_logged = on_logged
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
+        self.stall_timeout = stall_timeout
         self.report = PublishReport()
         self._queue: collections.deque[SpoolEntry] = collections.deque()
         self._cond = threading.Condition()
@@ -77,6 +118,8 @@ class Publisher:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._failures = 0
+        self._progress_at = time.monotonic()  # the last time a tracker confirmed something
+        self._in_call: tuple[SpoolEntry, str] | None = None  # (entry, tracker) inside a tracker call now
 
     def submit(self, entry: SpoolEntry) -> None:
         """Queue a spooled entry. In sync mode, log it (and anything before it) now."""
@@ -98,6 +141,7 @@ class Publisher:
     def close(self, timeout: float | None = None) -> PublishReport:
         """Log what is queued, waiting at most `timeout` seconds (None: until done)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._progress_at = time.monotonic()  # the stall window counts from the start of the wait at the latest
         if self.asynchronous and self._thread is not None:
             with self._cond:
                 self._closing = True
@@ -108,11 +152,14 @@ class Publisher:
                 "tracked-ckpt: uploading",
                 pending=lambda: list(self._queue),
                 join=self._thread.join,
-                alive=self._thread.is_alive,
+                alive=lambda: self._thread.is_alive() and not self._stalled(),
                 deadline=deadline,
                 size_of=lambda entry: entry.record.size_bytes,
             )
-            self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0)
+            if self.report.stalled:
+                self._thread.join(1.0)  # the worker stops after its current attempt; don't wait for it
+            else:
+                self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0)
             if self._thread.is_alive():
                 # Still inside a tracker call: it finishes on its own, the spool keeps the rest.
                 logger.warning("A checkpoint upload was still in progress when the wait ran out.")
@@ -125,10 +172,44 @@ class Publisher:
                     done = before[: len(before) - len(self._queue)]
                     bar.advance(sum(e.record.size_bytes for e in done), len(done))
                     if not ok:
+                        if self._stalled():
+                            break
                         self._sleep_backoff(deadline)
         with self._cond:
             self.report.pending = list(self._queue)
         return self.report
+
+    def _stalled(self) -> bool:
+        """True (once, then for good) when nothing progressed for the stall window; stops the worker.
+
+        A call still in flight counts as progress while its tracker answers a
+        liveness probe: a slow upload of a large checkpoint is never cut short.
+        """
+        if self.report.stalled:
+            return True
+        if self.stall_timeout is None or time.monotonic() - self._progress_at < self.stall_timeout:
+            return False
+        in_call = self._in_call
+        if in_call is not None and self._answers(*in_call):
+            self._progress_at = time.monotonic()
+            return False
+        self.report.stalled = True
+        logger.warning(
+            "No checkpoint upload made progress for %.0f s (the tracker is unreachable or failing): "
+            "not waiting longer; the spool keeps what is left.", self.stall_timeout,
+        )
+        with self._cond:
+            self._deadline = time.monotonic()  # the worker stops after its current attempt
+            self._cond.notify_all()
+        self._wake.set()
+        return True
+
+    def _answers(self, entry: SpoolEntry, name: str) -> bool:
+        """Whether the tracker of an in-flight call answers now (trackers without a probe: assume so)."""
+        try:
+            return bool(self.trackers[name].is_reachable(entry.destinations[name]))
+        except Exception:  # a probe that fails says the same as one that answers no
+            return False
 
     # -- worker -------------------------------------------------------------------------
 
@@ -149,11 +230,16 @@ class Publisher:
         """Wait before the next attempt: exponential, capped, and never past the deadline.
 
         `close()` may set (or shorten) the deadline while the worker sleeps; it sets
-        `_wake` so the remaining wait is recomputed, not dropped.
+        `_wake` so the remaining wait is recomputed, not dropped. While `close()`
+        waits, a backoff is at most a third of the stall window, so a tracker that
+        comes back gets a few attempts before the wait gives up on it.
         """
         exponent = min(max(0, self._failures - 1), 16)
-        until = time.monotonic() + min(self.max_backoff, self.initial_backoff * 2**exponent)
+        started = time.monotonic()
+        delay = min(self.max_backoff, self.initial_backoff * 2**exponent)
         while True:
+            until = started + (min(delay, self.stall_timeout / 3)
+                               if self._closing and self.stall_timeout is not None else delay)
             limit = deadline if deadline is not None else self._deadline
             remaining = (until if limit is None else min(until, limit)) - time.monotonic()
             if remaining <= 0:
@@ -181,29 +267,46 @@ class Publisher:
             if not claimed:  # another process or worker (e.g. a concurrent sync) holds it
                 self.report.errors.append(f"{entry.record.name}: being logged elsewhere")
                 return False
+            if not self.spool.reload(entry):
+                # Logged (or parked) by another process since it was queued: nothing left to do.
+                self.spool.remove(entry)
+                self._progress_at = time.monotonic()
+                return True
             return self._publish_claimed(entry)
 
     def _publish_claimed(self, entry: SpoolEntry) -> bool:
         try:
+            first_attempt = entry.attempts == 0
             if not entry.record.sha256:
                 # Hashing happens here, not on the training thread: the staged file is frozen.
                 sha, size = sha256_file(entry.staged_path)
                 entry.record = dataclasses.replace(entry.record, sha256=sha, size_bytes=size)
-                self.spool.add(entry)
+            # Counted on disk before any tracker call, so that a crash or a hang in the middle of
+            # one makes every later attempt (here, or a sync in another process) a retry.
+            entry.attempts += 1
+            self.spool.add(entry)
             for name in entry.pending_trackers:
                 tracker = self.trackers[name]
-                ref = tracker.log_checkpoint(entry.record, entry.staged_path, entry.destinations[name])
+                self._in_call = (entry, name)
+                # On a first attempt nothing of this entry can exist on the tracker yet: it may skip
+                # its idempotency look-up.
+                ref = tracker.log_checkpoint(entry.record, entry.staged_path, entry.destinations[name],
+                                             first_attempt=first_attempt)
+                self._in_call = None
+                self._progress_at = time.monotonic()
                 entry.done[name] = ref
                 self.spool.add(entry)
                 self.report.logged.append((entry, name, ref))
                 if self.on_logged is not None:
                     self.on_logged(entry, name, ref)
-        except Exception as exc:  # a tracker failure is retried; the entry stays spooled
+        except Exception as exc:
+            self._in_call = None  # a tracker failure is retried; the entry stays spooled
             message = f"{entry.record.name}: {type(exc).__name__}: {exc}"
             if self._permanent(exc, entry):
                 # Retrying cannot help (the run was deleted, the file is gone, the request is
                 # invalid): park it so the checkpoints after it are not held up.
                 self.spool.park(entry, message)
+                self._progress_at = time.monotonic()
                 self.report.failed.append((entry, message))
                 logger.error("Could not log checkpoint %s; kept in %s (retry with `tracked-ckpt sync "
                              "--retry-failed`).", message, self.spool.directory)

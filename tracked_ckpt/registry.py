@@ -409,7 +409,9 @@ def _which(backend: Tracker, registered_name: str | None, alias: str | None,
         raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
-    return backend.resolve(registered_name, alias=alias, version=version)
+    # A backend may resolve for loading with fewer calls (e.g. MLflow: the record from the version's tags).
+    resolve = getattr(backend, "resolve_for_load", backend.resolve)
+    return resolve(registered_name, alias=alias, version=version)
 
 
 def _backend(tracker: "str | Tracker") -> Tracker:

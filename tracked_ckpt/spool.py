@@ -46,6 +46,8 @@ class SpoolEntry:
         destinations: tracker name -> where to log it (what `Tracker.start` returned).
         done: tracker name -> the id the tracker gave it, once logged.
         created: UNIX time the entry was made.
+        attempts: tracker calls started for it (written before each call): 0 means no
+            tracker can hold any part of it yet, so the idempotency search can be skipped.
     """
 
     id: str
@@ -54,6 +56,7 @@ class SpoolEntry:
     destinations: dict[str, dict[str, Any]]
     done: dict[str, str] = dataclasses.field(default_factory=dict)
     created: float = dataclasses.field(default_factory=time.time)
+    attempts: int = 0
 
     @property
     def pending_trackers(self) -> list[str]:
@@ -69,6 +72,7 @@ class SpoolEntry:
             "destinations": self.destinations,
             "done": self.done,
             "created": self.created,
+            "attempts": self.attempts,
         }
 
     @classmethod
@@ -80,6 +84,8 @@ class SpoolEntry:
             destinations=data["destinations"],
             done=data.get("done", {}),
             created=data.get("created", 0.0),
+            # A manifest without the count was written by an older version: it may have been tried.
+            attempts=data.get("attempts", 1),
         )
 
 
@@ -157,6 +163,24 @@ class Spool:
                 os.remove(path)
             except FileNotFoundError:
                 pass
+
+    def reload(self, entry: SpoolEntry) -> bool:
+        """Refresh `done` and `attempts` from the entry's manifest; False when it is gone.
+
+        Another process (a `tracked-ckpt sync`, an earlier job's worker) may have
+        tried or finished the entry since it was read: its manifest says so.
+        """
+        try:
+            with open(os.path.join(self.directory, entry.id + MANIFEST_SUFFIX)) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as exc:
+            logger.warning("Unreadable spool manifest for %s: %s", entry.record.name, exc)
+            return True
+        entry.done = {**data.get("done", {}), **entry.done}
+        entry.attempts = max(entry.attempts, data.get("attempts", 1))
+        return True
 
     def entries(self) -> Iterator[SpoolEntry]:
         """Entries still in the spool, oldest first."""

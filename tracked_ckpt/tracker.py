@@ -103,7 +103,7 @@ class Tracker(abc.ABC):
             def start(self, run_name=None, resume=None):
                 return dict(resume or {"root": os.path.abspath("logged")})
 
-            def log_checkpoint(self, record, path, destination):
+            def log_checkpoint(self, record, path, destination, first_attempt=False):
                 target = os.path.join(destination["root"], f"{record.name}-{record.sha256[:12]}")
                 os.makedirs(destination["root"], exist_ok=True)
                 shutil.copyfile(path, target)  # same record, same target: idempotent
@@ -129,11 +129,16 @@ class Tracker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def log_checkpoint(self, record: CheckpointRecord, path: str, destination: Mapping[str, Any]) -> str:
+    def log_checkpoint(
+        self, record: CheckpointRecord, path: str, destination: Mapping[str, Any], *, first_attempt: bool = False
+    ) -> str:
         """Log the file at `path` described by `record`; return the tracker's id for it.
 
         Must be idempotent: logging a record whose (run, epoch, step, sha256) is
-        already logged returns the existing id and creates nothing.
+        already logged returns the existing id and creates nothing. The publisher
+        sets `first_attempt` when no call for this checkpoint ever started, in any
+        process: nothing of it can exist yet, so the idempotency look-up may be
+        skipped.
         """
 
     # -- optional, with defaults --------------------------------------------------------
@@ -152,6 +157,15 @@ class Tracker(abc.ABC):
         Default: None, meaning "what `start` returned".
         """
         return None
+
+    def is_reachable(self, destination: Mapping[str, Any]) -> bool:
+        """Whether the tracker answers now (a quick probe, no retries).
+
+        Asked while a call seems stuck at the end of `fit`, and before ending the
+        run of a tracker the wait gave up on. Default: True (a call in flight
+        counts as progress).
+        """
+        return True
 
     def is_permanent(self, exc: Exception) -> bool:
         """True for a `log_checkpoint` error no retry can fix; the entry is then set aside.

@@ -25,7 +25,7 @@ def record_for(path: str, epoch: int = 1) -> CheckpointRecord:
 class FailsBeforeFinalizing(MlflowTracker):
     """Everything happens (model, files, metrics, run output) but the last step fails."""
 
-    def log_checkpoint(self, record, path, destination):
+    def log_checkpoint(self, record, path, destination, first_attempt=False):
         original = self.client(destination["tracking_uri"]).finalize_logged_model
 
         def broken(*args, **kwargs):
@@ -34,7 +34,7 @@ class FailsBeforeFinalizing(MlflowTracker):
         client = self.client(destination["tracking_uri"])
         client.finalize_logged_model = broken
         try:
-            return super().log_checkpoint(record, path, destination)
+            return super().log_checkpoint(record, path, destination, first_attempt=first_attempt)
         finally:
             client.finalize_logged_model = original
 

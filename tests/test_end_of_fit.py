@@ -1,0 +1,131 @@
+"""The end of fit against real MLflow servers: no long hang when the tracker is down, no cut-off slow upload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from helpers import logged_models
+from mlflow_server import MlflowServer
+from tcp_proxy import TcpProxy
+
+from tracked_ckpt import TrackedModelCheckpoint
+
+FIT_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, sys, time
+    import numpy as np
+    import keras
+    from tracked_ckpt import TrackedModelCheckpoint
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)], name="down")
+    model.compile(optimizer="adam", loss="mse")
+    x, y = np.random.rand(32, 4), np.random.rand(32, 1)
+
+    class LastEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.at = time.monotonic()
+
+    last = LastEpoch()
+    callback = TrackedModelCheckpoint("ckpt/d-{epoch}.keras", monitor="loss", stall_timeout=float(sys.argv[1]),
+                                      wait_timeout=float(sys.argv[2]))
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[callback, last])
+    report = callback.last_report
+    print(json.dumps({"pending": len(report.pending), "logged": len(report.logged), "stalled": report.stalled,
+                      "spool": callback.spool.directory, "waited": time.monotonic() - last.at}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_once(tmp_path):
+    """A user's script with the server down throughout, and MLflow's own (minutes-long) HTTP retries."""
+    server = MlflowServer(str(tmp_path / "server"))  # its port is free: nothing answers there yet
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "MLFLOW_EXPERIMENT_NAME": "down-all-along"}
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        env.pop(name, None)  # MLflow's defaults: 7 retries backing off for minutes
+    (tmp_path / "fit.py").write_text(FIT_SCRIPT)
+    wait_timeout = 600
+    # Killed (and failed) if the script waited out wait_timeout, as it did before the stall rule.
+    done = subprocess.run([sys.executable, "fit.py", "3", str(wait_timeout)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=wait_timeout / 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["stalled"] and result["logged"] == 0 and result["pending"] == 3, result
+    assert result["waited"] < wait_timeout / 2, result
+    spool = result["spool"]
+    assert "No checkpoint upload made progress" in done.stderr
+    assert f"3 checkpoint(s) are not logged yet and wait in {spool}" in done.stderr
+    assert f"run `tracked-ckpt sync {spool}`" in done.stderr
+
+    server.start(timeout=300)
+    try:
+        sync_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+        synced = subprocess.run([sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "120"],
+                                cwd=tmp_path, env=sync_env, capture_output=True, text=True, timeout=300)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        client = mlflow.MlflowClient(tracking_uri=server.url)
+        experiment = client.get_experiment_by_name("down-all-along")
+        models = client.search_logged_models([experiment.experiment_id], max_results=100)
+        epochs = sorted(int(m.tags["tracked_ckpt.epoch"]) for m in models)
+        assert epochs == [1, 2, 3]  # every checkpoint, once
+        assert {str(m.status) for m in models} == {"READY"}
+        for model in models:
+            local = tmp_path / "ckpt" / f"d-{model.tags['tracked_ckpt.epoch']}.keras"
+            assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+        assert len({m.source_run_id for m in models}) == 1
+    finally:
+        server.stop()
+
+
+def wide_model() -> keras.Model:
+    """About 3 MB as a .keras file with Adam's state."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(512), keras.layers.Dense(512),
+                              keras.layers.Dense(1)], name="wide")
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+@pytest.mark.slow
+def test_an_upload_slower_than_the_stall_window_completes_within_fit(server_store, mlflow_server, workdir,
+                                                                     monkeypatch, caplog):
+    stall = 1.5
+    # 256 KB/s: the ~3 MB checkpoint takes about 12 s to go through, 8 stall windows.
+    with TcpProxy(mlflow_server.url, upload_rate=256 * 1024) as proxy:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+        mlflow.set_tracking_uri(proxy.url)
+        callback = TrackedModelCheckpoint("ckpt/slow-{epoch}.keras", monitor="loss", stall_timeout=stall,
+                                          wait_timeout=300)
+        x, y = np.random.rand(32, 4), np.random.rand(32, 1)
+        with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
+            wide_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+        report = callback.last_report
+        assert report.ok and not report.stalled, (report, caplog.text)
+        assert "No checkpoint upload made progress" not in caplog.text
+        # The premise: the upload went on well past the stall window (throttled time, a lower bound).
+        assert proxy.longest_upload_s > 3 * stall, proxy.longest_upload_s
+        assert any(method == "PUT" and path.endswith("/data/model.keras") for method, path in proxy.requests)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # the proxy is gone: read back directly
+    mlflow.set_tracking_uri(mlflow_server.url)
+    (entry, _, model_id), = report.logged
+    (model,) = logged_models(entry.destinations["mlflow"]["run_id"])
+    assert model.model_id == model_id
+    assert str(model.status) == "READY"
+    local = workdir / "ckpt" / "slow-1.keras"
+    assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    loaded = mlflow.keras.load_model(f"models:/{model.model_id}")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), keras.saving.load_model(local).predict(x, verbose=0),
+                               rtol=1e-6)
