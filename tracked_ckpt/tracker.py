@@ -146,3 +146,45 @@ def resolve_trackers(spec: "str | Tracker | Sequence[str | Tracker]") -> list[Tr
 def tracker_key(tracker: Tracker) -> str:
     """A stable name for a tracker object, used as its key in the spool."""
     return getattr(tracker, "name", None) or type(tracker).__name__.lower()
+
+
+@runtime_checkable
+class JobTracker(Protocol):
+    """Optional: what a tracker adds so `resume="<job key>"` can find a job's run again.
+
+    A tracker without these methods still logs checkpoints (and `resume=True`,
+    which keeps its state on local disk, works with it); only resuming by job
+    key needs them. They run on the training thread, except `set_job_info`,
+    which the lease heartbeat also calls from its own thread.
+    """
+
+    display_name: str
+
+    def find_job(self, job_key: str) -> dict[str, Any] | None:
+        """The destination (as `start` returns it) of the run holding `job_key`, or None.
+
+        When several runs hold it (two first starts at once), the earliest one. A
+        tracker whose run ids derive from the key returns that run's destination
+        even before it exists (`start(resume=...)` then creates it).
+        """
+        ...
+
+    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
+        """The job values stored on the run (`key`, `lease`), as strings."""
+        ...
+
+    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
+        """Store job values (`key`, `lease`) on the run, replacing earlier ones."""
+        ...
+
+    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[Any]:
+        """The run's completely logged checkpoints (`LoggedCheckpoint`s; base `name` only, if given).
+
+        Each must be downloadable with `fetch` (the registry backend's), so it
+        comes back through the verified download cache.
+        """
+        ...
+
+    def finish(self, success: bool = True) -> None: ...
+
+    def run_url(self, destination: Mapping[str, Any]) -> str | None: ...

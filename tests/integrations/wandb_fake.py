@@ -103,6 +103,7 @@ class FakeServer:
         self.organization = organization
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
+        self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
 
     def api(self) -> "FakeApi":
         return FakeApi(self)
@@ -257,6 +258,9 @@ class FakeApi:
             raise ValueError("Unable to parse 'ArtifactCollections' response data")
         return found
 
+    def flush(self):
+        """W&B's Api caches runs; the fake reads the server every time, so there is nothing to drop."""
+
     def run(self, path: str = ""):
         """A run by "entity/project/run_id" (or "project/run_id")."""
         server = self._server
@@ -288,6 +292,11 @@ class FakeRun:
     @property
     def entity(self) -> str:
         return self._entity
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """A copy of what the run last wrote to its summary (read-only here, as tracked-ckpt uses it)."""
+        return dict(self._server.summaries.get((self._entity, self._project, self._id), {}))
 
     def logged_artifacts(self, per_page: int = 100) -> list["FakeArtifact"]:
         """Every version this run logged (never registry links), in logging order."""
