@@ -120,6 +120,7 @@ class JobResume:
         self.destinations: dict[str, dict[str, Any]] = {}
         self.resumed_from: LoggedCheckpoint | None = None
         self._checkpoints: list[LoggedCheckpoint] = []  # the run's checkpoints up to resumed_from
+        self._previous: dict[str, Lease | None] = {}  # the lease the earlier holder left, by tracker
         self._latest: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -202,7 +203,7 @@ class JobResume:
 
     def _wait_for_holder(self, name: str, destination: Mapping[str, Any]) -> None:
         """Return once the key's earlier holder is known to be gone; raise if it is alive."""
-        lease = self._read_lease(name, destination)
+        lease = self._previous[name] = self._read_lease(name, destination)
         if lease is None or lease.released or lease.holder == self.holder:
             return
         age = time.time() - lease.beat
@@ -257,8 +258,7 @@ class JobResume:
             if not checkpoints:
                 continue
             newest = max(checkpoints, key=_order)
-            lease = self._read_lease(name, self.destinations[name])
-            self._say_if_newer_was_deleted(lease, newest)
+            self._say_if_newer_was_deleted(self._previous.get(name), newest)
             path = download_checkpoint(checkpoint=newest, tracker=tracker)
             self.resumed_from = newest
             self._checkpoints = sorted((c for c in checkpoints if _order(c) <= _order(newest)), key=_order)
