@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -44,6 +45,7 @@ logger = logging.getLogger("tracked_ckpt")
 LEASE_ENV = "TRACKED_CKPT_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 _MAX_KEY_LENGTH = 200
+_BATCH_RE = re.compile(r"-e\d{4,}-b(\d{6,})$")
 
 
 class JobLockedError(RuntimeError):
@@ -272,7 +274,7 @@ class JobResume:
                 "best_value": best.record.value if best else None,
                 "best_name": best.record.name if best else None,
                 "keras_best": best.record.value if best else None,
-                "last": {"filepath": path, "epoch": record.epoch, "batch": record.batch, "step": record.step},
+                "last": {"filepath": path, "epoch": record.epoch, "batch": _batch(newest), "step": record.step},
             }
         logger.info("Job %r has no complete checkpoint yet: training starts afresh in its run.", self.key)
         return None
@@ -341,7 +343,17 @@ class JobResume:
 def _order(checkpoint: LoggedCheckpoint) -> tuple[int, int, bool]:
     """Newest last; at equal steps an epoch-end save comes after a batch save."""
     record = checkpoint.record
-    return record.step, record.epoch, record.batch is None
+    return record.step, record.epoch, _batch(checkpoint) is None
+
+
+def _batch(checkpoint: LoggedCheckpoint) -> int | None:
+    """The batch of a batch-level save (the schema keeps it in the name, W&B in a `step-S` alias)."""
+    if checkpoint.record.batch is not None:
+        return checkpoint.record.batch
+    found = _BATCH_RE.search(checkpoint.record.name)
+    if found:
+        return int(found.group(1))
+    return 0 if any(alias.startswith("step-") for alias in checkpoint.aliases) else None
 
 
 def _best(checkpoints) -> LoggedCheckpoint | None:
