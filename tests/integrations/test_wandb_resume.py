@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 
 import keras
 import numpy as np
 import pytest
 from test_wandb import ScriptedValLoss, wandb_env  # noqa: F401  (the hermetic offline W&B fixture)
 from wandb_fake import FakeServer
-from wandb_records import run_dirs
+from wandb_records import run_dirs, run_summary
 
 from tracked_ckpt import TrackedModelCheckpoint, download_checkpoint
 from tracked_ckpt.integrations.wandb import WandbTracker, job_run_id
@@ -53,16 +51,14 @@ def test_job_key_names_the_run_and_a_restart_continues_it(wandb_env):  # noqa: F
     run_id = first._destinations["wandb"]["run_id"]
     assert run_id == job_run_id(KEY) and run_id.startswith("digits-job-7-")
     (run_dir,) = run_dirs(str(wandb_env / "wandb_dir"))
-    with open(os.path.join(run_dir, "files", "wandb-summary.json")) as f:
-        summary = json.load(f)
+    summary = run_summary(run_dir)
     assert summary["tracked_ckpt_job_key"] == KEY
     lease = Lease.from_json(summary["tracked_ckpt_job_lease"])
     assert lease.released and lease.latest["epoch"] == 2
 
     # The server side, as W&B holds the run after `wandb sync`: find it, pull its latest version.
     server = FakeServer(entity="team", project="tracked-ckpt-test")
-    server.sync(run_dir)
-    server.summaries[("team", "tracked-ckpt-test", run_id)] = summary
+    server.sync(run_dir)  # the artifacts and the summary
     online = WandbTracker(entity="team", project="tracked-ckpt-test", mode="online", api=server.api())
     destination = online.find_job(KEY)
     assert destination["run_id"] == run_id

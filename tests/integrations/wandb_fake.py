@@ -38,7 +38,7 @@ from typing import Any, Iterable
 
 import wandb.errors
 
-from wandb_records import logged_artifacts
+from wandb_records import logged_artifacts, run_summary
 
 REGISTRY_PREFIX = "wandb-registry-"
 _SEP = ("/", ":")
@@ -135,6 +135,8 @@ class FakeServer:
     def sync(self, run_dir: str) -> list["FakeArtifact"]:
         """Upload an offline run's artifact records, as `wandb sync <run_dir>` would."""
         out = []
+        run_id = os.path.basename(run_dir.rstrip(os.sep)).split("-", 3)[3]  # offline-run-<time>-<run id>
+        self.summaries[(self.entity, self.project, run_id)] = run_summary(run_dir)
         for art in logged_artifacts(run_dir):
             files = {}
             for f in art.files:
