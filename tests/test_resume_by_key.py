@@ -231,3 +231,17 @@ def test_weights_only_batch_level_checkpoints_resume_mid_epoch(embedded_store, w
     assert steps[:4] == [3, 6, 9, 12]
     assert steps == sorted(set(steps))  # the optimizer's iteration count continued from step 12
     assert callback.last_report.ok
+
+
+@pytest.mark.parametrize("key", ["", "   ", "x" * 201, "tab\there", 3.5])
+def test_a_bad_job_key_is_refused_with_the_fix(key):
+    with pytest.raises((ValueError, TypeError), match="resume="):
+        TrackedModelCheckpoint("ckpt/x.keras", resume=key)
+
+
+def test_a_bad_lease_window_is_refused_with_the_fix(monkeypatch):
+    from tracked_ckpt.resume import lease_seconds
+
+    monkeypatch.setenv(LEASE_ENV, "soon")
+    with pytest.raises(ValueError, match=f"{LEASE_ENV}=60"):
+        lease_seconds()

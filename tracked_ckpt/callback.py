@@ -169,7 +169,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             if spool_dir is not None
             else os.path.join(os.path.dirname(os.path.abspath(self.filepath)), ".tracked_ckpt", "spool")
         )
-        self.resume = validate_job_key(resume) if isinstance(resume, str) else resume
+        self.resume = resume if isinstance(resume, bool) else validate_job_key(resume)
         self._job: JobResume | None = None
         self._file_lock = threading.RLock()  # a save and its staging vs. retention's local deletes (re-entered by sync uploads)
         self.retention = (

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 
 import keras
 import numpy as np
@@ -12,7 +15,7 @@ from wandb_records import run_dirs, run_summary
 
 from tracked_ckpt import TrackedModelCheckpoint, download_checkpoint
 from tracked_ckpt.integrations.wandb import WandbTracker, job_run_id
-from tracked_ckpt.resume import Lease
+from tracked_ckpt.resume import JobLockedError, JobResume, Lease
 
 KEY = "digits job/7"
 
@@ -76,3 +79,45 @@ def test_job_key_names_the_run_and_a_restart_continues_it(wandb_env):  # noqa: F
     assert history.epoch == [2]
     assert again._destinations["wandb"]["run_id"] == run_id
     assert again.last_report.ok
+
+
+class Started(Exception):
+    """Raised by the test's `start`: the job got past the lease check and would start its run."""
+
+
+def refuse_to_start(previous):
+    raise Started(previous)
+
+
+def test_the_lease_on_the_server_tells_a_live_holder_from_a_killed_one(wandb_env):  # noqa: F811
+    server = FakeServer(entity="team", project="tracked-ckpt-test")
+    run_id = job_run_id(KEY)
+    server.runs.add(("team", "tracked-ckpt-test", run_id))
+    online = WandbTracker(entity="team", project="tracked-ckpt-test", mode="online", api=server.api())
+
+    def lease(beat: float) -> None:
+        server.summaries[("team", "tracked-ckpt-test", run_id)] = {
+            "tracked_ckpt_job_key": KEY, "tracked_ckpt_job_lease": Lease("node-a:41:abc", beat).to_json()}
+
+    # Killed a moment ago: its lease is fresh but never refreshed again, so the restart takes over.
+    lease(time.time())
+    with pytest.raises(Started) as started:
+        JobResume(KEY, {"wandb": online}).begin(None, refuse_to_start, "tiny")
+    assert started.value.args[0]["wandb"]["run_id"] == run_id
+
+    # Alive: it refreshes its lease while the second job watches, so the second job refuses.
+    stop = threading.Event()
+
+    def heartbeat():
+        while not stop.wait(0.2):
+            lease(time.time())
+
+    lease(time.time())
+    beating = threading.Thread(target=heartbeat)
+    beating.start()
+    try:
+        with pytest.raises(JobLockedError, match=r"^Job 'digits job/7' is already running as node-a:41:abc \(run "):
+            JobResume(KEY, {"wandb": online}).begin(None, refuse_to_start, "tiny")
+    finally:
+        stop.set()
+        beating.join()
