@@ -245,3 +245,16 @@ def test_a_bad_lease_window_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setenv(LEASE_ENV, "soon")
     with pytest.raises(ValueError, match=f"{LEASE_ENV}=60"):
         lease_seconds()
+
+
+def test_without_local_state_an_unreachable_tracker_stops_the_job_before_training(workdir):
+    from mlflow_server import free_port
+
+    from tracked_ckpt.tracker import TrackerError
+
+    tracker = MlflowTracker(tracking_uri=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    callback = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", tracker=tracker, resume="needs-the-tracker")
+    x, y = make_data()
+    with pytest.raises(TrackerError, match=r"^Cannot look up job 'needs-the-tracker' on MLflow: .* unreachable\..*again"):
+        make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    assert not os.path.exists(workdir / "ckpt" / "k-1.keras")  # nothing trained from scratch by mistake

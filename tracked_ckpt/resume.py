@@ -189,8 +189,6 @@ class JobResume:
         for name, tracker in self.trackers.items():
             try:
                 destination = tracker.find_job(self.key)
-            except TrackerError:
-                raise
             except Exception as exc:
                 raise TrackerError(
                     f"Cannot look up job {self.key!r} on {tracker.display_name}: {exc}. Resuming needs the "
