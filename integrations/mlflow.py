@@ -35,7 +35,7 @@ check_supported("mlflow", "sqlalchemy", extra="mlflow")  # before importing it (
 
 import mlflow
 import numpy as np
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -53,6 +53,8 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 GIT_BRANCH_TAG = "mlflow.source.git.branch"
 METADATA_FILE = "tracked_ckpt.json"
 DEFERRED_TAG = "tracked_ckpt.deferred_id"  # run tag: the run made for a deferred start
+JOB_KEY_TAG = "tracked_ckpt.job_key"  # run tags of resume="<job key>" (tracked_ckpt.resume)
+JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
 KERAS_DATA_DIR = "data"
 # MLflow's UI shows none of a LoggedModel's tags, but its params both on the model page and as
 # "Parameters" columns of the experiment's Models table: these schema keys are logged as params too.
@@ -644,7 +646,7 @@ class MlflowTracker(Tracker):
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
             return mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{location.rstrip('/')}/{relative}",
+                artifact_uri=f"{_relocated(location, tracking_uri).rstrip('/')}/{relative}",
                 dst_path=directory,
                 tracking_uri=tracking_uri,
             )
@@ -689,6 +691,46 @@ class MlflowTracker(Tracker):
             extra={"tracking_uri": tracking_uri or self.tracking_uri or mlflow.get_tracking_uri(),
                    "status": str(model.status)},
         )
+
+    # -- resume by job key (tracked_ckpt.resume) -------------------------------------------
+
+    def find_job(self, job_key: str) -> dict[str, Any] | None:
+        """The run of this tracker's experiment tagged with `job_key` (the earliest), as a destination."""
+        uri = self.tracking_uri or mlflow.get_tracking_uri()
+        _check_tracking_uri(uri)
+        if not _reachable(uri):
+            raise TrackerError(f"MLflow at {_without_credentials(uri)} is unreachable")
+        client = self.client(uri)
+        active = mlflow.active_run() if self.tracking_uri is None else None
+        experiment_id = active.info.experiment_id if active is not None else self._experiment_id(client)
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{JOB_KEY_TAG}` = '{_quote(job_key)}'", max_results=100
+        )
+        if not runs:
+            return None
+        run = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        return {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id, "owned": True}
+
+    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
+        """The run's job key and lease tags."""
+        destination = self._resolve(destination)
+        tags = self.client(destination["tracking_uri"]).get_run(destination["run_id"]).data.tags
+        return {name: tags[tag] for name, tag in JOB_TAGS.items() if tag in tags}
+
+    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
+        """Set the run's job key and lease tags (one call)."""
+        destination = self._resolve(destination)
+        self.client(destination["tracking_uri"]).log_batch(
+            destination["run_id"], tags=[RunTag(JOB_TAGS[name], value) for name, value in values.items()]
+        )
+
+    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
+        """The run's READY LoggedModels (interrupted uploads stay PENDING and are skipped)."""
+        destination = self._resolve(destination)
+        scope = {"tracking_uri": destination["tracking_uri"], "experiment_ids": [destination["experiment_id"]],
+                 "run_id": destination["run_id"]}
+        found = self.search_checkpoints(scope, where={"name": name} if name else None)
+        return [c for c in found if c.extra.get("status") == str(LoggedModelStatus.READY)]
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -762,6 +804,24 @@ def _model_id_from_source(source: str | None) -> str | None:
     if source and source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
         return source[len("models:/"):]
     return None
+
+
+def _relocated(location: str, tracking_uri: str) -> str:
+    """A local artifact folder of an embedded store that was moved (`mlflow.db` + `mlruns/` copied
+    elsewhere, e.g. a volume mounted at another path): the same folder under the database's folder.
+
+    The store keeps absolute artifact paths; they point into the old folder after a move.
+    """
+    path = location[len("file://"):] if location.startswith("file://") else location
+    if not tracking_uri.startswith("sqlite:///") or "://" in path or not os.path.isabs(path) or os.path.exists(path):
+        return location
+    root = os.path.dirname(os.path.abspath(tracking_uri[len("sqlite:///"):]))
+    parts = path.strip(os.sep).split(os.sep)
+    for start in range(1, len(parts)):
+        candidate = os.path.join(root, *parts[start:])
+        if os.path.isdir(candidate):
+            return candidate
+    return location
 
 
 def _without_credentials(uri: str) -> str:

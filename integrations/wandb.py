@@ -40,6 +40,7 @@ gave it or a Registry link protects it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -78,6 +79,7 @@ _NAME_MAXLEN = 128  # W&B's limit on artifact names
 _SUFFIX_RE = re.compile(r"-e\d{4,}(?:-b\d{6,})?$")
 _TRACKED_KEYS = ("epoch", "step", "sha256")  # metadata every tracked-ckpt version has
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+JOB_SUMMARY_KEYS = {"key": "tracked_ckpt_job_key", "lease": "tracked_ckpt_job_lease"}  # tracked_ckpt.resume
 
 
 class WandbTracker(Tracker):
@@ -479,6 +481,60 @@ class WandbTracker(Tracker):
         logger.debug("Deleted W&B checkpoint %s.", ref)
         return True
 
+    # -- resume by job key (tracked_ckpt.resume) -------------------------------------------
+    #
+    # A job's run id derives from its key, so a restarted job finds (or, the first time,
+    # creates) its run with `wandb.init(id=..., resume="allow")`; the key and the lease live
+    # in the run's summary. Reading them back, and the run's versions, needs the W&B server.
+
+    def find_job(self, job_key: str) -> dict[str, Any]:
+        """The destination of the job's run: id derived from the key (the run may not exist yet)."""
+        mode = self.mode or os.environ.get("WANDB_MODE") or "online"
+        return {
+            "run_id": job_run_id(job_key),
+            "project": self.project or os.environ.get("WANDB_PROJECT") or "",
+            "entity": self.entity or os.environ.get("WANDB_ENTITY") or "",
+            "mode": "offline" if mode == "dryrun" else mode,
+        }
+
+    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
+        """The job key and lease in the run's summary on the server ({} offline, or before the run exists)."""
+        run = self._server_run(destination)
+        if run is None:
+            return {}
+        summary = run.summary
+        return {name: str(summary[key]) for name, key in JOB_SUMMARY_KEYS.items() if summary.get(key) is not None}
+
+    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
+        """Write the job key and lease into the live run's summary."""
+        if destination.get("mode") == "disabled":
+            return
+        with self._lock:
+            run = self._run_for(destination)
+        run.summary.update({JOB_SUMMARY_KEYS[name]: value for name, value in values.items()})
+
+    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
+        """The versions the run logged (its collection's; [] offline or before the run exists)."""
+        if self._server_run(destination) is None:
+            return []
+        scope = self._run_scope("/".join(p for p in (destination.get("entity"), destination.get("project"),
+                                                     destination["run_id"]) if p), None)
+        return self.search_checkpoints(scope, where={"name": name} if name else None)
+
+    def _server_run(self, destination: Mapping[str, Any]) -> Any:
+        """The run as the W&B server has it now, or None (offline, disabled, not created yet)."""
+        if destination.get("mode") != "online":
+            logger.debug("W&B run %s is %s: the server cannot be asked about it.", destination.get("run_id"),
+                         destination.get("mode"))
+            return None
+        api = self.api
+        api.flush()  # the Api caches runs; the lease must be read fresh
+        path = "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p)
+        try:
+            return api.run(path)
+        except wandb.errors.CommError:
+            return None
+
     # -- helpers --------------------------------------------------------------------------
 
     def _new_api(self) -> Any:
@@ -663,6 +719,15 @@ class WandbTracker(Tracker):
 
 
 # -- names, aliases, history ------------------------------------------------------------
+
+
+def job_run_id(job_key: str) -> str:
+    """The W&B run id of a job key: the key made safe, plus a short hash (distinct keys, distinct ids).
+
+    Example: `job_run_id("digits job/1")` -> `"digits-job-1-<8 hex digits>"`.
+    """
+    safe = _UNSAFE_RE.sub("-", job_key).strip("-.")[:48] or "job"
+    return f"{safe}-{hashlib.sha256(job_key.encode()).hexdigest()[:8]}"
 
 
 def base_name(record: CheckpointRecord) -> str:

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TrackedModelCheckpoint": "tracked_ckpt.callback",
     "CheckpointRecord": "tracked_ckpt.record",
+    "JobLockedError": "tracked_ckpt.resume",
     "SCHEMA_KEYS": "tracked_ckpt.record",
     "ChecksumError": "tracked_ckpt.tracker",
     "LoggedCheckpoint": "tracked_ckpt.tracker",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
     from tracked_ckpt.publisher import sync_spool
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
+    from tracked_ckpt.resume import JobLockedError
     from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint
     from tracked_ckpt.registry import (
         PromotionResult,

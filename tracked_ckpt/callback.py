@@ -37,6 +37,7 @@ from tracked_ckpt.record import (
     sanitize_name,
     validate_name,
 )
+from tracked_ckpt.resume import JobResume, validate_job_key
 from tracked_ckpt.retention import Retention
 from tracked_ckpt.roles import process_role
 from tracked_ckpt.specs import io_specs
@@ -107,7 +108,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             start `fit` at the next epoch (like `BackupAndRestore`; a job cut off
             mid-epoch restarts that epoch). The state lives in
             `.tracked_ckpt/resume.json` beside the checkpoints and is removed
-            when `fit` completes.
+            when `fit` completes. Or a job key (a string, e.g. the Kubernetes Job
+            name): the key is recorded on the run, and a job started again with
+            it, on any machine, finds that run, downloads its newest complete
+            checkpoint (sha256-verified, through `load_model`'s cache) and
+            continues there; local state of the same job is used first. A
+            second live job with the same key is refused (see
+            `tracked_ckpt.resume`).
 
     Example:
 
@@ -147,7 +154,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         wait_timeout: float | None = 600.0,
         stall_timeout: float | None = None,
         keep_top_k: int | None = None,
-        resume: bool = False,
+        resume: bool | str = False,
     ):
         if mode not in _MODES:
             raise ValueError(f"Invalid mode {mode!r}: use 'auto', 'min' or 'max'.")
@@ -187,7 +194,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             if spool_dir is not None
             else os.path.join(os.path.dirname(os.path.abspath(self.filepath)), ".tracked_ckpt", "spool")
         )
-        self.resume = resume
+        self.resume = resume if isinstance(resume, bool) else validate_job_key(resume)
+        self._job: JobResume | None = None
         self._file_lock = threading.RLock()  # a save and its staging vs. retention's local deletes (re-entered by sync uploads)
         self.retention = (
             Retention(keep_top_k, self._delete, self._paths_in_flight, self._file_lock)
@@ -231,12 +239,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._check_writable()
         self._git = (git_provenance.capture_for_job(self.git_repo, self._started_in)
                      if self.log_git else git_provenance.GitInfo())
-        state = self._read_state() if self.resume else None
-        previous = (state or {}).get("destinations", {})
-        self._destinations = {
-            key: tracker.start(run_name=None, resume=previous.get(key))
-            for key, tracker in self._tracker_by_key.items()
-        }
+        if isinstance(self.resume, str):
+            self._job = JobResume(self.resume, self._tracker_by_key)
+            state, self._destinations = self._job.begin(self._read_state(), self._start_trackers, self._base_name())
+        else:
+            state = self._read_state() if self.resume else None
+            self._destinations = self._start_trackers((state or {}).get("destinations", {}))
         for key, destination in self._destinations.items():
             remember_destination(key, destination)
         self._publisher = Publisher(
@@ -251,6 +259,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         _watch_training_thread(self)
         if state is not None:
             self._restore(state)
+            if self._job is not None:
+                self._job.seed_retention(self.retention)
+
+    def _start_trackers(self, previous: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {key: tracker.start(run_name=None, resume=previous.get(key)) for key, tracker in self._tracker_by_key.items()}
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -431,6 +444,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             "best_name": self.best_name,
             "keras_best": _scalar(self.best),
             "last": {"filepath": record.filepath, "epoch": record.epoch, "batch": record.batch, "step": record.step},
+            "job_key": self.resume if isinstance(self.resume, str) else None,
         }
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
@@ -484,6 +498,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         # Leftovers of an earlier job belong to another run's ranking: not this one's retention.
         if self.retention is not None and not entry.pending_trackers and entry.destinations == self._destinations:
             self.retention.add(entry.record, entry.done, entry.destinations)
+        if self._job is not None and not entry.pending_trackers:
+            self._job.note_logged(entry.record)
         if self.verbose > 0:
             display = self._tracker_by_key[tracker].display_name
             self._messages.append(
@@ -504,6 +520,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self._atexit = None
         report = publisher.close(self.wait_timeout)
         self.last_report = report
+        if self._job is not None:
+            self._job.release()
         if success and not cut_off and self.resume and os.path.exists(self.state_path):
             os.remove(self.state_path)  # the job completed: the next fit starts afresh
         if report.ok:

@@ -215,6 +215,34 @@ class Tracker(abc.ABC):
         """Download the checkpoint file into `directory`; return its path (the caller verifies it)."""
         raise self._unsupported("download checkpoints")
 
+    # -- resume by job key (`resume="<job key>"`) ---------------------------------------
+    #
+    # Without these, a tracker still logs checkpoints and `resume=True` (local state) works;
+    # only resuming by job key needs them. They run on the training thread, except
+    # `set_job_info`, which the lease heartbeat also calls from its own thread.
+
+    def find_job(self, job_key: str) -> dict[str, Any] | None:
+        """The destination (as `start` returns it) of the run holding `job_key`, or None.
+
+        When several runs hold it (two first starts at once), the earliest one. A
+        tracker whose run ids derive from the key returns that run's destination
+        even before it exists (`start(resume=...)` then creates it).
+        """
+        raise self._unsupported("resume by job key")
+
+    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
+        """The job values stored on the run (`key`, `lease`), as strings."""
+        raise self._unsupported("resume by job key")
+
+    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
+        """Store job values (`key`, `lease`) on the run, replacing earlier ones."""
+        raise self._unsupported("resume by job key")
+
+    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
+        """The run's completely logged checkpoints (base `name` only, if given), each downloadable
+        with `fetch`, so it comes back through the verified download cache."""
+        raise self._unsupported("resume by job key")
+
     def _unsupported(self, what: str) -> TrackerError:
         return TrackerError(f"The {self.display_name} tracker ({type(self).__name__}) cannot {what}: "
                             "use a tracker with a registry, such as 'mlflow' or 'wandb'.")

@@ -38,7 +38,7 @@ from typing import Any, Iterable
 
 import wandb.errors
 
-from wandb_records import logged_artifacts
+from wandb_records import logged_artifacts, run_summary
 
 REGISTRY_PREFIX = "wandb-registry-"
 _SEP = ("/", ":")
@@ -104,6 +104,7 @@ class FakeServer:
         self.organization = organization
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
+        self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
 
     def api(self) -> "FakeApi":
         return FakeApi(self)
@@ -135,6 +136,8 @@ class FakeServer:
     def sync(self, run_dir: str) -> list["FakeArtifact"]:
         """Upload an offline run's artifact records, as `wandb sync <run_dir>` would."""
         out = []
+        run_id = os.path.basename(run_dir.rstrip(os.sep)).split("-", 3)[3]  # offline-run-<time>-<run id>
+        self.summaries[(self.entity, self.project, run_id)] = run_summary(run_dir)
         for art in logged_artifacts(run_dir):
             files = {}
             for f in art.files:
@@ -258,6 +261,9 @@ class FakeApi:
             raise ValueError("Unable to parse 'ArtifactCollections' response data")
         return found
 
+    def flush(self):
+        """W&B's Api caches runs; the fake reads the server every time, so there is nothing to drop."""
+
     def run(self, path: str = ""):
         """A run by "entity/project/run_id" (or "project/run_id")."""
         server = self._server
@@ -289,6 +295,11 @@ class FakeRun:
     @property
     def entity(self) -> str:
         return self._entity
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """A copy of what the run last wrote to its summary (read-only here, as tracked-ckpt uses it)."""
+        return dict(self._server.summaries.get((self._entity, self._project, self._id), {}))
 
     def logged_artifacts(self, per_page: int = 100) -> list["FakeArtifact"]:
         """Every version this run logged (never registry links), in logging order."""

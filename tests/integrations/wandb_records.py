@@ -140,3 +140,13 @@ def history_rows(run_dir: str) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def run_summary(run_dir: str) -> dict[str, Any]:
+    """The summary a finished offline run ends with (its updates applied in order), values JSON-decoded."""
+    summary: dict[str, Any] = {}
+    for record in finished_records(run_dir):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary

@@ -1,0 +1,367 @@
+"""Resume by job key: a restarted job finds its run on the tracker and continues from there.
+
+`TrackedModelCheckpoint(..., resume="<job key>")` records the key on the run.
+When a job with that key starts again, possibly on another machine with an
+empty disk, it attaches to the run holding the key, downloads the run's newest
+complete checkpoint through the registry's verified, hash-keyed cache (the one
+`load_model` uses), and continues: same run, next epoch, best-so-far kept.
+Local state left by the same job on this machine, when present and consistent,
+is used first and nothing is downloaded.
+
+Two jobs must not log into one run at once. While training, the job holding the
+key refreshes a lease on the run (a heartbeat every quarter of the lease
+window, on its own thread; training never waits for it). A job starting with
+the same key reads the lease: released or older than the window means its
+holder is gone (finished, or killed without a chance to say so) and the new job
+takes over; a lease that is refreshed while the new job watches means a live
+holder, and the new job refuses with `JobLockedError`. A restarted job thus
+waits at most one window when its predecessor was killed a moment ago. The
+window is `TRACKED_CKPT_LEASE_SECONDS` (default 60).
+
+Trackers take part through the job-key methods of `tracked_ckpt.tracker.Tracker` (`find_job`,
+`job_info`, `set_job_info`, `job_checkpoints`); a tracker without them cannot resume by key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Callable, Mapping
+
+from tracked_ckpt.record import CheckpointRecord, is_better
+from tracked_ckpt.registry import LoggedCheckpoint, download_checkpoint
+from tracked_ckpt.retention import Kept, Retention
+from tracked_ckpt.tracker import Tracker, TrackerError
+
+logger = logging.getLogger("tracked_ckpt")
+
+LEASE_ENV = "TRACKED_CKPT_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 60.0
+_MAX_KEY_LENGTH = 200
+_BATCH_RE = re.compile(r"-e\d{4,}-b(\d{6,})$")
+
+
+class JobLockedError(RuntimeError):
+    """Another live job holds the job key; the message names it."""
+
+
+def lease_seconds() -> float:
+    """The lease window: `TRACKED_CKPT_LEASE_SECONDS`, else 60 seconds."""
+    raw = os.environ.get(LEASE_ENV)
+    if not raw:
+        return DEFAULT_LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{LEASE_ENV}={raw!r} is not a positive number of seconds: set e.g. {LEASE_ENV}=60.")
+    return value
+
+
+def validate_job_key(key: Any) -> str:
+    """Check a job key: a non-empty printable string of at most 200 characters."""
+    if not isinstance(key, str) or not key.strip() or len(key) > _MAX_KEY_LENGTH or not key.isprintable():
+        raise ValueError(
+            f"Invalid resume={key!r}: pass True, or a job key (a printable string of 1-{_MAX_KEY_LENGTH} "
+            "characters, e.g. the Kubernetes Job name) that names this job across restarts."
+        )
+    return key
+
+
+@dataclasses.dataclass
+class Lease:
+    """Who holds a job key, when it last said so, and the newest checkpoint it logged."""
+
+    holder: str
+    beat: float
+    released: bool = False
+    latest: dict[str, Any] | None = None  # {"name", "epoch", "step"} of the newest logged checkpoint
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Lease | None":
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(str(data["holder"]), float(data["beat"]), bool(data.get("released")), data.get("latest"))
+        except (ValueError, KeyError, TypeError):
+            return None  # unreadable: treated as no holder
+
+
+class JobResume:
+    """The callback's side of `resume="<job key>"`: find the run, guard it, restore from it.
+
+    Args:
+        key: the job key.
+        trackers: the callback's trackers by name; each must implement the job-key methods of `Tracker`.
+        window: the lease window in seconds (default: `lease_seconds()`).
+    """
+
+    def __init__(self, key: str, trackers: Mapping[str, Tracker], window: float | None = None):
+        self.key = validate_job_key(key)
+        for tracker in trackers.values():
+            if type(tracker).find_job is Tracker.find_job:  # the base class's "cannot"
+                raise TypeError(
+                    f"Tracker {tracker.display_name} cannot find a run by job key: use resume=True "
+                    "(state on local disk), or a tracker that supports job keys (mlflow, wandb)."
+                )
+        self.trackers: dict[str, Tracker] = dict(trackers)
+        self.window = lease_seconds() if window is None else window
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.destinations: dict[str, dict[str, Any]] = {}
+        self.resumed_from: LoggedCheckpoint | None = None
+        self._checkpoints: list[LoggedCheckpoint] = []  # the run's checkpoints up to resumed_from
+        self._previous: dict[str, Lease | None] = {}  # the lease the earlier holder left, by tracker
+        self._latest: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    # -- the start of fit ------------------------------------------------------------------
+
+    def begin(
+        self,
+        local_state: Mapping[str, Any] | None,
+        start: Callable[[Mapping[str, Mapping[str, Any]]], dict[str, dict[str, Any]]],
+        base_name: str,
+    ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+        """Find the key's run, refuse if a live job holds it, start the trackers there, claim it.
+
+        Args:
+            local_state: the callback's local resume state, if any.
+            start: starts every tracker, given the destinations to resume (by tracker name);
+                returns the destinations it logs to.
+            base_name: the callback's checkpoint base name (only its checkpoints are resumed from).
+
+        Returns:
+            (the state to restore, or None to start afresh; the destinations).
+        """
+        local = local_state if self._usable(local_state) else None
+        previous = dict(local["destinations"]) if local else self._find()
+        for name, destination in previous.items():
+            self._checked(local is not None, self._wait_for_holder, name, destination)
+        self.destinations = start(previous)
+        self._checked(local is not None, self._claim)
+        self._start_heartbeat()
+        if local:
+            logger.info("Resuming job %r from local state (%s).", self.key, local["last"]["filepath"])
+            return dict(local), self.destinations
+        return self._remote_state(base_name), self.destinations
+
+    def _checked(self, have_local_state: bool, check: Callable[..., None], *args: Any) -> None:
+        """Run a lease check; with local state to go on, an unreachable tracker does not stop training."""
+        try:
+            check(*args)
+        except JobLockedError:
+            raise
+        except Exception as exc:
+            if not have_local_state:
+                raise
+            logger.warning("Job %r: could not check its lease (%s); resuming from local state.", self.key, exc)
+
+    def _usable(self, state: Mapping[str, Any] | None) -> bool:
+        if not state:
+            return False
+        if state.get("job_key") != self.key:
+            logger.info("Local resume state belongs to another job (%r): resuming job %r from the tracker.",
+                        state.get("job_key"), self.key)
+            return False
+        if not os.path.exists(state.get("last", {}).get("filepath", "")):
+            logger.info("Local resume state names a checkpoint that is gone: resuming job %r from the tracker.",
+                        self.key)
+            return False
+        return all(name in state.get("destinations", {}) for name in self.trackers)
+
+    def _find(self) -> dict[str, dict[str, Any]]:
+        found = {}
+        for name, tracker in self.trackers.items():
+            try:
+                destination = tracker.find_job(self.key)
+            except Exception as exc:
+                raise TrackerError(
+                    f"Cannot look up job {self.key!r} on {tracker.display_name}: {exc}. Resuming needs the "
+                    "tracker; start the job again once it answers (a restart loop does this for you)."
+                ) from exc
+            if destination is not None:
+                found[name] = destination
+        return found
+
+    def _read_lease(self, name: str, destination: Mapping[str, Any]) -> Lease | None:
+        return Lease.from_json(self.trackers[name].job_info(destination).get("lease"))
+
+    def _wait_for_holder(self, name: str, destination: Mapping[str, Any]) -> None:
+        """Return once the key's earlier holder is known to be gone; raise if it is alive."""
+        lease = self._previous[name] = self._read_lease(name, destination)
+        if lease is None or lease.released or lease.holder == self.holder:
+            return
+        age = time.time() - lease.beat
+        if age >= self.window:
+            logger.info("Job %r: its earlier holder %s went silent %.0fs ago; taking over.", self.key, lease.holder, age)
+            return
+        deadline = time.monotonic() + min(self.window, self.window - age + 1.0)
+        logger.info("Job %r: waiting up to %.0fs to see whether its holder %s is still alive.",
+                    self.key, deadline - time.monotonic(), lease.holder)
+        poll = max(0.2, self.window / 10)
+        while time.monotonic() < deadline:
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            now = self._read_lease(name, destination)
+            if now is None or now.released:
+                return
+            if now.holder != lease.holder or now.beat != lease.beat:
+                raise self._locked(name, destination, now)
+        logger.info("Job %r: its earlier holder %s stopped refreshing its lease; taking over.", self.key, lease.holder)
+
+    def _locked(self, name: str, destination: Mapping[str, Any], lease: Lease) -> JobLockedError:
+        tracker = self.trackers[name]
+        where = tracker.run_url(destination) or destination.get("run_id", "?")
+        return JobLockedError(
+            f"Job {self.key!r} is already running as {lease.holder} (run {where}, lease refreshed "
+            f"{max(0.0, time.time() - lease.beat):.0f}s ago): stop it first, or start this one with another key."
+        )
+
+    def _claim(self) -> None:
+        """Tag each run with the key and take the lease; refuse if another job took it meanwhile."""
+        for name, tracker in self.trackers.items():
+            tracker.set_job_info(self.destinations[name], {"key": self.key, "lease": self._lease().to_json()})
+        # Two restarts that both found the lease free both write it: the last writer wins, the other sees it.
+        time.sleep(min(2.0, self.window / 10))
+        for name, tracker in self.trackers.items():
+            destination = self.destinations[name]
+            lease = self._read_lease(name, destination)
+            if lease is not None and lease.holder != self.holder and not lease.released:
+                raise self._locked(name, destination, lease)
+            winner = tracker.find_job(self.key)
+            if winner is not None and winner.get("run_id") != destination.get("run_id"):
+                # Two first starts created a run each: the earliest run keeps the key; end ours.
+                tracker.finish(success=False)
+                raise JobLockedError(
+                    f"Job {self.key!r} started twice at once: it runs in run {winner.get('run_id')}; this "
+                    f"start (run {destination.get('run_id')}) stops. Start one job per key."
+                )
+
+    def _remote_state(self, base_name: str) -> dict[str, Any] | None:
+        """Download the newest complete checkpoint of the key's run; the state `_restore` takes."""
+        for name, tracker in self.trackers.items():
+            checkpoints = [c for c in tracker.job_checkpoints(self.destinations[name], base_name)]
+            if not checkpoints:
+                continue
+            newest = max(checkpoints, key=_order)
+            self._say_if_newer_was_deleted(self._previous.get(name), newest)
+            path = download_checkpoint(checkpoint=newest, tracker=tracker)
+            self.resumed_from = newest
+            self._checkpoints = sorted((c for c in checkpoints if _order(c) <= _order(newest)), key=_order)
+            self._latest = _summary(newest.record)
+            best = _best(self._checkpoints)
+            record = newest.record
+            logger.info("Resuming job %r from %s (epoch %d) of run %s, downloaded from %s.",
+                        self.key, record.name, record.epoch, newest.run_id, tracker.display_name)
+            return {
+                "destinations": self.destinations,
+                "best_value": best.record.value if best else None,
+                "best_name": best.record.name if best else None,
+                "keras_best": best.record.value if best else None,
+                "last": {"filepath": path, "epoch": record.epoch, "batch": _batch(newest), "step": record.step},
+            }
+        logger.info("Job %r has no complete checkpoint yet: training starts afresh in its run.", self.key)
+        return None
+
+    def _say_if_newer_was_deleted(self, lease: Lease | None, newest: LoggedCheckpoint) -> None:
+        latest = (lease.latest if lease else None) or {}
+        if latest and int(latest.get("step", -1)) > newest.record.step:
+            logger.warning(
+                "Job %r: its latest checkpoint %s (epoch %s) was deleted (keep_top_k, or by hand); resuming "
+                "from %s (epoch %d), the newest one that survived.",
+                self.key, latest.get("name"), latest.get("epoch"), newest.record.name, newest.record.epoch,
+            )
+
+    def seed_retention(self, retention: Retention | None) -> None:
+        """Let keep_top_k rank the run's earlier checkpoints too, not only this fit's."""
+        if retention is None or len(self.trackers) != 1:
+            return  # with several trackers, the other trackers' ids of these checkpoints are unknown
+        (name,) = self.trackers
+        for checkpoint in self._checkpoints:
+            retention.kept.append(Kept(checkpoint.record, {name: checkpoint.id}, {name: self.destinations[name]}))
+
+    # -- while training --------------------------------------------------------------------
+
+    def note_logged(self, record: CheckpointRecord) -> None:
+        """A checkpoint is logged: the lease names it as the newest (written on the heartbeat thread)."""
+        if self._latest is None or record.step >= int(self._latest.get("step", -1)):
+            self._latest = _summary(record)
+            self._wake.set()
+
+    def _lease(self, released: bool = False) -> Lease:
+        return Lease(self.holder, time.time(), released, self._latest)
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="tracked-ckpt-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.window / 4)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self._write_lease(released=False)
+
+    def _write_lease(self, released: bool) -> None:
+        for name, tracker in self.trackers.items():
+            try:
+                tracker.set_job_info(self.destinations[name], {"lease": self._lease(released).to_json()})
+            except Exception as exc:  # the lease only matters to a competing start: never stop training
+                if not self._warned:
+                    self._warned = True
+                    logger.warning("Could not refresh job %r's lease on %s: %s", self.key, tracker.display_name, exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat and release the key (the next start with it need not wait)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        thread.join()
+        self._write_lease(released=True)
+
+
+def _order(checkpoint: LoggedCheckpoint) -> tuple[int, int, bool]:
+    """Newest last; at equal steps an epoch-end save comes after a batch save."""
+    record = checkpoint.record
+    return record.step, record.epoch, _batch(checkpoint) is None
+
+
+def _batch(checkpoint: LoggedCheckpoint) -> int | None:
+    """The batch of a batch-level save (the schema keeps it in the name, W&B in a `step-S` alias)."""
+    if checkpoint.record.batch is not None:
+        return checkpoint.record.batch
+    found = _BATCH_RE.search(checkpoint.record.name)
+    if found:
+        return int(found.group(1))
+    return 0 if any(alias.startswith("step-") for alias in checkpoint.aliases) else None
+
+
+def _best(checkpoints) -> LoggedCheckpoint | None:
+    best = None
+    for checkpoint in sorted(checkpoints, key=_order):
+        record = checkpoint.record
+        if record.value is not None and (best is None or is_better(record.value, best.record.value, record.mode)):
+            best = checkpoint
+    return best
+
+
+def _summary(record: CheckpointRecord) -> dict[str, Any]:
+    return {"name": record.name, "epoch": record.epoch, "step": record.step}
