@@ -13,7 +13,7 @@ import pytest
 from mlflow_server import free_port
 from helpers import logged_models
 
-from tracked_ckpt.callback import _worker_role
+from tracked_ckpt.roles import tf_config_role
 
 WORKER = textwrap.dedent(
     """
@@ -95,4 +95,4 @@ def test_keras_fit_under_multi_worker_mirrored_strategy(embedded_store, workdir)
 )
 def test_chief_is_the_chief_task_or_worker_zero(monkeypatch, config, chief):
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
-    assert _worker_role(object())[0] is chief
+    assert tf_config_role(object())[0] is chief

@@ -1,7 +1,12 @@
 """`TrackedModelCheckpoint`: Keras's `ModelCheckpoint`, with every written file logged to a tracker.
 
-This is the only module that touches Keras internals (`_should_save_model`,
-`_save_model`, `_set_monitor_op`), since Keras 3 has no after-save hook.
+This is the only module that touches Keras internals, since Keras 3 has no
+after-save hook. It overrides `ModelCheckpoint._get_file_path` (clearer errors,
+private folders for non-chief workers), `_should_save_model` and `_save_model`
+(to see what was written); calls `_set_monitor_op` (the 3.15 batch-level
+save_best_only crash); sets `Model._initial_epoch` when resuming; and prints
+through `keras.src.utils.io_utils.print_msg`, which follows Keras's interactive
+logging setting and has no public equivalent.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from tracked_ckpt.record import (
 )
 from tracked_ckpt.resume import JobResume, validate_job_key
 from tracked_ckpt.retention import Retention
-from tracked_ckpt.roles import process_role
+from tracked_ckpt.roles import chief_role
 from tracked_ckpt.specs import io_specs
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
 from tracked_ckpt.tracker import Tracker, remember_destination, resolve_trackers, tracker_key
@@ -223,7 +228,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         if self._publisher is not None:
             # The previous fit raised (Keras skips on_train_end then): wind it down first.
             self._close(success=False)
-        self._chief, self._task_id = process_role() or _worker_role(self.model)
+        self._chief, self._task_id = chief_role(self.model)
         if self.monitor_op is None:
             try:
                 # Keras sets this lazily at the first epoch end, which crashes batch-level
@@ -590,29 +595,6 @@ def _scalar(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if np.isfinite(number) else None
-
-
-def _worker_role(model) -> tuple[bool, Any]:
-    """(is this process the chief, its task id) under tf.distribute multi-worker training.
-
-    The chief is the "chief" task, or worker 0 when the cluster has no chief,
-    as in TensorFlow's multi-worker tutorial. Outside a cluster: the chief.
-    """
-    strategy = getattr(model, "distribute_strategy", None)
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    if resolver is None or task_type is None:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task = config.get("task") or {}
-        if not task:
-            return True, None
-        task_type, task_id, cluster = task.get("type"), task.get("index", 0), config.get("cluster", {})
-    else:
-        task_id, cluster = resolver.task_id, resolver.cluster_spec().as_dict()
-    if task_type == "chief":
-        return True, task_id
-    is_chief = task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
-    return is_chief, task_id
 
 
 def _watch_training_thread(callback: TrackedModelCheckpoint) -> None:
