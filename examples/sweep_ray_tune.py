@@ -30,6 +30,9 @@ import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Reusing a worker for the next trial waits this long for the stopped trial's thread to end
+# (Ray's default, 2 s, is missed on a busy machine and the trial errors); workers inherit it.
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
 
 import keras  # noqa: E402
 import mlflow  # noqa: E402
@@ -138,6 +141,9 @@ def main() -> None:
 
     print(f"\n{'trial':<12} {'epochs':>6}  {MONITOR:>8}")
     for result in sorted(results, key=lambda r: r.config["learning_rate"], reverse=True):
+        if result.error is not None or "training_iteration" not in result.metrics:
+            print(f"{'?':<12} {'-':>6}  {'-':>8}  lr={result.config['learning_rate']}  (error: {result.error})")
+            continue
         stopped = result.metrics["training_iteration"] < args.epochs
         print(f"{result.metrics['trial_id']:<12} {result.metrics['training_iteration']:>6}  "
               f"{result.metrics[MONITOR]:>8.4f}  lr={result.config['learning_rate']}"
