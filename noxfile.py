@@ -35,7 +35,6 @@ TESTS = [
     "tests/test_versions.py",
     "tests/test_callback.py",
     "tests/test_cli.py::test_ls_show_promote_pull",
-    "tests/test_cli.py::test_errors_are_one_line_with_nonzero_exit",
     "tests/test_registry.py::test_promote_picks_the_true_best_with_missing_metrics",
     "tests/test_registry.py::test_load_by_alias_predicts_like_the_local_file",
     "tests/test_registry.py::test_list_checkpoints_filters_by_schema_fields",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sqlite3
@@ -66,9 +65,6 @@ def migrated_db(tmp_path_factory) -> str:
     """An empty MLflow database with its schema created once (migrations take seconds)."""
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
     mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    # Older MLflow (3.4) leaves alembic's INFO logging on stderr after migrating, which would
-    # precede the CLI's one-line errors in this process: keep stderr to what the code prints.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     return str(path)
 
 
