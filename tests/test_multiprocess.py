@@ -47,20 +47,22 @@ def test_only_process_zero_logs_under_keras_jax_distribution(embedded_store, wor
     script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
     port = str(free_port())
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # Output to files, not pipes: a worker blocked on a full pipe would stall the other in a collective.
+    logs = [open(workdir / f"worker-{i}.log", "w") for i in range(2)]
     workers = [
         subprocess.Popen([sys.executable, str(script), str(i), port], cwd=workdir, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=logs[i], stderr=subprocess.STDOUT, text=True)
         for i in range(2)
     ]
-    outputs = []
     try:
         for worker in workers:
-            out, _ = worker.communicate(timeout=600)
-            outputs.append(out)
+            worker.wait(timeout=900)
     finally:
-        for worker in workers:
+        for worker, log in zip(workers, logs):
             if worker.poll() is None:
                 worker.kill()
+            log.close()
+    outputs = [(workdir / f"worker-{i}.log").read_text() for i in range(2)]
     for worker, out in zip(workers, outputs):
         assert worker.returncode == 0, out[-3000:]
     results = [line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RESULT ")]
