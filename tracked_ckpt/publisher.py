@@ -76,6 +76,14 @@ class PublishReport:
     def ok(self) -> bool:
         return not self.pending and not self.failed
 
+    def merge(self, other: "PublishReport") -> None:
+        """Add another publisher's report to this one (e.g. one spool of many)."""
+        self.logged.extend(other.logged)
+        self.pending.extend(other.pending)
+        self.failed.extend(other.failed)
+        self.errors.extend(other.errors)
+        self.stalled = self.stalled or other.stalled
+
 
 class Publisher:
     """Logs spool entries to trackers, in order, with retries.
@@ -132,6 +140,12 @@ class Publisher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tracked-ckpt-publisher", daemon=True)
             self._thread.start()
+
+    def enqueue(self, entries: list[SpoolEntry]) -> None:
+        """Queue entries without logging them yet; `close` logs them (what a sync does)."""
+        with self._cond:
+            self._queue.extend(entries)
+            self._cond.notify_all()
 
     def queued(self) -> list[SpoolEntry]:
         """Entries submitted and not yet done with, oldest first."""
@@ -357,9 +371,7 @@ def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bo
     report = PublishReport()
     for spool_dir in find_spools(directory):
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        one = _sync_one(spool_dir, remaining, retry_failed)
-        for field in dataclasses.fields(PublishReport):
-            getattr(report, field.name).extend(getattr(one, field.name))
+        report.merge(_sync_one(spool_dir, remaining, retry_failed))
     return report
 
 
@@ -374,9 +386,7 @@ def _sync_one(directory: str, timeout: float | None, retry_failed: bool) -> Publ
     trackers = {name: tracker_class(name)() for name in sorted(names)}
     # A single attempt per pass, then backoff until `timeout`: the same loop as during fit.
     publisher = Publisher(trackers, spool, asynchronous=False)
-    for entry in entries:
-        with publisher._cond:
-            publisher._queue.append(entry)
+    publisher.enqueue(entries)
     report = publisher.close(timeout)
     for tracker in trackers.values():
         tracker.finish(success=True)  # ends only runs this sync had to create
