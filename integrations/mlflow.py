@@ -344,7 +344,8 @@ class MlflowTracker(Tracker):
         """Delete a LoggedModel and its files, unless it is a registered model version's source.
 
         `delete_logged_model` alone is a soft delete that keeps the bytes, so the
-        artifacts are removed first (what `mlflow gc` would do later).
+        artifacts are removed too (what `mlflow gc` would do later), after the model
+        is hidden from searches.
         """
         destination = self._resolve(destination)
         client = self.client(destination["tracking_uri"])

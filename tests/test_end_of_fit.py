@@ -70,6 +70,13 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
     assert f"3 checkpoint(s) are not logged yet and wait in {spool}" in done.stderr
     assert f"run `tracked-ckpt sync {spool}`" in done.stderr
 
+    # A sync while the server is still down gives up after a stall window, not after --timeout.
+    down_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "TRACKED_CKPT_STALL_TIMEOUT": "3"}
+    early = subprocess.run([sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "900"],
+                           cwd=tmp_path, env=down_env, capture_output=True, text=True, timeout=300)
+    assert early.returncode == 1 and "3 still pending" in early.stdout, (early.stdout, early.stderr[-2000:])
+    assert "3 checkpoint(s) could not be logged" in early.stderr
+
     server.start(timeout=300)
     try:
         sync_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}

@@ -47,7 +47,7 @@ from tracked_ckpt.retention import Retention
 from tracked_ckpt.roles import chief_role
 from tracked_ckpt.specs import io_specs
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
-from tracked_ckpt.tracker import Tracker, remember_destination, resolve_trackers, tracker_key
+from tracked_ckpt.tracker import Tracker, finish_run, remember_destination, resolve_trackers, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -526,7 +526,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         report = publisher.close(self.wait_timeout)
         self.last_report = report
         if self._job is not None:
-            self._job.release()
+            answering = not report.stalled or all(
+                t.is_reachable(self._destinations.get(k, {})) for k, t in self._tracker_by_key.items())
+            self._job.release(write=answering)
         if success and not cut_off and self.resume and os.path.exists(self.state_path):
             os.remove(self.state_path)  # the job completed: the next fit starts afresh
         if report.ok:
@@ -535,7 +537,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         for key, tracker in self._tracker_by_key.items():
             # A deferred start may have become a real run while uploading: remember that one.
             remember_destination(key, tracker.destination or self._destinations.get(key, {}))
-            _finish(tracker, success, self._destinations.get(key, {}), report.stalled)
+            finish_run(tracker, success, self._destinations.get(key, {}), report.stalled)
         self._summarize(report)
 
     def _summarize(self, report: PublishReport) -> None:
@@ -567,21 +569,6 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             io_utils.print_msg(message)
         else:
             logger.info(message)
-
-
-def _finish(tracker: Tracker, success: bool, destination: dict[str, Any], stalled: bool) -> None:
-    """End the tracker's run, unless the wait stalled and the tracker still does not answer.
-
-    Asking an unreachable tracker to end a run would hang in its own retries
-    (minutes, for MLflow) after the wait has just given up on it.
-    """
-    if stalled and destination and not tracker.is_reachable(destination):
-        logger.warning("The %s run was not ended: the tracker does not answer.", tracker.display_name)
-        return
-    try:
-        tracker.finish(success=success)
-    except Exception as exc:
-        logger.warning("Could not finish the %s run: %s", tracker.display_name, exc)
 
 
 def _scalar(value: Any) -> float | None:

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from typing import Sequence
 
 # TensorFlow's C++ start-up chatter would drown a one-line answer.
@@ -217,8 +218,10 @@ def _sync(args) -> int:
         print(f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}.")
         return 0
     pending = 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout  # for the whole call
     for spool in spools:
-        report = sync_spool(spool, timeout=args.timeout, retry_failed=args.retry_failed)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        report = sync_spool(spool, timeout=remaining, retry_failed=args.retry_failed)
         logged = len({entry.id for entry, _, _ in report.logged})
         print(f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending"
               + (f", {len(report.failed)} failed" if report.failed else ""))

@@ -282,8 +282,10 @@ class Publisher:
                 self.report.errors.append(f"{entry.record.name}: being logged elsewhere")
                 return False
             if not self.spool.reload(entry):
-                # Logged (or parked) by another process since it was queued: nothing left to do.
-                self.spool.remove(entry)
+                # Logged (or parked) by another process since it was queued: nothing left to do
+                # here, and a parked entry keeps its file for `sync --retry-failed`.
+                if not self.spool.is_parked(entry):
+                    self.spool.remove(entry)
                 self._progress_at = time.monotonic()
                 return True
             return self._publish_claimed(entry)
@@ -376,7 +378,7 @@ def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bo
 
 
 def _sync_one(directory: str, timeout: float | None, retry_failed: bool) -> PublishReport:
-    from tracked_ckpt.tracker import tracker_class
+    from tracked_ckpt.tracker import finish_run, tracker_class
 
     spool = Spool(directory)
     if retry_failed:
@@ -384,12 +386,13 @@ def _sync_one(directory: str, timeout: float | None, retry_failed: bool) -> Publ
     entries = list(spool.entries())
     names = {name for entry in entries for name in entry.pending_trackers}
     trackers = {name: tracker_class(name)() for name in sorted(names)}
-    # A single attempt per pass, then backoff until `timeout`: the same loop as during fit.
-    publisher = Publisher(trackers, spool, asynchronous=False)
+    # A single attempt per pass, then backoff until `timeout` or a stall: the same loop as during fit.
+    publisher = Publisher(trackers, spool, asynchronous=False, stall_timeout=stall_timeout_from(None))
     publisher.enqueue(entries)
     report = publisher.close(timeout)
-    for tracker in trackers.values():
-        tracker.finish(success=True)  # ends only runs this sync had to create
+    for name, tracker in trackers.items():
+        destination = next((e.destinations[name] for e in entries if name in e.destinations), {})
+        finish_run(tracker, True, destination, report.stalled)  # ends only runs this sync had to create
     if report.ok:
         spool.remove_if_empty()
     return report

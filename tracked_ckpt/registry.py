@@ -243,7 +243,9 @@ def registered_checkpoint(
         >>> ckpt = registered_checkpoint("digits-classifier")  # doctest: +SKIP
         >>> ckpt.record.epoch, ckpt.record.git_commit  # doctest: +SKIP
     """
-    return _which(_backend(tracker), registered_name, alias, version, None)
+    if alias is None and version is None:
+        alias = DEFAULT_ALIAS
+    return _backend(tracker).resolve(registered_name, alias=alias, version=version)
 
 
 def download_checkpoint(
@@ -409,9 +411,7 @@ def _which(backend: Tracker, registered_name: str | None, alias: str | None,
         raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
-    # A backend may resolve for loading with fewer calls (e.g. MLflow: the record from the version's tags).
-    resolve = getattr(backend, "resolve_for_load", backend.resolve)
-    return resolve(registered_name, alias=alias, version=version)
+    return backend.resolve_for_load(registered_name, alias=alias, version=version)
 
 
 def _backend(tracker: "str | Tracker") -> Tracker:

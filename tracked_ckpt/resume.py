@@ -36,7 +36,8 @@ import uuid
 from typing import Any, Callable, Mapping
 
 from tracked_ckpt.record import CheckpointRecord, is_better
-from tracked_ckpt.registry import LoggedCheckpoint, download_checkpoint
+from tracked_ckpt.registry import download_checkpoint
+from tracked_ckpt.tracker import LoggedCheckpoint
 from tracked_ckpt.retention import Kept, Retention
 from tracked_ckpt.tracker import Tracker, TrackerError
 
@@ -158,7 +159,11 @@ class JobResume:
         if local:
             logger.info("Resuming job %r from local state (%s).", self.key, local["last"]["filepath"])
             return dict(local), self.destinations
-        return self._remote_state(base_name), self.destinations
+        try:
+            return self._remote_state(base_name), self.destinations
+        except BaseException:
+            self.release()  # fit never starts: a retry in this process must not meet its own lease
+            raise
 
     def _checked(self, have_local_state: bool, check: Callable[..., None], *args: Any) -> None:
         """Run a lease check; with local state to go on, an unreachable tracker does not stop training."""
@@ -327,15 +332,20 @@ class JobResume:
                     self._warned = True
                     logger.warning("Could not refresh job %r's lease on %s: %s", self.key, tracker.display_name, exc)
 
-    def release(self) -> None:
-        """Stop the heartbeat and release the key (the next start with it need not wait)."""
+    def release(self, write: bool = True) -> None:
+        """Stop the heartbeat and release the key (the next start with it need not wait).
+
+        With `write=False` (the tracker stopped answering) the lease is left to expire
+        after its window rather than written: writing would hang in the SDK's retries.
+        """
         thread, self._thread = self._thread, None
         if thread is None:
             return
         self._stop.set()
         self._wake.set()
-        thread.join()
-        self._write_lease(released=True)
+        thread.join(timeout=10)  # a heartbeat stuck in a tracker call must not hold up the end of fit
+        if write:
+            self._write_lease(released=True)
 
 
 def _order(checkpoint: LoggedCheckpoint) -> tuple[int, int, bool]:

@@ -144,6 +144,10 @@ class Spool:
             except FileNotFoundError:
                 pass
 
+    def is_parked(self, entry: SpoolEntry) -> bool:
+        """Whether the entry was set aside (by this or another process)."""
+        return os.path.exists(os.path.join(self.directory, entry.id + FAILED_SUFFIX))
+
     def unpark_all(self) -> int:
         """Put every parked entry back in line; returns how many."""
         count = 0

@@ -15,9 +15,12 @@ import abc
 import dataclasses
 import importlib
 import importlib.metadata
+import logging
 from typing import Any, Mapping, Sequence
 
 from tracked_ckpt.record import CheckpointRecord
+
+logger = logging.getLogger("tracked_ckpt")
 
 ENTRY_POINT_GROUP = "tracked_ckpt.trackers"
 
@@ -211,6 +214,11 @@ class Tracker(abc.ABC):
         """The checkpoint behind an alias or a version of a registered model."""
         raise self._unsupported("resolve registered checkpoints")
 
+    def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """`resolve` for a download: may answer with fewer calls (e.g. from the registered version's
+        tags), since the bytes are verified against the recorded sha256 anyway. Default: `resolve`."""
+        return self.resolve(registered_name, alias=alias, version=version)
+
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint file into `directory`; return its path (the caller verifies it)."""
         raise self._unsupported("download checkpoints")
@@ -284,6 +292,16 @@ def tracker_class(name: str) -> type:
             f"Unknown tracker {name!r}: choose one of {tracker_names()}, or pass a Tracker object."
         )
     module_name, _, attr = target.partition(":")
+    cls = _import_tracker(name, module_name, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Tracker)):
+        raise TypeError(
+            f"Tracker {name!r} ({target}) is not a subclass of tracked_ckpt.tracker.Tracker: "
+            "subclass it to declare the whole contract (see its docstring)."
+        )
+    return cls
+
+
+def _import_tracker(name: str, module_name: str, attr: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -322,3 +340,18 @@ def resolve_trackers(spec: "str | Tracker | Sequence[str | Tracker]") -> list[Tr
 def tracker_key(tracker: Tracker) -> str:
     """A stable name for a tracker object, used as its key in the spool."""
     return tracker.name or type(tracker).__name__.lower()
+
+
+def finish_run(tracker: Tracker, success: bool, destination: Mapping[str, Any], stalled: bool) -> None:
+    """End the tracker's run, unless the wait stalled and the tracker still does not answer.
+
+    Asking an unreachable tracker to end a run would hang in its own retries
+    (minutes, for MLflow) after the wait has just given up on it.
+    """
+    if stalled and destination and not tracker.is_reachable(destination):
+        logger.warning("The %s run was not ended: the tracker does not answer.", tracker.display_name)
+        return
+    try:
+        tracker.finish(success=success)
+    except Exception as exc:
+        logger.warning("Could not finish the %s run: %s", tracker.display_name, exc)
