@@ -33,6 +33,8 @@ def read_records(path: str) -> Iterator[wandb_internal_pb2.Record]:
     """Every record of a `.wandb` transaction log, in write order."""
     with open(path, "rb") as f:
         data = f.read()
+    if len(data) < _HEADER:  # wandb-core has not written the header yet
+        return
     ident, magic, version = struct.unpack("<4sHB", data[:_HEADER])
     if (ident, magic, version) != (b":W&B", 0xBEE1, 0):
         raise ValueError(f"{path} is not a W&B transaction log: header {(ident, magic, version)}")
