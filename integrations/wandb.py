@@ -19,10 +19,10 @@ before the spool may drop the file; offline, the file is first linked (or
 copied) into the offline run's own directory, so `wandb sync <run dir>`
 uploads it later. With `WANDB_MODE=disabled` nothing is copied or logged.
 
-Remote operations on logged versions (move an alias, link into the Registry,
-find, download with a sha256 check, delete) are the module-level functions
-below; they go through the public `wandb.Api` only and take an `api` argument
-so another client (or a test double) can be passed in.
+How a record is named, aliased and described on W&B is in `wandb_schema`.
+Remote reads and edits go through the public `wandb.Api` only, the one given
+as `api=` (another client with its surface, e.g. a test double) or one made
+from the environment.
 
 `WandbTracker` also answers the registry helper (`promote_best`,
 `list_checkpoints`, `load_model`, ...; `tracker="wandb"`): a checkpoint's id is
@@ -40,12 +40,11 @@ gave it or a Registry link protects it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
 import threading
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 from tracked_ckpt.versions import check_supported
 
@@ -54,31 +53,35 @@ check_supported("wandb", extra="wandb")  # before importing it
 import wandb
 import wandb.errors
 
-from tracked_ckpt.record import CheckpointRecord, best_first, checkpoint_name
-from tracked_ckpt.files import link_or_copy, sha256_file
-from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, TrackerError, last_destination
+from tracked_ckpt.files import link_or_copy
+from tracked_ckpt.integrations.wandb_schema import (
+    ARTIFACT_TYPE,
+    HISTORY_PREFIX,
+    HISTORY_STEP_KEY,
+    ROUTINE_ALIAS_RE,
+    artifact_metadata,
+    base_of_collection,
+    checkpoint_aliases,
+    collection_name,
+    history_row,
+    identifying_alias,
+    is_tracked,
+    job_run_id,
+    metadata_matches,
+    record_from_metadata,
+    run_id_of,
+    version_number,
+    version_ref,
+)
+from tracked_ckpt.record import CheckpointRecord, best_first
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, last_destination
 
 logger = logging.getLogger("tracked_ckpt")
 
-ARTIFACT_TYPE = "model"
-#: Prefix of the run-history keys a checkpoint's logs are written under.
-HISTORY_PREFIX = "checkpoint/"
-#: The history key used as x-axis for `HISTORY_PREFIX` keys.
-HISTORY_STEP_KEY = HISTORY_PREFIX + "epoch"
-#: Aliases W&B sets itself or this module moves; `find_versions` and friends accept any alias.
-BEST_ALIAS = "best"
-LATEST_ALIAS = "latest"
 #: Where an offline run keeps the checkpoint files its artifact records point at.
 OFFLINE_FILES_DIR = "tracked_ckpt"
 #: Registry projects are named `wandb-registry-<registry>`.
 REGISTRY_PREFIX = "wandb-registry-"
-#: Aliases this module (or W&B) sets on every version; any other alias protects a version from deletion.
-ROUTINE_ALIAS_RE = re.compile(r"(latest|best|epoch-\d+|step-\d+|v\d+)")
-
-_NAME_MAXLEN = 128  # W&B's limit on artifact names
-_SUFFIX_RE = re.compile(r"-e\d{4,}(?:-b\d{6,})?$")
-_TRACKED_KEYS = ("epoch", "step", "sha256")  # metadata every tracked-ckpt version has
-_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 JOB_SUMMARY_KEYS = {"key": "tracked_ckpt_job_key", "lease": "tracked_ckpt_job_lease"}  # tracked_ckpt.resume
 
 
@@ -258,7 +261,7 @@ class WandbTracker(Tracker):
         if run.offline:
             # The artifact record points at this file until `wandb sync`; keep it with the run.
             path = _keep_for_sync(path, run.settings.sync_dir, record)
-        artifact = wandb.Artifact(collection, type=ARTIFACT_TYPE, metadata=artifact_metadata(record))
+        artifact = wandb.Artifact(collection, type=ARTIFACT_TYPE, metadata=artifact_metadata(record, run.id))
         artifact.add_file(
             path,
             name=os.path.basename(record.filepath),
@@ -370,9 +373,9 @@ class WandbTracker(Tracker):
             checkpoint = self._checkpoint(artifact, scope.get("run_id"))
             if checkpoint is None or (base is not None and checkpoint.extra["base"] != base):
                 continue
-            if all(_same(artifact.metadata.get(k), v) for k, v in wanted.items()):
+            if all(metadata_matches(artifact.metadata.get(k), v) for k, v in wanted.items()):
                 found.append(checkpoint)
-        found.sort(key=lambda c: (c.run_id, c.record.step, _version_index(c.id)))
+        found.sort(key=lambda c: (c.run_id, c.record.step, version_number(c.id.rpartition(":")[2])))
         if order_by is not None:
             metric, mode = order_by
             found.sort(key=lambda c: best_first(c.record, metric, mode))
@@ -401,8 +404,12 @@ class WandbTracker(Tracker):
             if link.project == project and link.name.split(":")[0] == registered_name
         ]
         if existing:
-            version = min((link.version for link in existing), key=_version_number_of)
-            move_alias(f"{target}:{version}", alias, api=api)
+            version = min((link.version for link in existing), key=version_number)
+            linked = api.artifact(f"{target}:{version}", type=ARTIFACT_TYPE)
+            if alias not in linked.aliases:
+                # W&B takes the alias off the collection's version that held it.
+                linked.aliases = [*linked.aliases, alias]
+                linked.save()
             return version
         return source.link(target, aliases=[alias]).version
 
@@ -416,7 +423,7 @@ class WandbTracker(Tracker):
         if alias is not None:
             ref, what = alias, f"alias {alias!r}"
         elif version is not None:
-            ref, what = _version_ref(version), f"version {version}"
+            ref, what = version_ref(version), f"version {version}"
         else:
             raise ValueError("Pass alias= or version=.")
         collection = self._registry_collection(registered_name)
@@ -617,13 +624,11 @@ class WandbTracker(Tracker):
     def _checkpoint(self, artifact: Any, run_id: str | None = None) -> LoggedCheckpoint | None:
         """A logged version (or a Registry link, mapped to its source) as a checkpoint; None if not ours."""
         metadata = artifact.metadata or {}
-        if any(k not in metadata for k in _TRACKED_KEYS):
+        if not is_tracked(metadata):
             return None
         collection = artifact.source_name.split(":")[0]
-        if not run_id:
-            run_id = collection.rsplit("-", 1)[-1]
-        suffix = "-" + _UNSAFE_RE.sub("-", run_id)
-        base = collection[: -len(suffix)] if collection.endswith(suffix) else collection
+        run_id = run_id or run_id_of(metadata, collection)
+        base = base_of_collection(collection, run_id)
         try:
             record = record_from_metadata(metadata, base)
         except (TypeError, ValueError):
@@ -718,95 +723,7 @@ class WandbTracker(Tracker):
         return run
 
 
-# -- names, aliases, history ------------------------------------------------------------
-
-
-def job_run_id(job_key: str) -> str:
-    """The W&B run id of a job key: the key made safe, plus a short hash (distinct keys, distinct ids).
-
-    Example: `job_run_id("digits job/1")` -> `"digits-job-1-<8 hex digits>"`.
-    """
-    safe = _UNSAFE_RE.sub("-", job_key).strip("-.")[:48] or "job"
-    return f"{safe}-{hashlib.sha256(job_key.encode()).hexdigest()[:8]}"
-
-
-def base_name(record: CheckpointRecord) -> str:
-    """The checkpoint's base name: `record.name` without its `-eNNNN[-bNNNNNN]` suffix."""
-    return _SUFFIX_RE.sub("", record.name) or record.name
-
-
-def artifact_metadata(record: CheckpointRecord) -> dict[str, Any]:
-    """A version's metadata: the schema, plus the batch of a batch save and the save's logs.
-
-    The extras let a version read back as the record that was written: its full
-    name (`-bNNNNNN` for batch saves) and every logged metric, so the registry can
-    rank by any of them, as it does on MLflow.
-    """
-    metadata = record.metadata()
-    if record.batch is not None:
-        metadata["batch"] = record.batch
-    if record.metrics:
-        metadata["metrics"] = {str(k): float(v) for k, v in record.metrics.items()}
-    return metadata
-
-
-def record_from_metadata(metadata: Mapping[str, Any], base: str) -> CheckpointRecord:
-    """Rebuild the record of a version from its metadata (`artifact_metadata`) and base name.
-
-    Versions logged before the extras existed carry only the monitored value.
-    """
-    batch = metadata.get("batch")
-    batch = None if batch in (None, "") else int(batch)
-    metrics = metadata.get("metrics")
-    if isinstance(metrics, Mapping):
-        metrics = {str(k): float(v) for k, v in metrics.items() if _is_number(v)}
-    else:
-        monitor, value = metadata.get("monitor"), metadata.get("value")
-        metrics = {str(monitor): float(value)} if monitor and value not in (None, "") else {}
-    record = CheckpointRecord.from_metadata(
-        metadata, name=checkpoint_name(base, int(metadata["epoch"]), batch), metrics=metrics
-    )
-    return dataclasses.replace(record, batch=batch)
-
-
-def collection_name(record: CheckpointRecord, run_id: str) -> str:
-    """The run's artifact collection for a record: `{base name}-{run id}`, within W&B's 128 characters.
-
-    Example:
-
-    ```python
-    collection_name(record, "1a2b3c4d")  # record.name "digits-e0003" -> "digits-1a2b3c4d"
-    ```
-    """
-    suffix = "-" + _UNSAFE_RE.sub("-", run_id)
-    return base_name(record)[: _NAME_MAXLEN - len(suffix)] + suffix
-
-
-def checkpoint_aliases(record: CheckpointRecord) -> list[str]:
-    """Aliases of a checkpoint's version: `epoch-N`, `step-S` (batch saves) and `best` (last).
-
-    W&B adds `latest` itself. Example: a batch save at epoch 2, step 40, best so
-    far -> `["epoch-2", "step-40", "best"]`.
-    """
-    aliases = [f"epoch-{record.epoch}"]
-    if record.batch is not None:
-        aliases.append(f"step-{record.step}")
-    if record.is_best:
-        aliases.append(BEST_ALIAS)
-    return aliases
-
-
-def identifying_alias(record: CheckpointRecord) -> str:
-    """The alias that names this checkpoint alone: `step-S` for batch saves, else `epoch-N`."""
-    return f"step-{record.step}" if record.batch is not None else f"epoch-{record.epoch}"
-
-
-def history_row(record: CheckpointRecord) -> dict[str, Any]:
-    """The run-history row for a save: its logs under `checkpoint/`, with epoch and global step."""
-    row: dict[str, Any] = {HISTORY_PREFIX + key: value for key, value in record.metrics.items()}
-    row[HISTORY_STEP_KEY] = record.epoch
-    row[HISTORY_PREFIX + "step"] = record.step
-    return row
+# -- helpers ------------------------------------------------------------------------------
 
 
 def _destination(run: Any) -> dict[str, Any]:
@@ -836,219 +753,3 @@ def _keep_for_sync(path: str, sync_dir: str, record: CheckpointRecord) -> str:
     link_or_copy(path, tmp)
     os.replace(tmp, kept)
     return kept
-
-
-# -- remote operations (wandb.Api) ------------------------------------------------------
-
-
-def collection_path(destination: Mapping[str, Any], record: CheckpointRecord) -> str:
-    """`entity/project/collection` of the collection a record is logged to, for the functions below.
-
-    Example:
-
-    ```python
-    from tracked_ckpt.tracker import last_destination
-
-    path = collection_path(last_destination("wandb"), record)  # where the last fit logged
-    (best,) = find_versions(path, alias="best")
-    ```
-    """
-    parts = [destination.get("entity"), destination.get("project"), collection_name(record, destination["run_id"])]
-    return "/".join(p for p in parts if p)
-
-
-def move_alias(version: str, alias: str, *, api: Any = None) -> Any:
-    """Give `alias` to a version; W&B takes it off the version of the collection that held it.
-
-    Args:
-        version: the version's path, e.g. "team/digits/digits-1a2b3c4d:v3" (or an alias
-            such as ":epoch-3").
-        alias: the alias to move, e.g. "best" or "production" (no "/" or ":").
-        api: a `wandb.Api` (default: a new one from the environment).
-
-    Returns:
-        The version, with its aliases as saved.
-
-    Example:
-
-    ```python
-    move_alias("team/digits/digits-1a2b3c4d:epoch-3", "best")
-    ```
-    """
-    artifact = _api(api).artifact(version, type=ARTIFACT_TYPE)
-    if alias not in artifact.aliases:
-        artifact.aliases = [*artifact.aliases, alias]
-        artifact.save()
-    return artifact
-
-
-def link_to_registry(
-    version: str,
-    collection: str,
-    aliases: Sequence[str] = (),
-    *,
-    registry: str = "model",
-    api: Any = None,
-) -> Any:
-    """Link a version into a Registry collection (`wandb-registry-{registry}/{collection}`).
-
-    Linking copies no data; the aliases are the Registry collection's own
-    (each is unique within it and moves to this version), and W&B adds `latest`.
-
-    Args:
-        version: the source version's path, e.g. "team/digits/digits-1a2b3c4d:best".
-        collection: the Registry collection, e.g. "digits-classifier".
-        aliases: aliases to give the linked version, e.g. ["production"].
-        registry: the registry's name without the `wandb-registry-` prefix.
-        api: a `wandb.Api` (default: a new one from the environment).
-
-    Returns:
-        The linked version, as `Artifact.link` returns it.
-
-    Example:
-
-    ```python
-    link_to_registry("team/digits/digits-1a2b3c4d:best", "digits-classifier", ["staging"])
-    ```
-    """
-    artifact = _api(api).artifact(version, type=ARTIFACT_TYPE)
-    return artifact.link(f"wandb-registry-{registry}/{collection}", aliases=list(aliases))
-
-
-def find_versions(
-    collection: str,
-    *,
-    alias: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    api: Any = None,
-) -> list[Any]:
-    """Versions of a collection holding `alias` and matching every `metadata` item, oldest first.
-
-    Metadata values match when equal, or equal as strings (so `{"epoch": "3"}`
-    finds `epoch == 3`, and `{"is_best": "true"}` finds `True`).
-
-    Args:
-        collection: "entity/project/collection" (see `collection_path`) or a
-            Registry collection such as "wandb-registry-model/digits-classifier".
-        alias: only the version holding this alias (at most one, since aliases are unique).
-        metadata: schema keys and values every returned version must have.
-        api: a `wandb.Api` (default: a new one from the environment).
-
-    Example:
-
-    ```python
-    find_versions("team/digits/digits-1a2b3c4d", metadata={"epoch": 3})
-    find_versions("team/digits/digits-1a2b3c4d", alias="best")
-    ```
-    """
-    client = _api(api)
-    if alias is not None:
-        path = f"{collection}:{alias}"
-        candidates: Iterable[Any] = (
-            [client.artifact(path, type=ARTIFACT_TYPE)] if client.artifact_exists(path, type=ARTIFACT_TYPE) else []
-        )
-    else:
-        candidates = client.artifacts(ARTIFACT_TYPE, collection)
-    wanted = dict(metadata or {})
-    found = [a for a in candidates if all(_same(a.metadata.get(k), v) for k, v in wanted.items())]
-    return sorted(found, key=_version_number)
-
-
-def download_checkpoint(version: str, root: str | os.PathLike[str] | None = None, *, api: Any = None) -> str:
-    """Download a version's checkpoint file and check it against the sha256 in its metadata.
-
-    Args:
-        version: the version's path, e.g. "team/digits/digits-1a2b3c4d:best" or
-            "wandb-registry-model/digits-classifier:production".
-        root: directory to download into (default: W&B's, `./artifacts/<name>`).
-        api: a `wandb.Api` (default: a new one from the environment).
-
-    Returns:
-        The local path of the checkpoint file, ready for `keras.saving.load_model`
-        (or `model.load_weights` for `.weights.h5`).
-
-    Raises:
-        TrackerError: the version is not a tracked-ckpt checkpoint (no sha256 in its metadata).
-        ChecksumError: the downloaded bytes do not match its sha256.
-
-    Example:
-
-    ```python
-    path = download_checkpoint("team/digits/digits-1a2b3c4d:best", root="restore")
-    model = keras.saving.load_model(path)
-    ```
-    """
-    artifact = _api(api).artifact(version, type=ARTIFACT_TYPE)
-    expected = artifact.metadata.get("sha256")
-    if not expected:
-        raise TrackerError(
-            f"{version} has no sha256 in its metadata, so it was not logged by tracked-ckpt; "
-            "download it with wandb.Api().artifact(...).download() instead."
-        )
-    path = os.fspath(artifact.file(None if root is None else os.fspath(root)))
-    actual, _ = sha256_file(path)
-    if actual != expected:
-        raise ChecksumError(
-            f"Checksum mismatch for {version}: {path} has sha256 {actual}, the version's metadata "
-            f"says {expected}. Delete {path} (a stale or partial file in the download folder is "
-            "kept by W&B) and download again into an empty root; if it still differs, the "
-            "version's file is not the checkpoint that was logged: delete the version and log "
-            "the checkpoint again."
-        )
-    return path
-
-
-def delete_version(version: str, *, delete_aliases: bool = False, api: Any = None) -> None:
-    """Delete a version and its files (a Registry link is only unlinked).
-
-    Args:
-        version: the version's path, e.g. "team/digits/digits-1a2b3c4d:v2".
-        delete_aliases: also drop its aliases; without it W&B refuses to delete a
-            version that holds any (including `latest`).
-        api: a `wandb.Api` (default: a new one from the environment).
-
-    Example:
-
-    ```python
-    delete_version("team/digits/digits-1a2b3c4d:v2", delete_aliases=True)
-    ```
-    """
-    _api(api).artifact(version, type=ARTIFACT_TYPE).delete(delete_aliases=delete_aliases)
-
-
-def _api(api: Any) -> Any:
-    return api if api is not None else wandb.Api()
-
-
-def _same(stored: Any, wanted: Any) -> bool:
-    if stored is None:
-        return False
-    if _is_number(stored) and _is_number(wanted):
-        return float(stored) == float(wanted)
-    return str(stored).strip().lower() == str(wanted).strip().lower()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _version_number(artifact: Any) -> int:
-    return _version_number_of(str(getattr(artifact, "version", "") or ""))
-
-
-def _version_number_of(version: str) -> int:
-    return int(version[1:]) if re.fullmatch(r"v\d+", version) else -1
-
-
-def _version_index(path: str) -> int:
-    """The N of a path ending in `:vN` (-1 for an alias)."""
-    return _version_number_of(path.rpartition(":")[2])
-
-
-def _version_ref(version: Any) -> str:
-    """A Registry version as W&B names it: 3, "3" or "v3" -> "v3"."""
-    text = str(version).strip()
-    if re.fullmatch(r"[vV]?\d+", text):
-        return "v" + text.lstrip("vV")
-    raise ValueError(f"Invalid version {version!r}: use a number such as 3 or 'v3'.")
-

@@ -233,6 +233,44 @@ def test_weights_only_batch_level_checkpoints_resume_mid_epoch(embedded_store, w
     assert callback.last_report.ok
 
 
+def test_local_state_older_than_the_run_is_not_used(embedded_store, workdir, monkeypatch):
+    """Machine A -> B -> A: back on A, its own state is older than what B logged; the run wins."""
+    class Preempt(keras.callbacks.Callback):
+        def __init__(self, after_epoch):
+            super().__init__()
+            self.after_epoch = after_epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == self.after_epoch:
+                raise KeyboardInterrupt("preempted")
+
+    x, y = make_data()
+
+    def run_on(folder, preempt_after):
+        os.makedirs(folder, exist_ok=True)
+        monkeypatch.chdir(folder)
+        model = make_model()
+        callback = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="loss", resume="a-b-a", upload="sync")
+        cut = [Preempt(preempt_after)] if preempt_after else []
+        try:
+            history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0,
+                                callbacks=[callback, *cut])
+        except KeyboardInterrupt:
+            callback._close(success=False)  # what the interpreter's exit does after the interrupt
+            history = None
+        return history, model
+
+    run_on(workdir / "node-a", preempt_after=2)  # epochs 1-2; A keeps its local state (epoch 2)
+    assert os.path.exists(workdir / "node-a" / "ckpt" / ".tracked_ckpt" / "resume.json")
+    run_on(workdir / "node-b", preempt_after=4)  # epochs 3-4, from the run
+    history, model = run_on(workdir / "node-a", preempt_after=None)
+
+    assert history.epoch == [4, 5]  # epochs 5-6: after B's epoch 4, not A's epoch 2
+    run = the_run("a-b-a")
+    assert [int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(run.info.run_id)] == [1, 2, 3, 4, 5, 6]
+    assert int(model.optimizer.iterations.numpy()) == STEPS_PER_EPOCH * EPOCHS
+
+
 @pytest.mark.parametrize("key", ["", "   ", "x" * 201, "tab\there", 3.5])
 def test_a_bad_job_key_is_refused_with_the_fix(key):
     with pytest.raises((ValueError, TypeError), match="resume="):

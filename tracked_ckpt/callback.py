@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import json
 import logging
 import os
 import shutil
@@ -42,7 +41,7 @@ from tracked_ckpt.record import (
     sanitize_name,
     validate_name,
 )
-from tracked_ckpt.resume import JobResume, validate_job_key
+from tracked_ckpt.resume import JobResume, LocalState, restore, validate_job_key
 from tracked_ckpt.retention import Retention
 from tracked_ckpt.roles import chief_role
 from tracked_ckpt.specs import io_specs
@@ -206,7 +205,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             Retention(keep_top_k, self._delete, self._paths_in_flight, self._file_lock)
             if keep_top_k is not None else None
         )
-        self.state_path = os.path.join(os.path.dirname(self.spool.directory), "resume.json")
+        self._state = LocalState(os.path.join(os.path.dirname(self.spool.directory), "resume.json"))
         self.best_value: float | None = None  # best monitored value among logged checkpoints
         self.best_name: str | None = None
         self.last_report: PublishReport | None = None
@@ -246,9 +245,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                      if self.log_git else git_provenance.GitInfo())
         if isinstance(self.resume, str):
             self._job = JobResume(self.resume, self._tracker_by_key)
-            state, self._destinations = self._job.begin(self._read_state(), self._start_trackers, self._base_name())
+            state, self._destinations = self._job.begin(self._state.read(), self._start_trackers, self._base_name())
         else:
-            state = self._read_state() if self.resume else None
+            state = self._state.read() if self.resume else None
             self._destinations = self._start_trackers((state or {}).get("destinations", {}))
         for key, destination in self._destinations.items():
             remember_destination(key, destination)
@@ -426,60 +425,34 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     # -- resume ---------------------------------------------------------------------------
 
-    def _read_state(self) -> dict[str, Any] | None:
-        try:
-            with open(self.state_path) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            logger.info("resume=True: no earlier state in %s; starting afresh.", self.state_path)
-            return None
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"Cannot resume: {self.state_path} is unreadable ({exc}); delete it to start afresh."
-            ) from exc
+    @property
+    def state_path(self) -> str:
+        """The local resume state file (`resume=True` or a job key)."""
+        return self._state.path
 
     def _write_state(self, record: CheckpointRecord) -> None:
-        state = {
+        self._state.write(
+            record,
             # A deferred start may have become a real run meanwhile: resume into that one.
-            "destinations": {
-                key: tracker.destination or self._destinations[key]
-                for key, tracker in self._tracker_by_key.items()
-            },
-            "best_value": self.best_value,
-            "best_name": self.best_name,
-            "keras_best": _scalar(self.best),
-            "last": {"filepath": record.filepath, "epoch": record.epoch, "batch": record.batch, "step": record.step},
-            "job_key": self.resume if isinstance(self.resume, str) else None,
-        }
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self.state_path)
+            {key: tracker.destination or self._destinations[key] for key, tracker in self._tracker_by_key.items()},
+            self.best_value,
+            self.best_name,
+            _scalar(self.best),
+            self.resume if isinstance(self.resume, str) else None,
+        )
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Reload the latest checkpoint and bookkeeping, and move fit's start to the next epoch."""
-        last = state["last"]
-        path = last["filepath"]
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"Cannot resume: the latest checkpoint {path} is gone. Restore it (e.g. "
-                f"tracked_ckpt.download_checkpoint) or delete {self.state_path} to start afresh."
-            )
-        if not self.model.built:
-            raise ValueError("resume=True needs a built model: build it (or call it on a batch) before fit().")
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(self.model.trainable_variables)  # so its state can be loaded too
-        self.model.load_weights(path)
+        initial_epoch = restore(self.model, state, self.state_path)
         self.best_value = state.get("best_value")
         self.best_name = state.get("best_name")
         if self.save_best_only and state.get("keras_best") is not None:
             self.best = state["keras_best"]
-        # An epoch cut off after a batch-level save is run again from its start.
-        self.model._initial_epoch = last["epoch"] if last.get("batch") is None else last["epoch"] - 1
+        self.model._initial_epoch = initial_epoch  # Keras internal: fit starts its epoch loop here
+        last = state["last"]
         logger.info(
             "Resumed from %s (epoch %d, step %d); best %s so far: %s.",
-            path, last["epoch"], last["step"], self.monitor, self.best_value,
+            last["filepath"], last["epoch"], last["step"], self.monitor, self.best_value,
         )
 
     # -- publishing -----------------------------------------------------------------------
@@ -529,8 +502,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             answering = not report.stalled or all(
                 t.is_reachable(self._destinations.get(k, {})) for k, t in self._tracker_by_key.items())
             self._job.release(write=answering)
-        if success and not cut_off and self.resume and os.path.exists(self.state_path):
-            os.remove(self.state_path)  # the job completed: the next fit starts afresh
+        if success and not cut_off and self.resume:
+            self._state.clear()  # the job completed: the next fit starts afresh
         if report.ok:
             self.spool.remove_if_empty()
         self._print_messages()

@@ -315,7 +315,7 @@ def load_model(
             f"{checkpoint.record.name} is a weights-only checkpoint: build the model in code and "
             "pass it as load_model(..., model=my_model)."
         )
-    path = _cached_fetch(backend, checkpoint, cache_dir, verify)
+    path = download_checkpoint(checkpoint=checkpoint, tracker=backend, cache_dir=cache_dir, verify=verify)
     if checkpoint.record.format == "weights.h5":
         model.load_weights(path)
         return model

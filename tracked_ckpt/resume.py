@@ -1,4 +1,10 @@
-"""Resume by job key: a restarted job finds its run on the tracker and continues from there.
+"""Resume: the local state a restart on the same machine continues from, and resume by job key.
+
+`resume=True` keeps `LocalState`, a small JSON file beside the spool naming the
+latest checkpoint, the best so far and the runs logged to; a restart reads it,
+`restore` reloads the checkpoint, and the callback continues at the next epoch.
+
+Resume by job key: a restarted job finds its run on the tracker and continues from there.
 
 `TrackedModelCheckpoint(..., resume="<job key>")` records the key on the run.
 When a job with that key starts again, possibly on another machine with an
@@ -47,6 +53,91 @@ LEASE_ENV = "TRACKED_CKPT_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 _MAX_KEY_LENGTH = 200
 _BATCH_RE = re.compile(r"-e\d{4,}-b(\d{6,})$")
+
+
+class LocalState:
+    """The job's resume state on local disk (`resume.json` beside the spool), written after every save.
+
+    It names the latest checkpoint (file, epoch, batch, step), the best value and
+    checkpoint so far, Keras's own `best`, the tracker destinations logged to and
+    the job key, if any. Written atomically; removed once the job completes.
+
+    Args:
+        path: the state file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def read(self) -> dict[str, Any] | None:
+        """The state, or None when there is none (the first start).
+
+        Raises:
+            ValueError: the file exists but cannot be read; the message says to delete it.
+        """
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            logger.info("resume=True: no earlier state in %s; starting afresh.", self.path)
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"Cannot resume: {self.path} is unreadable ({exc}); delete it to start afresh.") from exc
+
+    def write(
+        self,
+        record: CheckpointRecord,
+        destinations: Mapping[str, Mapping[str, Any]],
+        best_value: float | None,
+        best_name: str | None,
+        keras_best: float | None,
+        job_key: str | None,
+    ) -> None:
+        """Record `record` as the latest checkpoint (atomically: a reader sees the old or the new state)."""
+        state = {
+            "destinations": {key: dict(value) for key, value in destinations.items()},
+            "best_value": best_value,
+            "best_name": best_name,
+            "keras_best": keras_best,
+            "last": {"filepath": record.filepath, "epoch": record.epoch, "batch": record.batch, "step": record.step},
+            "job_key": job_key,
+        }
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        """Forget the state: the job completed, so the next fit starts afresh."""
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def restore(model: Any, state: Mapping[str, Any], state_path: str) -> int:
+    """Load the state's latest checkpoint into `model` (weights and optimizer); return the epoch to start at.
+
+    An epoch cut off after a batch-level save is run again from its start.
+
+    Raises:
+        FileNotFoundError: the checkpoint file is gone; the message names the fixes.
+        ValueError: the model is not built yet.
+    """
+    last = state["last"]
+    path = last["filepath"]
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Cannot resume: the latest checkpoint {path} is gone. Restore it (e.g. "
+            f"tracked_ckpt.download_checkpoint) or delete {state_path} to start afresh."
+        )
+    if not model.built:
+        raise ValueError("resume=True needs a built model: build it (or call it on a batch) before fit().")
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)  # so its state can be loaded too
+    model.load_weights(path)
+    return last["epoch"] if last.get("batch") is None else last["epoch"] - 1
 
 
 class JobLockedError(RuntimeError):
@@ -112,7 +203,7 @@ class JobResume:
     def __init__(self, key: str, trackers: Mapping[str, Tracker], window: float | None = None):
         self.key = validate_job_key(key)
         for tracker in trackers.values():
-            if type(tracker).find_job is Tracker.find_job:  # the base class's "cannot"
+            if not tracker.resumes_by_job_key():
                 raise TypeError(
                     f"Tracker {tracker.display_name} cannot find a run by job key: use resume=True "
                     "(state on local disk), or a tracker that supports job keys (mlflow, wandb)."
@@ -153,6 +244,8 @@ class JobResume:
         previous = dict(local["destinations"]) if local else self._find()
         for name, destination in previous.items():
             self._checked(local is not None, self._wait_for_holder, name, destination)
+        if local and self._newer_on_tracker(local):
+            local = None  # e.g. machine A -> B -> A: B went further than A's own state knows
         self.destinations = start(previous)
         self._checked(local is not None, self._claim)
         self._start_heartbeat()
@@ -188,6 +281,18 @@ class JobResume:
                         self.key)
             return False
         return all(name in state.get("destinations", {}) for name in self.trackers)
+
+    def _newer_on_tracker(self, local: Mapping[str, Any]) -> bool:
+        """Whether the run's lease names a newer logged checkpoint than the local state's latest."""
+        step = int(local["last"].get("step", -1))
+        for lease in self._previous.values():
+            latest = (lease.latest if lease else None) or {}
+            if int(latest.get("step", -1)) > step:
+                logger.info("Job %r: its run holds a newer checkpoint (%s, step %s) than the local state "
+                            "(step %d): resuming from the tracker.", self.key, latest.get("name"),
+                            latest.get("step"), step)
+                return True
+        return False
 
     def _find(self) -> dict[str, dict[str, Any]]:
         found = {}
@@ -257,7 +362,7 @@ class JobResume:
                 )
 
     def _remote_state(self, base_name: str) -> dict[str, Any] | None:
-        """Download the newest complete checkpoint of the key's run; the state `_restore` takes."""
+        """Download the newest complete checkpoint of the key's run; the state `restore` takes."""
         for name, tracker in self.trackers.items():
             checkpoints = [c for c in tracker.job_checkpoints(self.destinations[name], base_name)]
             if not checkpoints:

@@ -229,6 +229,11 @@ class Tracker(abc.ABC):
     # only resuming by job key needs them. They run on the training thread, except
     # `set_job_info`, which the lease heartbeat also calls from its own thread.
 
+    @classmethod
+    def resumes_by_job_key(cls) -> bool:
+        """Whether this tracker implements the job-key methods below (it overrides `find_job`)."""
+        return cls.find_job is not Tracker.find_job
+
     def find_job(self, job_key: str) -> dict[str, Any] | None:
         """The destination (as `start` returns it) of the run holding `job_key`, or None.
 

@@ -18,7 +18,7 @@ from wandb_fake import FakeServer
 
 import tracked_ckpt
 from tracked_ckpt import tracker as tracker_module
-from tracked_ckpt.integrations import wandb as wb
+from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name
@@ -68,7 +68,7 @@ def on_wandb(records, request):
         with open(path, "rb") as f:
             data = f.read()
         server.log(wb.collection_name(record, "r1"), {os.path.basename(path): data},
-                   wb.artifact_metadata(record), wb.checkpoint_aliases(record), run_id="r1")
+                   wb.artifact_metadata(record, "r1"), wb.checkpoint_aliases(record), run_id="r1")
     return WandbTracker(project="proj", api=server.api()), "r1"
 
 

@@ -6,10 +6,11 @@ Two layers:
   fit, the test reads back the artifact and history records the SDK wrote into
   the offline run's transaction log (`wandb_records`) and checks every
   checkpoint, alias and metadata value against the files Keras wrote. No mocks.
-* the remote operations (`move_alias`, `link_to_registry`, `find_versions`,
-  `download_checkpoint`, `delete_version`) against `wandb_fake.FakeServer`, an
-  in-memory W&B that follows W&B's versioning and alias rules; a contract test
-  keeps the fake's surface identical to the real `wandb.Api` / `wandb.Artifact`.
+* the remote side (searching a run's versions, downloading one with its sha256
+  checked) through `WandbTracker` and the registry helper against
+  `wandb_fake.FakeServer`, an in-memory W&B that follows W&B's versioning and
+  alias rules (checked here too); a contract test keeps the fake's surface
+  identical to the real `wandb.Api` / `wandb.Artifact`.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ import wandb
 import wandb.apis.public
 import wandb.errors
 
+import tracked_ckpt
 from tracked_ckpt import SCHEMA_KEYS, CheckpointRecord, TrackedModelCheckpoint
-from tracked_ckpt.integrations import wandb as wb
+from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
-from tracked_ckpt.registry import ChecksumError
+from tracked_ckpt.tracker import ChecksumError
 from tracked_ckpt.files import sha256_file
 from tracked_ckpt.tracker import Tracker, TrackerError, resolve_tracker
 from wandb_fake import FakeApi, FakeArtifact, FakeCollection, FakeRun, FakeServer
 from wandb_records import history_rows, logged_artifacts, run_dirs
+
+REGISTRY = "wandb-registry-model"
 
 # Scripted val_loss per epoch: epoch 2 does not improve, so `best` goes to epochs 1 and 3.
 VAL_LOSSES = [0.5, 0.7, 0.4]
@@ -118,8 +122,8 @@ def assert_logged_as_schema(artifacts, checkpoint: TrackedModelCheckpoint, run_d
     for artifact, record in zip(artifacts, records):
         assert artifact.name == f"tiny-{run_id}"
         assert artifact.type == "model"
-        assert artifact.metadata == wb.artifact_metadata(record)
-        assert set(artifact.metadata) <= {*SCHEMA_KEYS, "batch", "metrics"}
+        assert artifact.metadata == wb.artifact_metadata(record, run_id)
+        assert set(artifact.metadata) <= {*SCHEMA_KEYS, "run_id", "batch", "metrics"}
         assert artifact.metadata["metrics"] == pytest.approx(dict(record.metrics))
         (logged_file,) = artifact.files
         assert logged_file.path == os.path.basename(record.filepath)
@@ -253,7 +257,7 @@ def test_log_checkpoint_from_another_thread_is_idempotent(wandb_env, tmp_path):
 
     artifacts = logged_artifacts(the_run_dir(wandb_env))
     assert len(artifacts) == 1 and refs[0] == refs[1]
-    assert artifacts[0].metadata == wb.artifact_metadata(record)
+    assert artifacts[0].metadata == wb.artifact_metadata(record, destination["run_id"])
     assert len([r for r in history_rows(the_run_dir(wandb_env)) if "checkpoint/epoch" in r]) == 1
 
 
@@ -337,7 +341,7 @@ def test_online_logging_uploads_the_spooled_file_and_waits_for_the_commit(tmp_pa
 
     assert ref == "team/proj/tiny-onl1ne:v0"
     ((artifact, aliases),) = run.logged
-    assert aliases == ["epoch-1", "best"] and artifact.metadata == wb.artifact_metadata(record)
+    assert aliases == ["epoch-1", "best"] and artifact.metadata == wb.artifact_metadata(record, run.id)
     entry = artifact.manifest.entries["m-01.keras"]
     assert entry.local_path == path  # uploaded from the spool: no staging copy
     assert entry.skip_cache  # and no copy into W&B's cache afterwards
@@ -397,8 +401,11 @@ def test_names_and_aliases():
     assert wb.checkpoint_aliases(batch) == ["epoch-3", "step-42"]
     long = dataclasses.replace(record, name="x" * 180 + "-e0003")
     assert len(wb.collection_name(long, "1a2b3c4d")) == 128
-    assert wb.collection_path({"entity": "team", "project": "p", "run_id": "r1"}, record) == "team/p/digits-r1"
-    assert wb.collection_path({"entity": "", "project": "p", "run_id": "r1"}, record) == "p/digits-r1"
+    # A run id with '-' in it (every job-key run has one) is read back from the metadata.
+    run_id = wb.job_run_id("digits job")
+    collection = wb.collection_name(record, run_id)
+    assert wb.run_id_of(wb.artifact_metadata(record, run_id), collection) == run_id
+    assert wb.base_of_collection(collection, run_id) == "digits"
 
 
 # -- remote operations against the fake --------------------------------------------------
@@ -441,8 +448,9 @@ def server():
         server.log(
             wb.collection_name(record, "r1"),
             {os.path.basename(record.filepath): f"checkpoint {epoch}".encode()},
-            wb.artifact_metadata(record),
+            wb.artifact_metadata(record, "r1"),
             wb.checkpoint_aliases(record),
+            run_id="r1",
         )
     return server
 
@@ -461,74 +469,74 @@ def test_fake_follows_wandb_alias_rules(server):
     assert aliases_of(api, "team/proj/tiny-r1:latest") == ["again", "epoch-1", "latest"]
 
 
-def test_move_alias_takes_it_off_the_previous_holder(server):
+def test_fake_moves_an_alias_off_its_previous_holder(server):
     api = server.api()
-    moved = wb.move_alias("team/proj/tiny-r1:epoch-1", "best", api=api)
-    assert moved.version == "v0"
+    moved = api.artifact("team/proj/tiny-r1:epoch-1")
+    moved.aliases = [*moved.aliases, "best"]
+    moved.save()
     assert aliases_of(api, "team/proj/tiny-r1:v0") == ["best", "epoch-1"]
     assert aliases_of(api, "team/proj/tiny-r1:v2") == ["epoch-3", "latest"]
     with pytest.raises(ValueError):
-        wb.move_alias("team/proj/tiny-r1:v0", "bad/alias", api=api)
+        moved.aliases = ["bad/alias"]
 
 
-def test_link_to_registry_has_its_own_versions_and_aliases(server):
+def test_fake_registry_links_have_their_own_versions_and_aliases(server):
     api = server.api()
-    linked = wb.link_to_registry("team/proj/tiny-r1:best", "tiny-classifier", ["staging"], api=api)
+    linked = api.artifact("team/proj/tiny-r1:best").link(f"{REGISTRY}/tiny-classifier", aliases=["staging"])
     assert linked.is_link and linked.qualified_name == "org/wandb-registry-model/tiny-classifier:v0"
     assert sorted(linked.aliases) == ["latest", "staging"]
     assert linked.metadata["epoch"] == 3
     # Promote epoch 1 to production: a second registry version; aliases of the run's collection unchanged.
-    wb.link_to_registry("team/proj/tiny-r1:v0", "tiny-classifier", ["production"], api=api)
-    assert aliases_of(api, "wandb-registry-model/tiny-classifier:v1") == ["latest", "production"]
+    api.artifact("team/proj/tiny-r1:v0").link(f"{REGISTRY}/tiny-classifier", aliases=["production"])
+    assert aliases_of(api, f"{REGISTRY}/tiny-classifier:v1") == ["latest", "production"]
     assert aliases_of(api, "team/proj/tiny-r1:v2") == ["best", "epoch-3", "latest"]
     # Linking the same source again reuses its link and moves the alias there.
-    again = wb.link_to_registry("team/proj/tiny-r1:v2", "tiny-classifier", ["production"], api=api)
+    again = api.artifact("team/proj/tiny-r1:v2").link(f"{REGISTRY}/tiny-classifier", aliases=["production"])
     assert again.version == "v0"
-    assert aliases_of(api, "wandb-registry-model/tiny-classifier:production") == ["production", "staging"]
+    assert aliases_of(api, f"{REGISTRY}/tiny-classifier:production") == ["production", "staging"]
 
 
-def test_find_versions_by_alias_and_metadata(server):
+def test_fake_deletes_by_w_and_b_alias_rules(server):
     api = server.api()
-    collection = "team/proj/tiny-r1"
-    assert [a.version for a in wb.find_versions(collection, alias="best", api=api)] == ["v2"]
-    assert wb.find_versions(collection, alias="production", api=api) == []
-    assert [a.version for a in wb.find_versions(collection, api=api)] == ["v0", "v1", "v2"]
-    assert [a.version for a in wb.find_versions(collection, metadata={"is_best": True}, api=api)] == ["v0", "v2"]
-    assert [a.version for a in wb.find_versions(collection, metadata={"epoch": "2"}, api=api)] == ["v1"]
-    assert [a.version for a in wb.find_versions(collection, metadata={"epoch": 2.0}, api=api)] == ["v1"]
-    assert wb.find_versions(collection, alias="best", metadata={"epoch": 1}, api=api) == []
-    assert wb.find_versions(collection, metadata={"git_commit": "abc"}, api=api) == []
+    with pytest.raises(wandb.errors.CommError):
+        api.artifact("team/proj/tiny-r1:v0").delete()  # holds epoch-1
+    api.artifact("team/proj/tiny-r1:v0").delete(delete_aliases=True)
+    assert [v.index for v in server.live_versions("team/proj/tiny-r1")] == [1, 2]
+    api.artifact("team/proj/tiny-r1:v2").delete(delete_aliases=True)
+    assert aliases_of(api, "team/proj/tiny-r1:latest") == ["epoch-2", "latest"]
+    # Deleting a registry link only unlinks it.
+    api.artifact("team/proj/tiny-r1:v1").link(f"{REGISTRY}/tiny-classifier", aliases=["staging"])
+    api.artifact(f"{REGISTRY}/tiny-classifier:staging").delete()
+    assert not api.artifact_exists(f"{REGISTRY}/tiny-classifier:staging")
+    assert [v.index for v in server.live_versions("team/proj/tiny-r1")] == [1]
 
 
-def test_download_checkpoint_verifies_sha256(server, tmp_path):
-    api = server.api()
-    path = wb.download_checkpoint("team/proj/tiny-r1:best", root=tmp_path / "dl", api=api)
-    assert path == str(tmp_path / "dl" / "m-03.keras")
+def test_search_checkpoints_by_metadata(server):
+    tracker = WandbTracker(api=server.api())
+    scope = tracker.scope("team/proj/r1", None)
+    server.log("other", {"f.bin": b"x"}, {"note": "not ours"}, run_id="r1")  # skipped: not tracked-ckpt's
+
+    def epochs(where):
+        return [c.record.epoch for c in tracker.search_checkpoints(scope, where=where)]
+
+    assert epochs(None) == [1, 2, 3]
+    assert epochs({"is_best": True}) == [1, 3]
+    assert epochs({"epoch": "2"}) == epochs({"epoch": 2.0}) == [2]
+    assert epochs({"git_commit": "abc"}) == []
+    (best,) = [c for c in tracker.search_checkpoints(scope) if "best" in c.aliases]
+    assert best.id == "team/proj/tiny-r1:v2" and best.run_id == "r1"
+
+
+def test_download_verifies_sha256(server, tmp_path):
+    tracker = WandbTracker(api=server.api())
+    first, _, third = tracker.search_checkpoints(tracker.scope("team/proj/r1", None))
+    path = tracked_ckpt.download_checkpoint(checkpoint=third, tracker=tracker, cache_dir=tmp_path / "dl")
     with open(path, "rb") as f:
         assert f.read() == b"checkpoint 3"
 
-    server.corrupt("team/proj/tiny-r1:v0")
-    with pytest.raises(ChecksumError, match=r"Checksum mismatch.*download again"):
-        wb.download_checkpoint("team/proj/tiny-r1:v0", root=tmp_path / "bad", api=api)
-
-    server.log("other", {"f.bin": b"x"}, {"note": "not ours"})
-    with pytest.raises(TrackerError, match="no sha256"):
-        wb.download_checkpoint("team/proj/other:latest", root=tmp_path / "other", api=api)
-
-
-def test_delete_version_keeps_w_and_b_alias_rules(server):
-    api = server.api()
-    with pytest.raises(wandb.errors.CommError):
-        wb.delete_version("team/proj/tiny-r1:v0", api=api)  # holds epoch-1
-    wb.delete_version("team/proj/tiny-r1:v0", delete_aliases=True, api=api)
-    assert [a.version for a in wb.find_versions("team/proj/tiny-r1", api=api)] == ["v1", "v2"]
-    wb.delete_version("team/proj/tiny-r1:v2", delete_aliases=True, api=api)
-    assert aliases_of(api, "team/proj/tiny-r1:latest") == ["epoch-2", "latest"]
-    # Deleting a registry link only unlinks it.
-    wb.link_to_registry("team/proj/tiny-r1:v1", "tiny-classifier", ["staging"], api=api)
-    wb.delete_version("wandb-registry-model/tiny-classifier:staging", api=api)
-    assert wb.find_versions("wandb-registry-model/tiny-classifier", api=api) == []
-    assert [a.version for a in wb.find_versions("team/proj/tiny-r1", api=api)] == ["v1"]
+    server.corrupt(first.id)
+    with pytest.raises(ChecksumError):
+        tracked_ckpt.download_checkpoint(checkpoint=first, tracker=tracker, cache_dir=tmp_path / "bad")
 
 
 def test_offline_run_synced_into_the_fake_then_restored_by_alias(wandb_env):
@@ -541,10 +549,12 @@ def test_offline_run_synced_into_the_fake_then_restored_by_alias(wandb_env):
     collection = f"team/tracked-ckpt-test/tiny-{run_id}"
 
     assert [v.version for v in versions] == ["v0", "v1", "v2"]
-    (best,) = wb.find_versions(collection, alias="best", api=api)
-    assert best.metadata["epoch"] == 3 and best.version == "v2"
     assert aliases_of(api, f"{collection}:v0") == ["epoch-1"]  # `best` moved on to epoch 3
-    path = wb.download_checkpoint(f"{collection}:best", root=wandb_env / "restore", api=api)
+    tracker = WandbTracker(api=api)
+    listed = tracker.search_checkpoints(tracker.scope(run_id, "team/tracked-ckpt-test"))
+    (best,) = [c for c in listed if "best" in c.aliases]
+    assert best.record.epoch == 3 and best.id == f"{collection}:v2" and best.run_id == run_id
+    path = tracked_ckpt.download_checkpoint(checkpoint=best, tracker=tracker, cache_dir=wandb_env / "restore")
     restored = keras.saving.load_model(path)
     assert restored.name == "tiny"
 

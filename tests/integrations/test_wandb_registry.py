@@ -21,7 +21,7 @@ import wandb.errors
 import tracked_ckpt
 from tracked_ckpt import CheckpointRecord, ChecksumError
 from tracked_ckpt import tracker as tracker_module
-from tracked_ckpt.integrations import wandb as wb
+from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.tracker import Tracker, TrackerError
 from test_wandb import the_run_dir, train, wandb_env  # noqa: F401  (wandb_env is a fixture)
@@ -48,7 +48,7 @@ def log_run(server: FakeServer, run_id: str, values, *, mode="min", name="tiny",
         )
         logged = server.log(
             wb.collection_name(record, run_id), {os.path.basename(record.filepath): data},
-            wb.artifact_metadata(record), wb.checkpoint_aliases(record), project=project, run_id=run_id,
+            wb.artifact_metadata(record, run_id), wb.checkpoint_aliases(record), project=project, run_id=run_id,
         )
         paths.append(logged.qualified_name)
     return paths
@@ -264,9 +264,11 @@ def test_delete_checkpoint_spares_protected_versions(server, tracker, caplog):
     assert [v.index for v in server.live_versions("team/proj/tiny-r1")] == [1, 2, 3]
     assert tracker.delete_checkpoint(paths[0], online) is True
     # An alias a person gave it protects a version; so does a Registry link.
-    wb.move_alias(paths[1], "production", api=api)
+    person = api.artifact(paths[1])
+    person.aliases = [*person.aliases, "production"]
+    person.save()
     assert tracker.delete_checkpoint(paths[1], online) is False
-    wb.link_to_registry(paths[2], "clf", ["staging"], api=api)
+    api.artifact(paths[2]).link(f"{REGISTRY}/clf", aliases=["staging"])
     assert tracker.delete_checkpoint(paths[2], online) is False
     assert tracker.delete_checkpoint(f"{REGISTRY}/clf:staging", online) is False
     assert [v.index for v in server.live_versions("team/proj/tiny-r1")] == [1, 2, 3]
