@@ -539,8 +539,11 @@ class WandbTracker(Tracker):
         path = "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p)
         try:
             return api.run(path)
-        except wandb.errors.CommError:
-            return None
+        except wandb.errors.CommError as exc:
+            if _not_found(exc):
+                return None
+            # Not "no such run": answering "no run" would make a restarted job start over.
+            raise TrackerError(f"Cannot read W&B run {path}: {exc}. Try again once W&B answers.") from exc
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -753,3 +756,8 @@ def _keep_for_sync(path: str, sync_dir: str, record: CheckpointRecord) -> str:
     link_or_copy(path, tmp)
     os.replace(tmp, kept)
     return kept
+
+
+def _not_found(exc: Exception) -> bool:
+    """Whether a W&B API error means "no such run/artifact" (W&B wraps its ValueError in a CommError)."""
+    return isinstance(getattr(exc, "exc", None), ValueError)

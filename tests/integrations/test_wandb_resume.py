@@ -14,8 +14,10 @@ from wandb_fake import FakeServer
 from wandb_records import run_dirs, run_summary
 
 from tracked_ckpt import TrackedModelCheckpoint, download_checkpoint
-from tracked_ckpt.integrations.wandb import WandbTracker, job_run_id
+from tracked_ckpt.integrations.wandb import WandbTracker
+from tracked_ckpt.integrations.wandb_schema import job_run_id
 from tracked_ckpt.resume import JobLockedError, JobResume, Lease
+from tracked_ckpt.tracker import TrackerError
 
 KEY = "digits job/7"
 
@@ -73,6 +75,13 @@ def test_job_key_names_the_run_and_a_restart_continues_it(wandb_env):  # noqa: F
         assert pulled.read() == written.read()
     unknown = online.find_job("never started")
     assert online.job_info(unknown) == {} and online.job_checkpoints(unknown, "tiny") == []
+    # A network failure is not "no such run": answering {} / [] would make a restart start over.
+    server.unreachable = True
+    with pytest.raises(TrackerError, match="Try again"):
+        online.job_info(destination)
+    with pytest.raises(TrackerError, match="Try again"):
+        online.job_checkpoints(destination, "tiny")
+    server.unreachable = False
 
     # Offline, the restart on the same disk resumes from its local state into the same run id.
     again, history, _ = fit(epochs=3)

@@ -19,7 +19,9 @@
 * `linked_artifacts` of a source version lists its registry links, each with
   its version index among its aliases (as W&B's own list does);
 * every failure of an `Api` call is a `wandb.errors.CommError` (W&B wraps
-  them), except listings, which fail with `ValueError` while being iterated.
+  them; "no such run" keeps W&B's `ValueError` as its `exc`), except listings,
+  which fail with `ValueError` while being iterated;
+* `FakeServer.unreachable` makes every `Api.run` fail as a network error does.
 
 `FakeApi` and `FakeArtifact` expose only members the real `wandb.Api` and
 `wandb.Artifact` have, with the same parameter names (checked by
@@ -105,6 +107,7 @@ class FakeServer:
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
         self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
+        self.unreachable = False  # True: `Api.run` fails as on a network error
 
     def api(self) -> "FakeApi":
         return FakeApi(self)
@@ -274,8 +277,12 @@ class FakeApi:
             entity, (project, run_id) = server.entity, parts
         else:
             entity, project, run_id = server.entity, server.project, path
+        if server.unreachable:
+            raise wandb.errors.CommError("HTTP 503: service unavailable", ConnectionError("503"))
         if (entity, project, run_id) not in server.runs:
-            raise wandb.errors.CommError(f"Could not find run {path}")
+            # W&B raises RunNotFoundError (a ValueError); `normalize_exceptions` wraps it in a CommError.
+            message = f"Could not find run {path}"
+            raise wandb.errors.CommError(message, ValueError(message))
         return FakeRun(server, entity, project, run_id)
 
 
