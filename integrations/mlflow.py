@@ -116,6 +116,7 @@ class MlflowTracker(Tracker):
         self._orphans: list[dict[str, Any]] = []
         self._scope_uri: str | None = None
         self._context_tags: dict[str, dict[str, str]] = {}
+        self._hidden: dict[str, str] = {}  # model id -> artifact location: soft-deleted, files still to delete
         self._lock = threading.Lock()
 
     # -- run lifecycle (training thread) ------------------------------------------------
@@ -352,10 +353,23 @@ class MlflowTracker(Tracker):
         versions = client.search_model_versions(f"run_id = '{_quote(destination['run_id'])}'")
         if any(v.source == f"models:/{ref}" for v in versions):
             return False
-        model = client.get_logged_model(ref)
-        # Hidden from searches first, so nothing picks a model whose files are going away.
-        client.delete_logged_model(ref)
-        get_artifact_repository(model.artifact_location, tracking_uri=destination["tracking_uri"]).delete_artifacts()
+        with self._lock:
+            location = self._hidden.get(ref)
+        if location is None:  # not hidden by an earlier attempt whose file delete failed
+            try:
+                location = client.get_logged_model(ref).artifact_location
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return True  # deleted already (by hand, or by another process)
+                raise
+            # Hidden from searches first, so nothing picks a model whose files are going away;
+            # the location is kept so a failed file delete is retried (a hidden model cannot be read).
+            with self._lock:
+                self._hidden[ref] = location
+            client.delete_logged_model(ref)
+        get_artifact_repository(location, tracking_uri=destination["tracking_uri"]).delete_artifacts()
+        with self._lock:
+            self._hidden.pop(ref, None)
         return True
 
     def _run_context_tags(self, client: MlflowClient, run_id: str) -> dict[str, str]:

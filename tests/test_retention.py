@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import keras
 import mlflow
@@ -12,7 +13,9 @@ from helpers import InjectMetric, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.retention import Kept, to_evict
+from tracked_ckpt.tracker import last_destination
 from tracked_ckpt.record import CheckpointRecord
 
 # 20 epochs; the best three are epochs 7 (0.05), 13 (0.08) and 18 (0.1); epoch 20 is the latest.
@@ -80,6 +83,29 @@ def test_a_promoted_checkpoint_is_never_deleted(embedded_store, workdir):
     last = keras.saving.load_model(workdir / "ckpt" / "p-5.keras").predict(x, verbose=0)
     np.testing.assert_allclose(loaded, first, rtol=1e-6)
     assert not np.allclose(loaded, last)
+
+
+def test_a_failed_file_delete_is_finished_by_the_next_attempt(embedded_store, workdir):
+    """The model is hidden before its files go; when they cannot go, the next attempt deletes them."""
+    callback = TrackedModelCheckpoint("ckpt/d-{epoch}.keras", upload="sync")
+    x, y = make_data()
+    make_model().fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    ((_, _, ref),) = callback.last_report.logged
+    destination = last_destination("mlflow")
+    (stored,) = [p for p in (workdir / "mlruns").rglob("*.keras") if ref in p.parts]
+    if subprocess.run(["chattr", "+i", str(stored)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i (an undeletable file, even for root) is not available on this file system")
+    tracker = MlflowTracker()
+    try:
+        with pytest.raises(OSError):
+            tracker.delete_checkpoint(ref, destination)
+        assert logged_models(destination["run_id"]) == []  # hidden already
+        assert ref in stored_model_ids(workdir / "mlruns")
+    finally:
+        subprocess.run(["chattr", "-i", str(stored)], check=True)
+    assert tracker.delete_checkpoint(ref, destination) is True
+    assert ref not in stored_model_ids(workdir / "mlruns")
+    assert tracker.delete_checkpoint(ref, destination) is True  # gone already: nothing left to do
 
 
 def _rec(epoch, value):
