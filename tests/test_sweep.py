@@ -207,6 +207,10 @@ def test_find_spools_beneath_a_sweep_root(tmp_path):
     parked.mkdir()
     (parked / "20261129T120001-ba9876543210.failed").write_text("{}")
     (tmp_path / "trial_1" / ".tracked_ckpt" / "spool").mkdir(parents=True)  # emptied: nothing waits
+    venv = tmp_path / ".venv"  # a virtualenv in the working folder is not searched, whatever it holds
+    (venv / "lib" / "spool").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib" / "spool" / "20261129T120002-0123456789ab.json").write_text("{}")
     assert find_spools(tmp_path) == [str(parked), str(trial / ".tracked_ckpt" / "spool")]
     assert find_spools(parked) == [str(parked)]
     assert find_spools(tmp_path / "missing") == []

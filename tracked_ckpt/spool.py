@@ -32,6 +32,8 @@ MANIFEST_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 FAILED_SUFFIX = ".failed"
 # A manifest's (or parked entry's) file name: `Spool.new_id()` plus its suffix.
+_NOT_SPOOL_HOLDERS = {".git", ".hg", ".svn", "__pycache__", "node_modules", "site-packages", ".nox", ".tox",
+                      ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 _ENTRY_FILE_RE = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{12}\.(?:json|failed)$")
 
 
@@ -224,6 +226,7 @@ def find_spools(root: str | os.PathLike[str]) -> list[str]:
     beside their checkpoints, wherever their `spool_dir` points otherwise): this
     finds them all under a sweep's checkpoint root. Folders are recognised by
     their manifests' names, so other JSON files (Ray's `result.json`) do not count.
+    Version control, caches and virtualenvs (a folder with `pyvenv.cfg`) are not searched.
 
     Example:
         >>> find_spools("sweep-checkpoints")  # doctest: +SKIP
@@ -231,7 +234,12 @@ def find_spools(root: str | os.PathLike[str]) -> list[str]:
     """
     found = []
     for folder, subfolders, files in os.walk(os.path.abspath(os.fspath(root))):
-        subfolders[:] = sorted(d for d in subfolders if d != ".git")
+        # `tracked-ckpt sync` with no folder walks the working directory: pass over what
+        # holds no spool but can hold many thousand files (VCS, caches, virtualenvs).
+        subfolders[:] = sorted(
+            d for d in subfolders
+            if d not in _NOT_SPOOL_HOLDERS and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))
+        )
         if any(_ENTRY_FILE_RE.match(name) for name in files):
             found.append(folder)
     return found
