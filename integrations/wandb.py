@@ -309,7 +309,7 @@ class WandbTracker(Tracker):
                 tracked-ckpt checkpoint of the project's "model" collections.
 
         Default: the tracker's `run_id`, else the run the last `fit` in this process
-        logged to, else the tracker's `project`.
+        logged to, else the whole project (the tracker's `project`, else `WANDB_PROJECT`).
 
         Raises:
             LookupError: nothing names a run or project.
@@ -342,11 +342,12 @@ class WandbTracker(Tracker):
             if last.get("entity"):
                 scope = {"entity": last["entity"], **scope}
             return scope
-        if self.project:
-            return self._project_scope(self.project)
+        project = self.project or os.environ.get("WANDB_PROJECT")
+        if project:
+            return self._project_scope(project)
         raise LookupError(
-            "No W&B run to look in: pass run_id= (e.g. 'my-project/1a2b3c4d') or experiment='my-project' "
-            "(no fit has logged to W&B in this process)."
+            "No W&B run to look in: pass run_id= (e.g. 'my-project/1a2b3c4d') or experiment='my-project', "
+            "or set WANDB_PROJECT (no fit has logged to W&B in this process)."
         )
 
     def search_checkpoints(

@@ -217,8 +217,13 @@ def test_default_scope_is_the_last_fit_and_offline_runs_are_refused(server, trac
     with pytest.raises(TrackerError, match="disabled"):
         tracked_ckpt.list_checkpoints(tracker=WandbTracker(api=server.api()))
     monkeypatch.delitem(destinations, "wandb")
-    with pytest.raises(LookupError, match="run_id="):
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    with pytest.raises(LookupError, match="run_id=.*WANDB_PROJECT"):
         tracked_ckpt.list_checkpoints(tracker=WandbTracker(api=server.api()))
+    # A new process (`tracked-ckpt ls --tracker wandb`) with WANDB_PROJECT set: the project's checkpoints.
+    monkeypatch.setenv("WANDB_PROJECT", "proj")
+    listed = tracked_ckpt.list_checkpoints(tracker=WandbTracker(api=server.api()))
+    assert [(c.run_id, c.record.epoch) for c in listed] == [("r1", 1), ("r1", 2)]
     with pytest.raises(LookupError, match="W&B run team/proj/nope not found"):
         tracked_ckpt.list_checkpoints(tracker=tracker, run_id="team/proj/nope")
 
