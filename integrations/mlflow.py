@@ -363,10 +363,11 @@ class MlflowTracker(Tracker):
                     return True  # deleted already (by hand, or by another process)
                 raise
             # Hidden from searches first, so nothing picks a model whose files are going away;
-            # the location is kept so a failed file delete is retried (a hidden model cannot be read).
+            # then the location is kept so a failed file delete is retried (a hidden model
+            # cannot be read back). Another process finds it gone: `mlflow gc` removes such files.
+            client.delete_logged_model(ref)
             with self._lock:
                 self._hidden[ref] = location
-            client.delete_logged_model(ref)
         get_artifact_repository(location, tracking_uri=destination["tracking_uri"]).delete_artifacts()
         with self._lock:
             self._hidden.pop(ref, None)

@@ -3,7 +3,8 @@
 Every checkpoint of a run goes into one artifact collection,
 `{name}-{run id}` (e.g. `digits-1a2b3c4d`), as a new version holding the file
 under its Keras file name. The version's metadata is the record schema as-is
-(`CheckpointRecord.metadata()`, typed values), and its aliases are
+(`CheckpointRecord.metadata()`, typed values) plus the run id, the batch of a
+batch-level save and the save's metrics (`wandb_schema.artifact_metadata`), and its aliases are
 `epoch-{N}` (1-based), `step-{S}` for batch-level saves, and `best` while it
 is the best checkpoint so far; W&B adds `latest` and moves an alias to the
 newest version that claims it, so `best` always names the best checkpoint.
@@ -112,8 +113,8 @@ class WandbTracker(Tracker):
         log_metrics: also write each save's logs to the run history under `checkpoint/`.
         registry: the W&B Registry that `promote_best` links into
             (`wandb-registry-{registry}`, default "model").
-        api: the `wandb.Api` used by the registry helper and `delete_checkpoint`
-            (or another client with its surface, e.g. a test double); default:
+        api: the `wandb.Api` used by the registry helper, `delete_checkpoint` and
+            resume by job key (or another client with its surface, e.g. a test double); default:
             `wandb.Api()` from the environment, created on first use.
 
     Example:
@@ -540,7 +541,7 @@ class WandbTracker(Tracker):
         path = "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p)
         try:
             return api.run(path)
-        except wandb.errors.CommError as exc:
+        except (wandb.errors.CommError, ValueError) as exc:  # ValueError: unwrapped when WANDB_DEBUG is set
             if _not_found(exc):
                 return None
             # Not "no such run": answering "no run" would make a restarted job start over.
@@ -760,5 +761,10 @@ def _keep_for_sync(path: str, sync_dir: str, record: CheckpointRecord) -> str:
 
 
 def _not_found(exc: Exception) -> bool:
-    """Whether a W&B API error means "no such run/artifact" (W&B wraps its ValueError in a CommError)."""
-    return isinstance(getattr(exc, "exc", None), ValueError)
+    """Whether a W&B API error means "no such run".
+
+    W&B raises `RunNotFoundError` (0.31; a bare ValueError "Could not find run ..." before),
+    which `wandb.Api` wraps in a CommError. Other ValueErrors (a garbled JSON answer) are not it.
+    """
+    cause = getattr(exc, "exc", None) or exc
+    return type(cause).__name__ == "RunNotFoundError" or "Could not find run" in str(cause)

@@ -328,6 +328,8 @@ class JobResume:
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             now = self._read_lease(name, destination)
             if now is None or now.released:
+                if now is not None:
+                    self._previous[name] = now  # the released lease names the holder's last checkpoint
                 return
             if now.holder != lease.holder or now.beat != lease.beat:
                 raise self._locked(name, destination, now)

@@ -31,9 +31,10 @@ logger = logging.getLogger("tracked_ckpt")
 MANIFEST_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 FAILED_SUFFIX = ".failed"
-# A manifest's (or parked entry's) file name: `Spool.new_id()` plus its suffix.
+# Folders `find_spools` does not search: they hold no spool but can hold many thousand files.
 _NOT_SPOOL_HOLDERS = {".git", ".hg", ".svn", "__pycache__", "node_modules", "site-packages", ".nox", ".tox",
                       ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+# A manifest's (or parked entry's) file name: `Spool.new_id()` plus its suffix.
 _ENTRY_FILE_RE = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{12}\.(?:json|failed)$")
 
 

@@ -527,6 +527,20 @@ def test_search_checkpoints_by_metadata(server):
     assert best.id == "team/proj/tiny-r1:v2" and best.run_id == "r1"
 
 
+def test_a_project_listing_reads_each_version_s_run(server):
+    """Run ids come from the metadata (a job-key run id has '-' in it); older versions fall back to the name."""
+    job_run = wb.job_run_id("digits job")
+    record, _ = make_record(None, epoch=1, name="digits-e0001")
+    server.log(wb.collection_name(record, job_run), {"m-01.keras": b"job checkpoint"},
+               wb.artifact_metadata(record, job_run), wb.checkpoint_aliases(record), run_id=job_run)
+    legacy = {k: v for k, v in wb.artifact_metadata(record, "r2").items() if k != "run_id"}  # before run_id existed
+    server.log(wb.collection_name(record, "r2"), {"m-01.keras": b"old checkpoint"}, legacy, run_id="r2")
+    tracker = WandbTracker(api=server.api())
+    listed = tracker.search_checkpoints(tracker.scope(None, "team/proj"), where={"name": "digits"})
+    assert sorted((c.run_id, c.extra["base"], c.record.name) for c in listed) == [
+        (job_run, "digits", "digits-e0001"), ("r2", "digits", "digits-e0001")]
+
+
 def test_download_verifies_sha256(server, tmp_path):
     tracker = WandbTracker(api=server.api())
     first, _, third = tracker.search_checkpoints(tracker.scope("team/proj/r1", None))
