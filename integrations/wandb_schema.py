@@ -18,7 +18,7 @@ import hashlib
 import re
 from typing import Any, Mapping
 
-from tracked_ckpt.record import CheckpointRecord, checkpoint_name
+from tracked_ckpt.record import CheckpointRecord, checkpoint_name, split_checkpoint_name
 
 ARTIFACT_TYPE = "model"
 #: Prefix of the run-history keys a checkpoint's logs are written under.
@@ -30,7 +30,6 @@ BEST_ALIAS = "best"
 ROUTINE_ALIAS_RE = re.compile(r"(latest|best|epoch-\d+|step-\d+|v\d+)")
 
 _NAME_MAXLEN = 128  # W&B's limit on artifact names
-_SUFFIX_RE = re.compile(r"-e\d{4,}(?:-b\d{6,})?$")
 _TRACKED_KEYS = ("epoch", "step", "sha256")  # metadata every tracked-ckpt version has
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -46,7 +45,7 @@ def job_run_id(job_key: str) -> str:
 
 def base_name(record: CheckpointRecord) -> str:
     """The checkpoint's base name: `record.name` without its `-eNNNN[-bNNNNNN]` suffix."""
-    return _SUFFIX_RE.sub("", record.name) or record.name
+    return split_checkpoint_name(record.name)[0]
 
 
 def collection_name(record: CheckpointRecord, run_id: str) -> str:

@@ -16,6 +16,7 @@ from tracked_ckpt.record import (
     TAG_PREFIX,
     CheckpointRecord,
     checkpoint_name,
+    split_checkpoint_name,
     clean_metrics,
     file_format,
     sanitize_name,
@@ -352,6 +353,16 @@ def test_sanitize_name_examples():
 
 
 # -- checkpoint names -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base, epoch, batch", [("m", 3, None), ("digits-e0001", 12, 40), ("a_b-c", 10000, 1_000_000)])
+def test_split_checkpoint_name_inverts_checkpoint_name(base, epoch, batch):
+    assert split_checkpoint_name(checkpoint_name(base, epoch, batch)) == (base, epoch, batch)
+
+
+def test_split_checkpoint_name_without_a_suffix():
+    assert split_checkpoint_name("digits") == ("digits", None, None)
+    assert split_checkpoint_name("digits-e12") == ("digits-e12", None, None)  # fewer than 4 digits: not ours
 
 
 def test_checkpoint_name_formats():

@@ -43,6 +43,8 @@ FORMATS = ("keras", "h5", "weights.h5")
 # Safe for every tracker: MLflow rejects / : . % " ' in LoggedModel names and
 # W&B artifact names allow only alphanumerics, dashes, underscores and dots.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
+# The suffix `checkpoint_name` adds: -eNNNN, and -bNNNNNN for batch saves.
+_SUFFIX_RE = re.compile(r"-e(\d{4,})(?:-b(\d{6,}))?$")
 
 
 def file_format(filepath: str) -> str:
@@ -107,6 +109,20 @@ def checkpoint_name(name: str, epoch: int, batch: int | None) -> str:
     if batch is not None:
         suffix += f"-b{batch:06d}"
     return name + suffix
+
+
+def split_checkpoint_name(name: str) -> tuple[str, int | None, int | None]:
+    """The inverse of `checkpoint_name`: (base name, epoch, batch); (name, None, None) without the suffix.
+
+    Example:
+        >>> split_checkpoint_name("digits-e0003-b000020"), split_checkpoint_name("digits")
+        (('digits', 3, 20), ('digits', None, None))
+    """
+    found = _SUFFIX_RE.search(name)
+    if found is None or found.start() == 0:
+        return name, None, None
+    batch = found.group(2)
+    return name[: found.start()], int(found.group(1)), None if batch is None else int(batch)
 
 
 @dataclasses.dataclass(frozen=True)

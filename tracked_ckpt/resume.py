@@ -34,14 +34,13 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
 import uuid
 from typing import Any, Callable, Mapping
 
-from tracked_ckpt.record import CheckpointRecord, is_better
+from tracked_ckpt.record import CheckpointRecord, is_better, split_checkpoint_name
 from tracked_ckpt.registry import download_checkpoint
 from tracked_ckpt.tracker import LoggedCheckpoint
 from tracked_ckpt.retention import Kept, Retention
@@ -52,7 +51,6 @@ logger = logging.getLogger("tracked_ckpt")
 LEASE_ENV = "TRACKED_CKPT_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 _MAX_KEY_LENGTH = 200
-_BATCH_RE = re.compile(r"-e\d{4,}-b(\d{6,})$")
 
 
 class LocalState:
@@ -465,9 +463,9 @@ def _batch(checkpoint: LoggedCheckpoint) -> int | None:
     """The batch of a batch-level save (the schema keeps it in the name, W&B in a `step-S` alias)."""
     if checkpoint.record.batch is not None:
         return checkpoint.record.batch
-    found = _BATCH_RE.search(checkpoint.record.name)
-    if found:
-        return int(found.group(1))
+    batch = split_checkpoint_name(checkpoint.record.name)[2]
+    if batch is not None:
+        return batch
     return 0 if any(alias.startswith("step-") for alias in checkpoint.aliases) else None
 
 
