@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from tracked_ckpt.versions import check_supported
 
@@ -257,16 +257,9 @@ class MlflowTracker(Tracker):
             return  # never keep the end of training waiting on a server that is down
         try:
             client = self.client(uri)
-            models, token = [], None
-            while True:
-                page = client.search_logged_models(
-                    [experiment_id], filter_string=f"source_run_id = '{_quote(run_id)}'", max_results=1000,
-                    page_token=token,
-                )
-                models += page
-                token = page.token
-                if not token:
-                    break
+            models = [model for page in _pages(client.search_logged_models, experiment_ids=[experiment_id],
+                                               filter_string=f"source_run_id = '{_quote(run_id)}'", max_results=1000)
+                      for model in page]
 
             def key(model):
                 return tuple(model.tags.get(f"{TAG_PREFIX}{k}") for k in ("sha256", "epoch", "step"))
@@ -490,13 +483,7 @@ class MlflowTracker(Tracker):
     @staticmethod
     def _latest_checkpoint_run(client: MlflowClient) -> str | None:
         """The run that logged the store's most recent tracked checkpoint (two requests, for up to 1000 experiments)."""
-        experiment_ids, token = [], None
-        while True:
-            page = client.search_experiments(page_token=token)
-            experiment_ids += [e.experiment_id for e in page]
-            token = page.token
-            if not token:
-                break
+        experiment_ids = [e.experiment_id for page in _pages(client.search_experiments) for e in page]
         if not experiment_ids:
             return None
         found = client.search_logged_models(
@@ -534,18 +521,11 @@ class MlflowTracker(Tracker):
             # Ties go to the earliest checkpoint, the one that first reached the value (as is_best does).
             order = [{"field_name": f"metrics.{metric}", "ascending": mode == "min"},
                      {"field_name": "creation_timestamp", "ascending": True}]
-        found, token = [], None
-        while True:
-            page = client.search_logged_models(
-                experiment_ids=list(scope["experiment_ids"]),
-                filter_string=" AND ".join(clauses),
-                order_by=order,
-                max_results=max_results or 1000,
-                page_token=token,
-            )
+        found = []
+        for page in _pages(client.search_logged_models, experiment_ids=list(scope["experiment_ids"]),
+                           filter_string=" AND ".join(clauses), order_by=order, max_results=max_results or 1000):
             found.extend(m for m in page if m.status == LoggedModelStatus.READY)
-            token = page.token
-            if not token or (max_results is not None and len(found) >= max_results):
+            if max_results is not None and len(found) >= max_results:
                 break
         return [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
 
@@ -636,7 +616,7 @@ class MlflowTracker(Tracker):
         tags = getattr(mv, "tags", None) or {}
         if mv is None or model_id is None or TAG_PREFIX + "sha256" not in tags:
             return self.resolve(registered_name, alias=alias, version=version)
-        metadata = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+        metadata = _schema_from_tags(tags)
         name = metadata.pop("name", "")
         return LoggedCheckpoint(
             id=model_id,
@@ -692,8 +672,7 @@ class MlflowTracker(Tracker):
         )
 
     def _checkpoint(self, model, tracking_uri: str | None = None) -> LoggedCheckpoint:
-        tags = model.tags or {}
-        metadata = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+        metadata = _schema_from_tags(model.tags)
         metrics: dict[str, float] = {}
         for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
             metrics[metric.key] = metric.value  # the latest value wins, as in MLflow's ordering
@@ -797,6 +776,22 @@ def checkpoint_tags(record: CheckpointRecord) -> dict[str, str]:
     if record.git_branch:
         tags[GIT_BRANCH_TAG] = record.git_branch
     return tags
+
+
+def _schema_from_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """The schema values in `tracked_ckpt.*` tags (a LoggedModel's or a registered version's)."""
+    return {key[len(TAG_PREFIX):]: value for key, value in (tags or {}).items() if key.startswith(TAG_PREFIX)}
+
+
+def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """The pages of a paged MLflow search, one request each, as they are read (`page_token` in, `.token` out)."""
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        yield page
+        token = page.token
+        if not token:
+            return
 
 
 def checkpoint_params(record: CheckpointRecord) -> dict[str, str]:
