@@ -46,7 +46,14 @@ from tracked_ckpt.retention import Retention
 from tracked_ckpt.roles import chief_role
 from tracked_ckpt.specs import io_specs
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
-from tracked_ckpt.tracker import Tracker, finish_run, remember_destination, resolve_trackers, tracker_key
+from tracked_ckpt.tracker import (
+    Tracker,
+    answers_after_wait,
+    finish_run,
+    remember_destination,
+    resolve_trackers,
+    tracker_key,
+)
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -498,10 +505,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self._atexit = None
         report = publisher.close(self.wait_timeout)
         self.last_report = report
+        answering = {key: answers_after_wait(tracker, self._destinations.get(key, {}), report.stalled)
+                     for key, tracker in self._tracker_by_key.items()}
         if self._job is not None:
-            answering = not report.stalled or all(
-                t.is_reachable(self._destinations.get(k, {})) for k, t in self._tracker_by_key.items())
-            self._job.release(write=answering)
+            self._job.release(write=all(answering.values()))
         if success and not cut_off and self.resume:
             self._state.clear()  # the job completed: the next fit starts afresh
         if report.ok:
@@ -510,7 +517,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         for key, tracker in self._tracker_by_key.items():
             # A deferred start may have become a real run while uploading: remember that one.
             remember_destination(key, tracker.destination or self._destinations.get(key, {}))
-            finish_run(tracker, success, self._destinations.get(key, {}), report.stalled)
+            finish_run(tracker, success, answering[key])
         self._summarize(report)
 
     def _summarize(self, report: PublishReport) -> None:

@@ -378,7 +378,7 @@ def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bo
 
 
 def _sync_one(directory: str, timeout: float | None, retry_failed: bool) -> PublishReport:
-    from tracked_ckpt.tracker import finish_run, tracker_class
+    from tracked_ckpt.tracker import answers_after_wait, finish_run, tracker_class
 
     spool = Spool(directory)
     if retry_failed:
@@ -392,7 +392,8 @@ def _sync_one(directory: str, timeout: float | None, retry_failed: bool) -> Publ
     report = publisher.close(timeout)
     for name, tracker in trackers.items():
         destination = next((e.destinations[name] for e in entries if name in e.destinations), {})
-        finish_run(tracker, True, destination, report.stalled)  # ends only runs this sync had to create
+        # Ends only runs this sync had to create.
+        finish_run(tracker, True, answers_after_wait(tracker, destination, report.stalled))
     if report.ok:
         spool.remove_if_empty()
     return report

@@ -347,13 +347,19 @@ def tracker_key(tracker: Tracker) -> str:
     return tracker.name or type(tracker).__name__.lower()
 
 
-def finish_run(tracker: Tracker, success: bool, destination: Mapping[str, Any], stalled: bool) -> None:
-    """End the tracker's run, unless the wait stalled and the tracker still does not answer.
+def answers_after_wait(tracker: Tracker, destination: Mapping[str, Any], stalled: bool) -> bool:
+    """Whether to talk to a tracker after an upload wait: yes, unless the wait stalled and it does not answer now.
 
-    Asking an unreachable tracker to end a run would hang in its own retries
-    (minutes, for MLflow) after the wait has just given up on it.
+    Asking an unreachable tracker anything (end the run, release a lease) would hang
+    in its own retries (minutes, for MLflow) after the wait has just given up on it.
+    One probe, asked once per tracker by the caller.
     """
-    if stalled and destination and not tracker.is_reachable(destination):
+    return not stalled or not destination or tracker.is_reachable(destination)
+
+
+def finish_run(tracker: Tracker, success: bool, answering: bool) -> None:
+    """End the tracker's run, unless it does not answer (`answers_after_wait`)."""
+    if not answering:
         logger.warning("The %s run was not ended: the tracker does not answer.", tracker.display_name)
         return
     try:
