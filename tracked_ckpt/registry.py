@@ -110,7 +110,7 @@ def list_checkpoints(
     Example:
         >>> best_ones = list_checkpoints(where={"is_best": True})  # doctest: +SKIP
     """
-    backend = _backend(tracker)
+    backend = resolve_tracker(tracker)
     found = backend.search_checkpoints(backend.scope(run_id, experiment), where=_where(where))
     return sorted(found, key=lambda c: (c.run_id, c.record.step, c.record.epoch))
 
@@ -132,7 +132,7 @@ def best_checkpoint(
         >>> best = best_checkpoint(experiment="digits-demo")  # doctest: +SKIP
         >>> best.record.epoch, best.record.value  # doctest: +SKIP
     """
-    backend = _backend(tracker)
+    backend = resolve_tracker(tracker)
     scope = backend.scope(run_id, experiment)
     if monitor is None or mode is None:
         sample = backend.search_checkpoints(scope, max_results=1)
@@ -143,7 +143,7 @@ def best_checkpoint(
     if mode not in ("min", "max"):
         raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
     ranked = backend.search_checkpoints(scope, order_by=(monitor, mode), max_results=1)
-    if not ranked or _metric(ranked[0], monitor) is None:
+    if not ranked or ranked[0].record.metric(monitor) is None:
         return None
     return ranked[0]
 
@@ -186,7 +186,7 @@ def promote_best(
         (True, '1', 7)
     """
     validate_alias(alias)
-    backend = _backend(tracker)
+    backend = resolve_tracker(tracker)
     scope = backend.scope(run_id, experiment)
     where = {"name": name} if name else None
     if monitor is None or mode is None:
@@ -199,7 +199,7 @@ def promote_best(
         raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
     ranked = backend.search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
     challenger = ranked[0] if ranked else None
-    challenger_value = _metric(challenger, monitor) if challenger else None
+    challenger_value = challenger.record.metric(monitor) if challenger else None
     if challenger is None or challenger_value is None:
         return PromotionResult(
             False, f"No checkpoint in {_describe(scope)} has a value for {monitor!r}.",
@@ -212,7 +212,7 @@ def promote_best(
             registered_name, alias, previous.extra.get("version"), challenger, previous,
         )
     if only_if_better and previous is not None:
-        held = _metric(previous, monitor)
+        held = previous.record.metric(monitor)
         comparable = previous.record.monitor in ("", monitor)
         if held is not None and comparable and not is_better(challenger_value, held, mode):
             return PromotionResult(
@@ -245,7 +245,7 @@ def registered_checkpoint(
     """
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
-    return _backend(tracker).resolve(registered_name, alias=alias, version=version)
+    return resolve_tracker(tracker).resolve(registered_name, alias=alias, version=version)
 
 
 def download_checkpoint(
@@ -273,7 +273,7 @@ def download_checkpoint(
         >>> path = download_checkpoint("digits-classifier", alias="champion")  # doctest: +SKIP
         >>> keras.saving.load_model(path)  # doctest: +SKIP
     """
-    backend = _backend(tracker)
+    backend = resolve_tracker(tracker)
     checkpoint = _which(backend, registered_name, alias, version, checkpoint)
     return _cached_fetch(backend, checkpoint, cache_dir, verify)
 
@@ -308,7 +308,7 @@ def load_model(
     """
     import keras
 
-    backend = _backend(tracker)
+    backend = resolve_tracker(tracker)
     checkpoint = _which(backend, registered_name, alias, version, checkpoint)
     if checkpoint.record.format == "weights.h5" and model is None:
         raise ValueError(
@@ -414,10 +414,6 @@ def _which(backend: Tracker, registered_name: str | None, alias: str | None,
     return backend.resolve_for_load(registered_name, alias=alias, version=version)
 
 
-def _backend(tracker: "str | Tracker") -> Tracker:
-    return resolve_tracker(tracker)
-
-
 def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not where:
         return None
@@ -427,10 +423,6 @@ def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if unknown:
         raise ValueError(f"Cannot filter on {unknown}: use schema keys {list(SCHEMA_KEYS)} or 'name'.")
     return dict(where)
-
-
-def _metric(checkpoint: LoggedCheckpoint, monitor: str) -> float | None:
-    return checkpoint.record.metric(monitor)
 
 
 def _describe(scope: Mapping[str, Any]) -> str:
