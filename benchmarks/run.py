@@ -460,13 +460,8 @@ class Bench:
                 t_round = time.monotonic()
                 order = variants[rep % len(variants):] + variants[: rep % len(variants)]
                 for variant in order:
-                    try:
-                        result = self.run_once(variant, size, model, data, self.args.epochs)
-                    except Exception as exc:
-                        message = f"{variant} @ {size} run {rep + 1}: {type(exc).__name__}: {exc}"
-                        self.errors.append(message)
-                        log("  ERROR " + message)
-                        log(traceback.format_exc(limit=4))
+                    result = self._run_or_note(variant, size, model, data, self.args.epochs, f"{size} run {rep + 1}")
+                    if result is None:
                         continue
                     result["repeat"] = rep + 1
                     self.runs.append(result)
@@ -476,6 +471,17 @@ class Bench:
                 round_times.append(time.monotonic() - t_round)
             del model
             keras.backend.clear_session()
+
+    def _run_or_note(self, variant: str, size: str, model, data, epochs: int, where: str) -> dict | None:
+        """One timed run; a failing one is noted in the results and skipped (None), not fatal."""
+        try:
+            return self.run_once(variant, size, model, data, epochs)
+        except Exception as exc:
+            message = f"{variant} @ {where}: {type(exc).__name__}: {exc}"
+            self.errors.append(message)
+            log("  ERROR " + message)
+            log(traceback.format_exc(limit=4))
+            return None
 
     def run_realistic(self) -> None:
         """Training that takes several seconds per epoch, a checkpoint at each: uploads can hide behind it.
@@ -494,12 +500,9 @@ class Bench:
             for pair in range(self.args.pairs):
                 order = REALISTIC_VARIANTS if pair % 2 == 0 else REALISTIC_VARIANTS[::-1]
                 for variant in order:
-                    try:
-                        result = self.run_once(variant, size, model, data, self.args.realistic_epochs)
-                    except Exception as exc:
-                        message = f"{variant} @ {label} pair {pair + 1}: {type(exc).__name__}: {exc}"
-                        self.errors.append(message)
-                        log("  ERROR " + message)
+                    result = self._run_or_note(variant, size, model, data, self.args.realistic_epochs,
+                                               f"{label} pair {pair + 1}")
+                    if result is None:
                         continue
                     result.update(size=label, repeat=pair + 1, steps_per_epoch=steps)
                     self.realistic_runs.append(result)
