@@ -6,7 +6,11 @@ private folders for non-chief workers), `_should_save_model` and `_save_model`
 (to see what was written); calls `_set_monitor_op` (the 3.15 batch-level
 save_best_only crash); sets `Model._initial_epoch` when resuming; and prints
 through `keras.src.utils.io_utils.print_msg`, which follows Keras's interactive
-logging setting and has no public equivalent.
+logging setting and has no public equivalent; and finds the running `fit`'s
+`CallbackList` on the stack, whose end tells that a fit which raised is over.
+
+A fit's runtime (runs, uploads, lease, retention) is not here but in
+`tracked_ckpt.session`: this class is a Keras adapter and its configuration.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 import shutil
 import string
+import sys
 from typing import Any, Sequence
 
 from tracked_ckpt.versions import check_supported
@@ -266,8 +271,26 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._session = FitSession(self.trackers, self.spool, options, state=self._state, fit=self.params,
                                    on_logged=self._on_logged, on_end=self._summarize)
         state = self._session.begin(self._base_name())
+        fit_callbacks = self._fit_callbacks()
+        if fit_callbacks is not None:
+            self._session.end_when_gone(fit_callbacks)
         if state is not None:
             self._restore(state)
+
+    def _fit_callbacks(self) -> object | None:
+        """The running `fit`'s `CallbackList` (a local of Keras's `fit`), found on the stack.
+
+        It is freed when `fit` returns or the exception it raised has been handled: the
+        moment a fit that Keras never ended (no `on_train_end` after an exception) is over.
+        """
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "fit":
+                found = frame.f_locals.get("callbacks")
+                if self in getattr(found, "callbacks", ()):
+                    return found
+            frame = frame.f_back
+        return None
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

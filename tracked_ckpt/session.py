@@ -170,6 +170,29 @@ class FitSession:
                 logger.info("Logging %s left in the spool by an earlier run.", entry.record.name)
                 self._publisher.submit(entry)
 
+    def end_when_gone(self, fit_object: object) -> None:
+        """End this session in the background, as failed, once `fit_object` is garbage and the fit never ended.
+
+        `fit_object` lives exactly as long as the fit's frame (Keras's `CallbackList`): a fit
+        that raised is over once the exception has been handled, which is when Python frees
+        it. Only for fits on the main thread: a worker thread's fit is ended when its thread
+        ends (a Ray Tune trial stopped by its scheduler ends FINISHED, see `_watch`).
+        """
+        if self.thread is not threading.main_thread():
+            return
+        ref = weakref.ref(self)
+
+        def gone() -> None:
+            session = ref()
+            if session is not None and session.open:
+                threading.Thread(target=session.end, kwargs={"completed": False}, name="tracked-ckpt-end",
+                                 daemon=True).start()
+
+        try:
+            weakref.finalize(fit_object, gone)
+        except TypeError:  # not weak-referenceable: the next fit or the exit hook ends it
+            pass
+
     # -- while training -------------------------------------------------------------------
 
     @property
