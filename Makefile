@@ -34,6 +34,7 @@ test: install
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/trainers.py
+	$(PY) benchmarks/short_fits.py
 
 clean:
 	rm -rf $(VENV) .nox build *.egg-info mlflow.db mlruns checkpoints .tracked_ckpt

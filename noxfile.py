@@ -34,6 +34,9 @@ TEST_TOOLS = ("pytest>=8", "jax[cpu]")
 TESTS = [
     "tests/test_versions.py",
     "tests/test_callback.py",
+    "tests/test_session.py::test_copies_and_pickles_are_independent_callbacks_before_and_after_a_fit",
+    "tests/test_session.py::test_keyboard_interrupt_then_another_fit_gives_two_ended_runs",
+    "tests/test_session.py::test_callbacks_of_one_fit_share_its_run",
     "tests/test_cli.py::test_ls_show_promote_pull",
     "tests/test_registry.py::test_promote_picks_the_true_best_with_missing_metrics",
     "tests/test_registry.py::test_load_by_alias_predicts_like_the_local_file",

@@ -69,6 +69,11 @@ UI_TRAINING_VIEW = "?workflowType=machine_learning"
 RUN_CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
 
 
+# Experiment ids by (tracking URI, name), shared by the trackers of every fit in this process.
+_EXPERIMENT_IDS: dict[tuple[str, str, str], str] = {}
+_EXPERIMENTS_LOCK = threading.Lock()
+
+
 class MlflowTracker(Tracker):
     """Log checkpoints to MLflow.
 
@@ -172,6 +177,9 @@ class MlflowTracker(Tracker):
             "run_id": run.info.run_id,
             "owned": self._started is not None,
         }
+        tags = run.data.tags or {}
+        with self._lock:  # the first upload need not read the run back for them
+            self._context_tags[run.info.run_id] = {key: tags[key] for key in RUN_CONTEXT_TAGS if key in tags}
         return dict(self._destination)
 
     def _defer(self, uri: str, run_name: str | None, resume: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -746,8 +754,15 @@ class MlflowTracker(Tracker):
         if self.tracking_uri is None and self.experiment is None:
             # MLflow's own choice for a new run: the experiment of mlflow.set_experiment(), if any.
             experiment_id = getattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-        return client.create_run(experiment_id or self._experiment_id(client), run_name=run_name,
-                                 tags=resolve_tags())
+        tags = resolve_tags()
+        if experiment_id is not None:
+            return client.create_run(experiment_id, run_name=run_name, tags=tags)
+        try:
+            return client.create_run(self._experiment_id(client), run_name=run_name, tags=tags)
+        except MlflowException:
+            if not self._forget_experiment(client):
+                raise
+            return client.create_run(self._experiment_id(client), run_name=run_name, tags=tags)  # deleted meanwhile
 
     def client(self, uri: str) -> MlflowClient:
         """A client per tracking URI (clients are thread-safe; creating one is not free)."""
@@ -757,19 +772,40 @@ class MlflowTracker(Tracker):
             return self._clients[uri]
 
     def _experiment_id(self, client: MlflowClient) -> str:
+        """The id of the experiment new runs go to, looked up (or created) once per process and store."""
         name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
         if not name:
             return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
+        key = _experiment_key(client, name)
+        with _EXPERIMENTS_LOCK:
+            known = _EXPERIMENT_IDS.get(key)
+        if known is not None:
+            return known  # many short fits in one process (a sweep): one request less per fit
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            # Jobs of a sweep starting together: another one created it since we looked.
-            return client.get_experiment_by_name(name).experiment_id
+            found = experiment.experiment_id
+        else:
+            try:
+                found = client.create_experiment(name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                # Jobs of a sweep starting together: another one created it since we looked.
+                found = client.get_experiment_by_name(name).experiment_id
+        with _EXPERIMENTS_LOCK:
+            _EXPERIMENT_IDS[key] = found
+        return found
+
+    def _forget_experiment(self, client: MlflowClient) -> bool:
+        """Drop a cached experiment id (the experiment was deleted); True if one was cached."""
+        name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        with _EXPERIMENTS_LOCK:
+            return _EXPERIMENT_IDS.pop(_experiment_key(client, name), None) is not None
+
+
+def _experiment_key(client: MlflowClient, name: str | None) -> tuple[str, str, str]:
+    # The working directory too: a relative sqlite URI names another database in another folder.
+    return str(getattr(client, "tracking_uri", "")), os.getcwd(), str(name)
 
 
 def _rebuild(cls: type, configuration: dict[str, Any]) -> Any:

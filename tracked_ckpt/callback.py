@@ -22,7 +22,7 @@ import os
 import shutil
 import string
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tracked_ckpt.versions import check_supported
 
@@ -210,7 +210,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
     def _reset_fit_state(self) -> None:
         """What one fit holds at run time; never copied or pickled (see `__getstate__`)."""
         self._session: FitSession | None = None
-        self._git = git_provenance.GitInfo()
+        self._git: Callable[[], git_provenance.GitInfo] = git_provenance.GitInfo  # this fit's provenance, when asked
         self._saving: dict[str, Any] | None = None
         self._messages: list[str] = []
         self._warned_monitor = False
@@ -262,8 +262,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             logger.info("Worker %s is not the chief: its checkpoints are not logged.", self._task_id)
             return
         self._check_writable()
-        self._git = (git_provenance.capture_for_job(self.git_repo, self._started_in)
-                     if self.log_git else git_provenance.GitInfo())
+        self._git = (git_provenance.capture_in_background(self.git_repo, self._started_in)
+                     if self.log_git else git_provenance.GitInfo)
         self._messages = []
         options = FitOptions(asynchronous=self.upload == "async", wait_timeout=self.wait_timeout,
                              stall_timeout=self.stall_timeout, keep_top_k=self.keep_top_k, resume=self.resume)
@@ -386,6 +386,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         name = session.name_for(self._base_name(), epoch + 1, None if batch is None else batch + 1)
         if is_best:
             self.best_value, self.best_name = value, name
+        git = self._git()
         return CheckpointRecord(
             name=name,
             epoch=epoch + 1,
@@ -401,10 +402,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             filepath=os.path.abspath(filepath),
             keras_version=keras.__version__,
             backend=keras.backend.backend(),
-            git_commit=self._git.commit,
-            git_branch=self._git.branch,
-            git_dirty=self._git.dirty,
-            git_remote=self._git.remote,
+            git_commit=git.commit,
+            git_branch=git.branch,
+            git_dirty=git.dirty,
+            git_remote=git.remote,
             metrics=clean_metrics(logs),
             io_specs=io_specs(self.model) if self.format == "keras" else None,
         )

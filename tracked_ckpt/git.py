@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import sys
+import threading
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger("tracked_ckpt")
@@ -216,3 +218,22 @@ def _remote(repo) -> str | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def capture_in_background(repo: str | os.PathLike[str] | None = None,
+                          started_in: str | None = None) -> Callable[[], GitInfo]:
+    """Start `capture_for_job` on its own thread; the function returned waits for its answer.
+
+    Reading a repository (and `git status` for the dirty flag) takes tens of
+    milliseconds: a fit starts meanwhile, and its first save waits for it if need be.
+    """
+    found: list[GitInfo] = []
+    thread = threading.Thread(target=lambda: found.append(capture_for_job(repo, started_in)),
+                              name="tracked-ckpt-git", daemon=True)
+    thread.start()
+
+    def result() -> GitInfo:
+        thread.join()
+        return found[0] if found else GitInfo()  # capture_for_job never raises; a crashed thread: none
+
+    return result

@@ -20,7 +20,7 @@ import wandb.errors
 
 import tracked_ckpt
 from tracked_ckpt import CheckpointRecord, ChecksumError
-from tracked_ckpt import tracker as tracker_module
+from tracked_ckpt import session as session_module
 from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.tracker import Tracker, TrackerError
@@ -62,7 +62,7 @@ def server():
 @pytest.fixture
 def tracker(server, monkeypatch):
     """A tracker on the fake, with no last fit in this process."""
-    monkeypatch.delitem(tracker_module._LAST_DESTINATIONS, "wandb", raising=False)
+    monkeypatch.delitem(session_module._LAST_DESTINATIONS, "wandb", raising=False)
     return WandbTracker(project="proj", api=server.api())
 
 
@@ -206,7 +206,7 @@ def test_a_run_costs_the_same_number_of_calls_whatever_its_length(server, tracke
 
 def test_default_scope_is_the_last_fit_and_offline_runs_are_refused(server, tracker, monkeypatch):
     log_run(server, "r1", [0.3, 0.2])
-    destinations = tracker_module._LAST_DESTINATIONS
+    destinations = session_module._LAST_DESTINATIONS
     monkeypatch.setitem(destinations, "wandb", {"run_id": "r1", "project": "proj", "entity": "team", "mode": "online"})
     assert tracked_ckpt.promote_best("clf", tracker=WandbTracker(api=server.api())).checkpoint.record.epoch == 2
 
