@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -60,13 +61,18 @@ def copy_hashing(src: str, dst: str) -> tuple[str, int]:
     size = 0
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
-    with open(src, "rb", buffering=0) as source, open(dst, "xb", buffering=0) as target:
-        while n := source.readinto(buffer):
-            chunk = view[:n]
-            digest.update(chunk)
-            while chunk:  # a raw write may be short
-                chunk = chunk[target.write(chunk):]
-            size += n
+    try:
+        with open(src, "rb", buffering=0) as source, open(dst, "xb", buffering=0) as target:
+            while n := source.readinto(buffer):
+                chunk = view[:n]
+                digest.update(chunk)
+                while chunk:  # a raw write may be short
+                    chunk = chunk[target.write(chunk):]
+                size += n
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(dst)  # a half-written copy must never pass for a snapshot
+        raise
     return digest.hexdigest(), size
 
 

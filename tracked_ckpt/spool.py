@@ -124,7 +124,8 @@ class Spool:
         return dst
 
     def staged_digest(self, staged_path: str) -> tuple[str, int] | None:
-        """(sha256, size) of a staged copy, hashed while `stage` made it; None if it was linked or cloned."""
+        """(sha256, size) of a staged copy, hashed while `stage` made it, until `add` records it in the
+        entry; None if the file was linked or cloned (the publisher hashes those)."""
         return self._digests.get(staged_path)
 
     def add(self, entry: SpoolEntry) -> None:
