@@ -33,6 +33,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/cost.py
 	$(PY) benchmarks/trainers.py
 	$(PY) benchmarks/short_fits.py
 

@@ -47,6 +47,7 @@ import tracked_ckpt  # noqa: E402
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
 from tracked_ckpt import callback as callback_module  # noqa: E402
 from tracked_ckpt import publisher as publisher_module  # noqa: E402
+from tracked_ckpt.publisher import UPLOAD_NICENESS_ENV  # noqa: E402
 from tracked_ckpt.integrations import mlflow as mlflow_integration  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord  # noqa: E402
@@ -304,15 +305,6 @@ class ProcessTracker(MlflowTracker):
 
 
 def profile_nice(server: MlflowServer, size: str, epochs: int = 4, repeats: int = 5) -> None:
-    original_run = publisher_module.Publisher._run
-
-    def niced_run(self):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except OSError:
-            pass
-        return original_run(self)
-
     process_tracker = ProcessTracker(server.url, experiment="profile-nice")
     process_tracker_niced = ProcessTracker(server.url, niceness=10, experiment="profile-nice")
 
@@ -332,7 +324,8 @@ def profile_nice(server: MlflowServer, size: str, epochs: int = 4, repeats: int 
                            "helper process niced to 10": process_tracker_niced}.get(variant) or MlflowTracker(
                     tracking_uri=server.url, experiment="profile-nice")
                 cb = TrackedModelCheckpoint(os.path.join(workdir, "c-{epoch:02d}.keras"), tracker=tracker)
-            publisher_module.Publisher._run = niced_run if variant.startswith("publisher niced") else original_run
+            # The publisher lowers its own priority (TRACKED_CKPT_UPLOAD_NICENESS); 0 keeps it normal.
+            os.environ[UPLOAD_NICENESS_ENV] = "10" if variant.startswith("publisher niced") else "0"
             try:
                 snap = cpu_snapshot(server.proc.pid)
                 t = time.perf_counter()
@@ -341,7 +334,7 @@ def profile_nice(server: MlflowServer, size: str, epochs: int = 4, repeats: int 
                 other = other_cpu_between(snap, cpu_snapshot(server.proc.pid))
                 results.setdefault(variant, []).append((elapsed, marker.t - t, other))
             finally:
-                publisher_module.Publisher._run = original_run
+                os.environ.pop(UPLOAD_NICENESS_ENV, None)
             shutil.rmtree(workdir, ignore_errors=True)
             os.sync()
     process_tracker.pool.shutdown()

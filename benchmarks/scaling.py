@@ -52,7 +52,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 import tracked_ckpt  # noqa: E402
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
-from tracked_ckpt import publisher as publisher_module  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 from tracked_ckpt.record import CheckpointRecord  # noqa: E402
 from tracked_ckpt.files import sha256_file  # noqa: E402
@@ -286,8 +285,8 @@ class RssSampler:
 def measure_upload_memory(size: str, tracker: MlflowTracker, workdir: str) -> dict:
     """Fit one epoch with TrackedModelCheckpoint (async); measure memory while the publisher works.
 
-    The window is the publisher's `_publish` of the entry: sha256 of the staged file,
-    building the MLflow model directory, the HTTP uploads, metrics, finalize. With one
+    The window is the tracker's `log_checkpoint` on the upload thread (a subclass passed
+    as `tracker=`; sha256 reads 1 MiB chunks just before it): building the MLflow model directory, the HTTP uploads, metrics, finalize. With one
     epoch the training thread is only waiting in `on_train_end` meanwhile, so what grows
     is the callback's (and MLflow client's) memory. Returns the run id and figures.
     """
@@ -295,39 +294,37 @@ def measure_upload_memory(size: str, tracker: MlflowTracker, workdir: str) -> di
     x, y = tiny_data()
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # trace the train function first
     ckpt_dir = os.path.join(workdir, f"mem-{size}")
-    original = publisher_module.Publisher._publish
     figures: dict = {}
 
     with RssSampler() as sampler:
 
-        def publish(self, entry):
-            tracemalloc.start()
-            sampler.open()
-            t = time.perf_counter()
-            try:
-                return original(self, entry)
-            finally:
-                figures["publish_seconds"] = time.perf_counter() - t
-                window = sampler.close()
-                _, peak = tracemalloc.get_traced_memory()
-                tracemalloc.stop()
-                figures["rss_baseline_mb"] = window["baseline"] / 2**20
-                figures["rss_peak_above_baseline_mb"] = (window["peak"] - window["baseline"]) / 2**20
-                figures["rss_samples"] = window["samples"]
-                figures["tracemalloc_peak_mb"] = peak / 2**20
+        class Measured(type(tracker)):
+            def log_checkpoint(self, record, path, destination, **kwargs):
+                tracemalloc.start()
+                sampler.open()
+                t = time.perf_counter()
+                try:
+                    return super().log_checkpoint(record, path, destination, **kwargs)
+                finally:
+                    figures["publish_seconds"] = time.perf_counter() - t
+                    window = sampler.close()
+                    _, peak = tracemalloc.get_traced_memory()
+                    tracemalloc.stop()
+                    figures["rss_baseline_mb"] = window["baseline"] / 2**20
+                    figures["rss_peak_above_baseline_mb"] = (window["peak"] - window["baseline"]) / 2**20
+                    figures["rss_samples"] = window["samples"]
+                    figures["tracemalloc_peak_mb"] = peak / 2**20
 
-        publisher_module.Publisher._publish = publish
-        try:
-            callback = TrackedModelCheckpoint(
-                os.path.join(ckpt_dir, "ckpt-{epoch:02d}.keras"),
-                monitor="val_loss",
-                tracker=tracker,
-                upload="async",
-            )
-            model.fit(x, y, validation_data=(x[:16], y[:16]), epochs=1, batch_size=32, verbose=0,
-                      callbacks=[callback])
-        finally:
-            publisher_module.Publisher._publish = original
+        measured = Measured.__new__(Measured)
+        measured.__dict__.update(tracker.__dict__)  # the same configured tracker, its calls measured
+        callback = TrackedModelCheckpoint(
+            os.path.join(ckpt_dir, "ckpt-{epoch:02d}.keras"),
+            monitor="val_loss",
+            tracker=measured,
+            upload="async",
+        )
+        model.fit(x, y, validation_data=(x[:16], y[:16]), epochs=1, batch_size=32, verbose=0,
+                  callbacks=[callback])
     report = callback.last_report
     if report is None or not report.ok or not report.logged:
         raise RuntimeError(f"upload did not complete: {report}")

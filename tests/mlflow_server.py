@@ -24,8 +24,10 @@ class MlflowServer:
     server away in the middle of training and bring it back.
     """
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, serve_artifacts: bool = True):
         self.root = root
+        # False: `--no-serve-artifacts`, clients write the store (a local folder here) themselves.
+        self.serve_artifacts = serve_artifacts
         os.makedirs(root, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -43,7 +45,8 @@ class MlflowServer:
             [
                 sys.executable, "-m", "mlflow", "server",
                 "--backend-store-uri", f"sqlite:///{self.db}",
-                "--artifacts-destination", self.artifacts,
+                *(["--artifacts-destination", self.artifacts] if self.serve_artifacts
+                  else ["--default-artifact-root", self.artifacts, "--no-serve-artifacts"]),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             ],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
+import threading
 
 import keras
 import mlflow
@@ -12,6 +15,7 @@ import pytest
 from helpers import InjectMetric, logged_models, make_data, make_model
 
 from tracked_ckpt import SCHEMA_KEYS, TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 
 def sha256(path) -> str:
@@ -95,6 +99,64 @@ def test_fixed_filepath_logs_each_epochs_own_content(store, workdir):
     for model in models:
         assert sha256(downloaded_checkpoint(model, workdir)) == model.tags["tracked_ckpt.sha256"]
     assert hashes[-1] == sha256(workdir / "ckpt" / "last.keras")
+
+
+class HeldUpload(MlflowTracker):
+    """The real MLflow tracker, except that epoch 1's upload starts only once `go` is set."""
+
+    def __init__(self, go: threading.Event):
+        super().__init__()
+        self.go = go
+
+    def log_checkpoint(self, record, path, destination, *, first_attempt=False):
+        if record.epoch == 1:
+            assert self.go.wait(60), "epoch 2 was never saved"
+        return super().log_checkpoint(record, path, destination, first_attempt=first_attempt)
+
+
+class RewriteWitness(keras.callbacks.Callback):
+    """After the checkpoint callback: keeps epoch 1's bytes, then lets epoch 1's upload go once epoch 2 rewrote the file."""
+
+    def __init__(self, path, go: threading.Event):
+        super().__init__()
+        self.path, self.go, self.first = path, go, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if epoch == 0:
+            self.first = data
+        elif epoch == 1:
+            assert data != self.first  # Keras rewrote the fixed path while epoch 1 still waited to upload
+            self.go.set()
+
+
+@pytest.mark.parametrize("spool_on", ["same filesystem", "another filesystem"])
+def test_a_fixed_path_rewritten_while_its_previous_version_uploads(embedded_store, workdir, spool_on):
+    spool_dir = None
+    if spool_on == "another filesystem":  # no hard link possible: the spool copies, hashing as it copies
+        if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(workdir).st_dev:
+            pytest.skip("no second filesystem (/dev/shm) here")
+        spool_dir = tempfile.mkdtemp(prefix="tracked-ckpt-spool-", dir="/dev/shm")
+    try:
+        go = threading.Event()
+        path = str(workdir / "ckpt" / "last.keras")
+        witness = RewriteWitness(path, go)
+        callback = TrackedModelCheckpoint(path, tracker=HeldUpload(go), spool_dir=spool_dir)
+        model = make_model()
+        x, y = make_data()
+        model.fit(x, y, validation_split=0.25, epochs=2, batch_size=8, verbose=0, callbacks=[callback, witness])
+        assert callback.last_report.ok
+        first, second = logged_models(only_run_id())
+        expected = hashlib.sha256(witness.first).hexdigest()
+        assert first.tags["tracked_ckpt.sha256"] == expected != second.tags["tracked_ckpt.sha256"]
+        with open(downloaded_checkpoint(first, workdir), "rb") as f:
+            assert f.read() == witness.first  # epoch 1's bytes, not half of epoch 2's
+        assert first.tags["tracked_ckpt.size_bytes"] == str(len(witness.first))
+        assert second.tags["tracked_ckpt.sha256"] == sha256(path)
+    finally:
+        if spool_dir is not None:
+            shutil.rmtree(spool_dir, ignore_errors=True)
 
 
 def test_save_best_only_logs_only_the_epochs_keras_saved(embedded_store, workdir):

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import sys
+import tempfile
+import threading
 
-from tracked_ckpt.publisher import Publisher
+import pytest
+
+from tracked_ckpt import publisher as publisher_module
+from tracked_ckpt.files import clone_file, link_or_copy
+from tracked_ckpt.publisher import DEFAULT_UPLOAD_NICENESS, UPLOAD_NICENESS_ENV, Publisher
 from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
 from tracked_ckpt.tracker import Tracker
@@ -119,3 +128,114 @@ def test_a_transient_failure_is_retried_until_it_logs(tmp_path):
     assert tracker.logged == [(1, b"bytes 1"), (2, b"bytes 2")]
     assert [ref for _, _, ref in report.logged] == ["id-1", "id-2"]
     assert list(spool.entries()) == []
+
+
+def _nice_of(tid: int) -> int:
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of stat(5): nice
+
+
+class Gated(Recorder):
+    """Holds each upload until the test lets it go; notes the uploading thread and its nice value."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside, self.release, self.seen = threading.Event(), threading.Event(), []
+
+    def log_checkpoint(self, record, path, destination, first_attempt=False):
+        tid = threading.get_native_id()
+        self.seen.append((record.epoch, tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        self.inside.set()
+        assert self.release.wait(10)
+        return super().log_checkpoint(record, path, destination, first_attempt)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_the_upload_thread_yields_to_training_until_fit_waits(tmp_path, monkeypatch, setting):
+    if setting is None:
+        monkeypatch.delenv(UPLOAD_NICENESS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(UPLOAD_NICENESS_ENV, setting)
+    spool = Spool(tmp_path / "spool")
+    for epoch in (1, 2):
+        (tmp_path / f"{epoch}.keras").write_bytes(f"bytes {epoch}".encode())
+    tracker = Gated()
+    publisher = Publisher({"t": tracker}, spool, asynchronous=True)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    publisher.submit(entry_for(spool, str(tmp_path / "1.keras"), 1))
+    assert tracker.inside.wait(10)
+    (_, worker, nice_inside), = tracker.seen
+    lowered = min(19, base + DEFAULT_UPLOAD_NICENESS) if setting is None else base
+    assert worker != threading.get_native_id()
+    assert _nice_of(worker) == nice_inside == lowered  # the kernel's view agrees with the thread's
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # training keeps its own
+    publisher.submit(entry_for(spool, str(tmp_path / "2.keras"), 2))
+    closer = threading.Thread(target=publisher.close, kwargs={"timeout": 20})
+    closer.start()
+    while not publisher._closing:  # close() has begun to wait for the uploads
+        closer.join(0.01)
+    tracker.release.set()
+    closer.join(20)
+    assert publisher.report.ok and [e for e, _ in tracker.logged] == [1, 2]
+    if os.geteuid() == 0:  # lowering a nice value again needs privilege; otherwise it stays low
+        assert tracker.seen[1][2] == base  # while fit waits, uploads run at normal priority
+
+
+def _other_filesystem(tmp_path) -> str:
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) here")
+    return tempfile.mkdtemp(prefix="tracked-ckpt-spool-", dir="/dev/shm")
+
+
+def test_a_copied_snapshot_is_hashed_as_it_is_copied_and_not_read_again(tmp_path, monkeypatch):
+    folder = _other_filesystem(tmp_path)
+    try:
+        spool = Spool(folder)
+        path = tmp_path / "ckpt.keras"
+        data = os.urandom(3 * (1 << 20) + 17)  # several chunks and a short last one
+        path.write_bytes(data)
+        entry = entry_for(spool, str(path), 1)
+        assert os.stat(entry.staged_path).st_ino != os.stat(path).st_ino  # a copy, not a link
+        assert entry.record.sha256 == hashlib.sha256(data).hexdigest() and entry.record.size_bytes == len(data)
+        on_disk = next(spool.entries())
+        assert on_disk.record.sha256 == entry.record.sha256  # in the manifest: a sync elsewhere trusts it too
+        path.write_bytes(b"rewritten in place")  # Keras's next save, into the same inode (no link to protect)
+
+        def no_second_read(p):
+            raise AssertionError("the publisher hashed a file whose hash the copy already gave")
+
+        monkeypatch.setattr(publisher_module, "sha256_file", no_second_read)
+        tracker = Recorder()
+        publisher = Publisher({"t": tracker}, spool, asynchronous=False)
+        publisher.submit(entry)
+        assert publisher.close(timeout=5).ok and tracker.logged == [(1, data)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_linked_snapshot_is_hashed_by_the_publisher(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    path = tmp_path / "ckpt.keras"
+    path.write_bytes(b"epoch one")
+    entry = entry_for(spool, str(path), 1)
+    assert os.stat(entry.staged_path).st_ino == os.stat(path).st_ino and entry.record.sha256 == ""
+    release_path(str(path))
+    path.write_bytes(b"epoch two")
+    tracker = Recorder()
+    publisher = Publisher({"t": tracker}, spool, asynchronous=False)
+    publisher.submit(entry)
+    assert publisher.close(timeout=5).ok and tracker.logged == [(1, b"epoch one")]
+    assert entry.record.sha256 == hashlib.sha256(b"epoch one").hexdigest()
+
+
+def test_a_clone_that_the_filesystem_refuses_leaves_nothing_behind(tmp_path):
+    src, dst = tmp_path / "a.keras", tmp_path / "b.keras"
+    src.write_bytes(b"bytes")
+    if clone_file(str(src), str(dst)):  # btrfs, XFS: a real clone, independent of later writes
+        src.write_bytes(b"other")
+        assert dst.read_bytes() == b"bytes"
+    else:  # ext4, tmpfs: refused, and no empty file left for a copy to trip over
+        assert not dst.exists()
+    link_or_copy(str(src), str(tmp_path / "c.keras"))
+    assert (tmp_path / "c.keras").read_bytes() == src.read_bytes()

@@ -2,20 +2,78 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import logging
 import os
 import shutil
+import sys
+
+logger = logging.getLogger("tracked_ckpt")
 
 _CHUNK = 1 << 20
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), the reflink ioctl of btrfs, XFS, bcachefs, ...
 
 
 def link_or_copy(src: str, dst: str) -> None:
     """Make `dst` hold the bytes of `src`: a hard link (no copy, constant time) where the
-    filesystem allows it, else a copy."""
+    filesystem allows it, else a copy-on-write clone where it offers one, else a copy."""
     try:
         os.link(src, dst)
     except OSError:  # another filesystem, or links not supported
-        shutil.copyfile(src, dst)
+        if not clone_file(src, dst):
+            shutil.copyfile(src, dst)
+
+
+def clone_file(src: str, dst: str) -> bool:
+    """Make `dst` a copy-on-write clone of `src` (a reflink: constant time, no bytes read).
+
+    A clone shares the data blocks until either side is written, and a write to
+    `src` afterwards (Keras rewriting a checkpoint in place) leaves `dst` as it
+    was. Returns False, leaving no `dst`, where the filesystem cannot clone
+    (ext4, tmpfs, across filesystems, other systems than Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(src, "rb") as source, open(dst, "xb") as target:
+            try:
+                fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
+                return True
+            except OSError:  # EOPNOTSUPP, EXDEV, EINVAL, ...: not offered here
+                pass
+    except OSError as exc:
+        logger.debug("No clone of %s: %s", src, exc)
+    try:
+        os.remove(dst)
+    except OSError:
+        pass
+    return False
+
+
+def copy_hashing(src: str, dst: str) -> tuple[str, int]:
+    """Copy `src` to a new file `dst` and return (hex sha256, size) of the bytes written, in one read.
+
+    The digest is of exactly what `dst` holds, so it can stand for a later read of `dst`.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    try:
+        with open(src, "rb", buffering=0) as source, open(dst, "xb", buffering=0) as target:
+            while n := source.readinto(buffer):
+                chunk = view[:n]
+                digest.update(chunk)
+                while chunk:  # a raw write may be short
+                    chunk = chunk[target.write(chunk):]
+                size += n
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(dst)  # a half-written copy must never pass for a snapshot
+        raise
+    return digest.hexdigest(), size
 
 
 def sha256_file(path: str) -> tuple[str, int]:

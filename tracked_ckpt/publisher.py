@@ -18,6 +18,7 @@ import collections
 import dataclasses
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Callable, Mapping
@@ -35,6 +36,53 @@ LoggedHook = Callable[[SpoolEntry, str, str], None]
 #: Seconds without upload progress after which the end-of-fit wait gives up (the spool keeps the rest).
 DEFAULT_STALL_TIMEOUT = 30.0
 STALL_TIMEOUT_ENV = "TRACKED_CKPT_STALL_TIMEOUT"
+
+#: How much the upload thread raises its own nice value while training runs (0: not at all).
+DEFAULT_UPLOAD_NICENESS = 10
+UPLOAD_NICENESS_ENV = "TRACKED_CKPT_UPLOAD_NICENESS"
+
+
+def upload_niceness() -> int:
+    """The nice increment of the upload thread: `TRACKED_CKPT_UPLOAD_NICENESS`, else 10.
+
+    0 (or a value that is not an integer, with a warning) leaves the thread at the
+    process's own priority.
+    """
+    raw = os.environ.get(UPLOAD_NICENESS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_UPLOAD_NICENESS
+    try:
+        return max(0, min(19, int(raw)))
+    except ValueError:
+        logger.warning("%s=%r is not an integer from 0 to 19: uploads run at normal priority.",
+                       UPLOAD_NICENESS_ENV, raw)
+        return 0
+
+
+def _lower_thread_priority(increment: int) -> int | None:
+    """Raise the calling thread's nice value by `increment`; return the old value (None: unchanged).
+
+    On Linux a nice value belongs to a thread (its native id), so training threads
+    keep theirs. Elsewhere, or where refused, nothing changes and nothing is said.
+    """
+    if increment <= 0 or not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return None
+    try:
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, before + increment))
+        return before
+    except (OSError, AttributeError) as exc:
+        logger.debug("Upload thread keeps its priority: %s", exc)
+        return None
+
+
+def _restore_thread_priority(value: int) -> None:
+    """Put the calling thread back to nice `value`, where permitted (root, CAP_SYS_NICE, RLIMIT_NICE)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
+    except OSError as exc:  # an unprivileged thread cannot lower its nice value again
+        logger.debug("Upload thread stays at its lower priority while fit waits: %s", exc)
 
 
 def stall_timeout_from(value: float | None) -> float:
@@ -131,6 +179,7 @@ class Publisher:
         self._failures = 0
         self._progress_at = time.monotonic()  # the last time a tracker confirmed something
         self._in_call: tuple[SpoolEntry, str] | None = None  # (entry, tracker) inside a tracker call now
+        self._niced_from: int | None = None  # the worker's nice value before it lowered its priority
 
     def submit(self, entry: SpoolEntry) -> None:
         """Queue a spooled entry. In sync mode, log it (and anything before it) now."""
@@ -231,14 +280,24 @@ class Publisher:
     # -- worker -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Uploads take what training leaves of the CPU (hashing, the HTTP client, a co-located
+        # server's share is not ours to lower); once close() waits for them, nothing is left to yield to.
+        self._niced_from = _lower_thread_priority(upload_niceness())
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if not self._queue or self._past_deadline():
                     return
+            self._unnice_if_closing()
             if not self._drain_once():
                 self._sleep_backoff(None)  # follows self._deadline, which close() may set meanwhile
+
+    def _unnice_if_closing(self) -> None:
+        """On the worker, once `close` waits: back to normal priority (training no longer needs the CPU)."""
+        if self._niced_from is not None and self._closing and threading.current_thread() is self._thread:
+            _restore_thread_priority(self._niced_from)
+            self._niced_from = None
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -294,6 +353,7 @@ class Publisher:
             return self._publish_claimed(entry)
 
     def _publish_claimed(self, entry: SpoolEntry) -> bool:
+        self._unnice_if_closing()  # close() may have started while earlier entries uploaded
         try:
             first_attempt = entry.attempts == 0
             if not entry.record.sha256:

@@ -3,7 +3,8 @@
 Keras writes `.keras` files in place and may overwrite the same path next epoch,
 so the training thread freezes each written file here before anything uploads
 it. Freezing is a hard link when the spool is on the same filesystem (constant
-time, whatever the file size) and a copy otherwise; `release_path` makes sure
+time, whatever the file size), else a copy-on-write clone, else a copy hashed in
+the same read; `release_path` makes sure
 Keras never writes into an inode the spool still holds. An entry stays until
 every tracker confirmed it, so a crash or an unreachable tracker loses nothing:
 `tracked-ckpt sync` (or the next `fit`) logs what is left.
@@ -24,7 +25,7 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from tracked_ckpt.files import link_or_copy
+from tracked_ckpt.files import clone_file, copy_hashing
 from tracked_ckpt.record import CheckpointRecord
 
 logger = logging.getLogger("tracked_ckpt")
@@ -101,18 +102,45 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = os.path.abspath(os.fspath(directory))
+        # staged path -> (sha256, size) of a copy hashed as it was made, until `add` records it.
+        self._digests: dict[str, tuple[str, int]] = {}
 
     def stage(self, src: str) -> str:
-        """Freeze the file at `src` into the spool and return the frozen path."""
+        """Freeze the file at `src` into the spool and return the frozen path.
+
+        In order of preference: a hard link (same filesystem; `release_path` keeps
+        Keras from writing into it again), a copy-on-write clone (constant time too,
+        and a rewrite of `src` cannot reach it), or a copy, hashed in the same read:
+        `add` then records that sha256 so the publisher does not read the file again.
+        """
         os.makedirs(self.directory, exist_ok=True)
         src = os.path.realpath(src)  # a link to a symlink would not freeze the bytes behind it
         suffix = _checkpoint_suffix(src)
         dst = os.path.join(self.directory, f"{uuid.uuid4().hex}{suffix}")
-        link_or_copy(src, dst)
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:  # another filesystem, or links not supported
+            pass
+        if clone_file(src, dst):
+            return dst
+        self._digests[dst] = copy_hashing(src, dst)
         return dst
 
+    def staged_digest(self, staged_path: str) -> tuple[str, int] | None:
+        """(sha256, size) of a staged copy, hashed while `stage` made it, until `add` records it in the
+        entry; None if the file was linked or cloned (the publisher hashes those)."""
+        return self._digests.get(staged_path)
+
     def add(self, entry: SpoolEntry) -> None:
-        """Write (or rewrite) an entry's manifest atomically."""
+        """Write (or rewrite) an entry's manifest atomically.
+
+        An entry whose record has no sha256 yet gets the one `stage` computed while
+        copying its file, if it did: the hash is then in the manifest, durable.
+        """
+        digest = self._digests.pop(entry.staged_path, None)
+        if digest is not None and not entry.record.sha256:
+            entry.record = dataclasses.replace(entry.record, sha256=digest[0], size_bytes=digest[1])
         path = os.path.join(self.directory, entry.id + MANIFEST_SUFFIX)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w") as f:
