@@ -241,3 +241,34 @@ def test_sync_waits_for_a_live_process_holding_the_spool_and_names_it(embedded_s
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_fit_that_need_not_wait_returns_before_its_last_upload_and_promote_sees_it(embedded_store, workdir):
+    from no_wait_trainer import EPOCHS, GatedLastUpload, train
+
+    GatedLastUpload.gate.clear()
+    callback = train(str(workdir))
+    assert callback.last_report is None  # fit returned; the last upload is held at the gate
+    run_id = callback.session.destinations["mlflow"]["run_id"]
+    assert len(logged_models(run_id)) < EPOCHS or any(str(m.status).endswith("PENDING") for m in logged_models(run_id))
+    threading.Timer(0.5, GatedLastUpload.gate.set).start()
+    result = tracked_ckpt.promote_best("no-wait", monitor="loss")  # waits for the uploads, then ranks all three
+    assert callback.last_report.ok and len(callback.last_report.logged) == EPOCHS
+    assert [c.record.epoch for c in tracked_ckpt.list_checkpoints(run_id=run_id)] == [1, 2, 3]
+    assert result.checkpoint.run_id == run_id
+    assert tracked_ckpt.wait(timeout=1)
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_process_killed_right_after_a_fit_that_need_not_wait_loses_nothing(embedded_store, workdir):
+    trainer = os.path.join(TESTS, "no_wait_trainer.py")
+    killed = subprocess.run([sys.executable, trainer, str(workdir)], cwd=workdir, capture_output=True, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": embedded_store})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_id = killed.stdout.strip().splitlines()[-1]
+    assert len([m for m in logged_models(run_id) if str(m.status).endswith("READY")]) < 3
+    report = tracked_ckpt.sync_spool(str(workdir), timeout=120)
+    assert report.ok, report
+    models = logged_models(run_id)
+    assert [m.name for m in models] == ["tiny-e0001", "tiny-e0002", "tiny-e0003"]
+    assert all(str(m.status).endswith("READY") for m in models)

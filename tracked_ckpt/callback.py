@@ -106,6 +106,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             tracker that answers is progress, however slow. Default: the
             `TRACKED_CKPT_STALL_TIMEOUT` environment variable, else 30; pass
             `math.inf` to wait for the whole `wait_timeout`.
+        blocking: True (default): `fit` returns once every checkpoint is logged (or
+            the waits above gave up). False: `fit` returns as soon as every
+            checkpoint is durable in the spool, and the uploads finish in the
+            background; `tracked_ckpt.wait()`, `promote_best`, `list_checkpoints`,
+            `load_model` and interpreter exit wait for them. A process killed in
+            the meantime loses nothing: `tracked-ckpt sync` logs what is left.
         keep_top_k: keep only the K best checkpoints by the monitored metric,
             plus the latest, on the tracker and on local disk; promoted or
             aliased ones are never deleted. None (default) keeps everything.
@@ -160,6 +166,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         spool_dir: str | os.PathLike[str] | None = None,
         wait_timeout: float | None = 600.0,
         stall_timeout: float | None = None,
+        blocking: bool = True,
         keep_top_k: int | None = None,
         resume: bool | str = False,
     ):
@@ -193,6 +200,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         # Jobs (and sweep trials) may change directory before fit: remember where this one started.
         self._started_in = git_provenance._cwd()
         self.wait_timeout = wait_timeout
+        self.blocking = bool(blocking)
         self.stall_timeout = stall_timeout_from(stall_timeout)
         self.keep_top_k = None if keep_top_k is None else check_keep_top_k(keep_top_k)
         self.trackers = resolve_trackers(tracker)
@@ -265,7 +273,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._git = (git_provenance.capture_in_background(self.git_repo, self._started_in)
                      if self.log_git else git_provenance.GitInfo)
         self._messages = []
-        options = FitOptions(asynchronous=self.upload == "async", wait_timeout=self.wait_timeout,
+        options = FitOptions(asynchronous=self.upload == "async", blocking=self.blocking,
+                             wait_timeout=self.wait_timeout,
                              stall_timeout=self.stall_timeout, keep_top_k=self.keep_top_k, resume=self.resume)
         # `params` is the one dict Keras hands every callback of this fit: callbacks of one fit share a run.
         self._session = FitSession(self.trackers, self.spool, options, state=self._state, fit=self.params,
@@ -298,8 +307,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
-        if self._session is not None:
+        if self._session is None:
+            return
+        if self.blocking or not self._session.asynchronous:
             self._session.end(completed=True)
+        else:
+            self._session.end_in_background(completed=True)
 
     def _get_file_path(self, epoch, batch, logs):
         try:

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.record import is_better
-from tracked_ckpt.session import last_destination
+from tracked_ckpt.session import last_destination, wait
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, resolve_tracker, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
@@ -271,6 +271,7 @@ def download_checkpoint(
         >>> path = download_checkpoint("digits-classifier", alias="champion")  # doctest: +SKIP
         >>> keras.saving.load_model(path)  # doctest: +SKIP
     """
+    wait()  # a promotion may name a checkpoint whose upload runs in the background (blocking=False)
     backend = resolve_tracker(tracker)
     checkpoint = _which(backend, registered_name, alias, version, checkpoint)
     return fetch_verified(backend, checkpoint, cache_dir, verify)
@@ -306,6 +307,7 @@ def load_model(
     """
     import keras
 
+    wait()  # see download_checkpoint
     backend = resolve_tracker(tracker)
     checkpoint = _which(backend, registered_name, alias, version, checkpoint)
     if checkpoint.record.format == "weights.h5" and model is None:
@@ -337,6 +339,7 @@ def _which(backend: Tracker, registered_name: str | None, alias: str | None,
 
 def _scope(backend: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
     """The tracker's scope; with neither given, it defaults to where this process's last fit logged."""
+    wait()  # fits that returned with uploads still running (blocking=False): their checkpoints count
     return backend.scope(run_id, experiment, last=last_destination(tracker_key(backend)))
 
 

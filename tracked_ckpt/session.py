@@ -63,6 +63,7 @@ class FitOptions:
     """What a fit's session needs from the callback's configuration."""
 
     asynchronous: bool = True
+    blocking: bool = True
     wait_timeout: float | None = 600.0
     stall_timeout: float | None = None
     keep_top_k: int | None = None
@@ -114,6 +115,8 @@ class FitSession:
         self._ended = False
         self._renamed: dict[str, str] = {}  # base name -> the base this fit logs under (a collision)
         self._hold: SpoolHold | None = None
+        self._ending = threading.Event()  # the fit is over; its end runs in the background
+        self._done = threading.Event()  # the end is complete
         with _lock:
             self.id = next(_ids)
 
@@ -198,7 +201,7 @@ class FitSession:
     @property
     def open(self) -> bool:
         """Whether the session still accepts checkpoints (its fit has not been ended)."""
-        return self._publisher is not None and not self._ended
+        return self._publisher is not None and not self._ended and not self._ending.is_set()
 
     @property
     def asynchronous(self) -> bool:
@@ -265,6 +268,21 @@ class FitSession:
 
     # -- the end --------------------------------------------------------------------------
 
+    def end_in_background(self, completed: bool) -> None:
+        """Return now; finish the uploads and end the runs on a thread (`blocking=False`).
+
+        Every checkpoint is already durable in the spool: a process killed now loses
+        nothing (`sync_spool` logs it). `wait()`, the registry helper and interpreter
+        exit wait for this end.
+        """
+        self._ending.set()
+        threading.Thread(target=self.end, kwargs={"completed": completed}, name="tracked-ckpt-end",
+                         daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until this session has ended; False if `timeout` passed first."""
+        return self._done.wait(timeout)
+
     def end(self, completed: bool, *, cut_off: bool = False) -> PublishReport:
         """Finish the uploads (up to `wait_timeout`), release the lease and end the runs this fit started.
 
@@ -300,6 +318,7 @@ class FitSession:
                 self.report = report
             finally:
                 _unregister(self)
+                self._done.set()
         if self.on_end is not None:
             self.on_end(self, report)
         return report
@@ -345,6 +364,24 @@ def last_destination(name: str) -> dict[str, Any] | None:
     with _lock:
         found = _LAST_DESTINATIONS.get(name)
     return dict(found) if found else None
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Wait for the uploads of fits that returned without waiting (`blocking=False`) to finish.
+
+    Fits still training are not waited for. Returns False if `timeout` seconds
+    passed first (the uploads go on; the spool keeps what is not logged).
+
+    Example:
+        >>> import tracked_ckpt
+        >>> tracked_ckpt.wait()
+        True
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for session in live_sessions():
+        if session._ending.is_set() and not session.wait(_remaining(deadline)):
+            return False
+    return True
 
 
 def live_sessions() -> list[FitSession]:
@@ -400,11 +437,15 @@ def _wind_down_stale(starting: FitSession) -> None:
     with _lock:
         stale = [s for s in _live
                  if s.fit is not starting.fit or not starting.fit
-                 if s.thread is starting.thread or not s.thread.is_alive()]
+                 if s.thread is starting.thread or not s.thread.is_alive()
+                 # A fit ending in the background (blocking=False) is not waited for, unless this
+                 # one may continue its run (resume).
+                 if not s._ending.is_set() or starting.options.resume]
     for session in stale:
-        logger.info("The previous fit on this thread ended without on_train_end (an exception or an "
-                    "interrupt): finishing its uploads and ending its run as failed.")
-        session.end(completed=False)
+        if not session._ending.is_set():
+            logger.info("The previous fit on this thread ended without on_train_end (an exception or an "
+                        "interrupt): finishing its uploads and ending its run as failed.")
+        session.end(completed=False)  # an end already under way is waited for, not repeated
 
 
 def _watch(thread: threading.Thread) -> None:
