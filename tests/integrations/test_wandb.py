@@ -608,3 +608,32 @@ def test_fake_instances_hold_only_private_state(server):
     artifact = api.artifact("team/proj/tiny-r1:v0")
     for obj in (artifact, api, *api.artifact_collections("team/proj", "model")):
         assert all(name.startswith("_") for name in vars(obj)), type(obj).__name__
+
+
+def test_a_fit_ended_by_an_exception_finishes_its_run_failed_and_the_next_fit_gets_its_own(wandb_env):
+    from wandb_records import finished_records
+
+    class Pruned(Exception):
+        pass
+
+    class PruneAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise Pruned()
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)], name="tiny")
+    model.compile(optimizer="adam", loss="mse")
+    x, y = np.random.rand(32, 4), np.random.rand(32, 1)
+    first = TrackedModelCheckpoint("ckpt/p-{epoch}.keras", monitor="loss", tracker="wandb", log_git=False)
+    try:
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[first, PruneAfterFirstEpoch()])
+    except Pruned:
+        pass
+    second = train("ckpt/q-{epoch}.keras", epochs=2)
+    assert first.last_report.ok and second.last_report.ok
+    assert wandb.run is None  # neither run is left as W&B's active run
+    runs = run_dirs(str(wandb_env / "wandb_dir"))
+    assert len(runs) == 2
+    assert first.session.destinations["wandb"]["run_id"] != second.session.destinations["wandb"]["run_id"]
+    exits = [[r.exit.exit_code for r in finished_records(d) if r.WhichOneof("record_type") == "exit"] for d in runs]
+    assert sorted(exits) == [[0], [1]]
+    assert [len(logged_artifacts(d)) for d in runs] in ([1, 2], [2, 1])
