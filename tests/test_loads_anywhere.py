@@ -177,10 +177,17 @@ def test_model_needs_reads_modules_and_registered_packages():
             {"module": "json", "class_name": "W"},
         ]},
     }).encode()
-    needs = model_needs(config)
+    scans = []
+
+    def installed():  # what packages_distributions() would say, without reading every installed package
+        scans.append(1)
+        return {"numpy": ["numpy"]}
+
+    needs = model_needs(config, distributions=installed)
     assert needs.requirements == (f"numpy=={_version('numpy')}",)  # keras, the stdlib and "Custom" are not packages
     assert needs.local_modules == ("__main__", "my_local_thing")
-    assert model_needs(config, covered={"my_local_thing"}).local_modules == ("__main__",)
+    assert len(scans) == 1  # numpy is found by its own name; only the unknown module needs the full map
+    assert model_needs(config, covered={"my_local_thing"}, distributions=installed).local_modules == ("__main__",)
 
 
 def test_code_paths_must_exist(workdir):
