@@ -14,7 +14,6 @@ import logging
 import os
 import subprocess
 import sys
-import textwrap
 
 import keras
 import mlflow
@@ -157,7 +156,9 @@ def test_local_module_passed_as_code_loads_with_pyfunc_in_a_fresh_process(embedd
     elsewhere = workdir / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(MLFLOW_TRACKING_URI=embedded_store, TF_CPP_MIN_LOG_LEVEL="3")
+    # JAX, not TensorFlow, in the fresh process: importing TensorFlow alone takes most of this
+    # test's time, and a .keras file loads on either backend (tests/test_backends.py).
+    env.update(MLFLOW_TRACKING_URI=embedded_store, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="jax")
     done = subprocess.run(
         [sys.executable, "-c", PYFUNC_LOAD, f"models:/{checkpoint.id}", json.dumps(X.tolist())],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,

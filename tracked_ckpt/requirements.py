@@ -164,7 +164,7 @@ def model_needs(
         A `ModelNeeds`; Keras itself and the standard library are left out.
     """
     modules, packages = referenced_names(json.loads(config))
-    lookup = distributions or importlib.metadata.packages_distributions
+    lookup = functools.cache(distributions or importlib.metadata.packages_distributions)  # read at most once
     covered = set(covered)
     wanted: dict[str, str] = {}
     local: set[str] = set()
