@@ -234,7 +234,7 @@ def profile_load(server: MlflowServer, size: str, repeats: int = 9) -> None:
     x, y, xv, yv = data()
     cb = TrackedModelCheckpoint(os.path.join(workdir, "c-{epoch:02d}.keras"), tracker=tracker)
     model.fit(x, y, validation_data=(xv, yv), epochs=1, verbose=0, callbacks=[cb])
-    run_id = cb._destinations["mlflow"]["run_id"]
+    run_id = cb.session.destinations["mlflow"]["run_id"]
     name = f"profile-load-{size}-{int(time.time())}"
     tracked_ckpt.promote_best(name, tracker=tracker, run_id=run_id)
     cache = os.path.join(workdir, "cache")

@@ -332,7 +332,7 @@ def measure_upload_memory(size: str, tracker: MlflowTracker, workdir: str) -> di
     if report is None or not report.ok or not report.logged:
         raise RuntimeError(f"upload did not complete: {report}")
     figures["file_mb"] = report.logged[0][0].record.size_bytes / 1e6
-    figures["run_id"] = callback._destinations["mlflow"]["run_id"]
+    figures["run_id"] = callback.session.destinations["mlflow"]["run_id"]
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return figures
 

@@ -15,6 +15,7 @@ explicit ids.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -42,12 +43,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.files import link_or_copy, safe_file_name
-from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, last_destination
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -113,7 +115,7 @@ class MlflowTracker(Tracker):
         self.run_id = run_id
         self.run_name = run_name
         self.pip_requirements = pip_requirements  # None: keras and the checkpoint's backend, as installed
-        self._started: str | None = None  # "fluent" or "client" when this tracker started the run
+        self._started: str | None = None  # "client" or "deferred" when this tracker started the run
         self._destination: dict[str, Any] = {}
         self._clients: dict[str, MlflowClient] = {}
         self._resolved: dict[str, dict[str, Any]] = {}
@@ -123,10 +125,26 @@ class MlflowTracker(Tracker):
         self._hidden: dict[str, str] = {}  # model id -> artifact location: soft-deleted, files still to delete
         self._lock = threading.Lock()
 
+    def _configuration(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_id": self.run_id,
+                "run_name": self.run_name, "pip_requirements": self.pip_requirements}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "MlflowTracker":
+        # A copy is the configuration: no run, no clients, no lock (KerasTuner copies callbacks per trial).
+        return type(self)(**copy.deepcopy(self._configuration(), memo))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._configuration()))
+
     # -- run lifecycle (training thread) ------------------------------------------------
 
     def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination."""
+        """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination.
+
+        A run this tracker starts is created through the client, never pushed on MLflow's
+        thread-local fluent stack: a fit that ends by an exception (which Keras does not
+        report to callbacks) then cannot leave it active for the user's next `mlflow.start_run`.
+        """
         uri = (resume or {}).get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
         _check_tracking_uri(uri)
         if not _reachable(uri):
@@ -149,12 +167,8 @@ class MlflowTracker(Tracker):
                 self._started = "client"  # our earlier, interrupted job started it: end it as it would have
         elif active is not None:
             run = active
-        elif self.tracking_uri is None and self.experiment is None:
-            run = _start_fluent_run(run_name or self.run_name)
-            self._started = "fluent"
         else:
-            experiment_id = self._experiment_id(client)
-            run = client.create_run(experiment_id, run_name=run_name or self.run_name)
+            run = self._create_run(client, run_name or self.run_name)
             self._started = "client"
         self._destination = {
             "tracking_uri": uri,
@@ -235,12 +249,6 @@ class MlflowTracker(Tracker):
         for orphan in self._orphans:
             self.client(orphan["tracking_uri"]).set_terminated(orphan["run_id"], status=status)
         self._orphans.clear()
-        if started == "fluent":
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == self._destination.get("run_id"):
-                mlflow.end_run(status=status)
-                return
-            started = "client"  # ended from another thread (atexit): end it by id
         if started == "client":
             self.client(self._destination["tracking_uri"]).set_terminated(
                 self._destination["run_id"], status=status
@@ -450,15 +458,19 @@ class MlflowTracker(Tracker):
 
     # -- registry backend (tracked_ckpt.registry) ------------------------------------------
 
-    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
-        """A run or a whole experiment; default: the run the last `fit` in this process logged to,
-        else the run that logged the store's most recent checkpoint."""
+    def scope(
+        self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A run or a whole experiment; default: `last`, the run the last `fit` in this process logged
+        to, else the run that logged the store's most recent checkpoint."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
-        found = self._scope(uri, run_id, experiment)
+        found = self._scope(uri, run_id, experiment, last)
         self._scope_uri = found["tracking_uri"]
         return found
 
-    def _scope(self, uri: str, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+    def _scope(
+        self, uri: str, run_id: str | None, experiment: str | None, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         client = self.client(uri)
         run_id = run_id or self.run_id
         if run_id:
@@ -473,7 +485,6 @@ class MlflowTracker(Tracker):
             if found is None:
                 raise LookupError(f"MLflow experiment {experiment!r} not found at {uri}: check the name or MLFLOW_TRACKING_URI.")
             return {"tracking_uri": uri, "experiment_ids": [found.experiment_id]}
-        last = last_destination(self.name)
         if last is not None and "run_id" not in last:
             raise LookupError(
                 "The last fit could not reach MLflow, so its checkpoints wait in the spool: run "
@@ -739,6 +750,15 @@ class MlflowTracker(Tracker):
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _create_run(self, client: MlflowClient, run_name: str | None):
+        """Create a run as `mlflow.start_run` would (its experiment, context tags), but through the client."""
+        experiment_id = None
+        if self.tracking_uri is None and self.experiment is None:
+            # MLflow's own choice for a new run: the experiment of mlflow.set_experiment(), if any.
+            experiment_id = getattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+        return client.create_run(experiment_id or self._experiment_id(client), run_name=run_name,
+                                 tags=resolve_tags())
+
     def client(self, uri: str) -> MlflowClient:
         """A client per tracking URI (clients are thread-safe; creating one is not free)."""
         with self._lock:
@@ -762,19 +782,9 @@ class MlflowTracker(Tracker):
             return client.get_experiment_by_name(name).experiment_id
 
 
-def _start_fluent_run(run_name: str | None):
-    """`mlflow.start_run`, surviving a lost race to create `MLFLOW_EXPERIMENT_NAME`.
-
-    MLflow looks the experiment up, then creates it: when several jobs start
-    together in a new experiment, all but one get RESOURCE_ALREADY_EXISTS. By
-    then it exists, so a second attempt finds it.
-    """
-    try:
-        return mlflow.start_run(run_name=run_name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return mlflow.start_run(run_name=run_name)
+def _rebuild(cls: type, configuration: dict[str, Any]) -> Any:
+    """Unpickle a tracker from its configuration."""
+    return cls(**configuration)
 
 
 def checkpoint_tags(record: CheckpointRecord) -> dict[str, str]:

@@ -40,6 +40,7 @@ gave it or a Registry link protects it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -75,7 +76,7 @@ from tracked_ckpt.integrations.wandb_schema import (
     version_ref,
 )
 from tracked_ckpt.record import CheckpointRecord, best_first
-from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, last_destination
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -168,11 +169,26 @@ class WandbTracker(Tracker):
         self.log_metrics = log_metrics
         self.registry = registry
         self._api = api
+        self._given_api = api
         self._runs: dict[str, Any] = {}  # run id -> live run object
         self._owned: list[Any] = []  # runs this tracker started or resumed, finished by `finish`
         self._logged: dict[tuple[str, str], str] = {}  # (run id, record key) -> version ref
         self._history: set[tuple[str, str]] = set()  # (run id, record key) whose logs are in history
         self._lock = threading.RLock()
+
+    def _configuration(self) -> dict[str, Any]:
+        return {"project": self.project, "entity": self.entity, "run_id": self.run_id, "run_name": self.run_name,
+                "mode": self.mode, "dir": self.dir, "settings": self.settings, "upload_timeout": self.upload_timeout,
+                "cache": self.cache, "log_metrics": self.log_metrics, "registry": self.registry}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "WandbTracker":
+        # A copy is the configuration: no run, no lock (KerasTuner copies callbacks per trial). The
+        # `api` passed in is shared, not copied: it is a client of one server.
+        return type(self)(**copy.deepcopy(self._configuration(), memo), api=self._given_api)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An API client is not picklable: the unpickled tracker makes its own from the environment.
+        return (_rebuild, (type(self), self._configuration()))
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
@@ -299,7 +315,9 @@ class WandbTracker(Tracker):
                 self._api = self._new_api()
             return self._api
 
-    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+    def scope(
+        self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """A run's checkpoints or a whole project's.
 
         Args:
@@ -318,12 +336,11 @@ class WandbTracker(Tracker):
                 server does not have it (`wandb sync` it, then pass `run_id=`).
         """
         if run_id:
-            return self._run_scope(run_id, experiment)
+            return self._run_scope(run_id, experiment, last)
         if experiment:
             return self._project_scope(experiment)
         if self.run_id:
-            return self._run_scope(self.run_id, self.project)
-        last = last_destination(self.name)
+            return self._run_scope(self.run_id, self.project, last)
         if last is not None:
             mode = last.get("mode")
             if mode == "offline":
@@ -527,7 +544,7 @@ class WandbTracker(Tracker):
         if self._server_run(destination) is None:
             return []
         scope = self._run_scope("/".join(p for p in (destination.get("entity"), destination.get("project"),
-                                                     destination["run_id"]) if p), None)
+                                                     destination["run_id"]) if p), None, destination)
         return self.search_checkpoints(scope, where={"name": name} if name else None)
 
     def _server_run(self, destination: Mapping[str, Any]) -> Any:
@@ -563,14 +580,16 @@ class WandbTracker(Tracker):
         except wandb.errors.UsageError as exc:
             raise TrackerError(f"Cannot use the W&B API: {exc} (or set WANDB_API_KEY).") from exc
 
-    def _run_scope(self, run_id: str, project: str | None) -> dict[str, Any]:
+    def _run_scope(
+        self, run_id: str, project: str | None, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         parts = run_id.strip("/").split("/")
         if len(parts) > 3 or not all(parts):
             raise ValueError(
                 f"Invalid W&B run {run_id!r}: use 'run id', 'project/run id' or 'entity/project/run id'."
             )
         run = parts[-1]
-        last = last_destination(self.name) or {}
+        last = last or {}
         same_run = last.get("run_id") == run
         if len(parts) >= 2:
             project = parts[-2]
@@ -768,3 +787,8 @@ def _not_found(exc: Exception) -> bool:
     """
     cause = getattr(exc, "exc", None) or exc
     return type(cause).__name__ == "RunNotFoundError" or "Could not find run" in str(cause)
+
+
+def _rebuild(cls: type, configuration: dict[str, Any]) -> Any:
+    """Unpickle a tracker from its configuration."""
+    return cls(**configuration)

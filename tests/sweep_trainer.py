@@ -32,7 +32,7 @@ def main(cfg: dict) -> None:
     import tracked_ckpt
     from tracked_ckpt import TrackedModelCheckpoint
     from tracked_ckpt.integrations.mlflow import MlflowTracker
-    from tracked_ckpt.tracker import last_destination
+    from tracked_ckpt.session import last_destination
 
     name = cfg["name"]
     x, y = make_data()

@@ -47,7 +47,7 @@ def test_monitor_missing_warns_once_and_logs_without_value(embedded_store, workd
         fit(callback, epochs=3, validation=False)
     warnings = [r for r in caplog.records if "is not in the epoch logs" in r.getMessage()]
     assert len(warnings) == 1 and "Pass validation data" in warnings[0].getMessage()
-    models = logged_models(callback._destinations["mlflow"]["run_id"])
+    models = logged_models(callback.session.destinations["mlflow"]["run_id"])
     assert len(models) == 3
     assert all("tracked_ckpt.value" not in m.tags and m.tags["tracked_ckpt.is_best"] == "false" for m in models)
 
@@ -77,7 +77,7 @@ def test_full_disk_while_saving_is_explained_and_earlier_checkpoints_are_kept(em
         fit(callback, epochs=3)
     one_line(info.value)
     # Epoch 1 was saved and logged before the failure.
-    (model,) = logged_models(callback._destinations["mlflow"]["run_id"])
+    (model,) = logged_models(callback.session.destinations["mlflow"]["run_id"])
     assert model.tags["tracked_ckpt.epoch"] == "1"
     assert os.path.getsize("ckpt/e1.keras") > 0
 

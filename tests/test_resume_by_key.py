@@ -176,7 +176,7 @@ def test_a_key_whose_latest_checkpoint_was_deleted_resumes_from_the_newest_survi
     models = logged_models(run.info.run_id)
     assert [int(m.tags["tracked_ckpt.epoch"]) for m in models] == [1, 3]  # the best and the latest
     # The latest goes the way keep_top_k deletes: through the tracker.
-    assert MlflowTracker().delete_checkpoint(models[-1].model_id, first._destinations["mlflow"])
+    assert MlflowTracker().delete_checkpoint(models[-1].model_id, first.session.destinations["mlflow"])
     shutil.rmtree(workdir / "ckpt")
 
     monkeypatch.chdir(workdir)
@@ -217,7 +217,7 @@ def test_weights_only_batch_level_checkpoints_resume_mid_epoch(embedded_store, w
                                    resume="weights-job", upload="sync")
     with pytest.raises(KeyboardInterrupt):
         make_model().fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0, callbacks=[first, CutOff()])
-    first._close(success=False)  # what the interpreter's exit does after the interrupt
+    first.session.end(completed=False)  # what the interpreter's exit does after the interrupt
     shutil.rmtree(workdir / "ckpt")
 
     model = make_model()  # weights-only: the model is built in code, as Keras needs
@@ -256,7 +256,7 @@ def test_local_state_older_than_the_run_is_not_used(embedded_store, workdir, mon
             history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0,
                                 callbacks=[callback, *cut])
         except KeyboardInterrupt:
-            callback._close(success=False)  # what the interpreter's exit does after the interrupt
+            callback.session.end(completed=False)  # what the interpreter's exit does after the interrupt
             history = None
         return history, model
 

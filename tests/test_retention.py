@@ -15,7 +15,7 @@ import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.retention import Kept, to_evict
-from tracked_ckpt.tracker import last_destination
+from tracked_ckpt.session import last_destination
 from tracked_ckpt.record import CheckpointRecord
 
 # 20 epochs; the best three are epochs 7 (0.05), 13 (0.08) and 18 (0.1); epoch 20 is the latest.

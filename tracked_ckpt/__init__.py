@@ -31,14 +31,14 @@ _EXPORTS = {
     "load_model": "tracked_ckpt.registry",
     "promote_best": "tracked_ckpt.registry",
     "registered_checkpoint": "tracked_ckpt.registry",
-    "sync_spool": "tracked_ckpt.publisher",
+    "sync_spool": "tracked_ckpt.session",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
-    from tracked_ckpt.publisher import sync_spool
+    from tracked_ckpt.session import sync_spool
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
     from tracked_ckpt.requirements import MissingRequirementError
     from tracked_ckpt.resume import JobLockedError

@@ -6,19 +6,22 @@ private folders for non-chief workers), `_should_save_model` and `_save_model`
 (to see what was written); calls `_set_monitor_op` (the 3.15 batch-level
 save_best_only crash); sets `Model._initial_epoch` when resuming; and prints
 through `keras.src.utils.io_utils.print_msg`, which follows Keras's interactive
-logging setting and has no public equivalent.
+logging setting and has no public equivalent; and finds the running `fit`'s
+`CallbackList` on the stack, whose end tells that a fit which raised is over.
+
+A fit's runtime (runs, uploads, lease, retention) is not here but in
+`tracked_ckpt.session`: this class is a Keras adapter and its configuration.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import string
-import threading
-import weakref
+import sys
 from typing import Any, Sequence
 
 from tracked_ckpt.versions import check_supported
@@ -31,10 +34,9 @@ from keras.callbacks import ModelCheckpoint
 from keras.src.utils import io_utils
 
 from tracked_ckpt import git as git_provenance
-from tracked_ckpt.publisher import PublishReport, Publisher, stall_timeout_from
+from tracked_ckpt.publisher import PublishReport, stall_timeout_from
 from tracked_ckpt.record import (
     CheckpointRecord,
-    checkpoint_name,
     clean_metrics,
     file_format,
     is_better,
@@ -42,19 +44,13 @@ from tracked_ckpt.record import (
     validate_name,
 )
 from tracked_ckpt.requirements import code_paths_arg
-from tracked_ckpt.resume import JobResume, LocalState, restore, validate_job_key
-from tracked_ckpt.retention import Retention
+from tracked_ckpt.resume import LocalState, restore, validate_job_key
+from tracked_ckpt.retention import check_keep_top_k
 from tracked_ckpt.roles import chief_role
+from tracked_ckpt.session import FitOptions, FitSession
 from tracked_ckpt.specs import io_specs
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
-from tracked_ckpt.tracker import (
-    Tracker,
-    answers_after_wait,
-    finish_run,
-    remember_destination,
-    resolve_trackers,
-    tracker_key,
-)
+from tracked_ckpt.tracker import Tracker, resolve_trackers
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -207,42 +203,60 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._started_in = git_provenance._cwd()
         self.wait_timeout = wait_timeout
         self.stall_timeout = stall_timeout_from(stall_timeout)
+        self.keep_top_k = None if keep_top_k is None else check_keep_top_k(keep_top_k)
         self.trackers = resolve_trackers(tracker)
-        self._tracker_by_key = {tracker_key(t): t for t in self.trackers}
         self.spool = Spool(
             spool_dir
             if spool_dir is not None
             else os.path.join(os.path.dirname(os.path.abspath(self.filepath)), ".tracked_ckpt", "spool")
         )
         self.resume = resume if isinstance(resume, bool) else validate_job_key(resume)
-        self._job: JobResume | None = None
-        self._file_lock = threading.RLock()  # a save and its staging vs. retention's local deletes (re-entered by sync uploads)
-        self.retention = (
-            Retention(keep_top_k, self._delete, self._paths_in_flight, self._file_lock)
-            if keep_top_k is not None else None
-        )
         self._state = LocalState(os.path.join(os.path.dirname(self.spool.directory), "resume.json"))
         self.best_value: float | None = None  # best monitored value among logged checkpoints
         self.best_name: str | None = None
-        self.last_report: PublishReport | None = None
-        self._destinations: dict[str, dict[str, Any]] = {}
-        self._publisher: Publisher | None = None
+        self._reset_fit_state()
+
+    def _reset_fit_state(self) -> None:
+        """What one fit holds at run time; never copied or pickled (see `__getstate__`)."""
+        self._session: FitSession | None = None
         self._git = git_provenance.GitInfo()
         self._saving: dict[str, Any] | None = None
         self._messages: list[str] = []
         self._warned_monitor = False
         self._chief, self._task_id = True, None
-        self._atexit = None
-        self._close_lock = threading.Lock()
-        self._watched: threading.Thread | None = None  # the worker thread a watcher waits on
+
+    # -- a callback is its configuration ---------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The callback's configuration, for `copy.deepcopy` (KerasTuner, per trial) and `pickle` (Ray).
+
+        A copy has the same arguments (and the best value so far) and shares nothing
+        with the original: no model, no run, no publisher; each fit makes its own.
+        """
+        state = dict(self.__dict__)
+        for runtime in ("_session", "_git", "_saving", "_messages", "_warned_monitor", "_chief", "_task_id"):
+            state.pop(runtime, None)
+        state["_model"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_fit_state()
+
+    @property
+    def session(self) -> FitSession | None:
+        """The runtime of this callback's current or last fit (its runs, uploads and report); None before one."""
+        return self._session
+
+    @property
+    def last_report(self) -> PublishReport | None:
+        """What the last fit logged and what it left in the spool, once that fit has ended."""
+        return self._session.report if self._session is not None else None
 
     # -- Keras hooks ----------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        if self._publisher is not None:
-            # The previous fit raised (Keras skips on_train_end then): wind it down first.
-            self._close(success=False)
         self._chief, self._task_id = chief_role(self.model)
         if self.monitor_op is None:
             try:
@@ -259,31 +273,33 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._check_writable()
         self._git = (git_provenance.capture_for_job(self.git_repo, self._started_in)
                      if self.log_git else git_provenance.GitInfo())
-        if isinstance(self.resume, str):
-            self._job = JobResume(self.resume, self._tracker_by_key)
-            state, self._destinations = self._job.begin(self._state.read(), self._start_trackers, self._base_name())
-        else:
-            state = self._state.read() if self.resume else None
-            self._destinations = self._start_trackers((state or {}).get("destinations", {}))
-        for key, destination in self._destinations.items():
-            remember_destination(key, destination)
-        self._publisher = Publisher(
-            self._tracker_by_key,
-            self.spool,
-            asynchronous=self.upload == "async",
-            on_logged=self._on_logged,
-            stall_timeout=self.stall_timeout,
-        )
-        self._resubmit_leftovers()
-        self._atexit = _register_atexit(self)
-        _watch_training_thread(self)
+        self._messages = []
+        options = FitOptions(asynchronous=self.upload == "async", wait_timeout=self.wait_timeout,
+                             stall_timeout=self.stall_timeout, keep_top_k=self.keep_top_k, resume=self.resume)
+        # `params` is the one dict Keras hands every callback of this fit: callbacks of one fit share a run.
+        self._session = FitSession(self.trackers, self.spool, options, state=self._state, fit=self.params,
+                                   on_logged=self._on_logged, on_end=self._summarize)
+        state = self._session.begin(self._base_name())
+        fit_callbacks = self._fit_callbacks()
+        if fit_callbacks is not None:
+            self._session.end_when_gone(fit_callbacks)
         if state is not None:
             self._restore(state)
-            if self._job is not None:
-                self._job.seed_retention(self.retention)
 
-    def _start_trackers(self, previous: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {key: tracker.start(run_name=None, resume=previous.get(key)) for key, tracker in self._tracker_by_key.items()}
+    def _fit_callbacks(self) -> object | None:
+        """The running `fit`'s `CallbackList` (a local of Keras's `fit`), found on the stack.
+
+        It is freed when `fit` returns or the exception it raised has been handled: the
+        moment a fit that Keras never ended (no `on_train_end` after an exception) is over.
+        """
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "fit":
+                found = frame.f_locals.get("callbacks")
+                if self in getattr(found, "callbacks", ()):
+                    return found
+            frame = frame.f_back
+        return None
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -291,7 +307,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
-        self._close(success=True)
+        if self._session is not None:
+            self._session.end(completed=True)
 
     def _get_file_path(self, epoch, batch, logs):
         try:
@@ -320,7 +337,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _save_model(self, epoch, batch, logs):
         self._saving = None
-        with self._file_lock:
+        session = self._session
+        with session.file_lock if session is not None else contextlib.nullcontext():
             try:
                 super()._save_model(epoch, batch, logs)
             except OSError as exc:
@@ -344,24 +362,27 @@ class TrackedModelCheckpoint(ModelCheckpoint):
     # -- after a save ---------------------------------------------------------------------
 
     def _on_saved(self, filepath: str, epoch: int, batch: int | None, logs: dict) -> None:
-        if self._publisher is None:  # saved outside fit (e.g. a direct call): nothing to log to
+        session = self._session
+        if session is None or not session.open:  # saved outside fit (e.g. a direct call): nothing to log to
             return
-        record = self._make_record(filepath, epoch, batch, logs)
+        record = self._make_record(session, filepath, epoch, batch, logs)
         staged = self.spool.stage(filepath)
         entry = SpoolEntry(
             id=self.spool.new_id(),
             record=record,
             staged_path=staged,
-            destinations=dict(self._destinations),
+            destinations=dict(session.destinations),
         )
         self.spool.add(entry)
         if self.resume:
-            self._write_state(record)
-        self._publisher.submit(entry)
-        if not self._publisher.asynchronous:
+            session.write_state(record, self.best_value, self.best_name, _scalar(self.best))
+        session.submit(entry)
+        if not session.asynchronous:
             self._print_messages()
 
-    def _make_record(self, filepath: str, epoch: int, batch: int | None, logs: dict) -> CheckpointRecord:
+    def _make_record(
+        self, session: FitSession, filepath: str, epoch: int, batch: int | None, logs: dict
+    ) -> CheckpointRecord:
         value = _scalar(logs.get(self.monitor))
         if value is None and not self._warned_monitor:
             self._warned_monitor = True
@@ -371,7 +392,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
                 self.monitor, "batch" if batch is not None else "epoch", ", ".join(sorted(logs)) or "none",
             )
         is_best = value is not None and (self.best_value is None or is_better(value, self.best_value, self.resolved_mode))
-        name = checkpoint_name(self._base_name(), epoch + 1, None if batch is None else batch + 1)
+        name = session.name_for(self._base_name(), epoch + 1, None if batch is None else batch + 1)
         if is_best:
             self.best_value, self.best_name = value, name
         return CheckpointRecord(
@@ -447,17 +468,6 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         """The local resume state file (`resume=True` or a job key)."""
         return self._state.path
 
-    def _write_state(self, record: CheckpointRecord) -> None:
-        self._state.write(
-            record,
-            # A deferred start may have become a real run meanwhile: resume into that one.
-            {key: tracker.destination or self._destinations[key] for key, tracker in self._tracker_by_key.items()},
-            self.best_value,
-            self.best_name,
-            _scalar(self.best),
-            self.resume if isinstance(self.resume, str) else None,
-        )
-
     def _restore(self, state: dict[str, Any]) -> None:
         """Reload the latest checkpoint and bookkeeping, and move fit's start to the next epoch."""
         initial_epoch = restore(self.model, state, self.state_path)
@@ -472,31 +482,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             last["filepath"], last["epoch"], last["step"], self.monitor, self.best_value,
         )
 
-    # -- publishing -----------------------------------------------------------------------
-
-    def _resubmit_leftovers(self) -> None:
-        """Queue checkpoints an earlier, interrupted fit left in this spool."""
-        for entry in self.spool.entries():
-            known = {k: v for k, v in entry.destinations.items() if k in self._tracker_by_key}
-            if known and all(k in self._tracker_by_key for k in entry.pending_trackers):
-                logger.info("Logging %s left in the spool by an earlier run.", entry.record.name)
-                self._publisher.submit(entry)
-
-    def _delete(self, tracker: str, ref: str, destination) -> bool:
-        return self._tracker_by_key[tracker].delete_checkpoint(ref, destination)
-
-    def _paths_in_flight(self) -> set[str]:
-        publisher = self._publisher
-        return {e.record.filepath for e in publisher.queued()} if publisher is not None else set()
+    # -- what the session reports --------------------------------------------------------
 
     def _on_logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
-        # Leftovers of an earlier job belong to another run's ranking: not this one's retention.
-        if self.retention is not None and not entry.pending_trackers and entry.destinations == self._destinations:
-            self.retention.add(entry.record, entry.done, entry.destinations)
-        if self._job is not None and not entry.pending_trackers:
-            self._job.note_logged(entry.record)
-        if self.verbose > 0:
-            display = self._tracker_by_key[tracker].display_name
+        if self.verbose > 0 and self._session is not None:
+            display = self._session.trackers[tracker].display_name
             self._messages.append(
                 f"Epoch {entry.record.epoch}: logged {entry.record.name} to {display} ({ref})"
             )
@@ -505,37 +495,14 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         while self._messages:
             io_utils.print_msg(self._messages.pop(0))
 
-    def _close(self, success: bool, cut_off: bool = False) -> None:
-        with self._close_lock:  # on_train_end, the atexit flush and the thread watcher may race
-            publisher, self._publisher = self._publisher, None
-        if publisher is None:
-            return
-        if self._atexit is not None:
-            atexit.unregister(self._atexit)
-            self._atexit = None
-        report = publisher.close(self.wait_timeout)
-        self.last_report = report
-        answering = {key: answers_after_wait(tracker, self._destinations.get(key, {}), report.stalled)
-                     for key, tracker in self._tracker_by_key.items()}
-        if self._job is not None:
-            self._job.release(write=all(answering.values()))
-        if success and not cut_off and self.resume:
-            self._state.clear()  # the job completed: the next fit starts afresh
-        if report.ok:
-            self.spool.remove_if_empty()
+    def _summarize(self, session: FitSession, report: PublishReport) -> None:
+        """Say what the fit logged, where, and what waits in the spool (called as its session ends)."""
         self._print_messages()
-        for key, tracker in self._tracker_by_key.items():
-            # A deferred start may have become a real run while uploading: remember that one.
-            remember_destination(key, tracker.destination or self._destinations.get(key, {}))
-            finish_run(tracker, success, answering[key])
-        self._summarize(report)
-
-    def _summarize(self, report: PublishReport) -> None:
         count = len({entry.id for entry, _, _ in report.logged})
         links = [
             url
-            for key, tracker in self._tracker_by_key.items()
-            if (url := tracker.run_url(self._destinations.get(key, {})))
+            for key, tracker in session.trackers.items()
+            if (url := tracker.run_url(session.destinations.get(key, {})))
         ]
         if report.failed:
             logger.error(
@@ -572,45 +539,3 @@ def _scalar(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if np.isfinite(number) else None
-
-
-def _watch_training_thread(callback: TrackedModelCheckpoint) -> None:
-    """Finish a fit cut off in a worker thread as soon as that thread ends.
-
-    Ray Tune stops a trial (a losing one, or one at `max_t`) by raising
-    `SystemExit` from `tune.report` inside `on_epoch_end`: Keras skips
-    `on_train_end` and the trial's thread ends. Its process may live on (reused
-    for the next trial) or end soon after, so the uploads are finished and the
-    run ended now, not at interpreter exit; anything a killed process still had
-    pending stays in the spool for `tracked_ckpt.sync_spool(root)`. The run ends
-    as FINISHED, as Tune reports such a trial (terminated, not errored). A fit on
-    the main thread is left to the atexit flush.
-    """
-    training = threading.current_thread()
-    if training is threading.main_thread() or callback._watched is training:
-        return
-    callback._watched = training
-    ref = weakref.ref(callback)  # a completed fit's callback (and model) is not kept alive
-
-    def watch() -> None:
-        threading.Thread.join(training)  # not a subclass's join, which may re-raise its error
-        cb = ref()
-        if cb is not None and cb._publisher is not None:  # the last fit never reached on_train_end
-            logger.info("fit ended without on_train_end (e.g. a sweep scheduler stopped the trial): "
-                        "finishing its uploads.")
-            cb._close(success=True, cut_off=True)
-
-    threading.Thread(target=watch, name="tracked-ckpt-watch", daemon=True).start()
-
-
-def _register_atexit(callback: TrackedModelCheckpoint):
-    """Flush on interpreter exit when fit was interrupted before on_train_end."""
-    ref = weakref.ref(callback)
-
-    def flush() -> None:
-        cb = ref()
-        if cb is not None:
-            cb._close(success=False)
-
-    atexit.register(flush)
-    return flush

@@ -205,29 +205,42 @@ def _pull(args) -> int:
 
 
 def _sync(args) -> int:
-    from tracked_ckpt.publisher import sync_spool
-
-    from tracked_ckpt.spool import find_spools
+    from tracked_ckpt.session import sync_spool
 
     for folder in args.spools:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder} is not a folder: pass a spool folder or a folder above spools.")
-    # A sweep's root finds every trial's spool beneath it.
-    spools = [spool for folder in args.spools or ["."] for spool in find_spools(folder)]
-    if not spools:
-        print(f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}.")
-        return 0
-    pending = 0
+    folders = args.spools or ["."]
     deadline = None if args.timeout is None else time.monotonic() + args.timeout  # for the whole call
-    for spool in spools:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        report = sync_spool(spool, timeout=remaining, retry_failed=args.retry_failed)
+    found = 0
+
+    def show(spool: str, report) -> None:
+        nonlocal found
+        found += 1
         logged = len({entry.id for entry, _, _ in report.logged})
         print(f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending"
-              + (f", {len(report.failed)} failed" if report.failed else ""))
+              + (f", {len(report.failed)} failed" if report.failed else "")
+              + (f", in use by live process {', '.join(report.held)}" if report.held else ""))
         for _, reason in report.failed:
             print(f"  failed: {reason}")
-        pending += len(report.pending) + len(report.failed)
+
+    report = None
+    for folder in folders:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        one = sync_spool(folder, timeout=remaining, retry_failed=args.retry_failed, on_spool=show)
+        if report is None:
+            report = one
+        else:
+            report.merge(one)
+    if not found:
+        print(f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}.")
+        return 0
+    if report.held:
+        raise RuntimeError(
+            f"A live fit still uses the spool (process {', '.join(report.held)}): it may add or be logging "
+            "checkpoints. Let it finish (or stop it), then run sync again."
+        )
+    pending = len(report.pending) + len(report.failed)
     if pending:
         raise RuntimeError(f"{pending} checkpoint(s) could not be logged: is the tracker reachable? Run sync again.")
     return 0

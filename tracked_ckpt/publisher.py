@@ -72,10 +72,12 @@ class PublishReport:
     errors: list[str] = dataclasses.field(default_factory=list)
     #: True when the wait stopped because no tracker made progress for the stall window.
     stalled: bool = False
+    #: Live processes ("host:pid") still using the spool when a sync ended: it may not be complete.
+    held: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.pending and not self.failed
+        return not self.pending and not self.failed and not self.held
 
     def merge(self, other: "PublishReport") -> None:
         """Add another publisher's report to this one (e.g. one spool of many)."""
@@ -84,6 +86,7 @@ class PublishReport:
         self.failed.extend(other.failed)
         self.errors.extend(other.errors)
         self.stalled = self.stalled or other.stalled
+        self.held.extend(h for h in other.held if h not in self.held)
 
 
 class Publisher:
@@ -354,53 +357,3 @@ class Publisher:
             self.trackers[name].is_permanent(exc)
             for name in entry.pending_trackers if name in self.trackers
         )
-
-
-def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bool = False) -> PublishReport:
-    """Log every checkpoint waiting in a spool, or in every spool beneath a folder (`tracked-ckpt sync`).
-
-    `directory` is a spool folder, or any folder above spools, such as a sweep's
-    checkpoint root: a trial that its scheduler stopped (Ray Tune ends it from
-    inside `on_epoch_end`, before `on_train_end`) may leave checkpoints in its
-    spool, and one `sync_spool(root)` after `Tuner.fit()` logs them all.
-    Each entry goes to the run it was saved for, whatever process saved it;
-    already-logged ones are recognised by the tracker and not logged twice, and
-    a LoggedModel a killed upload left half-written is completed. `timeout`
-    bounds the whole call; the report covers every spool found.
-
-    Example:
-        >>> sync_spool("checkpoints/.tracked_ckpt/spool")  # doctest: +SKIP
-        >>> report = sync_spool("sweep-checkpoints")  # every trial's spool  # doctest: +SKIP
-        >>> report.ok  # doctest: +SKIP
-        True
-    """
-    from tracked_ckpt.spool import find_spools
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    report = PublishReport()
-    for spool_dir in find_spools(directory):
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        report.merge(_sync_one(spool_dir, remaining, retry_failed))
-    return report
-
-
-def _sync_one(directory: str, timeout: float | None, retry_failed: bool) -> PublishReport:
-    from tracked_ckpt.tracker import answers_after_wait, finish_run, tracker_class
-
-    spool = Spool(directory)
-    if retry_failed:
-        spool.unpark_all()
-    entries = list(spool.entries())
-    names = {name for entry in entries for name in entry.pending_trackers}
-    trackers = {name: tracker_class(name)() for name in sorted(names)}
-    # A single attempt per pass, then backoff until `timeout` or a stall: the same loop as during fit.
-    publisher = Publisher(trackers, spool, asynchronous=False, stall_timeout=stall_timeout_from(None))
-    publisher.enqueue(entries)
-    report = publisher.close(timeout)
-    for name, tracker in trackers.items():
-        destination = next((e.destinations[name] for e in entries if name in e.destinations), {})
-        # Ends only runs this sync had to create.
-        finish_run(tracker, True, answers_after_wait(tracker, destination, report.stalled))
-    if report.ok:
-        spool.remove_if_empty()
-    return report

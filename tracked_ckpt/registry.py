@@ -20,18 +20,16 @@ for ckpt in tracked_ckpt.list_checkpoints(where={"is_best": True}):
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
-import tempfile
 from typing import Any, Mapping
 
-from tracked_ckpt.files import safe_file_name, sha256_file
-from tracked_ckpt.progress import Progress, watch_folder_size
+from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.record import is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
-from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, resolve_tracker
+from tracked_ckpt.session import last_destination
+from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, resolve_tracker, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -112,7 +110,7 @@ def list_checkpoints(
         >>> best_ones = list_checkpoints(where={"is_best": True})  # doctest: +SKIP
     """
     backend = resolve_tracker(tracker)
-    found = backend.search_checkpoints(backend.scope(run_id, experiment), where=_where(where))
+    found = backend.search_checkpoints(_scope(backend, run_id, experiment), where=_where(where))
     return sorted(found, key=lambda c: (c.run_id, c.record.step, c.record.epoch))
 
 
@@ -134,7 +132,7 @@ def best_checkpoint(
         >>> best.record.epoch, best.record.value  # doctest: +SKIP
     """
     backend = resolve_tracker(tracker)
-    scope = backend.scope(run_id, experiment)
+    scope = _scope(backend, run_id, experiment)
     if monitor is None or mode is None:
         sample = backend.search_checkpoints(scope, max_results=1)
         if not sample:
@@ -188,7 +186,7 @@ def promote_best(
     """
     validate_alias(alias)
     backend = resolve_tracker(tracker)
-    scope = backend.scope(run_id, experiment)
+    scope = _scope(backend, run_id, experiment)
     where = {"name": name} if name else None
     if monitor is None or mode is None:
         sample = backend.search_checkpoints(scope, where=where, max_results=1)
@@ -276,7 +274,7 @@ def download_checkpoint(
     """
     backend = resolve_tracker(tracker)
     checkpoint = _which(backend, registered_name, alias, version, checkpoint)
-    return _cached_fetch(backend, checkpoint, cache_dir, verify)
+    return fetch_verified(backend, checkpoint, cache_dir, verify)
 
 
 def load_model(
@@ -341,83 +339,6 @@ def load_model(
     )
 
 
-# -- cache ------------------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
-    """The download cache folder."""
-    if cache_dir is not None:
-        return os.fspath(cache_dir)
-    if os.environ.get("TRACKED_CKPT_CACHE"):
-        return os.environ["TRACKED_CKPT_CACHE"]
-    return os.path.join(os.path.expanduser("~"), ".cache", "tracked_ckpt")
-
-
-def _cached_fetch(backend: Tracker, checkpoint: LoggedCheckpoint, cache_dir, verify: bool = False) -> str:
-    record = checkpoint.record
-    if not re.fullmatch(r"[0-9a-f]{64}", record.sha256 or ""):
-        raise ChecksumError(f"{record.name} has no valid sha256 recorded; it cannot be verified.")
-    folder = os.path.join(cache_root(cache_dir), record.sha256)
-    path = os.path.join(folder, safe_file_name(os.path.basename(record.filepath) or f"checkpoint.{record.format}"))
-    if _verified(path, record.sha256, rehash=verify):
-        return path
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp, \
-            Progress(f"tracked-ckpt: pulling {record.name}", record.size_bytes, 1) as bar:
-        stop_watching = watch_folder_size(tmp, bar)
-        try:
-            fetched = backend.fetch(checkpoint, tmp)
-        finally:
-            stop_watching()
-        sha, size = sha256_file(fetched)
-        if sha != record.sha256:
-            raise ChecksumError(
-                f"Checksum mismatch for {record.name}: downloaded sha256 {sha[:12]}... "
-                f"but {record.sha256[:12]}... was recorded. The stored copy is damaged or was "
-                "replaced; re-log the checkpoint or pick another version."
-            )
-        os.replace(fetched, path)
-    _mark_verified(path, record.sha256)
-    return path
-
-
-def _stamp(path: str) -> dict[str, int]:
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-
-
-def _verified(path: str, sha256: str, rehash: bool = False) -> bool:
-    """A cached file is trusted while it is unchanged since it was hashed (same size, mtime, inode).
-
-    Hashing a large checkpoint on every warm load would cost a good part of the
-    load itself, so the hash is redone only when the file changed (or `rehash`).
-    """
-    marker = path + ".verified"
-    try:
-        if rehash:
-            raise ValueError("re-hash requested")
-        with open(marker) as f:
-            saved = json.load(f)
-        if saved.get("sha256") != sha256 or saved.get("stamp") != _stamp(path):
-            raise ValueError("changed since verified")
-        return True
-    except (OSError, ValueError):
-        if os.path.exists(path):
-            # No (or a stale) marker: hash once; keep the file if it is intact.
-            sha, _ = sha256_file(path)
-            if sha == sha256:
-                _mark_verified(path, sha256)
-                return True
-            logger.warning("Cached %s is corrupted; downloading it again.", path)
-            os.remove(path)
-        return False
-
-
-def _mark_verified(path: str, sha256: str) -> None:
-    with open(path + ".verified", "w") as f:
-        json.dump({"sha256": sha256, "stamp": _stamp(path)}, f)
-
-
 # -- helpers ----------------------------------------------------------------------------
 
 
@@ -431,6 +352,11 @@ def _which(backend: Tracker, registered_name: str | None, alias: str | None,
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
     return backend.resolve_for_load(registered_name, alias=alias, version=version)
+
+
+def _scope(backend: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+    """The tracker's scope; with neither given, it defaults to where this process's last fit logged."""
+    return backend.scope(run_id, experiment, last=last_destination(tracker_key(backend)))
 
 
 def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -41,7 +41,7 @@ import uuid
 from typing import Any, Callable, Mapping
 
 from tracked_ckpt.record import CheckpointRecord, is_better, split_checkpoint_name
-from tracked_ckpt.registry import download_checkpoint
+from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.tracker import LoggedCheckpoint
 from tracked_ckpt.retention import Kept, Retention
 from tracked_ckpt.tracker import Tracker, TrackerError
@@ -369,7 +369,7 @@ class JobResume:
                 continue
             newest = max(checkpoints, key=_order)
             self._say_if_newer_was_deleted(self._previous.get(name), newest)
-            path = download_checkpoint(checkpoint=newest, tracker=tracker)
+            path = fetch_verified(tracker, newest)
             self.resumed_from = newest
             self._checkpoints = sorted((c for c in checkpoints if _order(c) <= _order(newest)), key=_order)
             self._latest = _summary(newest.record)

@@ -42,6 +42,13 @@ def to_evict(kept: list[Kept], k: int, mode: str) -> list[Kept]:
     return [c for c in kept if id(c) not in keep and not c.protected]
 
 
+def check_keep_top_k(k: Any) -> int:
+    """Check a `keep_top_k` value: an integer >= 1."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"keep_top_k={k!r} would keep nothing: pass an integer >= 1, or None to keep all.")
+    return k
+
+
 class Retention:
     """Applies `keep_top_k` after each fully logged checkpoint, on the tracker and on disk.
 
@@ -60,9 +67,7 @@ class Retention:
         in_use: Callable[[], set[str]] = set,
         file_lock: "threading.RLock | None" = None,
     ):
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"keep_top_k={k!r} would keep nothing: pass an integer >= 1, or None to keep all.")
-        self.k = k
+        self.k = check_keep_top_k(k)
         self.delete = delete
         self.in_use = in_use
         self.file_lock = file_lock or threading.RLock()

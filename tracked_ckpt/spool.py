@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -36,6 +37,9 @@ _NOT_SPOOL_HOLDERS = {".git", ".hg", ".svn", "__pycache__", "node_modules", "sit
                       ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 # A manifest's (or parked entry's) file name: `Spool.new_id()` plus its suffix.
 _ENTRY_FILE_RE = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{12}\.(?:json|failed)$")
+# A live fit's hold on its spool (`Spool.hold`): it may still add checkpoints there.
+HOLD_PREFIX = ".live-"
+_HOLD_FILE_RE = re.compile(r"^\.live-[0-9a-f]{12}\.lock$")
 
 
 @dataclasses.dataclass
@@ -208,6 +212,7 @@ class Spool:
 
     def remove_if_empty(self) -> None:
         """Remove the spool directory (and an emptied `.tracked_ckpt` parent) once nothing waits in it."""
+        self.holders()  # clears the holds a killed process left
         for path in (self.directory, os.path.dirname(self.directory)):
             if os.path.basename(path) not in ("spool", ".tracked_ckpt"):
                 break  # a user-chosen spool_dir: leave its parents alone
@@ -219,9 +224,65 @@ class Spool:
     def new_id(self) -> str:
         return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
+    def hold(self) -> "SpoolHold":
+        """Mark the spool as in use by a live fit of this process until the hold is released.
+
+        `sync_spool` waits for (or reports) a held spool, since a live fit may still
+        add checkpoints to it or be logging one.
+        """
+        return SpoolHold(self.directory)
+
+    def holders(self) -> list[str]:
+        """The live processes holding this spool ("host:pid"); stale holds of dead processes are removed."""
+        found = []
+        if not os.path.isdir(self.directory):
+            return found
+        for name in sorted(os.listdir(self.directory)):
+            if not _HOLD_FILE_RE.match(name):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                with open(path, "r+") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        found.append(handle.read().strip() or name)  # locked: its process is alive
+                        continue
+                    os.remove(path)  # nobody holds it: left by a process that was killed
+            except FileNotFoundError:
+                continue
+        return found
+
+
+class SpoolHold:
+    """An flock on a marker file in a spool, held while a fit of this process may still use it.
+
+    The lock goes with the process: a killed process leaves a marker nobody holds,
+    which `Spool.holders` recognises and removes.
+    """
+
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"{HOLD_PREFIX}{uuid.uuid4().hex[:12]}{LOCK_SUFFIX}")
+        self._handle: Any = open(self.path, "w")
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        self._handle.write(f"{socket.gethostname()}:{os.getpid()}")
+        self._handle.flush()
+
+    def release(self) -> None:
+        """Give the spool back (idempotent)."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        handle.close()  # closing drops the lock
+
 
 def find_spools(root: str | os.PathLike[str]) -> list[str]:
-    """Every spool folder at or beneath `root` that holds checkpoints waiting (or parked).
+    """Every spool folder at or beneath `root` that holds checkpoints waiting (or parked), or a live fit's hold.
 
     A sweep's trials each keep their own spool (by default `.tracked_ckpt/spool`
     beside their checkpoints, wherever their `spool_dir` points otherwise): this
@@ -241,7 +302,7 @@ def find_spools(root: str | os.PathLike[str]) -> list[str]:
             d for d in subfolders
             if d not in _NOT_SPOOL_HOLDERS and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))
         )
-        if any(_ENTRY_FILE_RE.match(name) for name in files):
+        if any(_ENTRY_FILE_RE.match(name) or _HOLD_FILE_RE.match(name) for name in files):
             found.append(folder)
     return found
 

@@ -186,8 +186,11 @@ class Tracker(abc.ABC):
 
     # -- registry side (the registry helper and the CLI) --------------------------------
 
-    def scope(self, run_id: str | None, experiment: str | None) -> dict[str, Any]:
-        """Resolve a run or an experiment to a scope (default: the last run `fit` logged to)."""
+    def scope(
+        self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Resolve a run or an experiment to a scope; with neither, default to `last`, the destination
+        the last `fit` in this process logged to (None: there was none)."""
         raise self._unsupported("list or promote checkpoints")
 
     def search_checkpoints(
@@ -259,21 +262,6 @@ class Tracker(abc.ABC):
     def _unsupported(self, what: str) -> TrackerError:
         return TrackerError(f"The {self.display_name} tracker ({type(self).__name__}) cannot {what}: "
                             "use a tracker with a registry, such as 'mlflow' or 'wandb'.")
-
-
-# Where the last `fit` in this process logged, per tracker name: the registry's default scope.
-_LAST_DESTINATIONS: dict[str, dict[str, Any]] = {}
-
-
-def remember_destination(name: str, destination: Mapping[str, Any]) -> None:
-    """Record where a `fit` logged, so the registry helper can default to that run."""
-    _LAST_DESTINATIONS[name] = dict(destination)
-
-
-def last_destination(name: str) -> dict[str, Any] | None:
-    """Where the last `fit` in this process logged for tracker `name`, if any."""
-    found = _LAST_DESTINATIONS.get(name)
-    return dict(found) if found else None
 
 
 def tracker_names() -> list[str]:

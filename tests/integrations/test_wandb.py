@@ -237,7 +237,7 @@ def test_attaches_to_the_active_run_and_leaves_it_open(wandb_env):
     run = wandb.init(project="mine")
     checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}.keras"), epochs=1)
     assert wandb.run is run  # not finished by the tracker
-    assert checkpoint._destinations["wandb"]["run_id"] == run.id
+    assert checkpoint.session.destinations["wandb"]["run_id"] == run.id
     run.log({"after": 1.0})
     run.finish()
     artifacts = logged_artifacts(the_run_dir(wandb_env))
@@ -382,7 +382,7 @@ def test_mlflow_and_wandb_each_get_each_checkpoint_once(wandb_env, monkeypatch):
     artifacts = logged_artifacts(the_run_dir(wandb_env))
     assert [a.metadata["epoch"] for a in artifacts] == [1, 2, 3]
 
-    destination = checkpoint._destinations["mlflow"]
+    destination = checkpoint.session.destinations["mlflow"]
     client = mlflow.MlflowClient(destination["tracking_uri"])
     models = client.search_logged_models(experiment_ids=[destination["experiment_id"]])
     assert sorted(m.tags["tracked_ckpt.epoch"] for m in models) == ["1", "2", "3"]
@@ -556,7 +556,7 @@ def test_download_verifies_sha256(server, tmp_path):
 def test_offline_run_synced_into_the_fake_then_restored_by_alias(wandb_env):
     """From training to a loaded best model: what the SDK wrote, as W&B would store it after `wandb sync`."""
     checkpoint = train(str(wandb_env / "ckpt" / "model.keras"))
-    run_id = checkpoint._destinations["wandb"]["run_id"]
+    run_id = checkpoint.session.destinations["wandb"]["run_id"]
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     versions = server.sync(the_run_dir(wandb_env))
     api = server.api()

@@ -295,7 +295,7 @@ def test_delete_checkpoint_spares_protected_versions(server, tracker, caplog):
 def test_offline_training_synced_promoted_and_loaded_back(wandb_env):  # noqa: F811
     """A real offline fit, uploaded into the fake as `wandb sync` would, then promoted and loaded."""
     checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}.keras"))  # val_loss 0.5, 0.7, 0.4
-    run_id = checkpoint._destinations["wandb"]["run_id"]
+    run_id = checkpoint.session.destinations["wandb"]["run_id"]
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     server.sync(the_run_dir(wandb_env))
     tracker = WandbTracker(api=server.api())

@@ -46,14 +46,14 @@ def fit(epochs: int, interrupt_after: int | None = None):
         history = model.fit(x, y, validation_split=0.25, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
                             callbacks=[ScriptedValLoss(), callback, Interrupt()])
     except KeyboardInterrupt:
-        callback._close(success=False)  # what the interpreter's exit does after the interrupt
+        callback.session.end(completed=False)  # what the interpreter's exit does after the interrupt
         history = None
     return callback, history, model
 
 
 def test_job_key_names_the_run_and_a_restart_continues_it(wandb_env):  # noqa: F811
     first, _, _ = fit(epochs=3, interrupt_after=2)
-    run_id = first._destinations["wandb"]["run_id"]
+    run_id = first.session.destinations["wandb"]["run_id"]
     assert run_id == job_run_id(KEY) and run_id.startswith("digits-job-7-")
     (run_dir,) = run_dirs(str(wandb_env / "wandb_dir"))
     summary = run_summary(run_dir)
@@ -86,7 +86,7 @@ def test_job_key_names_the_run_and_a_restart_continues_it(wandb_env):  # noqa: F
     # Offline, the restart on the same disk resumes from its local state into the same run id.
     again, history, _ = fit(epochs=3)
     assert history.epoch == [2]
-    assert again._destinations["wandb"]["run_id"] == run_id
+    assert again.session.destinations["wandb"]["run_id"] == run_id
     assert again.last_report.ok
 
 
