@@ -395,7 +395,7 @@ def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_en
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     server.sync(the_run_dir(wandb_env))
     tracker = WandbTracker(api=server.api())
-    (listed,) = tracked_ckpt.list_checkpoints(tracker=tracker, run_id=checkpoint._destinations["wandb"]["run_id"])
+    (listed,) = tracked_ckpt.list_checkpoints(tracker=tracker, run_id=artifact.run_id)
     assert listed.record.requirements == ("wbtinylayers==0.2.0",)
     restored = tracked_ckpt.load_model(checkpoint=listed, tracker=tracker, custom_objects={"Negate": Negate})
     probe = np.random.default_rng(1).random((3, 4)).astype("float32")
