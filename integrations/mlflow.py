@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import platform
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -84,9 +86,11 @@ class MlflowTracker(Tracker):
             (default: MLflow's, i.e. `MLFLOW_EXPERIMENT_NAME` or "Default").
         run_id: log into this existing run instead of the active or a new one.
         run_name: name of the run this tracker starts, if it starts one.
-        pip_requirements: requirements written into keras-flavor models;
-            default: the installed keras and the checkpoint's backend package
-            (MLflow's inference costs seconds per call, so it is never used).
+        pip_requirements: requirements written into keras-flavor models (after
+            `mlflow`), replacing the default: the installed keras, the checkpoint's
+            backend package and every installed distribution its saved Keras config
+            references (`record.requirements`, e.g. `keras-hub==0.21.1`), all pinned.
+            MLflow's inference costs seconds per call, so it is never used.
 
     Example:
 
@@ -443,15 +447,21 @@ class MlflowTracker(Tracker):
             keras_backend=record.backend,
             save_exported_model=False,
         )
+        code = _copy_code(record, out)
         mlflow.pyfunc.add_to_model(
-            mlmodel, loader_module="mlflow.keras", conda_env="conda.yaml", python_env="python_env.yaml"
+            mlmodel,
+            # With code, a loader in the model's code/ folder imports it first, then hands over to mlflow.keras.
+            loader_module=CODE_LOADER if code else "mlflow.keras",
+            code=CODE_DIR if code else None,
+            conda_env="conda.yaml",
+            python_env="python_env.yaml",
         )
         mlmodel.model_size_bytes = record.size_bytes
         mlmodel.signature = model_signature(record)
         if mlmodel.signature is None:
             logger.debug("%s is logged without a signature: its inputs and outputs cannot be described.", record.name)
         mlmodel.save(os.path.join(out, "MLmodel"))
-        _write_environment(out, self.pip_requirements or _default_requirements(record.backend))
+        _write_environment(out, self.pip_requirements or model_requirements(record))
 
 
     # -- registry backend (tracked_ckpt.registry) ------------------------------------------
@@ -948,6 +958,88 @@ def _default_requirements(backend: str = "tensorflow") -> list[str]:
         except PackageNotFoundError:
             continue
     return requirements
+
+
+def model_requirements(record: CheckpointRecord) -> list[str]:
+    """A keras-flavor model's pip requirements (besides mlflow): keras, the backend, then what its config needs.
+
+    Example:
+        >>> model_requirements(record)  # record.requirements == ("keras-hub==0.21.1",)  # doctest: +SKIP
+        ['keras==3.15.1', 'tensorflow==2.21.0', 'keras-hub==0.21.1']
+    """
+    merged: dict[str, str] = {}
+    for requirement in [*_default_requirements(record.backend), *(record.requirements or ())]:
+        name = re.split(r"[=<>!~;\[ ]", requirement, maxsplit=1)[0]
+        merged.setdefault(re.sub(r"[-_.]+", "-", name).lower(), requirement)
+    return list(merged.values())
+
+
+CODE_DIR = "code"
+#: The module, written into a model's code/ folder, that pyfunc imports to load a model with code paths.
+CODE_LOADER = "_tracked_ckpt_loader"
+_CODE_LOADER_SOURCE = '''"""Written by tracked-ckpt: load this MLflow model together with the code logged beside it.
+
+`mlflow.pyfunc.load_model` (and `mlflow models serve`) put this folder on sys.path and
+call `_load_pyfunc`. It imports every module and package of the folder, so that their
+Keras classes are registered, offers their classes and functions to Keras by name
+(for classes that were never registered), and hands over to MLflow's keras flavor.
+"""
+
+import importlib
+import os
+import sys
+
+
+def _code_modules(code_dir):
+    for entry in sorted(os.listdir(code_dir)):
+        if entry == __name__ + ".py" or entry.startswith("."):
+            continue
+        if entry.endswith(".py"):
+            yield entry[:-3]
+        elif os.path.isfile(os.path.join(code_dir, entry, "__init__.py")):
+            yield entry
+
+
+def _load_pyfunc(path, model_config=None):
+    import keras
+    from mlflow import keras as mlflow_keras
+
+    root = path if os.path.isfile(os.path.join(path, "MLmodel")) else os.path.dirname(path)
+    code_dir = os.path.join(root, "code")
+    if code_dir not in sys.path:
+        sys.path.insert(0, code_dir)
+    objects = {}
+    for name in _code_modules(code_dir):
+        module = importlib.import_module(name)
+        objects.update({key: value for key, value in vars(module).items()
+                        if callable(value) and getattr(value, "__module__", None) == module.__name__})
+    with keras.saving.custom_object_scope(objects):
+        return mlflow_keras._load_pyfunc(path)
+'''
+
+
+def _copy_code(record: CheckpointRecord, out: str) -> bool:
+    """Copy the record's code paths into the model's code/ folder, with the loader; False when there are none.
+
+    A path gone since training started is left out with a warning (the checkpoint is still logged).
+    """
+    copied = False
+    for source in record.code_paths or ():
+        target = os.path.join(out, CODE_DIR, os.path.basename(os.path.normpath(source)))
+        try:
+            if os.path.isdir(source):
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
+        except OSError as exc:
+            logger.warning("%s is logged without its code path %s: %s", record.name, source, exc)
+            continue
+        copied = True
+    if copied:
+        with open(os.path.join(out, CODE_DIR, CODE_LOADER + ".py"), "w") as f:
+            f.write(_CODE_LOADER_SOURCE)
+    return copied
 
 
 def _write_environment(out: str, requirements: list[str]) -> None:

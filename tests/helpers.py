@@ -51,3 +51,67 @@ def logged_models(run_id: str, experiment_id: str | None = None):
         experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1000
     )
     return sorted(models, key=lambda m: (int(m.tags["tracked_ckpt.step"]), m.creation_timestamp))
+
+
+# -- a small installed package of Keras layers ------------------------------------------------
+
+
+LAYER_PACKAGE_SOURCE = '''import keras
+
+
+@keras.saving.register_keras_serializable(package="{name}")
+class {cls}(keras.layers.Layer):
+    """Multiplies its input by a constant factor."""
+
+    def __init__(self, factor=3.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {{**super().get_config(), "factor": self.factor}}
+'''
+
+
+def install_layer_package(root, name: str = "tinylayers", version: str = "0.1.0", cls: str = "Triple") -> str:
+    """Build a one-module wheel defining a registered Keras layer and `pip install --target` it.
+
+    Returns the target folder: put it on sys.path to "have the package installed",
+    take it off to "lack" it. The wheel is written by hand (a zip with its dist-info),
+    so no build backend runs: about a second, for pip.
+    """
+    import base64
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    source = LAYER_PACKAGE_SOURCE.format(name=name, cls=cls)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tracked-ckpt-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/top_level.txt": f"{name}\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    os.makedirs(root, exist_ok=True)
+    wheel = os.path.join(str(root), f"{name}-{version}-py3-none-any.whl")
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    target = os.path.join(str(root), "site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--disable-pip-version-check",
+         "--target", target, wheel],
+        check=True,
+    )
+    return target

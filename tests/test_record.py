@@ -40,6 +40,7 @@ def make_record(**overrides) -> CheckpointRecord:
         filepath="/ckpt/digits-e0003.keras",
         keras_version="3.10.0",
         backend="tensorflow",
+        requirements=("keras-hub==0.21.1", "tinylayers==0.1.0"),
         value=0.1 + 0.2,
         git_commit="0123456789abcdef0123456789abcdef01234567",
         git_branch="main",
@@ -81,10 +82,13 @@ def test_metadata_full_record_has_every_key_in_order():
 
 
 def test_metadata_omits_none_values_and_keeps_falsy_ones():
-    record = make_record(value=None, git_commit=None, git_branch=None, git_dirty=None, git_remote=None)
+    record = make_record(value=None, git_commit=None, git_branch=None, git_dirty=None, git_remote=None,
+                         requirements=None)
     meta = record.metadata()
     assert is_ordered_subset(list(meta), SCHEMA_KEYS)
-    assert set(SCHEMA_KEYS) - set(meta) == {"value", "git_commit", "git_branch", "git_dirty", "git_remote"}
+    assert set(SCHEMA_KEYS) - set(meta) == {"value", "git_commit", "git_branch", "git_dirty", "git_remote",
+                                            "requirements"}
+    assert "requirements" not in make_record(requirements=()).metadata()  # none beyond Keras: left out
     assert None not in meta.values()
 
     falsy = make_record(value=0.0, is_best=False, git_dirty=False, size_bytes=0, epoch=0, step=0)
@@ -97,8 +101,20 @@ def test_metadata_omits_none_values_and_keeps_falsy_ones():
 
 
 def test_metadata_values_are_plain_types():
-    for value in make_record().metadata().values():
-        assert type(value) in (str, int, float, bool)
+    for key, value in make_record().metadata().items():
+        if key == "requirements":
+            assert value == ["keras-hub==0.21.1", "tinylayers==0.1.0"]  # a list of strings (W&B keeps it typed)
+        else:
+            assert type(value) in (str, int, float, bool)
+
+
+def test_requirements_as_one_string_and_back():
+    record = make_record()
+    assert record.string_metadata()["requirements"] == "keras-hub==0.21.1,tinylayers==0.1.0"
+    for meta in (record.metadata(), record.string_metadata()):
+        assert CheckpointRecord.from_metadata(meta).requirements == ("keras-hub==0.21.1", "tinylayers==0.1.0")
+    # The spool's JSON gives a list back: the record keeps a tuple.
+    assert dataclasses.replace(record, requirements=["a==1"], code_paths=["/x/m.py"]).requirements == ("a==1",)
 
 
 def test_string_metadata_formats():
@@ -156,7 +172,8 @@ def test_round_trip_through_plain_metadata():
 
 
 def test_round_trip_with_unknown_values():
-    record = make_record(value=None, is_best=False, git_commit=None, git_branch=None, git_dirty=None, git_remote=None)
+    record = make_record(value=None, is_best=False, git_commit=None, git_branch=None, git_dirty=None, git_remote=None,
+                         requirements=None)
     for meta in (record.metadata(), record.string_metadata()):
         back = CheckpointRecord.from_metadata(meta, name=record.name, metrics=record.metrics)
         assert back == record

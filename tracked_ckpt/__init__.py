@@ -23,6 +23,7 @@ _EXPORTS = {
     "SCHEMA_KEYS": "tracked_ckpt.record",
     "ChecksumError": "tracked_ckpt.tracker",
     "LoggedCheckpoint": "tracked_ckpt.tracker",
+    "MissingRequirementError": "tracked_ckpt.requirements",
     "PromotionResult": "tracked_ckpt.registry",
     "best_checkpoint": "tracked_ckpt.registry",
     "download_checkpoint": "tracked_ckpt.registry",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
     from tracked_ckpt.session import sync_spool, wait
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
+    from tracked_ckpt.requirements import MissingRequirementError
     from tracked_ckpt.resume import JobLockedError
     from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint
     from tracked_ckpt.registry import (

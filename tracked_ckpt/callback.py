@@ -43,6 +43,7 @@ from tracked_ckpt.record import (
     sanitize_name,
     validate_name,
 )
+from tracked_ckpt.requirements import code_paths_arg
 from tracked_ckpt.resume import LocalState, restore, validate_job_key
 from tracked_ckpt.retention import check_keep_top_k
 from tracked_ckpt.roles import chief_role
@@ -128,6 +129,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             continues there; local state of the same job is used first. A
             second live job with the same key is refused (see
             `tracked_ckpt.resume`).
+        code_paths: module files or package folders (e.g. `["my_layers.py"]`) that
+            define the model's custom layers, losses or metrics and are not an
+            installed package: logged with each `.keras` checkpoint (MLflow: the
+            model's `code/` folder, imported by `mlflow.pyfunc.load_model` and
+            `mlflow models serve`) so it loads on another machine. A config module
+            that is neither installed nor listed here is named in one warning per fit.
 
     Example:
 
@@ -169,6 +176,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         blocking: bool = True,
         keep_top_k: int | None = None,
         resume: bool | str = False,
+        code_paths: Sequence[str | os.PathLike[str]] | None = None,
     ):
         if mode not in _MODES:
             raise ValueError(f"Invalid mode {mode!r}: use 'auto', 'min' or 'max'.")
@@ -197,6 +205,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self.upload = upload
         self.log_git = log_git
         self.git_repo = git_repo
+        self.code_paths = code_paths_arg(code_paths)  # handed on in each record (tracked_ckpt.requirements)
         # Jobs (and sweep trials) may change directory before fit: remember where this one started.
         self._started_in = git_provenance._cwd()
         self.wait_timeout = wait_timeout
@@ -421,6 +430,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             git_remote=git.remote,
             metrics=clean_metrics(logs),
             io_specs=io_specs(self.model) if self.format == "keras" else None,
+            code_paths=self.code_paths,
         )
 
     @property

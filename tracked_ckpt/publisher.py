@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 
 from tracked_ckpt.progress import Progress, wait_with_progress
 from tracked_ckpt.files import sha256_file
+from tracked_ckpt.requirements import RequirementsResolver
 from tracked_ckpt.spool import Spool, SpoolEntry
 from tracked_ckpt.tracker import Tracker
 
@@ -180,6 +181,7 @@ class Publisher:
         self._progress_at = time.monotonic()  # the last time a tracker confirmed something
         self._in_call: tuple[SpoolEntry, str] | None = None  # (entry, tracker) inside a tracker call now
         self._niced_from: int | None = None  # the worker's nice value before it lowered its priority
+        self._requirements = RequirementsResolver()  # one per fit: each distinct config parsed once
 
     def submit(self, entry: SpoolEntry) -> None:
         """Queue a spooled entry. In sync mode, log it (and anything before it) now."""
@@ -360,6 +362,11 @@ class Publisher:
                 # Hashing happens here, not on the training thread: the staged file is frozen.
                 sha, size = sha256_file(entry.staged_path)
                 entry.record = dataclasses.replace(entry.record, sha256=sha, size_bytes=size)
+            if entry.record.requirements is None and entry.record.format == "keras":
+                # What the saved config needs beyond Keras, for every tracker alike: read here, off
+                # the training thread, from the frozen file.
+                entry.record = dataclasses.replace(entry.record, requirements=self._requirements.requirements(
+                    entry.staged_path, entry.record.code_paths, entry.record.name))
             # Counted on disk before any tracker call, so that a crash or a hang in the middle of
             # one makes every later attempt (here, or a sync in another process) a retry.
             entry.attempts += 1

@@ -13,9 +13,11 @@ import math
 import re
 from typing import Any, Mapping
 
-# The schema, in display order. Values are str, int, float or bool; a key whose
-# value is unknown (no git repo, monitored metric missing from the logs) is
-# omitted rather than stored as an empty string.
+# The schema, in display order. Values are str, int, float or bool, except
+# `requirements`, a list of `name==version` strings (one comma-separated string
+# for string-only trackers); a key whose value is unknown (no git repo, monitored
+# metric missing from the logs, no requirements beyond Keras) is omitted rather
+# than stored as an empty string.
 SCHEMA_KEYS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -29,6 +31,7 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "filepath",
     "keras_version",
     "backend",
+    "requirements",
     "git_commit",
     "git_branch",
     "git_dirty",
@@ -142,12 +145,19 @@ class CheckpointRecord:
         format: "keras", "h5" or "weights.h5".
         filepath: the local path Keras wrote.
         keras_version, backend: the Keras version and backend that wrote it.
+        requirements: the installed distributions (`name==version`) the saved Keras
+            config references beyond Keras (KerasHub, a user's package), read off
+            the training thread by the publisher (`tracked_ckpt.requirements`);
+            None until then, and for files without a Keras config.
         git_commit, git_branch, git_dirty, git_remote: provenance of the training code.
         metrics: the logs Keras passed for this save (epoch or batch logs).
         io_specs: the model's input and output tensors for a full-model checkpoint,
             `{"inputs": [{"name", "dtype", "shape"}, ...], "outputs": [...]}` (None in a
             shape dimension: any size), or None when they cannot be described. Not part of
             the schema's tags: trackers turn it into their own description (an MLflow signature).
+        code_paths: absolute paths of module files or package folders logged with a
+            full-model checkpoint so that its custom classes load elsewhere (MLflow:
+            the model's `code/` folder), or None. Not part of the schema's tags.
 
     Example:
         >>> ckpt = tracked_ckpt.list_checkpoints()[0]  # doctest: +SKIP
@@ -176,6 +186,15 @@ class CheckpointRecord:
     git_remote: str | None = None
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     io_specs: Mapping[str, Any] | None = None
+    requirements: tuple[str, ...] | None = None
+    code_paths: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # The spool's JSON gives lists back, MLflow tags one string: keep tuples.
+        if self.requirements is not None:
+            object.__setattr__(self, "requirements", tuple(_requirement_items(self.requirements)))
+        if self.code_paths is not None:
+            object.__setattr__(self, "code_paths", tuple(self.code_paths))
 
     def metric(self, name: str) -> float | None:
         """The value of metric `name` at this save (the monitored value or another logged one), or None.
@@ -199,9 +218,9 @@ class CheckpointRecord:
         out: dict[str, Any] = {}
         for key in SCHEMA_KEYS:
             value = getattr(self, key)
-            if value is None:
+            if value is None or key == "requirements" and not value:
                 continue
-            out[key] = value
+            out[key] = list(value) if key == "requirements" else value
         return out
 
     def summary(self) -> str:
@@ -259,6 +278,7 @@ class CheckpointRecord:
             git_dirty=None if metadata.get("git_dirty") in (None, "") else _to_bool(metadata["git_dirty"]),
             git_remote=_opt_str(metadata.get("git_remote")),
             metrics=dict(metrics or {}),
+            requirements=tuple(_requirement_items(metadata.get("requirements"))) or None,
         )
 
 
@@ -306,6 +326,8 @@ def format_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(float(value))  # np.float64 is a float whose repr is 'np.float64(...)'
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)  # requirements: `name==version` has no comma
     return str(value)
 
 
@@ -317,3 +339,9 @@ def _to_bool(value: Any) -> bool:
 
 def _opt_str(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
+
+
+def _requirement_items(value: Any) -> list[str]:
+    """Requirements from a stored value: a list, or a comma-separated string (MLflow tags)."""
+    items = value.split(",") if isinstance(value, str) else (value or ())
+    return [str(item).strip() for item in items if str(item).strip()]

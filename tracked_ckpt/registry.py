@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.record import is_better
+from tracked_ckpt.requirements import MissingRequirementError, check_requirements
 from tracked_ckpt.session import last_destination, wait
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, resolve_tracker, tracker_key
 
@@ -285,6 +286,7 @@ def load_model(
     checkpoint: LoggedCheckpoint | None = None,
     tracker: "str | Tracker" = "mlflow",
     model: Any = None,
+    custom_objects: Mapping[str, Any] | None = None,
     compile: bool = True,
     safe_mode: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -298,15 +300,28 @@ def load_model(
         checkpoint: a checkpoint from `list_checkpoints`, instead of a registered name.
         tracker: the tracker name or object.
         model: for weights-only checkpoints, the model to load the weights into.
+        custom_objects: classes and functions the checkpoint's config names that
+            are not registered with Keras (`{"Scale": Scale}`), passed to
+            `keras.saving.load_model`.
         compile, safe_mode: passed to `keras.saving.load_model`. `safe_mode`
             stays on unless you trust the checkpoint's source.
         cache_dir, verify: the download cache and its checks (see `download_checkpoint`).
 
+    Raises:
+        MissingRequirementError: a package the checkpoint's recorded requirements
+            name is not installed (one line with the `pip install` command).
+
     Example:
         >>> model = load_model("digits-classifier", alias="champion")  # doctest: +SKIP
+        >>> model = load_model("digits-classifier", custom_objects={"Scale": Scale})  # doctest: +SKIP
     """
     import keras
 
+    if custom_objects is not None and not isinstance(custom_objects, Mapping):
+        raise TypeError(
+            f"custom_objects must map names to classes or functions, e.g. custom_objects={{'Scale': Scale}}; "
+            f"got {type(custom_objects).__name__}."
+        )
     wait()  # see download_checkpoint
     backend = resolve_tracker(tracker)
     checkpoint = _which(backend, registered_name, alias, version, checkpoint)
@@ -315,11 +330,15 @@ def load_model(
             f"{checkpoint.record.name} is a weights-only checkpoint: build the model in code and "
             "pass it as load_model(..., model=my_model)."
         )
+    if checkpoint.record.format != "weights.h5":
+        check_requirements(checkpoint.record.requirements, checkpoint.record.name or "The checkpoint")
     path = download_checkpoint(checkpoint=checkpoint, tracker=backend, cache_dir=cache_dir, verify=verify)
     if checkpoint.record.format == "weights.h5":
         model.load_weights(path)
         return model
-    return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+    return keras.saving.load_model(
+        path, custom_objects=dict(custom_objects) if custom_objects else None, compile=compile, safe_mode=safe_mode
+    )
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -360,6 +379,7 @@ def _describe(scope: Mapping[str, Any]) -> str:
 
 __all__ = [
     "ChecksumError",
+    "MissingRequirementError",
     "LoggedCheckpoint",
     "PromotionResult",
     "best_checkpoint",

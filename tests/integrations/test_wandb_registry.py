@@ -363,3 +363,46 @@ def test_a_version_still_uploading_is_never_listed_or_promoted(server, tracker):
     uploading.state = "COMMITTED"
     result = tracked_ckpt.promote_best("pending-model", tracker=tracker, run_id="r1")
     assert result.promoted and result.checkpoint.record.epoch == 3
+
+
+def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_env, monkeypatch):  # noqa: F811
+    """A model using an installed package: the W&B version records the same requirements as MLflow,
+    loads back with custom objects, and refuses in one line where the package is missing."""
+    import importlib
+    import sys
+
+    from helpers import install_layer_package
+    from wandb_records import logged_artifacts
+
+    site = install_layer_package(wandb_env / "pkg", name="wbtinylayers", version="0.2.0", cls="WbTriple")
+    monkeypatch.syspath_prepend(site)
+    import wbtinylayers
+
+    class Negate(keras.layers.Layer):  # unregistered: loads only with custom_objects
+        def call(self, x):
+            return -x
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), wbtinylayers.WbTriple(), Negate()], name="pkg")
+    model.compile(optimizer="adam", loss="mse")
+    x, y = np.random.rand(16, 4), np.random.rand(16, 2)
+    checkpoint = tracked_ckpt.TrackedModelCheckpoint(str(wandb_env / "ckpt" / "p-{epoch}.keras"), monitor="loss",
+                                                     tracker="wandb", log_git=False)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[checkpoint])
+    (artifact,) = logged_artifacts(the_run_dir(wandb_env))
+    assert artifact.metadata["requirements"] == ["wbtinylayers==0.2.0"]
+
+    server = FakeServer(entity="team", project="tracked-ckpt-test")
+    server.sync(the_run_dir(wandb_env))
+    tracker = WandbTracker(api=server.api())
+    (listed,) = tracked_ckpt.list_checkpoints(tracker=tracker, run_id=artifact.run_id)
+    assert listed.record.requirements == ("wbtinylayers==0.2.0",)
+    restored = tracked_ckpt.load_model(checkpoint=listed, tracker=tracker, custom_objects={"Negate": Negate})
+    probe = np.random.default_rng(1).random((3, 4)).astype("float32")
+    np.testing.assert_allclose(restored.predict(probe, verbose=0), model.predict(probe, verbose=0), rtol=1e-6)
+
+    sys.path.remove(site)
+    importlib.invalidate_caches()
+    with pytest.raises(tracked_ckpt.MissingRequirementError, match=r"^pkg-e0001 needs the package 'wbtinylayers', "
+                       r"which is not installed: pip install 'wbtinylayers==0.2.0'$"):
+        tracked_ckpt.load_model(checkpoint=listed, tracker=tracker, custom_objects={"Negate": Negate})
