@@ -159,3 +159,23 @@ def wait_for_quiet(server_pgid: int | None, threshold_cores: float = 0.25, windo
         if load < threshold_cores or waited >= max_wait:
             return waited
         time.sleep(0.5)
+
+
+def replace_section(path: str, text: str, start: str, end: str) -> None:
+    """Put `text` (a section marked by `start` and `end`) into the markdown file `path`, replacing the
+    previous one, else before its "## Targets" heading, else at the end."""
+    try:
+        with open(path) as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = ""
+    if start in current and end in current:
+        head, rest = current.split(start, 1)
+        current = head + text + rest.split(end, 1)[1]
+    elif "\n## Targets" in current:
+        head, rest = current.split("\n## Targets", 1)
+        current = head.rstrip("\n") + "\n\n" + text + "\n\n## Targets" + rest
+    else:
+        current = current.rstrip("\n") + "\n\n" + text + "\n"
+    with open(path, "w") as f:
+        f.write(current)

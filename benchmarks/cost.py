@@ -58,6 +58,7 @@ from common import (  # noqa: E402
     machine_info,
     median,
     other_cpu_between,
+    replace_section,
     tiny_data,
     versions,
     wait_for_quiet,
@@ -517,25 +518,6 @@ def render(summary: dict, args, bench: CostBench, started: str, elapsed: float) 
     return "\n".join(lines)
 
 
-def replace_section(path: str, text: str) -> None:
-    """Put the marked section into `path`, replacing the previous one or before "## Targets"."""
-    try:
-        with open(path) as f:
-            current = f.read()
-    except FileNotFoundError:
-        current = ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        current = head + text + rest.split(SECTION_END, 1)[1]
-    elif "\n## Targets" in current:
-        head, rest = current.split("\n## Targets", 1)
-        current = head.rstrip("\n") + "\n\n" + text + "\n\n## Targets" + rest
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    with open(path, "w") as f:
-        f.write(current)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10MB, 2 rounds, 2 epochs of ~2 s: a smoke run (~3 min)")
@@ -576,7 +558,7 @@ def main(argv=None) -> int:
                    "loads": bench.loads, "machine": machine_info(), "versions": versions(), "started": started,
                    "elapsed_s": elapsed}, f, indent=1, default=str)
     text = render(summary, args, bench, started, elapsed)
-    replace_section(results, text)
+    replace_section(results, text, SECTION_START, SECTION_END)
     print(text)
     log(f"\nwrote {results} and {raw}; {elapsed / 60:.1f} min")
     return 1 if bench.errors else 0

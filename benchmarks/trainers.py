@@ -41,7 +41,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import OUT, REPO, machine_busy_seconds, machine_info, median, other_cpu_between, versions  # noqa: E402
+from common import OUT, REPO, machine_busy_seconds, machine_info, median, other_cpu_between, replace_section, versions  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from production_stack import ARTIFACT_PREFIX, ProductionStack  # noqa: E402
@@ -282,25 +282,6 @@ def render(raw: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: str, text: str) -> None:
-    """Put `text` (a marked section) into `path`, replacing the previous one or before "## Targets"."""
-    try:
-        with open(path) as f:
-            current = f.read()
-    except FileNotFoundError:
-        current = ""
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        current = head + text + rest.split(SECTION_END, 1)[1]
-    elif "\n## Targets" in current:
-        head, rest = current.split("\n## Targets", 1)
-        current = head.rstrip("\n") + "\n\n" + text + "\n\n## Targets" + rest
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    with open(path, "w") as f:
-        f.write(current)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trainers", default="1,4,16")
@@ -314,7 +295,7 @@ def main(argv=None) -> int:
         with open(args.render_only) as f:
             raw = json.load(f)
         text = render(raw)
-        replace_section(args.results, text)
+        replace_section(args.results, text, SECTION_START, SECTION_END)
         print(text)
         return 0
     trainers = [int(n) for n in args.trainers.split(",")]
@@ -358,7 +339,7 @@ def _write(raw: dict, results: str, started: float) -> str:
     with open(os.path.join(OUT, f"trainers-{raw.setdefault('stamp', datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))}.json"), "w") as f:
         json.dump(raw, f, indent=1)
     text = render(raw)
-    replace_section(results, text)
+    replace_section(results, text, SECTION_START, SECTION_END)
     return text
 
 
