@@ -120,6 +120,13 @@ class MlflowTracker(Tracker):
         self.run_id = run_id
         self.run_name = run_name
         self.pip_requirements = pip_requirements  # None: keras and the checkpoint's backend, as installed
+        self._reset_runtime()
+
+    #: What a tracker holds while it serves one fit; never copied (see `__deepcopy__`).
+    _RUNTIME = ("_started", "_destination", "_clients", "_resolved", "_orphans", "_scope_uri", "_context_tags",
+                "_hidden", "_lock")
+
+    def _reset_runtime(self) -> None:
         self._started: str | None = None  # "client" or "deferred" when this tracker started the run
         self._destination: dict[str, Any] = {}
         self._clients: dict[str, MlflowClient] = {}
@@ -130,16 +137,17 @@ class MlflowTracker(Tracker):
         self._hidden: dict[str, str] = {}  # model id -> artifact location: soft-deleted, files still to delete
         self._lock = threading.Lock()
 
-    def _configuration(self) -> dict[str, Any]:
-        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_id": self.run_id,
-                "run_name": self.run_name, "pip_requirements": self.pip_requirements}
+    # A copy is the configuration (a subclass's attributes too): no run, no clients, no lock. KerasTuner
+    # deep-copies callbacks per trial, Ray pickles them; the values are shared, never mutated.
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key not in self._RUNTIME}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "MlflowTracker":
-        # A copy is the configuration: no run, no clients, no lock (KerasTuner copies callbacks per trial).
-        return type(self)(**copy.deepcopy(self._configuration(), memo))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._configuration()))
+        return copy.copy(self)
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
@@ -762,8 +770,11 @@ class MlflowTracker(Tracker):
         """Create a run as `mlflow.start_run` would (its experiment, context tags), but through the client."""
         experiment_id = None
         if self.tracking_uri is None and self.experiment is None:
-            # MLflow's own choice for a new run: the experiment of mlflow.set_experiment(), if any.
-            experiment_id = getattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+            # MLflow's own choice for a new run (mlflow.set_experiment(), MLFLOW_EXPERIMENT_ID, a Databricks
+            # notebook's experiment); MLFLOW_EXPERIMENT_NAME below, cached and safe against a creation race.
+            fluent = mlflow.tracking.fluent
+            experiment_id = getattr(fluent, "_active_experiment_id", None) or (
+                None if os.environ.get("MLFLOW_EXPERIMENT_NAME") else fluent._get_experiment_id())
         tags = resolve_tags()
         if experiment_id is not None:
             return client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -816,11 +827,6 @@ class MlflowTracker(Tracker):
 def _experiment_key(client: MlflowClient, name: str | None) -> tuple[str, str, str]:
     # The working directory too: a relative sqlite URI names another database in another folder.
     return str(getattr(client, "tracking_uri", "")), os.getcwd(), str(name)
-
-
-def _rebuild(cls: type, configuration: dict[str, Any]) -> Any:
-    """Unpickle a tracker from its configuration."""
-    return cls(**configuration)
 
 
 def checkpoint_tags(record: CheckpointRecord) -> dict[str, str]:

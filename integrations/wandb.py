@@ -87,6 +87,11 @@ REGISTRY_PREFIX = "wandb-registry-"
 JOB_SUMMARY_KEYS = {"key": "tracked_ckpt_job_key", "lease": "tracked_ckpt_job_lease"}  # tracked_ckpt.resume
 
 
+# Ids of the runs trackers of this process started (and have not finished yet): never the user's run.
+_STARTED: set[str] = set()
+_STARTED_LOCK = threading.Lock()
+
+
 class WandbTracker(Tracker):
     """Log checkpoints to Weights & Biases as versions of a "model" artifact.
 
@@ -168,27 +173,36 @@ class WandbTracker(Tracker):
         self.cache = cache
         self.log_metrics = log_metrics
         self.registry = registry
-        self._api = api
         self._given_api = api
+        self._reset_runtime()
+
+    #: What a tracker holds while it serves one fit; never copied (see `__deepcopy__`).
+    _RUNTIME = ("_api", "_runs", "_owned", "_logged", "_history", "_lock")
+
+    def _reset_runtime(self) -> None:
+        self._api = self._given_api
         self._runs: dict[str, Any] = {}  # run id -> live run object
         self._owned: list[Any] = []  # runs this tracker started or resumed, finished by `finish`
         self._logged: dict[tuple[str, str], str] = {}  # (run id, record key) -> version ref
         self._history: set[tuple[str, str]] = set()  # (run id, record key) whose logs are in history
         self._lock = threading.RLock()
 
-    def _configuration(self) -> dict[str, Any]:
-        return {"project": self.project, "entity": self.entity, "run_id": self.run_id, "run_name": self.run_name,
-                "mode": self.mode, "dir": self.dir, "settings": self.settings, "upload_timeout": self.upload_timeout,
-                "cache": self.cache, "log_metrics": self.log_metrics, "registry": self.registry}
+    # A copy is the configuration (a subclass's attributes too): no run, no lock. KerasTuner deep-copies
+    # callbacks per trial, Ray pickles them; the values are shared, never mutated, and so is the `api`
+    # passed in (a client of one server), except by pickle: an unpickled tracker makes its own.
+    def __getstate__(self) -> dict[str, Any]:
+        state = {key: value for key, value in self.__dict__.items() if key not in self._RUNTIME}
+        state["_given_api"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "WandbTracker":
-        # A copy is the configuration: no run, no lock (KerasTuner copies callbacks per trial). The
-        # `api` passed in is shared, not copied: it is a client of one server.
-        return type(self)(**copy.deepcopy(self._configuration(), memo), api=self._given_api)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # An API client is not picklable: the unpickled tracker makes its own from the environment.
-        return (_rebuild, (type(self), self._configuration()))
+        clone = copy.copy(self)
+        clone._given_api = clone._api = self._given_api
+        return clone
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
@@ -205,6 +219,10 @@ class WandbTracker(Tracker):
         resume = resume or {}
         run_id = self.run_id or resume.get("run_id")
         active = wandb.run
+        if active is not None and active.id in _STARTED and active.id != run_id:
+            # Started by an earlier fit whose end has not finished yet (blocking=False, a fit that raised):
+            # not the user's run, so this fit gets one of its own.
+            active = None
         if active is not None and (run_id is None or active.id == run_id):
             run = active
         else:
@@ -215,8 +233,8 @@ class WandbTracker(Tracker):
                 name=run_name or self.run_name,
                 project=resume.get("project") or None,
                 entity=resume.get("entity") or None,
-                # Never end the user's active run to resume another one.
-                reinit="create_new" if active is not None else None,
+                # Never end the user's (or an earlier fit's) active run to start or resume another one.
+                reinit="create_new" if wandb.run is not None else None,
             )
         if not run.disabled:
             # Checkpoint logs get their own x-axis, so they never shift the user's `_step` charts.
@@ -233,6 +251,8 @@ class WandbTracker(Tracker):
                 self._runs.pop(run.id, None)
         for run in owned:
             run.finish(exit_code=0 if success else 1)
+            with _STARTED_LOCK:
+                _STARTED.discard(run.id)
 
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """The run's page in the W&B app (online runs only)."""
@@ -744,6 +764,8 @@ class WandbTracker(Tracker):
         with self._lock:
             self._owned.append(run)
             self._runs[run.id] = run
+        with _STARTED_LOCK:
+            _STARTED.add(run.id)
         return run
 
 
@@ -787,8 +809,3 @@ def _not_found(exc: Exception) -> bool:
     """
     cause = getattr(exc, "exc", None) or exc
     return type(cause).__name__ == "RunNotFoundError" or "Could not find run" in str(cause)
-
-
-def _rebuild(cls: type, configuration: dict[str, Any]) -> Any:
-    """Unpickle a tracker from its configuration."""
-    return cls(**configuration)

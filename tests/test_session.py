@@ -17,6 +17,7 @@ from helpers import InjectMetric, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.session import live_sessions
 
 TESTS = os.path.dirname(__file__)
@@ -34,6 +35,14 @@ class PruneAt(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
             raise self.error(f"stopped at epoch {epoch + 1}")
+
+
+class TaggedTracker(MlflowTracker):
+    """A subclass with its own constructor and attributes: its copies keep both."""
+
+    def __init__(self, tag: str):
+        super().__init__()
+        self.tag = tag
 
 
 def runs():
@@ -272,3 +281,28 @@ def test_a_process_killed_right_after_a_fit_that_need_not_wait_loses_nothing(emb
     models = logged_models(run_id)
     assert [m.name for m in models] == ["tiny-e0001", "tiny-e0002", "tiny-e0003"]
     assert all(str(m.status).endswith("READY") for m in models)
+
+
+def test_copies_of_a_tracker_subclass_keep_its_class_and_attributes(embedded_store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/t-{epoch}.keras", monitor="loss", tracker=TaggedTracker("blue"))
+    for other in (copy.deepcopy(callback), pickle.loads(pickle.dumps(callback))):
+        (tracker,) = other.trackers
+        assert type(tracker) is TaggedTracker and tracker.tag == "blue" and tracker is not callback.trackers[0]
+    x, y = make_data()
+    make_model().fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[copy.deepcopy(callback)])
+    assert len(runs()) == 1
+
+
+def test_sync_in_the_process_of_an_interrupted_fit_ends_it_instead_of_waiting_for_itself(embedded_store, workdir):
+    x, y = make_data()
+    kept = []
+    callback = TrackedModelCheckpoint("ckpt/h-{epoch}.keras", monitor="loss")
+    try:
+        make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback, PruneAt(1)])
+    except Pruned as exc:
+        kept.append(exc)  # the traceback keeps the fit's frame (and its CallbackList) alive
+    assert callback.session.open
+    report = tracked_ckpt.sync_spool(str(workdir))  # no timeout: it must not wait for this very process
+    assert report.ok and not report.held
+    assert callback.last_report is not None
+    assert mlflow.get_run(callback.session.destinations["mlflow"]["run_id"]).info.status == "FAILED"

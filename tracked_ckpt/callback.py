@@ -15,6 +15,7 @@ A fit's runtime (runs, uploads, lease, retention) is not here but in
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -229,7 +230,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._session: FitSession | None = None
         self._git: Callable[[], git_provenance.GitInfo] = git_provenance.GitInfo  # this fit's provenance, when asked
         self._saving: dict[str, Any] | None = None
-        self._messages: list[str] = []
+        self._messages: collections.deque[str] = collections.deque()  # appended on the upload thread
         self._warned_monitor = False
         self._chief, self._task_id = True, None
 
@@ -281,7 +282,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         self._check_writable()
         self._git = (git_provenance.capture_in_background(self.git_repo, self._started_in)
                      if self.log_git else git_provenance.GitInfo)
-        self._messages = []
+        self._messages = collections.deque()
         options = FitOptions(asynchronous=self.upload == "async", blocking=self.blocking,
                              wait_timeout=self.wait_timeout,
                              stall_timeout=self.stall_timeout, keep_top_k=self.keep_top_k, resume=self.resume)
@@ -506,8 +507,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             )
 
     def _print_messages(self) -> None:
-        while self._messages:
-            io_utils.print_msg(self._messages.pop(0))
+        while True:
+            try:
+                message = self._messages.popleft()
+            except IndexError:  # another thread (an ending session's summary) printed the last one
+                return
+            io_utils.print_msg(message)
 
     def _summarize(self, session: FitSession, report: PublishReport) -> None:
         """Say what the fit logged, where, and what waits in the spool (called as its session ends)."""

@@ -52,6 +52,9 @@ from tracked_ckpt.tracker import Tracker, answers_after_wait, finish_run, tracke
 
 logger = logging.getLogger("tracked_ckpt")
 
+#: Seconds `sync_spool` without a timeout waits for a live fit using a spool before reporting it.
+HOLD_WAIT = 600.0
+
 #: Called on the logging thread when a tracker confirmed an entry: (entry, tracker name, id).
 LoggedHook = Callable[[SpoolEntry, str, str], None]
 #: Called once a session has ended, on whichever thread ended it: (session, report).
@@ -188,8 +191,7 @@ class FitSession:
         def gone() -> None:
             session = ref()
             if session is not None and session.open:
-                threading.Thread(target=session.end, kwargs={"completed": False}, name="tracked-ckpt-end",
-                                 daemon=True).start()
+                session.end_in_background(completed=False)
 
         try:
             weakref.finalize(fit_object, gone)
@@ -228,9 +230,14 @@ class FitSession:
                 owner[name] = self.id
         return name
 
+    def _release_hold(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release()
+
     def submit(self, entry: SpoolEntry) -> None:
         """Queue a spooled checkpoint (with `upload="sync"`, log it now)."""
-        if self._publisher is None:
+        if self._publisher is None or self._ended:
             raise RuntimeError("This fit's session has ended: nothing more can be logged through it.")
         self._publisher.submit(entry)
 
@@ -298,18 +305,17 @@ class FitSession:
             if self._ended:
                 return self.report or PublishReport()
             self._ended = True
-            # Callbacks of the same fit that log into this session's runs finish their uploads first.
-            for other in _sessions_joined_to(self):
-                other.end(completed, cut_off=cut_off)
-            publisher, self._publisher = self._publisher, None
             try:
-                report = _close(publisher, self.trackers, self.destinations, self.options.wait_timeout)
+                # Callbacks of the same fit that log into this session's runs finish their uploads first.
+                for other in _sessions_joined_to(self):
+                    other.end(completed, cut_off=cut_off)
+                # The publisher stays reachable while it closes: `queued()` still names what it uploads.
+                report = _close(self._publisher, self.trackers, self.destinations, self.options.wait_timeout)
                 if self.job is not None:
                     self.job.release(write=report.answering)
                 if completed and not cut_off and self.state is not None and self.options.resume:
                     self.state.clear()  # the job completed: the next fit starts afresh
-                if self._hold is not None:
-                    self._hold.release()
+                self._release_hold()
                 if report.ok:
                     self.spool.remove_if_empty()
                 _remember(self.current_destinations())
@@ -317,6 +323,9 @@ class FitSession:
                     finish_run(tracker, completed, report.answering_by_tracker.get(key, True))
                 self.report = report
             finally:
+                self._publisher = None
+                self._release_hold()
+                _forget_names(self)
                 _unregister(self)
                 self._done.set()
         if self.on_end is not None:
@@ -400,7 +409,21 @@ def _remember(destinations: Mapping[str, Mapping[str, Any]]) -> None:
 def _register(session: FitSession) -> None:
     with _lock:
         _live.append(session)
+    # Registered again after every tracker start: exit hooks run last-registered first, and the SDKs
+    # (wandb's service teardown) register theirs when a run starts; ours must run before them.
+    atexit.unregister(_end_at_exit)
+    atexit.register(_end_at_exit)
     _watch(session.thread)
+
+
+def _forget_names(session: FitSession) -> None:
+    """Drop the names claimed in runs this session started and no live session logs to any more."""
+    with _lock:
+        others = {_run_key(k, d) for s in _live if s is not session for k, d in s.destinations.items()}
+        for key, destination in session.destinations.items():
+            run = _run_key(key, destination)
+            if destination.get("owned") and run not in others:
+                _names.pop(run, None)
 
 
 def _unregister(session: FitSession) -> None:
@@ -414,7 +437,19 @@ def _same_fit(session: FitSession) -> FitSession | None:
     if not session.fit:
         return None
     with _lock:
-        return next((s for s in _live if s.fit is session.fit and s.joined is None and s.open), None)
+        return next((s for s in _live if s.fit is session.fit and s.joined is None and s.open
+                     and _same_trackers(s, session)), None)
+
+
+def _same_trackers(a: FitSession, b: FitSession) -> bool:
+    """Whether two sessions' trackers are configured alike (callbacks logging elsewhere never share a run)."""
+    if a.trackers.keys() != b.trackers.keys():
+        return False
+    try:
+        return all(type(t) is type(b.trackers[k]) and t.__getstate__() == b.trackers[k].__getstate__()
+                   for k, t in a.trackers.items())
+    except Exception:  # a state that cannot be compared: do not share
+        return False
 
 
 def _sessions_joined_to(session: FitSession) -> list[FitSession]:
@@ -442,6 +477,9 @@ def _wind_down_stale(starting: FitSession) -> None:
                  # one may continue its run (resume).
                  if not s._ending.is_set() or starting.options.resume]
     for session in stale:
+        if not session.thread.is_alive():
+            session.end(completed=True, cut_off=True)  # as the thread watcher would (see `_watch`)
+            continue
         if not session._ending.is_set():
             logger.info("The previous fit on this thread ended without on_train_end (an exception or an "
                         "interrupt): finishing its uploads and ending its run as failed.")
@@ -536,6 +574,13 @@ def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bo
 
 def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> PublishReport:
     deadline = None if timeout is None else time.monotonic() + timeout
+    # Fits of this process on this spool that are over (their thread is this one, or gone) but were never
+    # ended still hold it: end them now, rather than wait for ourselves.
+    for session in [s for s in live_sessions() if s.spool.directory == spool.directory
+                    if s.thread is threading.current_thread() or not s.thread.is_alive()]:
+        session.end(completed=False)
+    # Another live fit is waited for at most this long, even without a timeout: then it is reported.
+    hold_deadline = time.monotonic() + (HOLD_WAIT if timeout is None else timeout)
     if retry_failed:
         spool.unpark_all()
     trackers: dict[str, Tracker] = {}
@@ -557,10 +602,10 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
         report.pending = one.pending  # what the last pass left, not every pass's
         report.answering_by_tracker = one.answering_by_tracker
         report.held = spool.holders()
-        if not report.held or one.stalled or _remaining(deadline) == 0.0:
+        if not report.held or one.stalled or _remaining(hold_deadline) == 0.0:
             break
         # A live fit (in this or another process) may still add or be logging checkpoints: wait for it.
-        _wait_for_holders(spool, report.held, deadline)
+        _wait_for_holders(spool, report.held, hold_deadline)
     if report.held:
         logger.warning("%s is still in use by a live fit (%s): its checkpoints may not all be logged yet.",
                        spool.directory, ", ".join(report.held))

@@ -292,10 +292,13 @@ class SpoolHold:
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, f"{HOLD_PREFIX}{uuid.uuid4().hex[:12]}{LOCK_SUFFIX}")
-        self._handle: Any = open(self.path, "w")
+        # Locked and filled in under another name, then renamed: a reader never sees it unlocked.
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        self._handle: Any = open(tmp, "w")
         fcntl.flock(self._handle, fcntl.LOCK_EX)
         self._handle.write(f"{socket.gethostname()}:{os.getpid()}")
         self._handle.flush()
+        os.replace(tmp, self.path)
 
     def release(self) -> None:
         """Give the spool back (idempotent)."""

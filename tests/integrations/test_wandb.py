@@ -637,3 +637,12 @@ def test_a_fit_ended_by_an_exception_finishes_its_run_failed_and_the_next_fit_ge
     exits = [[r.exit.exit_code for r in finished_records(d) if r.WhichOneof("record_type") == "exit"] for d in runs]
     assert sorted(exits) == [[0], [1]]
     assert [len(logged_artifacts(d)) for d in runs] in ([1, 2], [2, 1])
+
+
+def test_fits_that_need_not_wait_each_get_their_own_run(wandb_env):
+    first = train("ckpt/a-{epoch}.keras", epochs=2, blocking=False)
+    second = train("ckpt/b-{epoch}.keras", epochs=2, blocking=False)  # the first may still be ending
+    assert tracked_ckpt.wait(timeout=120)
+    assert first.last_report.ok and second.last_report.ok
+    assert first.session.destinations["wandb"]["run_id"] != second.session.destinations["wandb"]["run_id"]
+    assert len(run_dirs(str(wandb_env / "wandb_dir"))) == 2
