@@ -319,12 +319,13 @@ class _ResentCreate(keras.callbacks.Callback):
     gets a second LoggedModel with the same tags that nobody ever completes.
     """
 
-    def __init__(self, tracker: MlflowTracker):
+    def __init__(self):
         super().__init__()
-        self.tracker, self.twin = tracker, None
+        self.checkpoint: tracked_ckpt.TrackedModelCheckpoint | None = None
+        self.twin = None
 
     def on_train_end(self, logs=None):
-        destination = self.tracker.destination
+        destination = self.checkpoint.session.destinations["mlflow"]  # the fit's run
         client = mlflow.MlflowClient(destination["tracking_uri"])
         logged = client.search_logged_models(
             [destination["experiment_id"]], filter_string=f"source_run_id = '{destination['run_id']}'"
@@ -337,10 +338,10 @@ class _ResentCreate(keras.callbacks.Callback):
 
 
 def test_an_unfinished_duplicate_of_a_logged_checkpoint_is_dropped_when_the_run_ends(server_store, workdir):
-    tracker = MlflowTracker(tracking_uri=server_store)
-    resent = _ResentCreate(tracker)
-    callback = tracked_ckpt.TrackedModelCheckpoint("ckpt/{epoch}.keras", monitor="loss", tracker=tracker,
-                                                   upload="sync")
+    resent = _ResentCreate()
+    callback = tracked_ckpt.TrackedModelCheckpoint("ckpt/{epoch}.keras", monitor="loss",
+                                                   tracker=MlflowTracker(tracking_uri=server_store), upload="sync")
+    resent.checkpoint = callback
     x, y = make_data()
     make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[resent, callback])
     client = mlflow.MlflowClient(server_store)
