@@ -184,7 +184,9 @@ def test_a_hundred_interrupted_fits_leave_nothing_behind(embedded_store, workdir
     for _ in range(FITS - 1):
         interrupted_fit()
     threads, files = footprint()
-    assert threads <= after_one[0] and files <= after_one[1], (after_one, threads, files)
+    # MLflow's sqlite store pools up to 5 connections, opened as threads first need one: that much
+    # may come and stay; a leak per fit would be a hundred.
+    assert threads <= after_one[0] and files <= after_one[1] + 5, (after_one, threads, files)
     assert len(runs()) == FITS and {r.info.status for r in runs()} == {"FAILED"}
     assert not os.path.exists(workdir / "ckpt" / ".tracked_ckpt")  # no hold, no entry left
 
