@@ -465,10 +465,18 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         for folder, what in ((os.path.dirname(os.path.abspath(self.filepath)), "filepath"),
                              (self.spool.directory, "spool_dir")):
             try:
-                os.makedirs(folder, exist_ok=True)
-                probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}")
-                with open(probe, "wb") as f:
-                    f.write(b"0" * 4096)
+                for attempt in range(3):
+                    os.makedirs(folder, exist_ok=True)
+                    probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}")
+                    try:
+                        with open(probe, "wb") as f:
+                            f.write(b"0" * 4096)
+                        break
+                    except FileNotFoundError:
+                        # The previous fit's end (in the background) removed the emptied spool folder
+                        # just now: make it again.
+                        if attempt == 2:
+                            raise
                 os.remove(probe)
             except OSError as exc:
                 raise OSError(

@@ -290,11 +290,17 @@ class SpoolHold:
     """
 
     def __init__(self, directory: str):
-        os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, f"{HOLD_PREFIX}{uuid.uuid4().hex[:12]}{LOCK_SUFFIX}")
         # Locked and filled in under another name, then renamed: a reader never sees it unlocked.
         tmp = f"{self.path}.{os.getpid()}.tmp"
-        self._handle: Any = open(tmp, "w")
+        for attempt in range(3):
+            os.makedirs(directory, exist_ok=True)
+            try:
+                self._handle: Any = open(tmp, "w")
+                break
+            except FileNotFoundError:  # another process's sync removed the emptied folder just now
+                if attempt == 2:
+                    raise
         fcntl.flock(self._handle, fcntl.LOCK_EX)
         self._handle.write(f"{socket.gethostname()}:{os.getpid()}")
         self._handle.flush()
