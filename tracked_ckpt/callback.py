@@ -35,6 +35,7 @@ from keras.callbacks import ModelCheckpoint
 from keras.src.utils import io_utils
 
 from tracked_ckpt import git as git_provenance
+from tracked_ckpt.files import check_writable
 from tracked_ckpt.publisher import PublishReport, stall_timeout_from
 from tracked_ckpt.record import (
     CheckpointRecord,
@@ -462,22 +463,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     def _check_writable(self) -> None:
         """Fail before the first epoch, not after it, when checkpoints cannot be written."""
-        for folder, what in ((os.path.dirname(os.path.abspath(self.filepath)), "filepath"),
-                             (self.spool.directory, "spool_dir")):
+        checkpoints = os.path.dirname(os.path.abspath(self.filepath))
+        for folder, what, check in ((checkpoints, "filepath", lambda: check_writable(checkpoints)),
+                                    (self.spool.directory, "spool_dir", self.spool.check_writable)):
             try:
-                for attempt in range(3):
-                    os.makedirs(folder, exist_ok=True)
-                    probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}")
-                    try:
-                        with open(probe, "wb") as f:
-                            f.write(b"0" * 4096)
-                        break
-                    except FileNotFoundError:
-                        # The previous fit's end (in the background) removed the emptied spool folder
-                        # just now: make it again.
-                        if attempt == 2:
-                            raise
-                os.remove(probe)
+                check()
             except OSError as exc:
                 raise OSError(
                     f"Cannot write checkpoints to {folder}: {exc.strerror or exc}. "

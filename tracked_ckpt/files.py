@@ -87,6 +87,25 @@ def sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def check_writable(folder: str) -> None:
+    """Make `folder` if needed and write a small probe file into it (removed again).
+
+    Raises:
+        OSError: the folder cannot be made or written (no space, permissions, read-only).
+    """
+    probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}")
+    for attempt in range(3):
+        os.makedirs(folder, exist_ok=True)
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"0" * 4096)
+            break
+        except FileNotFoundError:  # another process removed the emptied folder just now (its sync)
+            if attempt == 2:
+                raise
+    os.remove(probe)
+
+
 def safe_file_name(name: str) -> str:
     """A checkpoint file name that cannot escape its folder.
 

@@ -147,8 +147,7 @@ class FitSession:
             else:
                 self.destinations = self._start((state or {}).get("destinations", {}))
         _remember(self.destinations)
-        with _lock:  # not while a finished fit of this process removes the emptied spool folder
-            self._hold = self.spool.hold()  # `sync_spool` elsewhere waits for this fit rather than pass it over
+        self._hold = self.spool.hold()  # `sync_spool` elsewhere waits for this fit rather than pass it over
         self._publisher = Publisher(
             self.trackers,
             self.spool,
@@ -318,8 +317,7 @@ class FitSession:
                     self.state.clear()  # the job completed: the next fit starts afresh
                 self._release_hold()
                 if report.ok:
-                    with _lock:  # a new fit's hold, once taken, keeps the folder (see `begin`)
-                        self.spool.remove_if_empty()
+                    self.spool.remove_if_empty()
                 _remember(self.current_destinations())
                 for key, tracker in self.trackers.items():
                     finish_run(tracker, completed, report.answering_by_tracker.get(key, True))

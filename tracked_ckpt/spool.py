@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from tracked_ckpt.files import clone_file, copy_hashing
+from tracked_ckpt.files import check_writable, clone_file, copy_hashing
 from tracked_ckpt.record import CheckpointRecord
 
 logger = logging.getLogger("tracked_ckpt")
@@ -41,6 +41,9 @@ _ENTRY_FILE_RE = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{12}\.(?:json|failed)$")
 # A live fit's hold on its spool (`Spool.hold`): it may still add checkpoints there.
 HOLD_PREFIX = ".live-"
 _HOLD_FILE_RE = re.compile(r"^\.live-[0-9a-f]{12}\.lock$")
+# This process makes, probes, holds and removes spool folders one at a time: a fit ending in
+# the background must not remove the emptied folder a new fit has just made or probed.
+_folders = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -240,7 +243,11 @@ class Spool:
 
     def remove_if_empty(self) -> None:
         """Remove the spool directory (and an emptied `.tracked_ckpt` parent) once nothing waits in it."""
-        self.holders()  # clears the holds a killed process left
+        with _folders:
+            self.holders()  # clears the holds a killed process left
+            self._remove_emptied()
+
+    def _remove_emptied(self) -> None:
         for path in (self.directory, os.path.dirname(self.directory)):
             if os.path.basename(path) not in ("spool", ".tracked_ckpt"):
                 break  # a user-chosen spool_dir: leave its parents alone
@@ -258,7 +265,17 @@ class Spool:
         `sync_spool` waits for (or reports) a held spool, since a live fit may still
         add checkpoints to it or be logging one.
         """
-        return SpoolHold(self.directory)
+        with _folders:
+            return SpoolHold(self.directory)
+
+    def check_writable(self) -> None:
+        """Make the spool folder and write a probe into it.
+
+        Raises:
+            OSError: checkpoints cannot be spooled there.
+        """
+        with _folders:
+            check_writable(self.directory)
 
     def holders(self) -> list[str]:
         """The live processes holding this spool ("host:pid"); stale holds of dead processes are removed."""
