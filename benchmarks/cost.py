@@ -76,7 +76,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
-from tracked_ckpt.publisher import UPLOAD_NICENESS_ENV  # noqa: E402
+from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV  # noqa: E402
 from tracked_ckpt.spool import Spool  # noqa: E402
 
 logging.getLogger("mlflow").setLevel(logging.ERROR)

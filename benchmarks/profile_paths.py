@@ -47,7 +47,7 @@ import tracked_ckpt  # noqa: E402
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
 from tracked_ckpt import callback as callback_module  # noqa: E402
 from tracked_ckpt import publisher as publisher_module  # noqa: E402
-from tracked_ckpt.publisher import UPLOAD_NICENESS_ENV  # noqa: E402
+from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV  # noqa: E402
 from tracked_ckpt.integrations import mlflow as mlflow_integration  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord  # noqa: E402

@@ -12,7 +12,8 @@ import pytest
 from helpers import make_data, make_model
 from test_git import _isolated_git, head, make_repo, pytestmark, warnings_from  # noqa: F401 (fixture, marks)
 
-from tracked_ckpt.git import REPO_ENV, GitInfo, capture_for_job
+from tracked_ckpt.git import GitInfo, capture_for_job
+from tracked_ckpt.settings import GIT_REPO as REPO_ENV
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from helpers import InjectMetric, logged_models, make_data, make_model
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker
-from tracked_ckpt.resume import LEASE_ENV, JobLockedError
+from tracked_ckpt.resume import JobLockedError
+from tracked_ckpt.settings import LEASE_SECONDS as LEASE_ENV
 
 EPOCHS = 6
 STEPS_PER_EPOCH = 5  # 40 samples, batch 8
@@ -278,7 +279,7 @@ def test_a_bad_job_key_is_refused_with_the_fix(key):
 
 
 def test_a_bad_lease_window_is_refused_with_the_fix(monkeypatch):
-    from tracked_ckpt.resume import lease_seconds
+    from tracked_ckpt.settings import lease_seconds
 
     monkeypatch.setenv(LEASE_ENV, "soon")
     with pytest.raises(ValueError, match=f"{LEASE_ENV}=60"):

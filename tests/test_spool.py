@@ -13,7 +13,9 @@ import pytest
 
 from tracked_ckpt import publisher as publisher_module
 from tracked_ckpt.files import clone_file, link_or_copy
-from tracked_ckpt.publisher import DEFAULT_UPLOAD_NICENESS, UPLOAD_NICENESS_ENV, Publisher
+from tracked_ckpt.publisher import Publisher
+from tracked_ckpt.settings import DEFAULT_UPLOAD_NICENESS
+from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV
 from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
 from tracked_ckpt.tracker import Tracker

@@ -15,7 +15,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from tracked_ckpt import versions
+from tracked_ckpt import settings, versions
 from tracked_ckpt.versions import UnsupportedVersionError, check_supported, declared_ranges
 
 
@@ -28,7 +28,7 @@ def shadow_distribution(root, name: str, version: str) -> None:
 @pytest.fixture
 def shadowed(tmp_path, monkeypatch):
     """Make `importlib.metadata` see the given (name, version) pairs instead of the real installs."""
-    monkeypatch.delenv(versions.SKIP_VARIABLE, raising=False)
+    monkeypatch.delenv(settings.SKIP_VERSION_CHECK, raising=False)
 
     def shadow(*pairs: tuple[str, str]) -> str:
         for name, version in pairs:
@@ -84,13 +84,13 @@ def test_packages_without_a_declared_range_or_not_installed_are_left_alone(shado
 
 def test_the_check_can_be_skipped_on_purpose(shadowed, monkeypatch):
     shadowed(("keras", "3.9.2"))
-    monkeypatch.setenv(versions.SKIP_VARIABLE, "1")
+    monkeypatch.setenv(settings.SKIP_VERSION_CHECK, "1")
     check_supported("keras")
 
 
 def run_python(code: str, shadow: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([shadow, os.environ.get("PYTHONPATH", "")]), **env}
-    environment.pop(versions.SKIP_VARIABLE, None)
+    environment.pop(settings.SKIP_VERSION_CHECK, None)
     # Outside the source tree, so the installed package is imported (as a user would).
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
                           cwd=os.path.dirname(shadow), timeout=300)

@@ -12,21 +12,17 @@ import os
 import re
 import tempfile
 
+from tracked_ckpt import settings
 from tracked_ckpt.files import safe_file_name, sha256_file
 from tracked_ckpt.progress import Progress, watch_folder_size
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker
 
 logger = logging.getLogger("tracked_ckpt")
 
-CACHE_ENV = "TRACKED_CKPT_CACHE"
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
     """The download cache folder."""
-    if cache_dir is not None:
-        return os.fspath(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return os.environ[CACHE_ENV]
-    return os.path.join(os.path.expanduser("~"), ".cache", "tracked_ckpt")
+    return os.fspath(cache_dir) if cache_dir is not None else settings.cache_dir()
 
 
 def fetch_verified(

@@ -16,11 +16,10 @@ import threading
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from tracked_ckpt import settings
+
 logger = logging.getLogger("tracked_ckpt")
 
-#: Names the repository of the training code for every job started from an environment
-#: (e.g. a sweep's driver sets it before `ray.init`, whose workers inherit it).
-REPO_ENV = "TRACKED_CKPT_GIT_REPO"
 #: Working directories launchers record before moving a job elsewhere (Ray Tune's driver CWD).
 LAUNCH_DIR_ENVS = ("TUNE_ORIG_WORKING_DIR",)
 
@@ -130,7 +129,7 @@ def capture_for_job(repo: str | os.PathLike[str] | None = None, started_in: str 
         >>> capture_for_job(repo="~/src/my-project").commit  # doctest: +SKIP
         '9c1e4a7b…'
     """
-    explicit = repo if repo is not None else os.environ.get(REPO_ENV) or None
+    explicit = repo if repo is not None else settings.git_repo()
     if explicit is not None:
         return capture(os.path.expanduser(os.fspath(explicit)))
     candidates = [started_in, _cwd(), *(os.environ.get(name) for name in LAUNCH_DIR_ENVS), _main_script_dir()]
@@ -139,7 +138,7 @@ def capture_for_job(repo: str | os.PathLike[str] | None = None, started_in: str 
             return capture(path)
     logger.warning(
         "Git provenance not recorded: %s is not inside a git repository (nor the folder the job started "
-        "in); pass git_repo= or set %s to the repository of the training code.", _cwd() or "the CWD", REPO_ENV,
+        "in); pass git_repo= or set %s to the repository of the training code.", _cwd() or "the CWD", settings.GIT_REPO,
     )
     return GitInfo()
 

@@ -12,11 +12,13 @@ import threading
 import time
 from typing import Callable
 
+from tracked_ckpt import settings
+
 
 def interactive() -> bool:
     """True when a person is watching stderr."""
     try:
-        return sys.stderr.isatty() and os.environ.get("TRACKED_CKPT_PROGRESS", "1") != "0"
+        return sys.stderr.isatty() and settings.show_progress()
     except (AttributeError, ValueError):
         return False
 

@@ -23,8 +23,9 @@ import threading
 import time
 from typing import Callable, Mapping
 
-from tracked_ckpt.progress import Progress, wait_with_progress
+from tracked_ckpt import settings
 from tracked_ckpt.files import sha256_file
+from tracked_ckpt.progress import Progress, wait_with_progress
 from tracked_ckpt.requirements import RequirementsResolver
 from tracked_ckpt.spool import Spool, SpoolEntry
 from tracked_ckpt.tracker import Tracker
@@ -33,32 +34,6 @@ logger = logging.getLogger("tracked_ckpt")
 
 #: Called after a tracker confirmed an entry: (entry, tracker name, tracker's id).
 LoggedHook = Callable[[SpoolEntry, str, str], None]
-
-#: Seconds without upload progress after which the end-of-fit wait gives up (the spool keeps the rest).
-DEFAULT_STALL_TIMEOUT = 30.0
-STALL_TIMEOUT_ENV = "TRACKED_CKPT_STALL_TIMEOUT"
-
-#: How much the upload thread raises its own nice value while training runs (0: not at all).
-DEFAULT_UPLOAD_NICENESS = 10
-UPLOAD_NICENESS_ENV = "TRACKED_CKPT_UPLOAD_NICENESS"
-
-
-def upload_niceness() -> int:
-    """The nice increment of the upload thread: `TRACKED_CKPT_UPLOAD_NICENESS`, else 10.
-
-    0 (or a value that is not an integer, with a warning) leaves the thread at the
-    process's own priority.
-    """
-    raw = os.environ.get(UPLOAD_NICENESS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_UPLOAD_NICENESS
-    try:
-        return max(0, min(19, int(raw)))
-    except ValueError:
-        logger.warning("%s=%r is not an integer from 0 to 19: uploads run at normal priority.",
-                       UPLOAD_NICENESS_ENV, raw)
-        return 0
-
 
 def _lower_thread_priority(increment: int) -> int | None:
     """Raise the calling thread's nice value by `increment`; return the old value (None: unchanged).
@@ -92,19 +67,11 @@ def stall_timeout_from(value: float | None) -> float:
     Raises:
         ValueError: the value is not a positive number of seconds.
     """
-    source = "stall_timeout"
     if value is None:
-        raw = os.environ.get(STALL_TIMEOUT_ENV, "").strip()
-        if not raw:
-            return DEFAULT_STALL_TIMEOUT
-        source = STALL_TIMEOUT_ENV
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
+        return settings.stall_timeout()
     if not value > 0:  # also refuses NaN
         raise ValueError(
-            f"{source}={value!r} is not a positive number of seconds: use e.g. 30, or math.inf to wait "
+            f"stall_timeout={value!r} is not a positive number of seconds: use e.g. 30, or math.inf to wait "
             "for the whole wait_timeout."
         )
     return float(value)
@@ -284,7 +251,7 @@ class Publisher:
     def _run(self) -> None:
         # Uploads take what training leaves of the CPU (hashing, the HTTP client, a co-located
         # server's share is not ours to lower); once close() waits for them, nothing is left to yield to.
-        self._niced_from = _lower_thread_priority(upload_niceness())
+        self._niced_from = _lower_thread_priority(settings.upload_niceness())
         while True:
             with self._cond:
                 while not self._queue and not self._closing:

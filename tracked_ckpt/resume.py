@@ -40,16 +40,14 @@ import time
 import uuid
 from typing import Any, Callable, Mapping
 
-from tracked_ckpt.record import CheckpointRecord, is_better, split_checkpoint_name
+from tracked_ckpt import settings
 from tracked_ckpt.cache import fetch_verified
-from tracked_ckpt.tracker import LoggedCheckpoint
+from tracked_ckpt.record import CheckpointRecord, is_better, split_checkpoint_name
 from tracked_ckpt.retention import Kept, Retention
-from tracked_ckpt.tracker import Tracker, TrackerError
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
 
 logger = logging.getLogger("tracked_ckpt")
 
-LEASE_ENV = "TRACKED_CKPT_LEASE_SECONDS"
-DEFAULT_LEASE_SECONDS = 60.0
 _MAX_KEY_LENGTH = 200
 
 
@@ -142,20 +140,6 @@ class JobLockedError(RuntimeError):
     """Another live job holds the job key; the message names it."""
 
 
-def lease_seconds() -> float:
-    """The lease window: `TRACKED_CKPT_LEASE_SECONDS`, else 60 seconds."""
-    raw = os.environ.get(LEASE_ENV)
-    if not raw:
-        return DEFAULT_LEASE_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{LEASE_ENV}={raw!r} is not a positive number of seconds: set e.g. {LEASE_ENV}=60.")
-    return value
-
-
 def validate_job_key(key: Any) -> str:
     """Check a job key: a non-empty printable string of at most 200 characters."""
     if not isinstance(key, str) or not key.strip() or len(key) > _MAX_KEY_LENGTH or not key.isprintable():
@@ -195,10 +179,9 @@ class JobResume:
     Args:
         key: the job key.
         trackers: the callback's trackers by name; each must implement the job-key methods of `Tracker`.
-        window: the lease window in seconds (default: `lease_seconds()`).
     """
 
-    def __init__(self, key: str, trackers: Mapping[str, Tracker], window: float | None = None):
+    def __init__(self, key: str, trackers: Mapping[str, Tracker]):
         self.key = validate_job_key(key)
         for tracker in trackers.values():
             if not tracker.resumes_by_job_key():
@@ -207,7 +190,7 @@ class JobResume:
                     "(state on local disk), or a tracker that supports job keys (mlflow, wandb)."
                 )
         self.trackers: dict[str, Tracker] = dict(trackers)
-        self.window = lease_seconds() if window is None else window
+        self.window = settings.lease_seconds()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.destinations: dict[str, dict[str, Any]] = {}
         self.resumed_from: LoggedCheckpoint | None = None

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import os
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from tracked_ckpt import settings
+
 DISTRIBUTION = "tracked-ckpt"
-SKIP_VARIABLE = "TRACKED_CKPT_SKIP_VERSION_CHECK"
 
 
 class UnsupportedVersionError(RuntimeError):
@@ -45,7 +45,7 @@ def check_supported(*packages: str, extra: str | None = None) -> None:
     check_supported("mlflow", "sqlalchemy", extra="mlflow")
     ```
     """
-    if os.environ.get(SKIP_VARIABLE, "").strip().lower() in ("1", "true", "yes"):
+    if settings.skip_version_check():
         return
     ranges = declared_ranges(extra)
     for package in packages:
@@ -61,7 +61,7 @@ def check_supported(*packages: str, extra: str | None = None) -> None:
             spec = requirement.name + ",".join(sorted(map(str, requirement.specifier), key=_lower_bound_first))
             raise UnsupportedVersionError(
                 f"{requirement.name} {installed} is installed, but {DISTRIBUTION} {_own_version()} "
-                f"supports {spec}: pip install '{spec}' (or set {SKIP_VARIABLE}=1 to try it anyway)."
+                f"supports {spec}: pip install '{spec}' (or set {settings.SKIP_VERSION_CHECK}=1 to try it anyway)."
             )
 
 
