@@ -50,6 +50,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
 _SUFFIX_RE = re.compile(r"-e(\d{4,})(?:-b(\d{6,}))?$")
 
 
+#: The files Keras 3's `ModelCheckpoint` writes, by the schema's `format` (the longer suffix first).
+FORMAT_SUFFIXES = {"weights.h5": ".weights.h5", "keras": ".keras", "h5": ".h5"}
+
+
 def file_format(filepath: str) -> str:
     """Return the schema's `format` for a checkpoint path (keras, h5 or weights.h5).
 
@@ -60,12 +64,9 @@ def file_format(filepath: str) -> str:
     Raises:
         ValueError: the extension is not one Keras 3 `ModelCheckpoint` writes.
     """
-    if filepath.endswith(".weights.h5"):
-        return "weights.h5"
-    if filepath.endswith(".keras"):
-        return "keras"
-    if filepath.endswith(".h5"):
-        return "h5"
+    for format_name, suffix in FORMAT_SUFFIXES.items():
+        if filepath.endswith(suffix):
+            return format_name
     raise ValueError(
         f"Checkpoint filepath {filepath!r} has an unsupported extension: use '.keras' "
         "(or '.h5') for full models, or '.weights.h5' with save_weights_only=True."
@@ -292,19 +293,26 @@ def is_better(value: float, reference: float, mode: str) -> bool:
     return value > reference if mode == "max" else value < reference
 
 
-def best_first(record: CheckpointRecord, metric: str, mode: str) -> tuple[bool, float]:
-    """Sort key putting the best value of `metric` first and records without it last.
+def best_first(record: CheckpointRecord, metric: str | None = None, mode: str | None = None) -> tuple[bool, float, int]:
+    """The one ranking of checkpoints: a sort key putting the best value of `metric` first, records without it last.
 
-    Python's sort is stable, so among equal values the earlier checkpoint stays
-    first, as `is_better` (strict) decides during training.
+    `metric` and `mode` default to the record's own monitor and mode. Among equal
+    values the earlier checkpoint (lower step) comes first, as `is_better` (strict)
+    decides during training.
 
     Example:
-        >>> sorted(records, key=lambda r: best_first(r, "val_loss", "min"))  # doctest: +SKIP
+        >>> first = CheckpointRecord(name="net-e0001", epoch=1, step=10, monitor="val_loss", mode="min",
+        ...     is_best=True, sha256="0" * 64, size_bytes=1, format="keras", filepath="net-1.keras",
+        ...     keras_version="3.15.0", backend="jax", value=0.4)
+        >>> records = [dataclasses.replace(first, epoch=e, step=10 * e, value=v)
+        ...            for e, v in ((1, 0.4), (2, 0.2), (3, None), (4, 0.2))]
+        >>> [r.epoch for r in sorted(records, key=best_first)]
+        [2, 4, 1, 3]
     """
-    value = record.metric(metric)
+    value = record.value if metric is None else record.metric(metric)
     if value is None:
-        return (True, 0.0)
-    return (False, value if mode == "min" else -value)
+        return (True, 0.0, record.step)
+    return (False, value if (mode or record.mode) == "min" else -value, record.step)
 
 
 def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 
 from tracked_ckpt import settings
 from tracked_ckpt.cache import fetch_verified
-from tracked_ckpt.record import CheckpointRecord, is_better, split_checkpoint_name
+from tracked_ckpt.record import CheckpointRecord, best_first, split_checkpoint_name
 from tracked_ckpt.retention import Kept, Retention
 from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
 
@@ -452,13 +452,10 @@ def _batch(checkpoint: LoggedCheckpoint) -> int | None:
     return 0 if any(alias.startswith("step-") for alias in checkpoint.aliases) else None
 
 
-def _best(checkpoints) -> LoggedCheckpoint | None:
-    best = None
-    for checkpoint in sorted(checkpoints, key=_order):
-        record = checkpoint.record
-        if record.value is not None and (best is None or is_better(record.value, best.record.value, record.mode)):
-            best = checkpoint
-    return best
+def _best(checkpoints: list[LoggedCheckpoint]) -> LoggedCheckpoint | None:
+    """The best by the records' own monitor; the earliest of equals (`min` keeps the first)."""
+    ranked = [c for c in sorted(checkpoints, key=_order) if c.record.value is not None]
+    return min(ranked, key=lambda c: best_first(c.record)[:2]) if ranked else None
 
 
 def _summary(record: CheckpointRecord) -> dict[str, Any]:

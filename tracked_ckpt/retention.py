@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any, Callable, Mapping
 
-from tracked_ckpt.record import CheckpointRecord
+from tracked_ckpt.record import CheckpointRecord, best_first
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -33,11 +33,7 @@ def to_evict(kept: list[Kept], k: int, mode: str) -> list[Kept]:
     if len(kept) <= k:
         return []
     latest = max(kept, key=lambda c: (c.record.step, c.record.epoch))
-    sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(
-        kept,
-        key=lambda c: (c.record.value is None, sign * (c.record.value or 0.0), c.record.step),
-    )
+    ranked = sorted(kept, key=lambda c: best_first(c.record, mode=mode))
     keep = {id(c) for c in ranked[:k]} | {id(latest)}
     return [c for c in kept if id(c) not in keep and not c.protected]
 

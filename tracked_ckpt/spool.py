@@ -26,7 +26,7 @@ import uuid
 from typing import Any, Iterator
 
 from tracked_ckpt.files import check_writable, clone_file, copy_hashing
-from tracked_ckpt.record import CheckpointRecord
+from tracked_ckpt.record import FORMAT_SUFFIXES, CheckpointRecord, file_format
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -377,7 +377,8 @@ def release_path(path: str) -> None:
 
 
 def _checkpoint_suffix(path: str) -> str:
-    for suffix in (".weights.h5", ".keras", ".h5"):
-        if path.endswith(suffix):
-            return suffix
-    return os.path.splitext(path)[1]
+    """The staged copy keeps the checkpoint's suffix: Keras and MLflow tell the formats apart by it."""
+    try:
+        return FORMAT_SUFFIXES[file_format(path)]
+    except ValueError:
+        return os.path.splitext(path)[1]
