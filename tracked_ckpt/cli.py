@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from typing import Sequence
 
 # TensorFlow's C++ start-up chatter would drown a one-line answer.
@@ -25,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tracked_ckpt import registry  # noqa: E402
 from tracked_ckpt.record import SCHEMA_KEYS  # noqa: E402
+from tracked_ckpt.session import sync_spool  # noqa: E402
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="show everything recorded about one registered checkpoint")
     common(show)
     show.add_argument("registered_name")
-    _which(show)
+    _add_alias_or_version_options(show)
     show.set_defaults(func=_show)
 
     promote = commands.add_parser("promote", help="register the best checkpoint and move an alias onto it")
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     pull = commands.add_parser("pull", help="download a registered checkpoint (verified against its sha256)")
     common(pull)
     pull.add_argument("registered_name")
-    _which(pull)
+    _add_alias_or_version_options(pull)
     pull.add_argument("-o", "--output", help="copy the file into this folder (default: print the cached path)")
     pull.set_defaults(func=_pull)
 
@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _which(p: argparse.ArgumentParser) -> None:
+def _add_alias_or_version_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--alias", help=f"alias (default: {registry.DEFAULT_ALIAS})")
     group.add_argument("--version", help="registered version number")
@@ -205,13 +205,10 @@ def _pull(args) -> int:
 
 
 def _sync(args) -> int:
-    from tracked_ckpt.session import sync_spool
-
     for folder in args.spools:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder} is not a folder: pass a spool folder or a folder above spools.")
     folders = args.spools or ["."]
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout  # for the whole call
     found = 0
 
     def show(spool: str, report) -> None:
@@ -224,14 +221,7 @@ def _sync(args) -> int:
         for _, reason in report.failed:
             print(f"  failed: {reason}")
 
-    report = None
-    for folder in folders:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        one = sync_spool(folder, timeout=remaining, retry_failed=args.retry_failed, on_spool=show)
-        if report is None:
-            report = one
-        else:
-            report.merge(one)
+    report = sync_spool(folders, timeout=args.timeout, retry_failed=args.retry_failed, on_spool=show)
     if not found:
         print(f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}.")
         return 0
@@ -246,12 +236,12 @@ def _sync(args) -> int:
     return 0
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
+    return f"{n:.1f} GB"
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

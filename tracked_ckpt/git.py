@@ -103,7 +103,7 @@ def capture(path: str | os.PathLike[str] | None = None) -> GitInfo:
         logger.warning("Git provenance not recorded: %s", _first_line(exc))
         return GitInfo()
     try:
-        return _describe(repo)
+        return _info_of(repo)
     finally:
         repo.close()
 
@@ -172,7 +172,7 @@ def _main_script_dir() -> str | None:
     return os.path.dirname(path)
 
 
-def _describe(repo) -> GitInfo:
+def _info_of(repo) -> GitInfo:
     try:
         commit = repo.head.commit.hexsha
     except ValueError:  # no commits yet: HEAD points at an unborn branch

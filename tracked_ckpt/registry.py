@@ -26,7 +26,7 @@ import re
 from typing import Any, Mapping
 
 from tracked_ckpt.cache import fetch_verified
-from tracked_ckpt.record import is_better
+from tracked_ckpt.record import SCHEMA_KEYS, is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
 from tracked_ckpt.session import last_destination, wait
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, resolve_tracker, tracker_key
@@ -109,8 +109,8 @@ def list_checkpoints(
     Example:
         >>> best_ones = list_checkpoints(where={"is_best": True})  # doctest: +SKIP
     """
-    backend = resolve_tracker(tracker)
-    found = backend.search_checkpoints(_scope(backend, run_id, experiment), where=_where(where))
+    tracker = resolve_tracker(tracker)
+    found = tracker.search_checkpoints(_scope(tracker, run_id, experiment), where=_where(where))
     return sorted(found, key=lambda c: (c.run_id, c.record.step, c.record.epoch))
 
 
@@ -131,20 +131,9 @@ def best_checkpoint(
         >>> best = best_checkpoint(experiment="digits-demo")  # doctest: +SKIP
         >>> best.record.epoch, best.record.value  # doctest: +SKIP
     """
-    backend = resolve_tracker(tracker)
-    scope = _scope(backend, run_id, experiment)
-    if monitor is None or mode is None:
-        sample = backend.search_checkpoints(scope, max_results=1)
-        if not sample:
-            return None
-        monitor = monitor or sample[0].record.monitor
-        mode = mode or sample[0].record.mode
-    if mode not in ("min", "max"):
-        raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
-    ranked = backend.search_checkpoints(scope, order_by=(monitor, mode), max_results=1)
-    if not ranked or ranked[0].record.metric(monitor) is None:
-        return None
-    return ranked[0]
+    tracker = resolve_tracker(tracker)
+    ranked = _rank(tracker, _scope(tracker, run_id, experiment), None, monitor, mode)
+    return ranked.best if ranked is not None else None
 
 
 def promote_best(
@@ -185,26 +174,19 @@ def promote_best(
         (True, '1', 7)
     """
     validate_alias(alias)
-    backend = resolve_tracker(tracker)
-    scope = _scope(backend, run_id, experiment)
-    where = {"name": name} if name else None
-    if monitor is None or mode is None:
-        sample = backend.search_checkpoints(scope, where=where, max_results=1)
-        if not sample:
-            raise LookupError(f"No tracked checkpoints found in {_describe(scope)}: train with TrackedModelCheckpoint first.")
-        monitor = monitor or sample[0].record.monitor
-        mode = mode or sample[0].record.mode
-    if mode not in ("min", "max"):
-        raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
-    ranked = backend.search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
-    challenger = ranked[0] if ranked else None
+    tracker = resolve_tracker(tracker)
+    scope = _scope(tracker, run_id, experiment)
+    ranked = _rank(tracker, scope, {"name": name} if name else None, monitor, mode)
+    if ranked is None:
+        raise LookupError(f"No tracked checkpoints found in {_scope_text(scope)}: train with TrackedModelCheckpoint first.")
+    challenger, monitor, mode = ranked.best, ranked.monitor, ranked.mode
     challenger_value = challenger.record.metric(monitor) if challenger else None
     if challenger is None or challenger_value is None:
         return PromotionResult(
-            False, f"No checkpoint in {_describe(scope)} has a value for {monitor!r}.",
+            False, f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}.",
             registered_name, alias, None, None,
         )
-    previous = backend.alias_holder(registered_name, alias)
+    previous = tracker.alias_holder(registered_name, alias)
     if previous is not None and previous.id == challenger.id:
         return PromotionResult(
             False, f"{alias!r} already points at {challenger.record.name}.",
@@ -220,7 +202,7 @@ def promote_best(
                 f"{challenger.record.name} ({monitor}={challenger_value:.6g}) is not better.",
                 registered_name, alias, previous.extra.get("version"), challenger, previous,
             )
-    version = backend.register(registered_name, challenger, alias)
+    version = tracker.register(registered_name, challenger, alias)
     logger.info("Promoted %s (%s=%.6g) to %s@%s (version %s).",
                 challenger.record.name, monitor, challenger_value, registered_name, alias, version)
     return PromotionResult(
@@ -273,9 +255,9 @@ def download_checkpoint(
         >>> keras.saving.load_model(path)  # doctest: +SKIP
     """
     wait()  # a promotion may name a checkpoint whose upload runs in the background (blocking=False)
-    backend = resolve_tracker(tracker)
-    checkpoint = _which(backend, registered_name, alias, version, checkpoint)
-    return fetch_verified(backend, checkpoint, cache_dir, verify)
+    tracker = resolve_tracker(tracker)
+    checkpoint = _checkpoint_meant(tracker, registered_name, alias, version, checkpoint)
+    return fetch_verified(tracker, checkpoint, cache_dir, verify)
 
 
 def load_model(
@@ -323,8 +305,8 @@ def load_model(
             f"got {type(custom_objects).__name__}."
         )
     wait()  # see download_checkpoint
-    backend = resolve_tracker(tracker)
-    checkpoint = _which(backend, registered_name, alias, version, checkpoint)
+    tracker = resolve_tracker(tracker)
+    checkpoint = _checkpoint_meant(tracker, registered_name, alias, version, checkpoint)
     if checkpoint.record.format == "weights.h5" and model is None:
         raise ValueError(
             f"{checkpoint.record.name} is a weights-only checkpoint: build the model in code and "
@@ -332,7 +314,7 @@ def load_model(
         )
     if checkpoint.record.format != "weights.h5":
         check_requirements(checkpoint.record.requirements, checkpoint.record.name or "The checkpoint")
-    path = download_checkpoint(checkpoint=checkpoint, tracker=backend, cache_dir=cache_dir, verify=verify)
+    path = download_checkpoint(checkpoint=checkpoint, tracker=tracker, cache_dir=cache_dir, verify=verify)
     if checkpoint.record.format == "weights.h5":
         model.load_weights(path)
         return model
@@ -344,7 +326,7 @@ def load_model(
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _which(backend: Tracker, registered_name: str | None, alias: str | None,
+def _checkpoint_meant(tracker: Tracker, registered_name: str | None, alias: str | None,
            version: str | None, checkpoint: LoggedCheckpoint | None) -> LoggedCheckpoint:
     """The checkpoint a caller means: given directly, or by registered name and alias/version."""
     if checkpoint is not None:
@@ -353,27 +335,52 @@ def _which(backend: Tracker, registered_name: str | None, alias: str | None,
         raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
-    return backend.resolve_for_load(registered_name, alias=alias, version=version)
+    return tracker.resolve_for_load(registered_name, alias=alias, version=version)
 
 
-def _scope(backend: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Ranked:
+    best: LoggedCheckpoint | None  # None: no checkpoint of the scope has a value for `monitor`
+    monitor: str
+    mode: str
+
+
+def _rank(tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] | None,
+          monitor: str | None, mode: str | None) -> _Ranked | None:
+    """The best checkpoint of a scope, ranked on the tracker's side by `monitor` and `mode`.
+
+    Both default to those recorded with the checkpoints (one sampled); None when
+    they are needed and the scope holds no checkpoint at all.
+    """
+    if monitor is None or mode is None:
+        sample = tracker.search_checkpoints(scope, where=where, max_results=1)
+        if not sample:
+            return None
+        monitor = monitor or sample[0].record.monitor
+        mode = mode or sample[0].record.mode
+    if mode not in ("min", "max"):
+        raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
+    ranked = tracker.search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
+    best = ranked[0] if ranked and ranked[0].record.metric(monitor) is not None else None
+    return _Ranked(best, monitor, mode)
+
+
+def _scope(tracker: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
     """The tracker's scope; with neither given, it defaults to where this process's last fit logged."""
     wait()  # fits that returned with uploads still running (blocking=False): their checkpoints count
-    return backend.scope(run_id, experiment, last=last_destination(tracker_key(backend)))
+    return tracker.scope(run_id, experiment, last=last_destination(tracker_key(tracker)))
 
 
 def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not where:
         return None
-    from tracked_ckpt.record import SCHEMA_KEYS
-
     unknown = [k for k in where if k not in SCHEMA_KEYS and k != "name"]
     if unknown:
         raise ValueError(f"Cannot filter on {unknown}: use schema keys {list(SCHEMA_KEYS)} or 'name'.")
     return dict(where)
 
 
-def _describe(scope: Mapping[str, Any]) -> str:
+def _scope_text(scope: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in scope.items() if k not in ("tracking_uri",)) or "scope"
 
 

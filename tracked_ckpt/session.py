@@ -533,11 +533,12 @@ def _end_at_exit() -> None:
 # -- sync ---------------------------------------------------------------------------------
 
 
-def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bool = False,
+def sync_spool(directory: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, timeout: float | None = None,
+               retry_failed: bool = False,
                on_spool: Callable[[str, PublishReport], None] | None = None) -> PublishReport:
     """Log every checkpoint waiting in a spool, or in every spool beneath a folder (`tracked-ckpt sync`).
 
-    `directory` is a spool folder, or any folder above spools, such as a sweep's
+    `directory` is a spool folder, or any folder above spools (or a list of them), such as a sweep's
     checkpoint root: a trial that its scheduler stopped (Ray Tune ends it from
     inside `on_epoch_end`, before `on_train_end`) may leave checkpoints in its
     spool, and one `sync_spool(root)` after `Tuner.fit()` logs them all.
@@ -550,7 +551,7 @@ def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bo
     `timeout` bounds the whole call; the report covers every spool found.
 
     Args:
-        directory: a spool, or a folder above spools.
+        directory: a spool, or a folder above spools, or several.
         timeout: seconds for the whole call (None: no limit).
         retry_failed: put parked entries (set aside after a permanent error) back in line.
         on_spool: called with each spool's folder and report as it is done (the CLI prints it).
@@ -562,8 +563,10 @@ def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bo
         True
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    folders = [directory] if isinstance(directory, (str, os.PathLike)) else list(directory)
+    spools = dict.fromkeys(spool for folder in folders for spool in find_spools(folder))  # once each, in order
     report = PublishReport()
-    for spool_dir in find_spools(directory):
+    for spool_dir in spools:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         one = _sync_one(Spool(spool_dir), remaining, retry_failed)
         if on_spool is not None:
