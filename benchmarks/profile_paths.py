@@ -71,7 +71,7 @@ class SleepTracker(MlflowTracker):
         super().__init__(tracking_uri="sqlite:///unused.db")
         self.seconds = seconds
 
-    def start(self, run_name=None, **kwargs):
+    def start(self, **kwargs):
         return {"tracking_uri": "none", "experiment_id": "0", "run_id": "sleep"}
 
     def log_checkpoint(self, record, path, destination, first_attempt=False):
@@ -110,7 +110,7 @@ def profile_callback(server: MlflowServer, size: str, epochs: int = 4, repeats: 
         (callback_module, "release_path", timed(callback_module, "release_path", "release_path (stat)")),
         (cls, "_make_record", timed(cls, "_make_record", "_make_record")),
         (callback_module.Spool, "stage", timed(callback_module.Spool, "stage", "spool.stage (hard link)")),
-        (callback_module.Spool, "add", timed(callback_module.Spool, "add", "spool.add (manifest JSON)")),
+        (callback_module.Spool, "write", timed(callback_module.Spool, "write", "spool.write (manifest JSON)")),
         (callback_module.Publisher, "submit", timed(callback_module.Publisher, "submit", "publisher.submit")),
         (keras.Model, "save", timed(keras.Model, "save", "keras Model.save")),
         (cls, "_on_saved", timed(cls, "_on_saved", "_on_saved total")),

@@ -151,7 +151,7 @@ class MlflowTracker(Tracker):
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
-    def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def start(self, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination.
 
         A run this tracker starts is created through the client, never pushed on MLflow's
@@ -161,7 +161,7 @@ class MlflowTracker(Tracker):
         uri = (resume or {}).get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
         _check_tracking_uri(uri)
         if not _reachable(uri):
-            return self._defer(uri, run_name, resume)
+            return self._defer(uri, resume)
         if resume and resume.get("deferred") and "run_id" not in resume:
             resume = self._resolve(resume)  # the interrupted job never reached the server's run
         client = self.client(uri)
@@ -181,7 +181,7 @@ class MlflowTracker(Tracker):
         elif active is not None:
             run = active
         else:
-            run = self._create_run(client, run_name or self.run_name)
+            run = self._create_run(client, self.run_name)
             self._started = "client"
         self._destination = {
             "tracking_uri": uri,
@@ -194,7 +194,7 @@ class MlflowTracker(Tracker):
             self._context_tags[run.info.run_id] = {key: tags[key] for key in RUN_CONTEXT_TAGS if key in tags}
         return dict(self._destination)
 
-    def _defer(self, uri: str, run_name: str | None, resume: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _defer(self, uri: str, resume: Mapping[str, Any] | None) -> dict[str, Any]:
         """The server is down: hand out a destination whose run is created on the first upload."""
         if resume and (resume.get("run_id") or resume.get("deferred")):
             self._destination = dict(resume)
@@ -206,7 +206,7 @@ class MlflowTracker(Tracker):
                 "tracking_uri": uri,
                 "deferred": uuid.uuid4().hex,
                 "experiment_name": self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"),
-                "run_name": run_name or self.run_name,
+                "run_name": self.run_name,
                 "owned": True,
             }
         self._started = "deferred"

@@ -206,11 +206,10 @@ class WandbTracker(Tracker):
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
-    def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def start(self, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination.
 
         Args:
-            run_name: display name if this starts a run (default: `run_name` given at construction).
             resume: a destination an earlier `start` returned: log into that run again
                 (the active run if it is that one, else it is resumed with `resume="allow"`).
 
@@ -230,7 +229,7 @@ class WandbTracker(Tracker):
                 logger.warning("Logging to W&B run %s (resumed), not to the active run %s.", run_id, active.id)
             run = self._init_run(
                 run_id=run_id,
-                name=run_name or self.run_name,
+                name=self.run_name,
                 project=resume.get("project") or None,
                 entity=resume.get("entity") or None,
                 # Never end the user's (or an earlier fit's) active run to start or resume another one.

@@ -26,14 +26,14 @@ def entry_for(spool: Spool, path: str, epoch: int) -> SpoolEntry:
                               is_best=False, sha256="", size_bytes=os.path.getsize(path), format="keras",
                               filepath=path, keras_version="3", backend="tensorflow")
     entry = SpoolEntry(id=spool.new_id(), record=record, staged_path=spool.stage(path), destinations={"t": {}})
-    spool.add(entry)
+    spool.write(entry)
     return entry
 
 
 class Recorder(Tracker):
     name = display_name = "t"
 
-    def start(self, run_name=None, resume=None):
+    def start(self, resume=None):
         return {}
 
     def __init__(self, fail_with=None, failures=None):

@@ -30,7 +30,7 @@ class Blocking(Tracker):
         self.probes = 0
         self.first_attempts: list[bool] = []
 
-    def start(self, run_name=None, resume=None):
+    def start(self, resume=None):
         return {}
 
     def log_checkpoint(self, record, path, destination, first_attempt=False):
@@ -85,7 +85,7 @@ class Failing(Tracker):
     def __init__(self):
         self.calls = 0
 
-    def start(self, run_name=None, resume=None):
+    def start(self, resume=None):
         return {}
 
     def log_checkpoint(self, record, path, destination, first_attempt=False):
@@ -169,7 +169,7 @@ def test_a_first_attempt_that_died_midway_is_completed_by_the_retry(store, workd
     spool = Spool(workdir / "spool")
     entry = entry_for(spool, str(workdir / "ckpt.keras"), 1)
     entry.destinations = {"mlflow": destination}
-    spool.add(entry)
+    spool.write(entry)
     publisher = Publisher({"mlflow": tracker}, spool, asynchronous=False, initial_backoff=0.01)
     publisher.submit(entry)  # the first attempt: no look-up, and it leaves a PENDING model behind
     assert entry.attempts == 1 and not entry.done

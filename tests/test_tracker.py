@@ -23,7 +23,7 @@ FOLDER_TRACKER = textwrap.dedent(
     class FolderTracker(Tracker):
         name, display_name = "folder", "a folder"
 
-        def start(self, run_name=None, resume=None):
+        def start(self, resume=None):
             return dict(resume or {"root": os.path.abspath("logged")})
 
         def log_checkpoint(self, record, path, destination, first_attempt=False):
@@ -71,7 +71,7 @@ def test_a_minimal_third_party_tracker_logs_every_checkpoint_once(installed_fold
 
 def test_the_contract_is_the_base_class():
     class Incomplete(Tracker):
-        def start(self, run_name=None, resume=None):
+        def start(self, resume=None):
             return {}
 
     with pytest.raises(TypeError, match="log_checkpoint"):
@@ -80,7 +80,7 @@ def test_the_contract_is_the_base_class():
     class DuckTyped:
         display_name = "duck"
 
-        def start(self, run_name=None, resume=None):
+        def start(self, resume=None):
             return {}
 
         def log_checkpoint(self, record, path, destination, first_attempt=False):

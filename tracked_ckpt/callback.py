@@ -388,7 +388,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             staged_path=staged,
             destinations=dict(session.destinations),
         )
-        self.spool.add(entry)
+        self.spool.write(entry)
         if self.resume:
             session.write_state(record, self.best_value, self.best_name, _scalar(self.best))
         session.submit(entry)

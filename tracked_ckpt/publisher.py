@@ -337,7 +337,7 @@ class Publisher:
             # Counted on disk before any tracker call, so that a crash or a hang in the middle of
             # one makes every later attempt (here, or a sync in another process) a retry.
             entry.attempts += 1
-            self.spool.add(entry)
+            self.spool.write(entry)
             for name in entry.pending_trackers:
                 tracker = self.trackers[name]
                 self._in_call = (entry, name)
@@ -348,7 +348,7 @@ class Publisher:
                 self._in_call = None
                 self._progress_at = time.monotonic()
                 entry.done[name] = ref
-                self.spool.add(entry)
+                self.spool.write(entry)
                 self.report.logged.append((entry, name, ref))
                 if self.on_logged is not None:
                     self.on_logged(entry, name, ref)

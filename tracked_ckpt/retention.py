@@ -60,13 +60,13 @@ class Retention:
         self,
         k: int,
         delete: Callable[[str, str, Mapping[str, Any]], bool],
-        in_use: Callable[[], set[str]] = set,
-        file_lock: "threading.RLock | None" = None,
+        in_use: Callable[[], set[str]],
+        file_lock: "threading.RLock",
     ):
         self.k = check_keep_top_k(k)
         self.delete = delete
         self.in_use = in_use
-        self.file_lock = file_lock or threading.RLock()
+        self.file_lock = file_lock
         self.kept: list[Kept] = []
         self._lock = threading.Lock()
 

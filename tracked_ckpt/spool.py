@@ -51,7 +51,7 @@ class SpoolEntry:
     """One checkpoint in the spool.
 
     Attributes:
-        id: unique id, also the stem of the staged file and manifest.
+        id: unique id, the stem of the manifest (`<id>.json`); the staged file has a name of its own.
         record: the checkpoint's record (sha256 filled in once hashed).
         staged_path: the frozen copy of the checkpoint file.
         destinations: tracker name -> where to log it (what `Tracker.start` returned).
@@ -105,7 +105,7 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = os.path.abspath(os.fspath(directory))
-        # staged path -> (sha256, size) of a copy hashed as it was made, until `add` records it.
+        # staged path -> (sha256, size) of a copy hashed as it was made, until `write` records it.
         self._digests: dict[str, tuple[str, int]] = {}
 
     def stage(self, src: str) -> str:
@@ -114,7 +114,7 @@ class Spool:
         In order of preference: a hard link (same filesystem; `release_path` keeps
         Keras from writing into it again), a copy-on-write clone (constant time too,
         and a rewrite of `src` cannot reach it), or a copy, hashed in the same read:
-        `add` then records that sha256 so the publisher does not read the file again.
+        `write` then records that sha256 so the publisher does not read the file again.
         """
         os.makedirs(self.directory, exist_ok=True)
         src = os.path.realpath(src)  # a link to a symlink would not freeze the bytes behind it
@@ -131,11 +131,11 @@ class Spool:
         return dst
 
     def staged_digest(self, staged_path: str) -> tuple[str, int] | None:
-        """(sha256, size) of a staged copy, hashed while `stage` made it, until `add` records it in the
+        """(sha256, size) of a staged copy, hashed while `stage` made it, until `write` records it in the
         entry; None if the file was linked or cloned (the publisher hashes those)."""
         return self._digests.get(staged_path)
 
-    def add(self, entry: SpoolEntry) -> None:
+    def write(self, entry: SpoolEntry) -> None:
         """Write (or rewrite) an entry's manifest atomically.
 
         An entry whose record has no sha256 yet gets the one `stage` computed while

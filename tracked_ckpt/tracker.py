@@ -103,7 +103,7 @@ class Tracker(abc.ABC):
         class FolderTracker(Tracker):
             name, display_name = "folder", "a folder"
 
-            def start(self, run_name=None, resume=None):
+            def start(self, resume=None):
                 return dict(resume or {"root": os.path.abspath("logged")})
 
             def log_checkpoint(self, record, path, destination, first_attempt=False):
@@ -124,7 +124,7 @@ class Tracker(abc.ABC):
     # -- required -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def start(self, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to (or start) a run and return a JSON-serialisable destination.
 
         With `resume`, a destination an earlier `start` returned, attach to that
