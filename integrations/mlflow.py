@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import importlib.metadata
 import logging
 import os
 import platform
@@ -955,13 +956,11 @@ _BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def _default_requirements(backend: str = "tensorflow") -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     requirements = []
     for package in ("keras", _BACKEND_PACKAGES.get(backend, "tensorflow")):
         try:
-            requirements.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
+            requirements.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
             continue
     return requirements
 

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable
 
+from tqdm import tqdm
+
 from tracked_ckpt import settings
 
 
@@ -37,10 +39,6 @@ class Progress:
         self.items_left = total_items
         self._bar = None
         if interactive():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
             self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True,
                              unit_divisor=1024, delay=delay, leave=False, file=sys.stderr)
             self._bar.set_postfix_str(f"{total_items} checkpoint(s) left")
