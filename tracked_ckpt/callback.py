@@ -46,7 +46,7 @@ from tracked_ckpt.record import (
     validate_name,
 )
 from tracked_ckpt.requirements import code_paths_arg
-from tracked_ckpt.resume import LocalState, restore, validate_job_key
+from tracked_ckpt.resume import LocalState, ResumeState, restore, validate_job_key
 from tracked_ckpt.retention import check_keep_top_k
 from tracked_ckpt.roles import chief_role
 from tracked_ckpt.session import FitOptions, FitSession
@@ -481,18 +481,18 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         """The local resume state file (`resume=True` or a job key)."""
         return self._state.path
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: ResumeState) -> None:
         """Reload the latest checkpoint and bookkeeping, and move fit's start to the next epoch."""
         initial_epoch = restore(self.model, state, self.state_path)
-        self.best_value = state.get("best_value")
-        self.best_name = state.get("best_name")
-        if self.save_best_only and state.get("keras_best") is not None:
-            self.best = state["keras_best"]
+        self.best_value = state.best_value
+        self.best_name = state.best_name
+        if self.save_best_only and state.keras_best is not None:
+            self.best = state.keras_best
         self.model._initial_epoch = initial_epoch  # Keras internal: fit starts its epoch loop here
-        last = state["last"]
+        last = state.last
         logger.info(
             "Resumed from %s (epoch %d, step %d); best %s so far: %s.",
-            last["filepath"], last["epoch"], last["step"], self.monitor, self.best_value,
+            last.filepath, last.epoch, last.step, self.monitor, self.best_value,
         )
 
     # -- what the session reports --------------------------------------------------------

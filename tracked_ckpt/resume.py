@@ -51,6 +51,55 @@ logger = logging.getLogger("tracked_ckpt")
 _MAX_KEY_LENGTH = 200
 
 
+@dataclasses.dataclass(frozen=True)
+class LastCheckpoint:
+    """The job's latest checkpoint file: what a restart loads, and the epoch it continues after."""
+
+    filepath: str
+    epoch: int
+    step: int
+    batch: int | None = None  # a batch-level save: its epoch is run again from the start
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeState:
+    """What a restarted job needs: its latest checkpoint, the best so far and where it logged.
+
+    Attributes:
+        last: the latest checkpoint.
+        destinations: tracker name -> the destination its `start` returned.
+        best_value, best_name: the best monitored value among logged checkpoints, and its name.
+        keras_best: Keras's own `best` (`save_best_only` compares against it).
+        job_key: the job key (`resume="key"`), or None for `resume=True`.
+    """
+
+    last: LastCheckpoint
+    destinations: dict[str, dict[str, Any]]
+    best_value: float | None = None
+    best_name: str | None = None
+    keras_best: float | None = None
+    job_key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ResumeState":
+        """The state from its JSON form.
+
+        Raises:
+            KeyError, TypeError: a field is missing or of the wrong shape.
+        """
+        return cls(
+            last=LastCheckpoint(**data["last"]),
+            destinations={str(k): dict(v) for k, v in data["destinations"].items()},
+            best_value=data.get("best_value"),
+            best_name=data.get("best_name"),
+            keras_best=data.get("keras_best"),
+            job_key=data.get("job_key"),
+        )
+
+
 class LocalState:
     """The job's resume state on local disk (`resume.json` beside the spool), written after every save.
 
@@ -65,7 +114,7 @@ class LocalState:
     def __init__(self, path: str):
         self.path = path
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self) -> ResumeState | None:
         """The state, or None when there is none (the first start).
 
         Raises:
@@ -73,34 +122,18 @@ class LocalState:
         """
         try:
             with open(self.path) as f:
-                return json.load(f)
+                return ResumeState.from_json(json.load(f))
         except FileNotFoundError:
             logger.info("resume=True: no earlier state in %s; starting afresh.", self.path)
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"Cannot resume: {self.path} is unreadable ({exc}); delete it to start afresh.") from exc
 
-    def write(
-        self,
-        record: CheckpointRecord,
-        destinations: Mapping[str, Mapping[str, Any]],
-        best_value: float | None,
-        best_name: str | None,
-        keras_best: float | None,
-        job_key: str | None,
-    ) -> None:
-        """Record `record` as the latest checkpoint (atomically: a reader sees the old or the new state)."""
-        state = {
-            "destinations": {key: dict(value) for key, value in destinations.items()},
-            "best_value": best_value,
-            "best_name": best_name,
-            "keras_best": keras_best,
-            "last": {"filepath": record.filepath, "epoch": record.epoch, "batch": record.batch, "step": record.step},
-            "job_key": job_key,
-        }
+    def write(self, state: ResumeState) -> None:
+        """Write the state (atomically: a reader sees the old or the new state)."""
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(state, f)
+            json.dump(state.to_json(), f)
         os.replace(tmp, self.path)
 
     def clear(self) -> None:
@@ -111,7 +144,7 @@ class LocalState:
             pass
 
 
-def restore(model: Any, state: Mapping[str, Any], state_path: str) -> int:
+def restore(model: Any, state: ResumeState, state_path: str) -> int:
     """Load the state's latest checkpoint into `model` (weights and optimizer); return the epoch to start at.
 
     An epoch cut off after a batch-level save is run again from its start.
@@ -120,8 +153,8 @@ def restore(model: Any, state: Mapping[str, Any], state_path: str) -> int:
         FileNotFoundError: the checkpoint file is gone; the message names the fixes.
         ValueError: the model is not built yet.
     """
-    last = state["last"]
-    path = last["filepath"]
+    last = state.last
+    path = last.filepath
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Cannot resume: the latest checkpoint {path} is gone. Restore it (e.g. "
@@ -133,7 +166,7 @@ def restore(model: Any, state: Mapping[str, Any], state_path: str) -> int:
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)  # so its state can be loaded too
     model.load_weights(path)
-    return last["epoch"] if last.get("batch") is None else last["epoch"] - 1
+    return last.epoch if last.batch is None else last.epoch - 1
 
 
 class JobLockedError(RuntimeError):
@@ -206,10 +239,10 @@ class JobResume:
 
     def begin(
         self,
-        local_state: Mapping[str, Any] | None,
+        local_state: ResumeState | None,
         start: Callable[[Mapping[str, Mapping[str, Any]]], dict[str, dict[str, Any]]],
         base_name: str,
-    ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    ) -> tuple[ResumeState | None, dict[str, dict[str, Any]]]:
         """Find the key's run, refuse if a live job holds it, start the trackers there, claim it.
 
         Args:
@@ -222,7 +255,7 @@ class JobResume:
             (the state to restore, or None to start afresh; the destinations).
         """
         local = local_state if self._usable(local_state) else None
-        previous = dict(local["destinations"]) if local else self._find()
+        previous = dict(local.destinations) if local else self._find()
         for name, destination in previous.items():
             self._checked(local is not None, self._wait_for_holder, name, destination)
         if local and self._newer_on_tracker(local):
@@ -231,8 +264,8 @@ class JobResume:
         self._checked(local is not None, self._claim)
         self._start_heartbeat()
         if local:
-            logger.info("Resuming job %r from local state (%s).", self.key, local["last"]["filepath"])
-            return dict(local), self.destinations
+            logger.info("Resuming job %r from local state (%s).", self.key, local.last.filepath)
+            return local, self.destinations
         try:
             return self._remote_state(base_name), self.destinations
         except BaseException:
@@ -250,22 +283,22 @@ class JobResume:
                 raise
             logger.warning("Job %r: could not check its lease (%s); resuming from local state.", self.key, exc)
 
-    def _usable(self, state: Mapping[str, Any] | None) -> bool:
-        if not state:
+    def _usable(self, state: ResumeState | None) -> bool:
+        if state is None:
             return False
-        if state.get("job_key") != self.key:
+        if state.job_key != self.key:
             logger.info("Local resume state belongs to another job (%r): resuming job %r from the tracker.",
-                        state.get("job_key"), self.key)
+                        state.job_key, self.key)
             return False
-        if not os.path.exists(state.get("last", {}).get("filepath", "")):
+        if not os.path.exists(state.last.filepath):
             logger.info("Local resume state names a checkpoint that is gone: resuming job %r from the tracker.",
                         self.key)
             return False
-        return all(name in state.get("destinations", {}) for name in self.trackers)
+        return all(name in state.destinations for name in self.trackers)
 
-    def _newer_on_tracker(self, local: Mapping[str, Any]) -> bool:
+    def _newer_on_tracker(self, local: ResumeState) -> bool:
         """Whether the run's lease names a newer logged checkpoint than the local state's latest."""
-        step = int(local["last"].get("step", -1))
+        step = local.last.step
         for lease in self._previous.values():
             latest = (lease.latest if lease else None) or {}
             if int(latest.get("step", -1)) > step:
@@ -344,7 +377,7 @@ class JobResume:
                     f"start (run {destination.get('run_id')}) stops. Start one job per key."
                 )
 
-    def _remote_state(self, base_name: str) -> dict[str, Any] | None:
+    def _remote_state(self, base_name: str) -> ResumeState | None:
         """Download the newest complete checkpoint of the key's run; the state `restore` takes."""
         for name, tracker in self.trackers.items():
             checkpoints = [c for c in tracker.job_checkpoints(self.destinations[name], base_name)]
@@ -360,13 +393,14 @@ class JobResume:
             record = newest.record
             logger.info("Resuming job %r from %s (epoch %d) of run %s, downloaded from %s.",
                         self.key, record.name, record.epoch, newest.run_id, tracker.display_name)
-            return {
-                "destinations": self.destinations,
-                "best_value": best.record.value if best else None,
-                "best_name": best.record.name if best else None,
-                "keras_best": best.record.value if best else None,
-                "last": {"filepath": path, "epoch": record.epoch, "batch": _batch(newest), "step": record.step},
-            }
+            return ResumeState(
+                last=LastCheckpoint(path, record.epoch, record.step, _batch(newest)),
+                destinations=self.destinations,
+                best_value=best.record.value if best else None,
+                best_name=best.record.name if best else None,
+                keras_best=best.record.value if best else None,
+                job_key=self.key,
+            )
         logger.info("Job %r has no complete checkpoint yet: training starts afresh in its run.", self.key)
         return None
 

@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tracked_ckpt.publisher import PublishReport, Publisher, stall_timeout_from
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name, split_checkpoint_name
-from tracked_ckpt.resume import JobResume, LocalState
+from tracked_ckpt.resume import JobResume, LastCheckpoint, LocalState, ResumeState
 from tracked_ckpt.retention import Retention
 from tracked_ckpt.spool import Spool, SpoolEntry, SpoolHold, find_spools
 from tracked_ckpt.tracker import Tracker, answers_after_wait, finish_run, tracker_class, tracker_key
@@ -125,7 +125,7 @@ class FitSession:
 
     # -- the start of a fit ---------------------------------------------------------------
 
-    def begin(self, base_name: str) -> dict[str, Any] | None:
+    def begin(self, base_name: str) -> ResumeState | None:
         """Wind down stale fits on this thread, start (or join, or resume) the runs, start publishing.
 
         Returns:
@@ -134,7 +134,7 @@ class FitSession:
         _wind_down_stale(self)
         resume = self.options.resume
         local = self.state.read() if resume and self.state is not None else None
-        state: dict[str, Any] | None
+        state: ResumeState | None
         if isinstance(resume, str):
             self.job = JobResume(resume, self.trackers)
             state, self.destinations = self.job.begin(local, self._start, base_name)
@@ -145,7 +145,7 @@ class FitSession:
                 self.joined = joined
                 self.destinations = self._start({k: {**d, "owned": False} for k, d in joined.destinations.items()})
             else:
-                self.destinations = self._start((state or {}).get("destinations", {}))
+                self.destinations = self._start(state.destinations if state is not None else {})
         _remember(self.destinations)
         self._hold = self.spool.hold()  # `sync_spool` elsewhere waits for this fit rather than pass it over
         self._publisher = Publisher(
@@ -255,8 +255,14 @@ class FitSession:
         """Record `record` as the job's latest checkpoint in the local resume state."""
         if self.state is not None:
             resume = self.options.resume
-            self.state.write(record, self.current_destinations(), best_value, best_name, keras_best,
-                             resume if isinstance(resume, str) else None)
+            self.state.write(ResumeState(
+                last=LastCheckpoint(record.filepath, record.epoch, record.step, record.batch),
+                destinations=self.current_destinations(),
+                best_value=best_value,
+                best_name=best_name,
+                keras_best=keras_best,
+                job_key=resume if isinstance(resume, str) else None,
+            ))
 
     def _logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
         # Leftovers of an earlier job belong to another run's ranking: not this one's retention.
