@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import mlflow
+import pytest
 from helpers import InjectMetric, logged_models, make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint
@@ -62,6 +63,18 @@ def test_resume_continues_the_same_run_with_the_best_value(embedded_store, workd
     assert len(mlflow.search_runs(experiment_names=["Default"], output_format="list")) == 1
     # The job completed: its resume state is gone and the next fit starts afresh.
     assert not os.path.exists(workdir / "ckpt" / ".tracked_ckpt")
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"last": {"filepath": "ckpt/f-1.keras"}}', "[]"])
+def test_an_unreadable_or_misshapen_state_is_refused_and_kept(embedded_store, workdir, content):
+    state = workdir / "ckpt" / ".tracked_ckpt" / "resume.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(content)
+    callback = TrackedModelCheckpoint("ckpt/f-{epoch}.keras", resume=True)
+    x, y = make_data()
+    with pytest.raises(ValueError, match=r"^Cannot resume: .*resume\.json is unreadable \(.*\); delete it to start afresh\.$"):
+        make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    assert state.read_text() == content
 
 
 def test_resume_without_state_starts_afresh(embedded_store, workdir):
