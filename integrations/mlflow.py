@@ -50,7 +50,7 @@ from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.files import link_or_copy, safe_file_name
-from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -77,7 +77,7 @@ _EXPERIMENT_IDS: dict[tuple[str, str, str], str] = {}
 _EXPERIMENTS_LOCK = threading.Lock()
 
 
-class MlflowTracker(Tracker):
+class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
     """Log checkpoints to MLflow.
 
     Args:
@@ -473,7 +473,7 @@ class MlflowTracker(Tracker):
         _write_environment(out, self.pip_requirements or model_requirements(record))
 
 
-    # -- registry backend (tracked_ckpt.registry) ------------------------------------------
+    # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
 
     def scope(
         self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
@@ -725,7 +725,7 @@ class MlflowTracker(Tracker):
                    "status": str(model.status)},
         )
 
-    # -- resume by job key (tracked_ckpt.resume) -------------------------------------------
+    # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
 
     def find_job(self, job_key: str) -> dict[str, Any] | None:
         """The run of this tracker's experiment tagged with `job_key` (the earliest), as a destination."""

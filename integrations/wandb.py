@@ -76,7 +76,7 @@ from tracked_ckpt.integrations.wandb_schema import (
     version_ref,
 )
 from tracked_ckpt.record import CheckpointRecord, best_first
-from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -92,7 +92,7 @@ _STARTED: set[str] = set()
 _STARTED_LOCK = threading.Lock()
 
 
-class WandbTracker(Tracker):
+class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
     """Log checkpoints to Weights & Biases as versions of a "model" artifact.
 
     Attaches to `wandb.run` when a run is active; otherwise starts one from the
@@ -315,7 +315,7 @@ class WandbTracker(Tracker):
         logged.wait(timeout=self.upload_timeout)
         return logged.qualified_name
 
-    # -- registry backend (tracked_ckpt.registry) ------------------------------------------
+    # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
     #
     # W&B has no server-side search over artifact metadata and no ordering by a metadata
     # value, so a scope's versions are fetched once and filtered and ranked here. A run
@@ -526,7 +526,7 @@ class WandbTracker(Tracker):
         logger.debug("Deleted W&B checkpoint %s.", ref)
         return True
 
-    # -- resume by job key (tracked_ckpt.resume) -------------------------------------------
+    # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
     #
     # A job's run id derives from its key, so a restarted job finds (or, the first time,
     # creates) its run with `wandb.init(id=..., resume="allow")`; the key and the lease live

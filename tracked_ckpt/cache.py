@@ -15,7 +15,7 @@ import tempfile
 from tracked_ckpt import settings
 from tracked_ckpt.files import safe_file_name, sha256_file
 from tracked_ckpt.progress import Progress, watch_folder_size
-from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker
+from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -45,7 +45,7 @@ def fetch_verified(
             Progress(f"tracked-ckpt: pulling {record.name}", record.size_bytes, 1) as bar:
         stop_watching = watch_folder_size(tmp, bar)
         try:
-            fetched = tracker.fetch(checkpoint, tmp)
+            fetched = registry_of(tracker, "download checkpoints").fetch(checkpoint, tmp)
         finally:
             stop_watching()
         sha, size = sha256_file(fetched)

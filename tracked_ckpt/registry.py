@@ -29,7 +29,7 @@ from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.record import SCHEMA_KEYS, is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
 from tracked_ckpt.session import last_destination, wait
-from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, resolve_tracker, tracker_key
+from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of, resolve_tracker, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -110,7 +110,7 @@ def list_checkpoints(
         >>> best_ones = list_checkpoints(where={"is_best": True})  # doctest: +SKIP
     """
     tracker = resolve_tracker(tracker)
-    found = tracker.search_checkpoints(_scope(tracker, run_id, experiment), where=_where(where))
+    found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=_where(where))
     return sorted(found, key=lambda c: (c.run_id, c.record.step, c.record.epoch))
 
 
@@ -186,7 +186,7 @@ def promote_best(
             False, f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}.",
             registered_name, alias, None, None,
         )
-    previous = tracker.alias_holder(registered_name, alias)
+    previous = registry_of(tracker).alias_holder(registered_name, alias)
     if previous is not None and previous.id == challenger.id:
         return PromotionResult(
             False, f"{alias!r} already points at {challenger.record.name}.",
@@ -202,7 +202,7 @@ def promote_best(
                 f"{challenger.record.name} ({monitor}={challenger_value:.6g}) is not better.",
                 registered_name, alias, previous.extra.get("version"), challenger, previous,
             )
-    version = tracker.register(registered_name, challenger, alias)
+    version = registry_of(tracker, "register checkpoints").register(registered_name, challenger, alias)
     logger.info("Promoted %s (%s=%.6g) to %s@%s (version %s).",
                 challenger.record.name, monitor, challenger_value, registered_name, alias, version)
     return PromotionResult(
@@ -226,7 +226,9 @@ def registered_checkpoint(
     """
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
-    return resolve_tracker(tracker).resolve(registered_name, alias=alias, version=version)
+    return registry_of(resolve_tracker(tracker), "resolve registered checkpoints").resolve(
+        registered_name, alias=alias, version=version
+    )
 
 
 def download_checkpoint(
@@ -335,7 +337,7 @@ def _checkpoint_meant(tracker: Tracker, registered_name: str | None, alias: str 
         raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
-    return tracker.resolve_for_load(registered_name, alias=alias, version=version)
+    return registry_of(tracker, "download checkpoints").resolve_for_load(registered_name, alias=alias, version=version)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,14 +355,14 @@ def _rank(tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] |
     they are needed and the scope holds no checkpoint at all.
     """
     if monitor is None or mode is None:
-        sample = tracker.search_checkpoints(scope, where=where, max_results=1)
+        sample = registry_of(tracker).search_checkpoints(scope, where=where, max_results=1)
         if not sample:
             return None
         monitor = monitor or sample[0].record.monitor
         mode = mode or sample[0].record.mode
     if mode not in ("min", "max"):
         raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
-    ranked = tracker.search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
+    ranked = registry_of(tracker).search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
     best = ranked[0] if ranked and ranked[0].record.metric(monitor) is not None else None
     return _Ranked(best, monitor, mode)
 
@@ -368,7 +370,7 @@ def _rank(tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] |
 def _scope(tracker: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
     """The tracker's scope; with neither given, it defaults to where this process's last fit logged."""
     wait()  # fits that returned with uploads still running (blocking=False): their checkpoints count
-    return tracker.scope(run_id, experiment, last=last_destination(tracker_key(tracker)))
+    return registry_of(tracker).scope(run_id, experiment, last=last_destination(tracker_key(tracker)))
 
 
 def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:

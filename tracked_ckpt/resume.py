@@ -24,7 +24,7 @@ holder, and the new job refuses with `JobLockedError`. A restarted job thus
 waits at most one window when its predecessor was killed a moment ago. The
 window is `TRACKED_CKPT_LEASE_SECONDS` (default 60).
 
-Trackers take part through the job-key methods of `tracked_ckpt.tracker.Tracker` (`find_job`,
+Trackers take part through `tracked_ckpt.tracker.TrackerJobKeys` (`find_job`,
 `job_info`, `set_job_info`, `job_checkpoints`); a tracker without them cannot resume by key.
 """
 
@@ -44,7 +44,7 @@ from tracked_ckpt import settings
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.record import CheckpointRecord, best_first, split_checkpoint_name
 from tracked_ckpt.retention import Kept, Retention
-from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, job_keys_of
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -211,18 +211,13 @@ class JobResume:
 
     Args:
         key: the job key.
-        trackers: the callback's trackers by name; each must implement the job-key methods of `Tracker`.
+        trackers: the callback's trackers by name; each must be a `TrackerJobKeys` too.
     """
 
     def __init__(self, key: str, trackers: Mapping[str, Tracker]):
         self.key = validate_job_key(key)
-        for tracker in trackers.values():
-            if not tracker.resumes_by_job_key():
-                raise TypeError(
-                    f"Tracker {tracker.display_name} cannot find a run by job key: use resume=True "
-                    "(state on local disk), or a tracker that supports job keys (mlflow, wandb)."
-                )
         self.trackers: dict[str, Tracker] = dict(trackers)
+        self._jobs = {name: job_keys_of(tracker) for name, tracker in self.trackers.items()}  # the same objects
         self.window = settings.lease_seconds()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.destinations: dict[str, dict[str, Any]] = {}
@@ -312,7 +307,7 @@ class JobResume:
         found = {}
         for name, tracker in self.trackers.items():
             try:
-                destination = tracker.find_job(self.key)
+                destination = self._jobs[name].find_job(self.key)
             except Exception as exc:
                 raise TrackerError(
                     f"Cannot look up job {self.key!r} on {tracker.display_name}: {exc}. Resuming needs the "
@@ -323,7 +318,7 @@ class JobResume:
         return found
 
     def _read_lease(self, name: str, destination: Mapping[str, Any]) -> Lease | None:
-        return Lease.from_json(self.trackers[name].job_info(destination).get("lease"))
+        return Lease.from_json(self._jobs[name].job_info(destination).get("lease"))
 
     def _wait_for_holder(self, name: str, destination: Mapping[str, Any]) -> None:
         """Return once the key's earlier holder is known to be gone; raise if it is alive."""
@@ -360,7 +355,7 @@ class JobResume:
     def _claim(self) -> None:
         """Tag each run with the key and take the lease; refuse if another job took it meanwhile."""
         for name, tracker in self.trackers.items():
-            tracker.set_job_info(self.destinations[name], {"key": self.key, "lease": self._lease().to_json()})
+            self._jobs[name].set_job_info(self.destinations[name], {"key": self.key, "lease": self._lease().to_json()})
         # Two restarts that both found the lease free both write it: the last writer wins, the other sees it.
         time.sleep(min(2.0, self.window / 10))
         for name, tracker in self.trackers.items():
@@ -368,7 +363,7 @@ class JobResume:
             lease = self._read_lease(name, destination)
             if lease is not None and lease.holder != self.holder and not lease.released:
                 raise self._locked(name, destination, lease)
-            winner = tracker.find_job(self.key)
+            winner = self._jobs[name].find_job(self.key)
             if winner is not None and winner.get("run_id") != destination.get("run_id"):
                 # Two first starts created a run each: the earliest run keeps the key; end ours.
                 tracker.finish(success=False)
@@ -380,7 +375,7 @@ class JobResume:
     def _remote_state(self, base_name: str) -> ResumeState | None:
         """Download the newest complete checkpoint of the key's run; the state `restore` takes."""
         for name, tracker in self.trackers.items():
-            checkpoints = [c for c in tracker.job_checkpoints(self.destinations[name], base_name)]
+            checkpoints = self._jobs[name].job_checkpoints(self.destinations[name], base_name)
             if not checkpoints:
                 continue
             newest = max(checkpoints, key=_order)
@@ -448,7 +443,7 @@ class JobResume:
     def _write_lease(self, released: bool) -> None:
         for name, tracker in self.trackers.items():
             try:
-                tracker.set_job_info(self.destinations[name], {"lease": self._lease(released).to_json()})
+                self._jobs[name].set_job_info(self.destinations[name], {"lease": self._lease(released).to_json()})
             except Exception as exc:  # the lease only matters to a competing start: never stop training
                 if not self._warned:
                     self._warned = True

@@ -75,11 +75,13 @@ class LoggedCheckpoint:
 
 
 class Tracker(abc.ABC):
-    """The whole contract between tracked-ckpt and a tracker, in one place.
+    """The contract between tracked-ckpt and a tracker: a run to log checkpoints into.
 
     A tracker must implement `start` and `log_checkpoint`; everything else has a
-    default that is safe for a tracker which cannot do it. The callback, the
-    publisher and the registry helper only ever talk to this interface.
+    default that is safe for a tracker which cannot do it. Two optional parts add
+    capabilities, each a base class of its own: `TrackerRegistry` (list, promote,
+    pull, load) and `TrackerJobKeys` (resume by job key). The callback, the
+    publisher and the registry helper only ever talk to these interfaces.
 
     Threads: `start` and `finish` run on the training thread; `log_checkpoint`
     and `delete_checkpoint` run on the publisher's background thread (or inline
@@ -87,10 +89,6 @@ class Tracker(abc.ABC):
     depend on thread-local state: everything they need is in `destination`, the
     JSON-serialisable dict `start` returned, which is also written to the
     durable spool.
-
-    The registry side (`scope` ... `fetch`) answers the registry helper's
-    questions with a constant number of tracker calls each; a tracker without a
-    registry leaves them raising `TrackerError`.
 
     Example:
         A tracker that copies each checkpoint into a folder (register it under
@@ -184,15 +182,24 @@ class Tracker(abc.ABC):
         """
         return False
 
-    # -- registry side (the registry helper and the CLI) --------------------------------
 
+class TrackerRegistry(abc.ABC):
+    """The registry side of a tracker, for the registry helper and the CLI (optional).
+
+    A tracker that also subclasses this can be listed, promoted, pulled and loaded
+    from; each method answers with a constant number of tracker calls. A tracker
+    without it still logs every checkpoint; the registry helper then says it
+    cannot, in one line.
+    """
+
+    @abc.abstractmethod
     def scope(
         self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Resolve a run or an experiment to a scope; with neither, default to `last`, the destination
         the last `fit` in this process logged to (None: there was none)."""
-        raise self._unsupported("list or promote checkpoints")
 
+    @abc.abstractmethod
     def search_checkpoints(
         self,
         scope: Mapping[str, Any],
@@ -203,40 +210,38 @@ class Tracker(abc.ABC):
     ) -> list[LoggedCheckpoint]:
         """Finished checkpoints of a scope matching `where` (schema keys -> values), oldest
         first, or best first by `order_by` = (metric, "min"|"max") on the tracker's side."""
-        raise self._unsupported("search checkpoints")
 
+    @abc.abstractmethod
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint an alias of a registered model points at, or None."""
-        raise self._unsupported("read registry aliases")
 
+    @abc.abstractmethod
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
         """Register `checkpoint` (reusing its existing version) and move `alias` onto it; return the version."""
-        raise self._unsupported("register checkpoints")
 
+    @abc.abstractmethod
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind an alias or a version of a registered model."""
-        raise self._unsupported("resolve registered checkpoints")
 
     def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """`resolve` for a download: may answer with fewer calls (e.g. from the registered version's
         tags), since the bytes are verified against the recorded sha256 anyway. Default: `resolve`."""
         return self.resolve(registered_name, alias=alias, version=version)
 
+    @abc.abstractmethod
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint file into `directory`; return its path (the caller verifies it)."""
-        raise self._unsupported("download checkpoints")
 
-    # -- resume by job key (`resume="<job key>"`) ---------------------------------------
-    #
-    # Without these, a tracker still logs checkpoints and `resume=True` (local state) works;
-    # only resuming by job key needs them. They run on the training thread, except
-    # `set_job_info`, which the lease heartbeat also calls from its own thread.
 
-    @classmethod
-    def resumes_by_job_key(cls) -> bool:
-        """Whether this tracker implements the job-key methods below (it overrides `find_job`)."""
-        return cls.find_job is not Tracker.find_job
+class TrackerJobKeys(abc.ABC):
+    """Resume by job key (`resume="<job key>"`), optional.
 
+    Without it a tracker still logs checkpoints and `resume=True` (local state)
+    works. The methods run on the training thread, except `set_job_info`, which
+    the lease heartbeat also calls from its own thread.
+    """
+
+    @abc.abstractmethod
     def find_job(self, job_key: str) -> dict[str, Any] | None:
         """The destination (as `start` returns it) of the run holding `job_key`, or None.
 
@@ -244,24 +249,37 @@ class Tracker(abc.ABC):
         tracker whose run ids derive from the key returns that run's destination
         even before it exists (`start(resume=...)` then creates it).
         """
-        raise self._unsupported("resume by job key")
 
+    @abc.abstractmethod
     def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
         """The job values stored on the run (`key`, `lease`), as strings."""
-        raise self._unsupported("resume by job key")
 
+    @abc.abstractmethod
     def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
         """Store job values (`key`, `lease`) on the run, replacing earlier ones."""
-        raise self._unsupported("resume by job key")
 
+    @abc.abstractmethod
     def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
         """The run's completely logged checkpoints (base `name` only, if given), each downloadable
         with `fetch`, so it comes back through the verified download cache."""
-        raise self._unsupported("resume by job key")
 
-    def _unsupported(self, what: str) -> TrackerError:
-        return TrackerError(f"The {self.display_name} tracker ({type(self).__name__}) cannot {what}: "
-                            "use a tracker with a registry, such as 'mlflow' or 'wandb'.")
+
+def registry_of(tracker: Tracker, what: str = "list or promote checkpoints") -> TrackerRegistry:
+    """`tracker` as a registry, or a one-line `TrackerError` saying it has none."""
+    if isinstance(tracker, TrackerRegistry):
+        return tracker
+    raise TrackerError(f"The {tracker.display_name} tracker ({type(tracker).__name__}) cannot {what}: "
+                       "use a tracker with a registry, such as 'mlflow' or 'wandb'.")
+
+
+def job_keys_of(tracker: Tracker) -> TrackerJobKeys:
+    """`tracker` as a job-key store, or a one-line `TypeError` naming the alternatives."""
+    if isinstance(tracker, TrackerJobKeys):
+        return tracker
+    raise TypeError(
+        f"Tracker {tracker.display_name} cannot find a run by job key: use resume=True "
+        "(state on local disk), or a tracker that supports job keys (mlflow, wandb)."
+    )
 
 
 def tracker_names() -> list[str]:
