@@ -88,3 +88,14 @@ def test_the_contract_is_the_base_class():
 
     with pytest.raises(TypeError, match="subclass of tracked_ckpt.tracker.Tracker"):
         resolve_tracker(DuckTyped())
+
+
+def test_a_tracker_without_job_keys_refuses_resume_by_key_in_one_line(installed_folder_tracker, workdir):
+    callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="folder", resume="job-7")
+    x, y = make_data()
+    with pytest.raises(TypeError, match=r"^Tracker a folder cannot find a run by job key: use resume=True "):
+        make_model().fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    # Local resume state is the way for it: resume=True works.
+    again = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="folder", resume=True)
+    make_model().fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[again])
+    assert again.last_report.ok and len(os.listdir(workdir / "logged")) == 1
