@@ -30,7 +30,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from tracked_ckpt.versions import check_supported
 
@@ -47,8 +48,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
-from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.files import link_or_copy, safe_file_name
+from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
 
 logger = logging.getLogger("tracked_ckpt")
@@ -146,7 +147,7 @@ class MlflowTracker(Tracker):
         self.__dict__.update(state)
         self._reset_runtime()
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "MlflowTracker":
+    def __deepcopy__(self, memo: dict[int, Any]) -> MlflowTracker:
         return copy.copy(self)
 
     # -- run lifecycle (training thread) ------------------------------------------------
@@ -917,7 +918,7 @@ def _reachable(uri: str, timeout: float = 5.0) -> bool:
 
 
 def _check_tracking_uri(uri: str | None) -> None:
-    if uri and (uri.startswith("file:") or "://" not in uri and not uri.startswith("databricks")):
+    if uri and (uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))):
         raise TrackerError(
             f"Tracking URI {uri!r} is a file store, which MLflow >= 3.13 refuses: use a database "
             "such as 'sqlite:///mlflow.db' or a server such as 'http://127.0.0.1:5000'."

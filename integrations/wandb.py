@@ -46,7 +46,8 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tracked_ckpt.versions import check_supported
 
@@ -153,7 +154,7 @@ class WandbTracker(Tracker):
         run_name: str | None = None,
         mode: str | None = None,
         dir: str | os.PathLike[str] | None = None,
-        settings: "wandb.Settings | Mapping[str, Any] | None" = None,
+        settings: wandb.Settings | Mapping[str, Any] | None = None,
         upload_timeout: float | None = 600.0,
         cache: bool = False,
         log_metrics: bool = True,
@@ -199,7 +200,7 @@ class WandbTracker(Tracker):
         self.__dict__.update(state)
         self._reset_runtime()
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "WandbTracker":
+    def __deepcopy__(self, memo: dict[int, Any]) -> WandbTracker:
         clone = copy.copy(self)
         clone._given_api = clone._api = self._given_api
         return clone

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name, split_checkpoint_name
 

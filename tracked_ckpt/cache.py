@@ -52,7 +52,7 @@ def fetch_verified(
             fetched = tracker.fetch(checkpoint, tmp)
         finally:
             stop_watching()
-        sha, size = sha256_file(fetched)
+        sha, _size = sha256_file(fetched)
         if sha != record.sha256:
             raise ChecksumError(
                 f"Checksum mismatch for {record.name}: downloaded sha256 {sha[:12]}... "

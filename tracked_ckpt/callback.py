@@ -23,7 +23,8 @@ import os
 import shutil
 import string
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tracked_ckpt.versions import check_supported
 
@@ -167,7 +168,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         save_freq: str | int = "epoch",
         initial_value_threshold: float | None = None,
         *,
-        tracker: "str | Tracker | Sequence[str | Tracker]" = "mlflow",
+        tracker: str | Tracker | Sequence[str | Tracker] = "mlflow",
         name: str | None = None,
         upload: str = "async",
         log_git: bool = True,

@@ -18,13 +18,13 @@ import re
 import shutil
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 # TensorFlow's C++ start-up chatter would drown a one-line answer.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tracked_ckpt import registry  # noqa: E402
-from tracked_ckpt.record import SCHEMA_KEYS  # noqa: E402
+from tracked_ckpt import registry
+from tracked_ckpt.record import SCHEMA_KEYS
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -257,7 +257,7 @@ def _size(n: int) -> str:
 def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger("tracked_ckpt")

@@ -21,10 +21,10 @@ import os
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-from tracked_ckpt.progress import Progress, wait_with_progress
 from tracked_ckpt.files import sha256_file
+from tracked_ckpt.progress import Progress, wait_with_progress
 from tracked_ckpt.requirements import RequirementsResolver
 from tracked_ckpt.spool import Spool, SpoolEntry
 from tracked_ckpt.tracker import Tracker
@@ -127,7 +127,7 @@ class PublishReport:
     def ok(self) -> bool:
         return not self.pending and not self.failed and not self.held
 
-    def merge(self, other: "PublishReport") -> None:
+    def merge(self, other: PublishReport) -> None:
         """Add another publisher's report to this one (e.g. one spool of many)."""
         self.logged.extend(other.logged)
         self.pending.extend(other.pending)

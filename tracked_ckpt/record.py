@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # The schema, in display order. Values are str, int, float or bool, except
 # `requirements`, a list of `name==version` strings (one comma-separated string
@@ -218,7 +219,7 @@ class CheckpointRecord:
         out: dict[str, Any] = {}
         for key in SCHEMA_KEYS:
             value = getattr(self, key)
-            if value is None or key == "requirements" and not value:
+            if value is None or (key == "requirements" and not value):
                 continue
             out[key] = list(value) if key == "requirements" else value
         return out
@@ -253,7 +254,7 @@ class CheckpointRecord:
         *,
         name: str = "",
         metrics: Mapping[str, float] | None = None,
-    ) -> "CheckpointRecord":
+    ) -> CheckpointRecord:
         """Rebuild a record from what a tracker stored (plain or string values)."""
         missing = [k for k in ("epoch", "step", "sha256") if k not in metadata]
         if missing:

@@ -23,7 +23,8 @@ import dataclasses
 import logging
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.record import is_better
@@ -90,7 +91,7 @@ def list_checkpoints(
     *,
     run_id: str | None = None,
     experiment: str | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     where: Mapping[str, Any] | None = None,
 ) -> list[LoggedCheckpoint]:
     """List logged checkpoints of a run (default: the last one `fit` logged to) or an experiment.
@@ -118,7 +119,7 @@ def best_checkpoint(
     *,
     run_id: str | None = None,
     experiment: str | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     monitor: str | None = None,
     mode: str | None = None,
 ) -> LoggedCheckpoint | None:
@@ -150,7 +151,7 @@ def best_checkpoint(
 def promote_best(
     registered_name: str,
     *,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     run_id: str | None = None,
     experiment: str | None = None,
     name: str | None = None,
@@ -234,7 +235,7 @@ def registered_checkpoint(
     *,
     alias: str | None = None,
     version: str | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
 ) -> LoggedCheckpoint:
     """The checkpoint behind an alias (default `champion`) or a version of a registered model.
 
@@ -253,7 +254,7 @@ def download_checkpoint(
     alias: str | None = None,
     version: str | None = None,
     checkpoint: LoggedCheckpoint | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     cache_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> str:
@@ -284,7 +285,7 @@ def load_model(
     alias: str | None = None,
     version: str | None = None,
     checkpoint: LoggedCheckpoint | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     model: Any = None,
     custom_objects: Mapping[str, Any] | None = None,
     compile: bool = True,
@@ -379,8 +380,8 @@ def _describe(scope: Mapping[str, Any]) -> str:
 
 __all__ = [
     "ChecksumError",
-    "MissingRequirementError",
     "LoggedCheckpoint",
+    "MissingRequirementError",
     "PromotionResult",
     "best_checkpoint",
     "download_checkpoint",

@@ -33,7 +33,8 @@ import re
 import sys
 import threading
 import zipfile
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 logger = logging.getLogger("tracked_ckpt")
 

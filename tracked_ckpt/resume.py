@@ -38,13 +38,13 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from tracked_ckpt.record import CheckpointRecord, is_better, split_checkpoint_name
 from tracked_ckpt.cache import fetch_verified
-from tracked_ckpt.tracker import LoggedCheckpoint
+from tracked_ckpt.record import CheckpointRecord, is_better, split_checkpoint_name
 from tracked_ckpt.retention import Kept, Retention
-from tracked_ckpt.tracker import Tracker, TrackerError
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -179,7 +179,7 @@ class Lease:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "Lease | None":
+    def from_json(cls, text: str | None) -> Lease | None:
         if not text:
             return None
         try:
@@ -364,7 +364,7 @@ class JobResume:
     def _remote_state(self, base_name: str) -> dict[str, Any] | None:
         """Download the newest complete checkpoint of the key's run; the state `restore` takes."""
         for name, tracker in self.trackers.items():
-            checkpoints = [c for c in tracker.job_checkpoints(self.destinations[name], base_name)]
+            checkpoints = list(tracker.job_checkpoints(self.destinations[name], base_name))
             if not checkpoints:
                 continue
             newest = max(checkpoints, key=_order)

@@ -37,13 +37,13 @@ import copy
 import dataclasses
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from tracked_ckpt.publisher import PublishReport, Publisher, stall_timeout_from
+from tracked_ckpt.publisher import Publisher, PublishReport, stall_timeout_from
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name, split_checkpoint_name
 from tracked_ckpt.resume import JobResume, LocalState
 from tracked_ckpt.retention import Retention
@@ -334,7 +334,7 @@ class FitSession:
 
 
 def _close(publisher: Publisher | None, trackers: Mapping[str, Tracker],
-           destinations: Mapping[str, Mapping[str, Any]], timeout: float | None) -> "_EndReport":
+           destinations: Mapping[str, Mapping[str, Any]], timeout: float | None) -> _EndReport:
     """Wait for the publisher; then ask each tracker once whether it answers (after a stalled wait)."""
     report = _EndReport()
     if publisher is not None:

@@ -23,7 +23,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tracked_ckpt.files import check_writable, clone_file, copy_hashing
 from tracked_ckpt.record import CheckpointRecord
@@ -87,7 +88,7 @@ class SpoolEntry:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], directory: str) -> "SpoolEntry":
+    def from_json(cls, data: dict[str, Any], directory: str) -> SpoolEntry:
         return cls(
             id=data["id"],
             record=CheckpointRecord(**data["record"]),
@@ -259,7 +260,7 @@ class Spool:
     def new_id(self) -> str:
         return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
-    def hold(self) -> "SpoolHold":
+    def hold(self) -> SpoolHold:
         """Mark the spool as in use by a live fit of this process until the hold is released.
 
         `sync_spool` waits for (or reports) a held spool, since a live fit may still
@@ -313,7 +314,7 @@ class SpoolHold:
         for attempt in range(3):
             os.makedirs(directory, exist_ok=True)
             try:
-                self._handle: Any = open(tmp, "w")
+                self._handle: Any = open(tmp, "w")  # noqa: SIM115  held open: the lock lives as long as the hold
                 break
             except FileNotFoundError:  # another process's sync removed the emptied folder just now
                 if attempt == 2:

@@ -16,7 +16,8 @@ import dataclasses
 import importlib
 import importlib.metadata
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tracked_ckpt.record import CheckpointRecord
 
@@ -146,7 +147,7 @@ class Tracker(abc.ABC):
 
     # -- optional, with defaults --------------------------------------------------------
 
-    def finish(self, success: bool = True) -> None:
+    def finish(self, success: bool = True) -> None:  # noqa: B027  optional: a tracker may have no run to end
         """End the run if `start` started it. Default: nothing to end."""
 
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
@@ -306,7 +307,7 @@ def _import_tracker(name: str, module_name: str, attr: str) -> Any:
     return getattr(module, attr)
 
 
-def resolve_tracker(spec: "str | Tracker") -> Tracker:
+def resolve_tracker(spec: str | Tracker) -> Tracker:
     """Turn a tracker name or object into a `Tracker` object."""
     if isinstance(spec, str):
         return tracker_class(spec.strip().lower())()
@@ -318,7 +319,7 @@ def resolve_tracker(spec: "str | Tracker") -> Tracker:
     )
 
 
-def resolve_trackers(spec: "str | Tracker | Sequence[str | Tracker]") -> list[Tracker]:
+def resolve_trackers(spec: str | Tracker | Sequence[str | Tracker]) -> list[Tracker]:
     """Resolve `tracker=` (one spec or a list) to distinct trackers, in order."""
     specs = [spec] if isinstance(spec, (str, Tracker)) else list(spec)
     if not specs:
