@@ -39,9 +39,11 @@ check_supported("mlflow", "sqlalchemy", extra="mlflow")  # before importing it (
 
 import mlflow
 import numpy as np
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
+from mlflow.entities import Experiment, LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric, Run, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -290,7 +292,7 @@ class MlflowTracker(Tracker):
                                                filter_string=f"source_run_id = '{_quote(run_id)}'", max_results=1000)
                       for model in page]
 
-            def key(model):
+            def key(model: LoggedModel) -> tuple[str | None, ...]:
                 return tuple(model.tags.get(f"{TAG_PREFIX}{k}") for k in ("sha256", "epoch", "step"))
 
             ready = {key(m) for m in models if m.status == LoggedModelStatus.READY}
@@ -345,7 +347,7 @@ class MlflowTracker(Tracker):
             # Not client.log_model_artifacts: it would GET the model again just for artifact_location.
             _artifact_repository(client, model.artifact_location).log_artifacts(tmp)
         retry = existing is not None  # a PENDING leftover of an interrupted attempt
-        if record.metrics and not (retry and existing.metrics):
+        if record.metrics and not (existing is not None and existing.metrics):  # `retry`, for mypy
             timestamp = int(time.time() * 1000)
             client.log_batch(
                 run_id,
@@ -418,7 +420,9 @@ class MlflowTracker(Tracker):
         )
 
     @staticmethod
-    def find_logged(client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord):
+    def find_logged(
+        client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord
+    ) -> LoggedModel | None:
         """The LoggedModel already holding this record (same run, epoch, step, sha256), if any."""
         filter_string = (
             f"source_run_id = '{run_id}'"
@@ -559,7 +563,7 @@ class MlflowTracker(Tracker):
             # Ties go to the earliest checkpoint, the one that first reached the value (as is_best does).
             order = [{"field_name": f"metrics.{metric}", "ascending": mode == "min"},
                      {"field_name": "creation_timestamp", "ascending": True}]
-        found = []
+        found: list[LoggedModel] = []
         for page in _pages(client.search_logged_models, experiment_ids=list(scope["experiment_ids"]),
                            filter_string=" AND ".join(clauses), order_by=order, max_results=max_results or 1000):
             found.extend(m for m in page if m.status == LoggedModelStatus.READY)
@@ -694,7 +698,7 @@ class MlflowTracker(Tracker):
         """This tracker's URI, else the store `scope()` last looked in, else MLflow's default."""
         return self.tracking_uri or self._scope_uri or mlflow.get_tracking_uri()
 
-    def _version_checkpoint(self, client: MlflowClient, version) -> LoggedCheckpoint | None:
+    def _version_checkpoint(self, client: MlflowClient, version: ModelVersion) -> LoggedCheckpoint | None:
         model_id = _model_id_from_source(version.source)
         if model_id is None:
             return None
@@ -709,7 +713,7 @@ class MlflowTracker(Tracker):
             extra={**found.extra, "version": str(version.version), "registered_name": version.name},
         )
 
-    def _checkpoint(self, model, tracking_uri: str | None = None) -> LoggedCheckpoint:
+    def _checkpoint(self, model: LoggedModel, tracking_uri: str | None = None) -> LoggedCheckpoint:
         metadata = _schema_from_tags(model.tags)
         metrics: dict[str, float] = {}
         for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
@@ -767,7 +771,7 @@ class MlflowTracker(Tracker):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _create_run(self, client: MlflowClient, run_name: str | None):
+    def _create_run(self, client: MlflowClient, run_name: str | None) -> Run:
         """Create a run as `mlflow.start_run` would (its experiment, context tags), but through the client."""
         experiment_id = None
         if self.tracking_uri is None and self.experiment is None:
@@ -813,7 +817,10 @@ class MlflowTracker(Tracker):
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 # Jobs of a sweep starting together: another one created it since we looked.
-                found = client.get_experiment_by_name(name).experiment_id
+                created: Experiment | None = client.get_experiment_by_name(name)
+                if created is None:  # and deleted since: the creation's error says it
+                    raise
+                found = created.experiment_id
         with _EXPERIMENTS_LOCK:
             _EXPERIMENT_IDS[key] = found
         return found
@@ -863,7 +870,7 @@ def checkpoint_params(record: CheckpointRecord) -> dict[str, str]:
     return {key: metadata[key] for key in MODEL_PARAMS if key in metadata}
 
 
-def _artifact_repository(client: MlflowClient, artifact_location: str):
+def _artifact_repository(client: MlflowClient, artifact_location: str) -> ArtifactRepository:
     """The artifact repository of a location, as `MlflowClient` builds it for a LoggedModel."""
     uri = add_databricks_profile_info_to_artifact_uri(artifact_location, client.tracking_uri)
     return get_artifact_repository(uri, tracking_uri=client.tracking_uri)
@@ -936,7 +943,7 @@ def model_signature(record: CheckpointRecord) -> ModelSignature | None:
     if not specs.get("inputs") or not specs.get("outputs"):
         return None
 
-    def schema(tensors) -> Schema:
+    def schema(tensors: list[dict[str, Any]]) -> Schema:
         named = len(tensors) > 1
         return Schema([
             TensorSpec(np.dtype(t["dtype"]), tuple(-1 if d is None else int(d) for d in t["shape"]),

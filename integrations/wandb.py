@@ -47,7 +47,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from tracked_ckpt.versions import check_supported
 
@@ -315,7 +315,7 @@ class WandbTracker(Tracker):
             return f"{where}:{identifying_alias(record)}"
         # Online: return only once W&B committed the version, so the spool may drop the file.
         logged.wait(timeout=self.upload_timeout)
-        return logged.qualified_name
+        return str(logged.qualified_name)
 
     # -- registry backend (tracked_ckpt.registry) ------------------------------------------
     #
@@ -450,8 +450,8 @@ class WandbTracker(Tracker):
                 # W&B takes the alias off the collection's version that held it.
                 linked.aliases = [*linked.aliases, alias]
                 linked.save()
-            return version
-        return source.link(target, aliases=[alias]).version
+            return str(version)
+        return str(source.link(target, aliases=[alias]).version)
 
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind `registered_name` at `alias`, or at `version` ("v3", "3" or 3).
@@ -486,7 +486,7 @@ class WandbTracker(Tracker):
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint's file into `directory` (through its Registry link if it has one)."""
         ref = checkpoint.extra.get("registry_path") or checkpoint.id
-        return os.fspath(self.api.artifact(ref, type=ARTIFACT_TYPE).file(directory))
+        return str(os.fspath(self.api.artifact(ref, type=ARTIFACT_TYPE).file(directory)))
 
     # -- retention ----------------------------------------------------------------------
 
@@ -742,8 +742,8 @@ class WandbTracker(Tracker):
         project: str | None = None,
         entity: str | None = None,
         mode: str | None = None,
-        reinit: str | None = None,
-        console: str | None = None,
+        reinit: Literal["create_new"] | None = None,
+        console: Literal["off"] | None = None,
     ) -> Any:
         if isinstance(self.settings, wandb.Settings):
             settings = self.settings.model_copy()
@@ -756,7 +756,7 @@ class WandbTracker(Tracker):
             entity=entity or self.entity,
             id=run_id,
             name=name,
-            mode=mode or self.mode,
+            mode=mode or self.mode,  # type: ignore[arg-type]  # the user's string (`mode=`); W&B checks it
             dir=self.dir,
             settings=settings,
             resume="allow" if run_id else None,

@@ -14,7 +14,11 @@ import re
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import git  # GitPython; imported at run time only where used (it fails without the git executable)
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -163,7 +167,7 @@ def _cwd() -> str | None:
 
 def _main_script_dir() -> str | None:
     """The folder of the `__main__` script, unless it is installed code (site-packages, a venv's bin)."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    path: str | None = getattr(sys.modules.get("__main__"), "__file__", None)
     if not path:
         return None
     path = os.path.realpath(path)
@@ -173,7 +177,7 @@ def _main_script_dir() -> str | None:
     return os.path.dirname(path)
 
 
-def _describe(repo) -> GitInfo:
+def _describe(repo: git.Repo) -> GitInfo:
     try:
         commit = repo.head.commit.hexsha
     except ValueError:  # no commits yet: HEAD points at an unborn branch
@@ -185,14 +189,14 @@ def _describe(repo) -> GitInfo:
     return GitInfo(commit=commit, branch=_branch(repo), dirty=_dirty(repo), remote=_remote(repo))
 
 
-def _branch(repo) -> str | None:
+def _branch(repo: git.Repo) -> str | None:
     try:
         return None if repo.head.is_detached else repo.active_branch.name
     except Exception:
         return None
 
 
-def _dirty(repo) -> bool | None:
+def _dirty(repo: git.Repo) -> bool | None:
     try:
         # Untracked files (checkpoints, mlflow.db, ...) do not change the code that ran.
         return repo.is_dirty(untracked_files=False)
@@ -200,7 +204,7 @@ def _dirty(repo) -> bool | None:
         return None
 
 
-def _remote(repo) -> str | None:
+def _remote(repo: git.Repo) -> str | None:
     try:
         remotes = list(repo.remotes)
     except Exception:

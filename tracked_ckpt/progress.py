@@ -11,6 +11,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+_Item = TypeVar("_Item")
 
 
 def interactive() -> bool:
@@ -58,7 +61,7 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -99,9 +102,9 @@ def watch_folder_size(folder: str, progress: Progress, interval: float = 0.2) ->
     return done
 
 
-def wait_with_progress(description: str, pending: Callable[[], list], join: Callable[[float], None],
+def wait_with_progress(description: str, pending: Callable[[], list[_Item]], join: Callable[[float], None],
                        alive: Callable[[], bool], deadline: float | None,
-                       size_of: Callable[[object], int]) -> None:
+                       size_of: Callable[[_Item], int]) -> None:
     """Wait (with `join(seconds)`) while `alive()` and before `deadline`, showing what is `pending()`.
 
     Joining rather than sleeping returns the moment the work is done.

@@ -220,7 +220,7 @@ class Publisher:
                 "tracked-ckpt: uploading",
                 pending=lambda: list(self._queue),
                 join=self._thread.join,
-                alive=lambda: self._thread.is_alive() and not self._stalled(),
+                alive=lambda: self._thread is not None and self._thread.is_alive() and not self._stalled(),
                 deadline=deadline,
                 size_of=lambda entry: entry.record.size_bytes,
             )

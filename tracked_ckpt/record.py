@@ -237,7 +237,8 @@ class CheckpointRecord:
             line += f" batch {self.batch}"
         line += f", step {self.step}"
         if self.git_commit:
-            state = {True: "dirty", False: "clean"}.get(self.git_dirty, "dirty state unknown")
+            states: dict[bool | None, str] = {True: "dirty", False: "clean"}
+            state = states.get(self.git_dirty, "dirty state unknown")
             line += f", commit {self.git_commit[:8]} ({state})"
         else:
             line += ", no git commit"

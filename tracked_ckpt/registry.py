@@ -292,7 +292,7 @@ def load_model(
     safe_mode: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
-):
+) -> Any:
     """Load a checkpoint back as a `keras.Model`.
 
     Args:

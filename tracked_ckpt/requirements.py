@@ -33,7 +33,7 @@ import re
 import sys
 import threading
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 logger = logging.getLogger("tracked_ckpt")
@@ -149,7 +149,7 @@ def code_modules(code_paths: Iterable[str] | None) -> set[str]:
 
 
 def model_needs(
-    config: bytes, covered: Iterable[str] = (), distributions: Callable[[], dict[str, list[str]]] | None = None
+    config: bytes, covered: Iterable[str] = (), distributions: Callable[[], Mapping[str, list[str]]] | None = None
 ) -> ModelNeeds:
     """The distributions and local modules a saved Keras config references.
 
@@ -206,7 +206,7 @@ class RequirementsResolver:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, tuple[str, ...]], ModelNeeds] = {}
-        self._distributions: dict[str, list[str]] | None = None  # read at most once per fit, if needed
+        self._distributions: Mapping[str, list[str]] | None = None  # read at most once per fit, if needed
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -235,7 +235,7 @@ class RequirementsResolver:
             _warn_local(new_local, name)
         return needs.requirements
 
-    def _installed(self) -> dict[str, list[str]]:
+    def _installed(self) -> Mapping[str, list[str]]:
         if self._distributions is None:
             self._distributions = importlib.metadata.packages_distributions()
         return self._distributions
@@ -308,7 +308,7 @@ def check_requirements(requirements: Iterable[str] | None, checkpoint: str = "ch
         )
 
 
-def _distributions_of(module: str, lookup: Callable[[], dict[str, list[str]]]) -> list[str]:
+def _distributions_of(module: str, lookup: Callable[[], Mapping[str, list[str]]]) -> list[str]:
     """The installed distributions providing `module`: the one named like its top-level package
     (the common case, one look-up), else those the installed files map it to (namespace packages
     narrowed to the ones shipping `module`'s subpackage)."""

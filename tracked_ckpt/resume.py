@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tracked_ckpt.cache import fetch_verified
@@ -75,7 +75,8 @@ class LocalState:
         """
         try:
             with open(self.path) as f:
-                return json.load(f)
+                state: dict[str, Any] = json.load(f)
+                return state
         except FileNotFoundError:
             logger.info("resume=True: no earlier state in %s; starting afresh.", self.path)
             return None
@@ -135,7 +136,7 @@ def restore(model: Any, state: Mapping[str, Any], state_path: str) -> int:
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)  # so its state can be loaded too
     model.load_weights(path)
-    return last["epoch"] if last.get("batch") is None else last["epoch"] - 1
+    return int(last["epoch"] if last.get("batch") is None else last["epoch"] - 1)
 
 
 class JobLockedError(RuntimeError):
@@ -469,11 +470,13 @@ def _batch(checkpoint: LoggedCheckpoint) -> int | None:
     return 0 if any(alias.startswith("step-") for alias in checkpoint.aliases) else None
 
 
-def _best(checkpoints) -> LoggedCheckpoint | None:
-    best = None
+def _best(checkpoints: Iterable[LoggedCheckpoint]) -> LoggedCheckpoint | None:
+    best: LoggedCheckpoint | None = None
     for checkpoint in sorted(checkpoints, key=_order):
         record = checkpoint.record
-        if record.value is not None and (best is None or is_better(record.value, best.record.value, record.mode)):
+        # `best` only ever holds a checkpoint with a value (the `is None` test is for mypy).
+        if record.value is not None and (best is None or best.record.value is None
+                                         or is_better(record.value, best.record.value, record.mode)):
             best = checkpoint
     return best
 

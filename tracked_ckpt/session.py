@@ -446,7 +446,9 @@ def _same_trackers(a: FitSession, b: FitSession) -> bool:
     if a.trackers.keys() != b.trackers.keys():
         return False
     try:
-        return all(type(t) is type(b.trackers[k]) and t.__getstate__() == b.trackers[k].__getstate__()
+        return all(type(t) is type(b.trackers[k])
+                   # object.__getstate__ is Python 3.11+ (typeshed for 3.10 lacks it); a 3.10 tracker without one is not shared
+                   and t.__getstate__() == b.trackers[k].__getstate__()  # type: ignore[attr-defined]
                    for k, t in a.trackers.items())
     except Exception:  # a state that cannot be compared: do not share
         return False

@@ -280,7 +280,7 @@ class Spool:
 
     def holders(self) -> list[str]:
         """The live processes holding this spool ("host:pid"); stale holds of dead processes are removed."""
-        found = []
+        found: list[str] = []
         if not os.path.isdir(self.directory):
             return found
         for name in sorted(os.listdir(self.directory)):

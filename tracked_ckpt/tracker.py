@@ -310,7 +310,8 @@ def _import_tracker(name: str, module_name: str, attr: str) -> Any:
 def resolve_tracker(spec: str | Tracker) -> Tracker:
     """Turn a tracker name or object into a `Tracker` object."""
     if isinstance(spec, str):
-        return tracker_class(spec.strip().lower())()
+        tracker: Tracker = tracker_class(spec.strip().lower())()
+        return tracker
     if isinstance(spec, Tracker):
         return spec
     raise TypeError(
