@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +33,11 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
 from tracked_ckpt.versions import check_supported
 
@@ -154,6 +160,7 @@ class MlflowTracker(Tracker):
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
+    @override
     def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination.
 
@@ -256,10 +263,12 @@ class MlflowTracker(Tracker):
         return resolved
 
     @property
+    @override
     def destination(self) -> dict[str, Any]:
         """Where this tracker logs now (a deferred start's run once it exists)."""
         return dict(self._destination)
 
+    @override
     def finish(self, success: bool = True) -> None:
         """End the run if `start` started it (after dropping unfinished duplicates of its checkpoints)."""
         self._drop_unfinished_twins(self._destination)
@@ -305,6 +314,7 @@ class MlflowTracker(Tracker):
         except Exception as exc:  # never let the clean-up keep the run from ending
             logger.debug("Could not look for duplicate checkpoints of run %s: %s", run_id, exc)
 
+    @override
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """The run's page in the MLflow UI, for an HTTP tracking server."""
         uri = destination.get("tracking_uri", "")
@@ -319,6 +329,7 @@ class MlflowTracker(Tracker):
 
     # -- logging (publisher thread) -----------------------------------------------------
 
+    @override
     def log_checkpoint(
         self, record: CheckpointRecord, path: str, destination: Mapping[str, Any], *, first_attempt: bool = False
     ) -> str:
@@ -365,6 +376,7 @@ class MlflowTracker(Tracker):
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         return model.model_id
 
+    @override
     def delete_checkpoint(self, ref: str, destination: Mapping[str, Any]) -> bool:
         """Delete a LoggedModel and its files, unless it is a registered model version's source.
 
@@ -408,11 +420,13 @@ class MlflowTracker(Tracker):
                 self._context_tags[run_id] = cached
         return cached
 
+    @override
     def is_reachable(self, destination: Mapping[str, Any]) -> bool:
         """Whether the destination's server answers now (asked while an upload seems stuck)."""
         return _reachable(destination.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri())
 
     @staticmethod
+    @override
     def is_permanent(exc: Exception) -> bool:
         """Errors no retry can fix: the run or model is gone, or MLflow refuses the request."""
         return isinstance(exc, MlflowException) and exc.error_code in (
@@ -479,6 +493,7 @@ class MlflowTracker(Tracker):
 
     # -- registry backend (tracked_ckpt.registry) ------------------------------------------
 
+    @override
     def scope(
         self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -536,6 +551,7 @@ class MlflowTracker(Tracker):
         )
         return found[0].source_run_id if found else None
 
+    @override
     def search_checkpoints(
         self,
         scope: Mapping[str, Any],
@@ -571,6 +587,7 @@ class MlflowTracker(Tracker):
                 break
         return [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
 
+    @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `registered_name@alias` points at, or None."""
         client = self.client(self._registry_uri())
@@ -582,6 +599,7 @@ class MlflowTracker(Tracker):
             raise
         return self._version_checkpoint(client, version)
 
+    @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
         """Register the checkpoint's LoggedModel (once) and move `alias` onto that version."""
         # In the registry of the store the checkpoint lives in (the last fit's server, say).
@@ -617,6 +635,7 @@ class MlflowTracker(Tracker):
             client.set_registered_model_alias(registered_name, alias, version)
         return version
 
+    @override
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind `registered_name@alias` or `registered_name/version`."""
         client = self.client(self._registry_uri())
@@ -641,6 +660,7 @@ class MlflowTracker(Tracker):
             )
         return found
 
+    @override
     def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """`resolve` in one request, for loading: the record from the registered version's tags.
 
@@ -670,6 +690,7 @@ class MlflowTracker(Tracker):
             extra={"tracking_uri": client.tracking_uri, "version": str(mv.version), "registered_name": mv.name},
         )
 
+    @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download just the checkpoint file of a LoggedModel into `directory`."""
         tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
@@ -731,6 +752,7 @@ class MlflowTracker(Tracker):
 
     # -- resume by job key (tracked_ckpt.resume) -------------------------------------------
 
+    @override
     def find_job(self, job_key: str) -> dict[str, Any] | None:
         """The run of this tracker's experiment tagged with `job_key` (the earliest), as a destination."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
@@ -748,12 +770,14 @@ class MlflowTracker(Tracker):
         run = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
         return {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id, "owned": True}
 
+    @override
     def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
         """The run's job key and lease tags."""
         destination = self._resolve(destination)
         tags = self.client(destination["tracking_uri"]).get_run(destination["run_id"]).data.tags
         return {name: tags[tag] for name, tag in JOB_TAGS.items() if tag in tags}
 
+    @override
     def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
         """Set the run's job key and lease tags (one call)."""
         destination = self._resolve(destination)
@@ -761,6 +785,7 @@ class MlflowTracker(Tracker):
             destination["run_id"], tags=[RunTag(JOB_TAGS[name], value) for name, value in values.items()]
         )
 
+    @override
     def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
         """The run's READY LoggedModels (interrupted uploads stay PENDING and are skipped)."""
         destination = self._resolve(destination)

@@ -45,9 +45,15 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any, Literal
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
 from tracked_ckpt.versions import check_supported
 
@@ -207,6 +213,7 @@ class WandbTracker(Tracker):
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
+    @override
     def start(self, run_name: str | None = None, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination.
 
@@ -244,6 +251,7 @@ class WandbTracker(Tracker):
             self._runs[run.id] = run
         return _destination(run)
 
+    @override
     def finish(self, success: bool = True) -> None:
         """Finish the runs this tracker started or resumed (waits for their uploads)."""
         with self._lock:
@@ -255,12 +263,14 @@ class WandbTracker(Tracker):
             with _STARTED_LOCK:
                 _STARTED.discard(run.id)
 
+    @override
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """The run's page in the W&B app (online runs only)."""
         return destination.get("url") or None
 
     # -- logging (publisher thread) -----------------------------------------------------
 
+    @override
     def log_checkpoint(
         self, record: CheckpointRecord, path: str, destination: Mapping[str, Any], *, first_attempt: bool = False
     ) -> str:
@@ -336,6 +346,7 @@ class WandbTracker(Tracker):
                 self._api = self._new_api()
             return self._api
 
+    @override
     def scope(
         self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -389,6 +400,7 @@ class WandbTracker(Tracker):
             "or set WANDB_PROJECT (no fit has logged to W&B in this process)."
         )
 
+    @override
     def search_checkpoints(
         self,
         scope: Mapping[str, Any],
@@ -421,6 +433,7 @@ class WandbTracker(Tracker):
             found.sort(key=lambda c: best_first(c.record, metric, mode))
         return found if max_results is None else found[:max_results]
 
+    @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
         path = f"{self._registry_collection(registered_name)}:{alias}"
@@ -429,6 +442,7 @@ class WandbTracker(Tracker):
             return None
         return self._linked_checkpoint(api.artifact(path, type=ARTIFACT_TYPE), registered_name)
 
+    @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
         """Link the checkpoint's version into the Registry collection (once) and move `alias` onto it.
 
@@ -453,6 +467,7 @@ class WandbTracker(Tracker):
             return str(version)
         return str(source.link(target, aliases=[alias]).version)
 
+    @override
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind `registered_name` at `alias`, or at `version` ("v3", "3" or 3).
 
@@ -483,6 +498,7 @@ class WandbTracker(Tracker):
             )
         return found
 
+    @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint's file into `directory` (through its Registry link if it has one)."""
         ref = checkpoint.extra.get("registry_path") or checkpoint.id
@@ -490,6 +506,7 @@ class WandbTracker(Tracker):
 
     # -- retention ----------------------------------------------------------------------
 
+    @override
     def delete_checkpoint(self, ref: str, destination: Mapping[str, Any]) -> bool:
         """Delete a logged checkpoint's version unless it is protected; return whether it is gone.
 
@@ -534,6 +551,7 @@ class WandbTracker(Tracker):
     # creates) its run with `wandb.init(id=..., resume="allow")`; the key and the lease live
     # in the run's summary. Reading them back, and the run's versions, needs the W&B server.
 
+    @override
     def find_job(self, job_key: str) -> dict[str, Any]:
         """The destination of the job's run: id derived from the key (the run may not exist yet)."""
         mode = self.mode or os.environ.get("WANDB_MODE") or "online"
@@ -544,6 +562,7 @@ class WandbTracker(Tracker):
             "mode": "offline" if mode == "dryrun" else mode,
         }
 
+    @override
     def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
         """The job key and lease in the run's summary on the server ({} offline, or before the run exists)."""
         run = self._server_run(destination)
@@ -552,6 +571,7 @@ class WandbTracker(Tracker):
         summary = run.summary
         return {name: str(summary[key]) for name, key in JOB_SUMMARY_KEYS.items() if summary.get(key) is not None}
 
+    @override
     def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
         """Write the job key and lease into the live run's summary."""
         if destination.get("mode") == "disabled":
@@ -560,6 +580,7 @@ class WandbTracker(Tracker):
             run = self._run_for(destination)
         run.summary.update({JOB_SUMMARY_KEYS[name]: value for name, value in values.items()})
 
+    @override
     def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
         """The versions the run logged (its collection's; [] offline or before the run exists)."""
         if self._server_run(destination) is None:

@@ -27,6 +27,11 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
+
 from tracked_ckpt.versions import check_supported
 
 check_supported("keras")  # before importing Keras: one line naming the fix, not an AttributeError mid-fit
@@ -267,6 +272,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
 
     # -- Keras hooks ----------------------------------------------------------------------
 
+    @override
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
         self._chief, self._task_id = chief_role(self.model)
@@ -314,10 +320,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             frame = frame.f_back
         return None
 
+    @override
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_end(epoch, logs)
         self._print_messages()
 
+    @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_end(logs)
         if self._session is None:
@@ -327,6 +335,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         else:
             self._session.end_in_background(completed=True)
 
+    @override
     def _get_file_path(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> str:
         try:
             path: str = super()._get_file_path(epoch, batch, logs)
@@ -343,6 +352,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             return os.path.join(os.path.dirname(path), f"workertemp_{self._task_id}", os.path.basename(path))
         return path
 
+    @override
     def _should_save_model(self, epoch: int, batch: int | None, logs: dict[str, Any] | None, filepath: str) -> bool:
         if self.save_best_only and self.monitor_op is None:
             self._set_monitor_op()  # see on_train_begin: the Keras 3.15 batch-level crash
@@ -352,6 +362,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             self._saving = {"filepath": filepath}
         return decision
 
+    @override
     def _save_model(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> None:
         self._saving = None
         session = self._session
