@@ -1002,9 +1002,13 @@ def _default_requirements(backend: str = "tensorflow") -> list[str]:
 def model_requirements(record: CheckpointRecord) -> list[str]:
     """A keras-flavor model's pip requirements (besides mlflow): keras, the backend, then what its config needs.
 
-    Example:
-        >>> model_requirements(record)  # record.requirements == ("keras-hub==0.21.1",)  # doctest: +SKIP
-        ['keras==3.15.1', 'tensorflow==2.21.0', 'keras-hub==0.21.1']
+    Example (a KerasHub model written on TensorFlow):
+        >>> record = CheckpointRecord.from_metadata(
+        ...     {"epoch": 3, "step": 30, "sha256": "", "backend": "tensorflow", "requirements": "keras-hub==0.21.1"},
+        ...     name="bert-e0003",
+        ... )
+        >>> model_requirements(record)  # doctest: +ELLIPSIS
+        ['keras==...', 'tensorflow==...', 'keras-hub==0.21.1']
     """
     merged: dict[str, str] = {}
     for requirement in [*_default_requirements(record.backend), *(record.requirements or ())]:

@@ -88,10 +88,12 @@ def capture(path: str | os.PathLike[str] | None = None) -> GitInfo:
     Never raises: outside a repository, without git, or on an empty repository it
     logs one warning and returns the fields it could determine.
 
-    Example:
-        >>> info = capture()  # doctest: +SKIP
-        >>> info.commit, info.branch, info.dirty, info.remote  # doctest: +SKIP
-        ('9c1e4a7b…', 'main', False, 'https://github.com/org/repo.git')
+    Example (in a clone, `info.commit, info.branch, info.dirty, info.remote` is e.g.
+    `('9c1e4a7b…', 'main', False, 'https://github.com/org/repo.git')`; outside one, nothing):
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     capture(folder).commit is None
+        True
     """
     path = os.fspath(path) if path is not None else os.getcwd()
     try:
@@ -131,8 +133,9 @@ def capture_for_job(repo: str | os.PathLike[str] | None = None, started_in: str 
     replaced by a guess: it is warned about and nothing is recorded. Never raises.
 
     Example:
-        >>> capture_for_job(repo="~/src/my-project").commit  # doctest: +SKIP
-        '9c1e4a7b…'
+        ```python
+        capture_for_job(repo="~/src/my-project").commit  # '9c1e4a7b…'
+        ```
     """
     explicit = repo if repo is not None else os.environ.get(REPO_ENV) or None
     if explicit is not None:

@@ -160,11 +160,17 @@ class CheckpointRecord:
             full-model checkpoint so that its custom classes load elsewhere (MLflow:
             the model's `code/` folder), or None. Not part of the schema's tags.
 
-    Example:
-        >>> ckpt = tracked_ckpt.list_checkpoints()[0]  # doctest: +SKIP
-        >>> ckpt.record.epoch, ckpt.record.value, ckpt.record.git_commit  # doctest: +SKIP
-        (1, 0.4213, '9c1e4a7b...')
-        >>> ckpt.record.metadata()["sha256"]  # doctest: +SKIP
+    Example (`tracked_ckpt.list_checkpoints()` gives the records of logged checkpoints;
+    `from_metadata` rebuilds one from what a tracker stored):
+        >>> record = CheckpointRecord.from_metadata(
+        ...     {"epoch": 7, "step": 126, "sha256": "ab" * 32, "monitor": "val_accuracy", "mode": "max",
+        ...      "value": 0.95139, "git_commit": "9c1e4a7b" * 5, "git_dirty": False},
+        ...     name="digits-e0007", metrics={"val_accuracy": 0.95139, "val_loss": 0.21},
+        ... )
+        >>> record.epoch, record.value, record.git_commit[:8]
+        (7, 0.95139, '9c1e4a7b')
+        >>> record.metadata()["sha256"][:8]
+        'abababab'
     """
 
     name: str
@@ -201,8 +207,12 @@ class CheckpointRecord:
         """The value of metric `name` at this save (the monitored value or another logged one), or None.
 
         Example:
-            >>> ckpt.record.metric("val_accuracy")  # doctest: +SKIP
-            0.9375
+            >>> record = CheckpointRecord.from_metadata(
+            ...     {"epoch": 7, "step": 126, "sha256": "ab" * 32, "monitor": "val_accuracy", "value": 0.9375},
+            ...     name="digits-e0007", metrics={"val_accuracy": 0.9375, "val_loss": 0.21},
+            ... )
+            >>> record.metric("val_accuracy"), record.metric("val_loss"), record.metric("accuracy")
+            (0.9375, 0.21, None)
         """
         if name == self.monitor:
             return self.value
@@ -228,7 +238,12 @@ class CheckpointRecord:
         """One line a person reads at a glance: name, monitored value, epoch, short commit, dirty or clean.
 
         Example:
-            >>> record.summary()  # doctest: +SKIP
+            >>> record = CheckpointRecord.from_metadata(
+            ...     {"epoch": 7, "step": 126, "sha256": "ab" * 32, "monitor": "val_accuracy", "mode": "max",
+            ...      "value": 0.95139, "git_commit": "9c1e4a7b" * 5, "git_dirty": False},
+            ...     name="digits-e0007",
+            ... )
+            >>> record.summary()
             'digits-e0007: val_accuracy=0.95139 (max), epoch 7, step 126, commit 9c1e4a7b (clean)'
         """
         value = "missing" if self.value is None else f"{self.value:.5g}"
@@ -301,7 +316,13 @@ def best_first(record: CheckpointRecord, metric: str, mode: str) -> tuple[bool, 
     first, as `is_better` (strict) decides during training.
 
     Example:
-        >>> sorted(records, key=lambda r: best_first(r, "val_loss", "min"))  # doctest: +SKIP
+        >>> records = [
+        ...     CheckpointRecord.from_metadata({"epoch": e, "step": e, "sha256": "", "monitor": "val_loss",
+        ...                                     "value": v}, name=f"digits-e{e:04d}")
+        ...     for e, v in [(1, 0.5), (2, None), (3, 0.25)]
+        ... ]
+        >>> [r.name for r in sorted(records, key=lambda r: best_first(r, "val_loss", "min"))]
+        ['digits-e0003', 'digits-e0001', 'digits-e0002']
     """
     value = record.metric(metric)
     if value is None:

@@ -51,9 +51,10 @@ class PromotionResult:
         previous: the checkpoint the alias pointed at before, if any.
 
     Example:
-        >>> result = promote_best("digits-classifier")  # doctest: +SKIP
-        >>> print(result.reason)  # doctest: +SKIP
-        'champion' now points at digits-e0007 (val_accuracy=0.9583).
+        ```python
+        result = promote_best("digits-classifier")
+        print(result.reason)  # 'champion' now points at digits-e0007 (val_accuracy=0.9583).
+        ```
     """
 
     promoted: bool
@@ -108,7 +109,9 @@ def list_checkpoints(
         The matching checkpoints, oldest first.
 
     Example:
-        >>> best_ones = list_checkpoints(where={"is_best": True})  # doctest: +SKIP
+        ```python
+        best_ones = list_checkpoints(where={"is_best": True})
+        ```
     """
     backend = resolve_tracker(tracker)
     found = backend.search_checkpoints(_scope(backend, run_id, experiment), where=_where(where))
@@ -129,8 +132,10 @@ def best_checkpoint(
     Checkpoints whose metric was missing are never chosen.
 
     Example:
-        >>> best = best_checkpoint(experiment="digits-demo")  # doctest: +SKIP
-        >>> best.record.epoch, best.record.value  # doctest: +SKIP
+        ```python
+        best = best_checkpoint(experiment="digits-demo")
+        best.record.epoch, best.record.value  # (7, 0.9583)
+        ```
     """
     backend = resolve_tracker(tracker)
     scope = _scope(backend, run_id, experiment)
@@ -181,9 +186,10 @@ def promote_best(
         twice creates no second version.
 
     Example:
-        >>> result = promote_best("digits-classifier")  # doctest: +SKIP
-        >>> result.promoted, result.version, result.checkpoint.record.epoch  # doctest: +SKIP
-        (True, '1', 7)
+        ```python
+        result = promote_best("digits-classifier")
+        result.promoted, result.version, result.checkpoint.record.epoch  # (True, '1', 7)
+        ```
     """
     validate_alias(alias)
     backend = resolve_tracker(tracker)
@@ -240,8 +246,10 @@ def registered_checkpoint(
     """The checkpoint behind an alias (default `champion`) or a version of a registered model.
 
     Example:
-        >>> ckpt = registered_checkpoint("digits-classifier")  # doctest: +SKIP
-        >>> ckpt.record.epoch, ckpt.record.git_commit  # doctest: +SKIP
+        ```python
+        ckpt = registered_checkpoint("digits-classifier")
+        ckpt.record.epoch, ckpt.record.git_commit  # (7, '9c1e4a7b…')
+        ```
     """
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
@@ -270,8 +278,10 @@ def download_checkpoint(
         ChecksumError: the downloaded bytes do not match the recorded sha256.
 
     Example:
-        >>> path = download_checkpoint("digits-classifier", alias="champion")  # doctest: +SKIP
-        >>> keras.saving.load_model(path)  # doctest: +SKIP
+        ```python
+        path = download_checkpoint("digits-classifier", alias="champion")
+        keras.saving.load_model(path)
+        ```
     """
     wait()  # a promotion may name a checkpoint whose upload runs in the background (blocking=False)
     backend = resolve_tracker(tracker)
@@ -313,8 +323,10 @@ def load_model(
             name is not installed (one line with the `pip install` command).
 
     Example:
-        >>> model = load_model("digits-classifier", alias="champion")  # doctest: +SKIP
-        >>> model = load_model("digits-classifier", custom_objects={"Scale": Scale})  # doctest: +SKIP
+        ```python
+        model = load_model("digits-classifier", alias="champion")
+        model = load_model("digits-classifier", custom_objects={"Scale": Scale})
+        ```
     """
     import keras
 

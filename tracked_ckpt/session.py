@@ -557,11 +557,12 @@ def sync_spool(directory: str, *, timeout: float | None = None, retry_failed: bo
         retry_failed: put parked entries (set aside after a permanent error) back in line.
         on_spool: called with each spool's folder and report as it is done (the CLI prints it).
 
-    Example:
-        >>> sync_spool("checkpoints/.tracked_ckpt/spool")  # doctest: +SKIP
-        >>> report = sync_spool("sweep-checkpoints")  # every trial's spool  # doctest: +SKIP
-        >>> report.ok  # doctest: +SKIP
-        True
+    Example (a folder without spools has nothing to log):
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     report = sync_spool(folder)  # e.g. "sweep-checkpoints": every trial's spool beneath it
+        >>> report.ok, report.logged
+        (True, [])
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     report = PublishReport()

@@ -345,9 +345,17 @@ def find_spools(root: str | os.PathLike[str]) -> list[str]:
     their manifests' names, so other JSON files (Ray's `result.json`) do not count.
     Version control, caches and virtualenvs (a folder with `pyvenv.cfg`) are not searched.
 
-    Example:
-        >>> find_spools("sweep-checkpoints")  # doctest: +SKIP
-        ['/…/sweep-checkpoints/trial_0/.tracked_ckpt/spool', '/…/sweep-checkpoints/trial_3/.tracked_ckpt/spool']
+    Example (two trials of a sweep, each with a live fit's hold on its spool):
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> holds = [Spool(os.path.join(root, f"trial_{i}", ".tracked_ckpt", "spool")).hold() for i in (0, 3)]
+        >>> [os.path.relpath(folder, root) for folder in find_spools(root)]
+        ['trial_0/.tracked_ckpt/spool', 'trial_3/.tracked_ckpt/spool']
+        >>> for hold in holds:
+        ...     hold.release()
+        >>> find_spools(root)
+        []
+        >>> import shutil; shutil.rmtree(root)
     """
     found = []
     for folder, subfolders, files in os.walk(os.path.abspath(os.fspath(root))):

@@ -41,10 +41,12 @@ class ChecksumError(RuntimeError):
     """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged.
 
     Example:
-        >>> try:  # doctest: +SKIP
-        ...     tracked_ckpt.load_model("digits-classifier")
-        ... except ChecksumError as exc:
-        ...     print(exc)
+        ```python
+        try:
+            tracked_ckpt.load_model("digits-classifier")
+        except ChecksumError as exc:
+            print(exc)
+        ```
 """
 
 
@@ -62,8 +64,10 @@ class LoggedCheckpoint:
         extra: tracker-specific details (e.g. the registered version).
 
     Example:
-        >>> for ckpt in tracked_ckpt.list_checkpoints(where={"is_best": True}):  # doctest: +SKIP
-        ...     print(ckpt.id, ckpt.record.epoch, ckpt.record.value)
+        ```python
+        for ckpt in tracked_ckpt.list_checkpoints(where={"is_best": True}):
+            print(ckpt.id, ckpt.record.epoch, ckpt.record.value)
+        ```
     """
 
     id: str
