@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test check bench install clean
 
 install: $(STAMP)
 
@@ -24,11 +24,38 @@ JAX_TESTS ?= tests/test_callback.py tests/test_registry.py tests/test_resume.py 
 
 test: install
 	@status=0; \
+	$(MAKE) --no-print-directory check || status=$$?; \
+	echo "== the suite =="; \
 	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	echo "== the same callback, registry and resume tests on the JAX backend =="; \
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider -k "not server" $(JAX_TESTS) || status=$$?; \
 	echo "== floor and newest supported versions, each in its own venv (noxfile.py) =="; \
 	$(VENV)/bin/nox $(NOX_ARGS) || status=$$?; \
+	exit $$status
+
+# Lint, format, types and the docstring examples; every part runs, and `make check` fails if any does.
+# tests/ falls under the same ruff configuration, but its findings are being fixed separately: empty
+# CHECK_EXCLUDE (or drop it) once `.venv/bin/ruff check tests` passes.
+CHECK_EXCLUDE ?= tests
+# mypy cannot follow the editable install's import hook, so it checks a view of the package as
+# installed: tracked_ckpt/ with integrations/ linked in as tracked_ckpt/integrations (its errors
+# name that path).
+MYPY_VIEW := build/mypy
+
+check: install
+	@status=0; \
+	echo "== ruff check =="; \
+	$(VENV)/bin/ruff check $(if $(CHECK_EXCLUDE),--extend-exclude $(CHECK_EXCLUDE)) . || status=$$?; \
+	echo "== ruff format --check =="; \
+	$(VENV)/bin/ruff format --check $(if $(CHECK_EXCLUDE),--extend-exclude $(CHECK_EXCLUDE)) . || status=$$?; \
+	echo "== mypy (strict) =="; \
+	rm -rf $(MYPY_VIEW) && mkdir -p $(MYPY_VIEW)/tracked_ckpt && \
+	ln -s $(CURDIR)/tracked_ckpt/*.py $(CURDIR)/tracked_ckpt/py.typed $(MYPY_VIEW)/tracked_ckpt/ && \
+	ln -s $(CURDIR)/integrations $(MYPY_VIEW)/tracked_ckpt/integrations && \
+	(cd $(MYPY_VIEW) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml \
+		--cache-dir $(CURDIR)/.mypy_cache -p tracked_ckpt) || status=$$?; \
+	echo "== doctests =="; \
+	$(PY) -m pytest -q -p no:cacheprovider -o addopts= --doctest-modules tracked_ckpt integrations || status=$$?; \
 	exit $$status
 
 bench: install
@@ -38,4 +65,4 @@ bench: install
 	$(PY) benchmarks/short_fits.py
 
 clean:
-	rm -rf $(VENV) .nox build *.egg-info mlflow.db mlruns checkpoints .tracked_ckpt
+	rm -rf $(VENV) .nox build *.egg-info .mypy_cache .ruff_cache mlflow.db mlruns checkpoints .tracked_ckpt

@@ -119,7 +119,7 @@ def machine_busy_seconds() -> float:
     """CPU seconds the whole machine spent busy (all CPUs) since boot, from /proc/stat."""
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / _TICK
 
 
@@ -128,7 +128,7 @@ def cpu_snapshot(server_pgid: int | None = None) -> dict[str, float]:
     table = _proc_table()
     me = os.getpid()
     own = server = 0.0
-    for pid, (ppid, pgid, cpu) in table.items():
+    for pid, (_ppid, pgid, cpu) in table.items():
         if server_pgid is not None and pgid == server_pgid:
             server += cpu
         p, seen = pid, 0

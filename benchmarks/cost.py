@@ -114,7 +114,7 @@ REAL_VARIANTS = {
 class Meter:
     """CPU and wall seconds of one run, by part; filled by the wrappers below."""
 
-    current: "Meter | None" = None
+    current: Meter | None = None
 
     def __init__(self):
         self.thread = threading.get_ident()
@@ -285,7 +285,7 @@ class CostBench:
                 os.environ[UPLOAD_NICENESS_ENV] = saved_env
             if server is not None:
                 mlflow.end_run()
-        server_cpu = {name: b["server"] - a["server"] for name, a, b in zip(self.servers, snaps0, snaps1)}
+        server_cpu = {name: b["server"] - a["server"] for name, a, b in zip(self.servers, snaps0, snaps1, strict=False)}
         result = {
             "row": row, "variant": variant, "kind": kind, "server": server, "epochs": epochs,
             "fit_s": t1 - t0, "to_last_epoch_s": marker.last_epoch_end - t0,
@@ -395,7 +395,7 @@ def summarize(runs: list[dict]) -> dict:
         table = {}
         for variant in variants:
             rs = [r for r in runs if r["row"] == row and r["variant"] == variant]
-            per = lambda key: median([r[key] / r["epochs"] for r in rs])  # noqa: E731  per checkpoint
+            per = lambda key, rs=rs: median([r[key] / r["epochs"] for r in rs])  # noqa: E731  per checkpoint
             mb = median([r["saved_mb"] for r in rs if r["saved_mb"]]) or float("nan")
             kind = rs[0]["kind"]
             save = per("save_cpu_s")
@@ -473,7 +473,8 @@ def render(summary: dict, args, bench: CostBench, started: str, elapsed: float) 
         SECTION_START,
         "## CPU per checkpoint, by part (`benchmarks/cost.py`)",
         "",
-        f"Generated on {started} in {elapsed / 60:.1f} min: `{' '.join(['.venv/bin/python', 'benchmarks/cost.py', *sys.argv[1:]])}`; "
+        f"Generated on {started} in {elapsed / 60:.1f} min: "
+        f"`{' '.join(['.venv/bin/python', 'benchmarks/cost.py', *sys.argv[1:]])}`; "
         f"{args.rounds} rounds, each variant once per round (order rotated); load average before and after each "
         f"round: {', '.join(bench.loads) or '–'}. Both servers sqlite-backed, on this machine, one with proxied "
         "artifacts, one `--no-serve-artifacts` (clients write the local store themselves). *CPU* columns are "
@@ -505,7 +506,8 @@ def render(summary: dict, args, bench: CostBench, started: str, elapsed: float) 
             share = "–" if r["kind"] == "keras" or r["ours_over_save"] is None else f"{r['ours_over_save']:.2f}"
             lines.append(
                 f"| {variant} | {r['fit_s']:.2f} | {ratio} | {cell(r['save_cpu'], r['mb'])} | "
-                f"{cell(r['stage_cpu'], r['mb'])} | {cell(r['hash_cpu'], r['mb'])} | {cell(r['upload_cpu'], r['mb'])} | "
+                f"{cell(r['stage_cpu'], r['mb'])} | {cell(r['hash_cpu'], r['mb'])} | "
+                f"{cell(r['upload_cpu'], r['mb'])} | "
                 f"{cell(r['callback_other_cpu'], r['mb'])} | {share} | {cell(r['server_cpu'], r['mb'])} | "
                 f"{r['process_cpu']:.2f} | {r['other_cpu_s']:.1f} ({r['other_cpu_max']:.1f}) |")
         lines.append("")

@@ -22,7 +22,6 @@ Usage: .venv/bin/python benchmarks/profile_paths.py [callback|requests|load|nice
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import shutil
@@ -35,24 +34,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
-from common import OUT, MlflowServer, build_model, cpu_snapshot, median, other_cpu_between, tiny_data  # noqa: E402
+import logging
 
-import logging  # noqa: E402
+import keras
+import mlflow
+import requests
+from common import OUT, MlflowServer, build_model, cpu_snapshot, median, other_cpu_between, tiny_data
 
-import keras  # noqa: E402
-import mlflow  # noqa: E402
-import requests  # noqa: E402
-
-import tracked_ckpt  # noqa: E402
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
-from tracked_ckpt import callback as callback_module  # noqa: E402
-from tracked_ckpt import publisher as publisher_module  # noqa: E402
-from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV  # noqa: E402
-from tracked_ckpt.integrations import mlflow as mlflow_integration  # noqa: E402
-from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
-from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord  # noqa: E402
-from tracked_ckpt.registry import LoggedCheckpoint  # noqa: E402
-from tracked_ckpt.files import sha256_file  # noqa: E402
+import tracked_ckpt
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt import callback as callback_module
+from tracked_ckpt import publisher as publisher_module
+from tracked_ckpt.files import sha256_file
+from tracked_ckpt.integrations import mlflow as mlflow_integration
+from tracked_ckpt.integrations.mlflow import MlflowTracker
+from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord
+from tracked_ckpt.registry import LoggedCheckpoint
+from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV
 
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 logging.getLogger("tracked_ckpt").setLevel(logging.ERROR)
@@ -87,7 +85,6 @@ class SleepTracker(MlflowTracker):
 
 def profile_callback(server: MlflowServer, size: str, epochs: int = 4, repeats: int = 3) -> None:
     parts: dict[str, list[float]] = {}
-    state = threading.local()
 
     def timed(owner, name, key):
         original = getattr(owner, name)
@@ -312,7 +309,7 @@ def profile_nice(server: MlflowServer, size: str, epochs: int = 4, repeats: int 
     x, y, xv, yv = data()
     model.fit(x, y, epochs=1, verbose=0)
     results: dict[str, list[tuple[float, float]]] = {}
-    for i in range(repeats):
+    for _ in range(repeats):
         for variant in ("keras", "normal priority", "publisher niced to 10", "upload in helper process",
                         "helper process niced to 10"):
             workdir = tempfile.mkdtemp(dir=OUT)
@@ -376,10 +373,10 @@ def profile_end(server: MlflowServer, repeats: int = 7) -> None:
     """on_train_end when the upload queue is already empty (or nearly): the cost of the end-of-fit wait itself."""
     original = publisher_module.wait_with_progress
     model = build_model("10MB")
-    x, y, xv, yv = data()
+    x, y, _xv, _yv = data()
     model.fit(x, y, epochs=1, verbose=0)
     figures: dict[str, list[float]] = {}
-    for i in range(repeats):
+    for _ in range(repeats):
         for variant in ("current (sleep 0.1 s steps)", "proposed (join the worker)"):
             publisher_module.wait_with_progress = original if variant.startswith("current") else _wait_with_progress_join
             workdir = tempfile.mkdtemp(dir=OUT)
@@ -401,7 +398,8 @@ def profile_end(server: MlflowServer, repeats: int = 7) -> None:
                 shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n[end] on_train_end of an async TrackedModelCheckpoint whose tracker returns at once (median of {repeats}):")
     for variant, values in figures.items():
-        print(f"  {variant:30s} {1000 * median(values):7.1f} ms  (min {1000 * min(values):.1f}, max {1000 * max(values):.1f})")
+        print(f"  {variant:30s} {1000 * median(values):7.1f} ms  "
+              f"(min {1000 * min(values):.1f}, max {1000 * max(values):.1f})")
 
 
 class _Marker(keras.callbacks.Callback):

@@ -84,7 +84,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 import tracked_ckpt  # noqa: E402
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
 from tracked_ckpt import publisher as publisher_module  # noqa: E402
-from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 logging.getLogger("tracked_ckpt").setLevel(logging.ERROR)
@@ -119,7 +118,7 @@ REALISTIC_VARIANTS = ("keras", "tracked_async_server", "tracked_nowait_server")
 class Timer:
     """Accumulates hook and save times of the current run (training thread only)."""
 
-    current: "Timer | None" = None
+    current: Timer | None = None
 
     def __init__(self):
         self.thread = threading.get_ident()
@@ -763,7 +762,8 @@ def evaluate_targets(table: dict, scaling: dict | None, realistic: dict | None =
         out.append((
             f"checkpoint-dominated fit, {size}: ≤ the faster of MLflow's and W&B's own callbacks",
             verdict,
-            f"median per-round ratio to ModelCheckpoint {ours:.2f}× ({', '.join(f'{r:.2f}' for r in row['fit_ratios'])}) "
+            f"median per-round ratio to ModelCheckpoint {ours:.2f}× "
+            f"({', '.join(f'{r:.2f}' for r in row['fit_ratios'])}) "
             f"vs {faster} {own[faster]:.2f}× ({', '.join(f'{r:.2f}' for r in rows[faster]['fit_ratios'])}); "
             + "; ".join(f"{v} {r:.2f}×" for v, r in own.items() if v != faster)
             + f"; on_train_end waits {row['end_s']:.2f} s (background work {row['upload_per_ckpt_s'] or 0:.2f} s "
@@ -818,7 +818,8 @@ def evaluate_targets(table: dict, scaling: dict | None, realistic: dict | None =
             f"promote_best over {scaling['n_big']} checkpoints: constant calls and < 1 s (local server)",
             verdict,
             f"{big['first']['client_calls']} MlflowClient calls / {big['first']['http_requests']} HTTP requests "
-            f"({scaling['n_small']} checkpoints: {small['first']['client_calls']} / {small['first']['http_requests']}); "
+            f"({scaling['n_small']} checkpoints: "
+            f"{small['first']['client_calls']} / {small['first']['http_requests']}); "
             f"{big['first']['seconds']:.2f} s first call, {big['repeat_median_s']:.2f} s repeat",
         ))
         for size, load in scaling["load"].items():
@@ -826,7 +827,8 @@ def evaluate_targets(table: dict, scaling: dict | None, realistic: dict | None =
             out.append((
                 f"warm load_model ≤ 1.1× keras.saving.load_model, {size}",
                 verdict,
-                f"{load['ratio']:.2f}× ({load['warm_median_s'] * 1000:.0f} ms vs {load['keras_median_s'] * 1000:.0f} ms; "
+                f"{load['ratio']:.2f}× ({load['warm_median_s'] * 1000:.0f} ms "
+                f"vs {load['keras_median_s'] * 1000:.0f} ms; "
                 f"paired overhead {load['paired_overhead_median_s'] * 1000:+.0f} ms, of which resolve "
                 f"({load['warm_http_requests']} HTTP requests) {load['resolve_median_s'] * 1000:.0f} ms)",
             ))
@@ -1098,7 +1100,7 @@ def main(argv=None) -> int:
         shutil.rmtree(WORK, ignore_errors=True)
 
 
-def _run(bench: "Bench", args, results_path: str) -> int:
+def _run(bench: Bench, args, results_path: str) -> int:
     scaling = None
     try:
         log(f"work dir {WORK}")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import functools
 import json
 import os
@@ -39,23 +38,21 @@ import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import OUT, MlflowServer, build_model, median, rss_bytes, tiny_data  # noqa: E402
+import logging
 
-import logging  # noqa: E402
+from common import OUT, MlflowServer, build_model, median, rss_bytes, tiny_data
 
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 import keras  # noqa: E402
-import mlflow  # noqa: E402
 import requests  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import tracked_ckpt  # noqa: E402
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
+from tracked_ckpt.files import sha256_file  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 from tracked_ckpt.record import CheckpointRecord  # noqa: E402
-from tracked_ckpt.files import sha256_file  # noqa: E402
-
 
 # -- counting MlflowClient calls and HTTP requests ------------------------------------------------
 
@@ -208,7 +205,7 @@ def log_many(tracker: MlflowTracker, destination: dict, path: str, n: int, worke
 def measure_promote(tracker: MlflowTracker, registered_name: str, run_id: str, repeats: int = 3) -> dict:
     """promote_best on one run: first call (registers), then repeat calls (alias already there)."""
     calls = []
-    for i in range(1 + repeats):
+    for _ in range(1 + repeats):
         COUNTER.reset()
         COUNTER.enabled = True
         t = time.perf_counter()
@@ -286,7 +283,8 @@ def measure_upload_memory(size: str, tracker: MlflowTracker, workdir: str) -> di
     """Fit one epoch with TrackedModelCheckpoint (async); measure memory while the publisher works.
 
     The window is the tracker's `log_checkpoint` on the upload thread (a subclass passed
-    as `tracker=`; sha256 reads 1 MiB chunks just before it): building the MLflow model directory, the HTTP uploads, metrics, finalize. With one
+    as `tracker=`; sha256 reads 1 MiB chunks just before it): building the MLflow model
+    directory, the HTTP uploads, metrics, finalize. With one
     epoch the training thread is only waiting in `on_train_end` meanwhile, so what grows
     is the callback's (and MLflow client's) memory. Returns the run id and figures.
     """
@@ -383,7 +381,7 @@ def measure_load(tracker: MlflowTracker, registered_name: str, run_id: str, cach
         "keras_min_s": min(plain),
         "keras_max_s": max(plain),
         "ratio": median(warm) / median(plain),
-        "paired_overhead_median_s": median([w - p for w, p in zip(warm, plain)]),
+        "paired_overhead_median_s": median([w - p for w, p in zip(warm, plain, strict=False)]),
         "resolve_median_s": median(resolve),
         "warm_http_requests": COUNTER.http,
         "warm_client_calls": COUNTER.total_client_calls,

@@ -30,10 +30,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import OUT, MlflowServer, cpu_snapshot, machine_info, replace_section, versions  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from common import OUT, MlflowServer, cpu_snapshot, machine_info, replace_section, versions  # noqa: E402
 
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
@@ -143,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             order = ("plain", "tracked") if i % 2 == 0 else ("tracked", "plain")
             pair = {variant: one_fit(variant, root, server.url, server_pgid) for variant in order}
             pairs.append(pair)
-            print(f"pair {i + 1}/{args.pairs}: plain {pair['plain']['wall']:.3f}s, tracked {pair['tracked']['wall']:.3f}s "
+            print(f"pair {i + 1}/{args.pairs}: plain {pair['plain']['wall']:.3f}s, "
+                  f"tracked {pair['tracked']['wall']:.3f}s "
                   f"(begin {pair['tracked']['begin'] * 1000:.0f} ms, end {pair['tracked']['end'] * 1000:.0f} ms)",
                   flush=True)
 

@@ -142,9 +142,9 @@ def run_trainers(stack: ProductionStack, n: int, epochs: int, workdir: str) -> d
 
 def measure_multipart(stack: ProductionStack, size: str, multipart: bool, workdir: str) -> dict:
     """Fit one epoch of a `size` model in this process, uploading to the stack; RSS and S3 parts."""
+    import mlflow
     from scaling import measure_upload_memory
 
-    import mlflow
     from tracked_ckpt.integrations.mlflow import MlflowTracker
 
     env = {
@@ -211,7 +211,8 @@ def render(raw: dict) -> str:
         "checkpoint (~22 KB `.keras`) per epoch, `TrackedModelCheckpoint` with async upload, released together behind "
         "a barrier after their imports. *checkpoints/s* = all checkpoints / time from the barrier to the last `fit` "
         "returning (each `fit` returns once its uploads are confirmed). CPU columns are seconds per checkpoint, "
-        "from the barrier to the last trainer's exit: the MLflow server's processes, PostgreSQL, moto (the S3 server), and the trainer "
+        "from the barrier to the last trainer's exit: the MLflow server's processes, PostgreSQL, "
+        "moto (the S3 server), and the trainer "
         "processes (training included). *exactly once* = the experiment holds one READY LoggedModel per checkpoint "
         "after every round.",
         "",
@@ -241,7 +242,8 @@ def render(raw: dict) -> str:
             continue
         once = all(r["exactly_once"] for r in rows)
         lines.append(
-            f"| {n} | {rows[0]['checkpoints']} | {cell(rows, 'per_second', 2)} | {cell(rows, 'server_cpu_per_ckpt', 3)} "
+            f"| {n} | {rows[0]['checkpoints']} | {cell(rows, 'per_second', 2)} "
+            f"| {cell(rows, 'server_cpu_per_ckpt', 3)} "
             f"| {cell(rows, 'postgres_cpu_per_ckpt', 3)} | {cell(rows, 'moto_cpu_per_ckpt', 3)} "
             f"| {cell(rows, 'trainer_cpu_per_ckpt', 3)} | {cell(rows, 'other_cpu', 0) if other_ok else 'n/a†'} "
             f"| {'yes' if once else 'NO'} ({len(rows)}/{len(rows) if once else sum(r['exactly_once'] for r in rows)}) |"

@@ -34,17 +34,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # (Ray's default, 2 s, is missed on a busy machine and the trial errors); workers inherit it.
 os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
 
-import keras  # noqa: E402
-import mlflow  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import keras
+import mlflow
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import tracked_ckpt  # noqa: E402
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
-from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
+import tracked_ckpt
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 MONITOR = "val_loss"  # continuous, so two trials rarely tie for the best
 LEARNING_RATES = [0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001]

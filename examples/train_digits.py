@@ -17,13 +17,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import mlflow  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import keras
+import mlflow
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import tracked_ckpt  # noqa: E402
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
+import tracked_ckpt
+from tracked_ckpt import TrackedModelCheckpoint
 
 
 def load_data(seed: int = 0):

@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
 from tracked_ckpt.versions import check_supported
 
@@ -39,17 +46,19 @@ check_supported("mlflow", "sqlalchemy", extra="mlflow")  # before importing it (
 
 import mlflow
 import numpy as np
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
+from mlflow.entities import Experiment, LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric, Run, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
-from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.files import link_or_copy, safe_file_name
+from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
@@ -147,11 +156,12 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         self.__dict__.update(state)
         self._reset_runtime()
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "MlflowTracker":
+    def __deepcopy__(self, memo: dict[int, Any]) -> MlflowTracker:
         return copy.copy(self)
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
+    @override
     def start(self, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination.
 
@@ -254,10 +264,12 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         return resolved
 
     @property
+    @override
     def destination(self) -> dict[str, Any]:
         """Where this tracker logs now (a deferred start's run once it exists)."""
         return dict(self._destination)
 
+    @override
     def finish(self, success: bool = True) -> None:
         """End the run if `start` started it (after dropping unfinished duplicates of its checkpoints)."""
         self._drop_unfinished_twins(self._destination)
@@ -290,7 +302,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                                                filter_string=f"source_run_id = '{_quote(run_id)}'", max_results=1000)
                       for model in page]
 
-            def key(model):
+            def key(model: LoggedModel) -> tuple[str | None, ...]:
                 return tuple(model.tags.get(f"{TAG_PREFIX}{k}") for k in ("sha256", "epoch", "step"))
 
             ready = {key(m) for m in models if m.status == LoggedModelStatus.READY}
@@ -303,6 +315,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         except Exception as exc:  # never let the clean-up keep the run from ending
             logger.debug("Could not look for duplicate checkpoints of run %s: %s", run_id, exc)
 
+    @override
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """The run's page in the MLflow UI, for an HTTP tracking server."""
         uri = destination.get("tracking_uri", "")
@@ -317,6 +330,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
 
     # -- logging (publisher thread) -----------------------------------------------------
 
+    @override
     def log_checkpoint(
         self, record: CheckpointRecord, path: str, destination: Mapping[str, Any], *, first_attempt: bool = False
     ) -> str:
@@ -345,7 +359,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             # Not client.log_model_artifacts: it would GET the model again just for artifact_location.
             _artifact_repository(client, model.artifact_location).log_artifacts(tmp)
         retry = existing is not None  # a PENDING leftover of an interrupted attempt
-        if record.metrics and not (retry and existing.metrics):
+        if record.metrics and not (existing is not None and existing.metrics):  # `retry`, for mypy
             timestamp = int(time.time() * 1000)
             client.log_batch(
                 run_id,
@@ -363,6 +377,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         return model.model_id
 
+    @override
     def delete_checkpoint(self, ref: str, destination: Mapping[str, Any]) -> bool:
         """Delete a LoggedModel and its files, unless it is a registered model version's source.
 
@@ -406,11 +421,13 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 self._context_tags[run_id] = cached
         return cached
 
+    @override
     def is_reachable(self, destination: Mapping[str, Any]) -> bool:
         """Whether the destination's server answers now (asked while an upload seems stuck)."""
         return _reachable(destination.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri())
 
     @staticmethod
+    @override
     def is_permanent(exc: Exception) -> bool:
         """Errors no retry can fix: the run or model is gone, or MLflow refuses the request."""
         return isinstance(exc, MlflowException) and exc.error_code in (
@@ -418,7 +435,9 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         )
 
     @staticmethod
-    def find_logged(client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord):
+    def find_logged(
+        client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord
+    ) -> LoggedModel | None:
         """The LoggedModel already holding this record (same run, epoch, step, sha256), if any."""
         filter_string = (
             f"source_run_id = '{run_id}'"
@@ -475,6 +494,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
 
     # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
 
+    @override
     def scope(
         self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -532,6 +552,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         )
         return found[0].source_run_id if found else None
 
+    @override
     def search_checkpoints(
         self,
         scope: Mapping[str, Any],
@@ -559,7 +580,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             # Ties go to the earliest checkpoint, the one that first reached the value (as is_best does).
             order = [{"field_name": f"metrics.{metric}", "ascending": mode == "min"},
                      {"field_name": "creation_timestamp", "ascending": True}]
-        found = []
+        found: list[LoggedModel] = []
         for page in _pages(client.search_logged_models, experiment_ids=list(scope["experiment_ids"]),
                            filter_string=" AND ".join(clauses), order_by=order, max_results=max_results or 1000):
             found.extend(m for m in page if m.status == LoggedModelStatus.READY)
@@ -567,6 +588,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 break
         return [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
 
+    @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `registered_name@alias` points at, or None."""
         client = self.client(self._registry_uri())
@@ -578,6 +600,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             raise
         return self._version_checkpoint(client, version)
 
+    @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
         """Register the checkpoint's LoggedModel (once) and move `alias` onto that version."""
         # In the registry of the store the checkpoint lives in (the last fit's server, say).
@@ -613,6 +636,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             client.set_registered_model_alias(registered_name, alias, version)
         return version
 
+    @override
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind `registered_name@alias` or `registered_name/version`."""
         client = self.client(self._registry_uri())
@@ -637,6 +661,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             )
         return found
 
+    @override
     def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """`resolve` in one request, for loading: the record from the registered version's tags.
 
@@ -666,6 +691,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             extra={"tracking_uri": client.tracking_uri, "version": str(mv.version), "registered_name": mv.name},
         )
 
+    @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download just the checkpoint file of a LoggedModel into `directory`."""
         tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
@@ -694,7 +720,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         """This tracker's URI, else the store `scope()` last looked in, else MLflow's default."""
         return self.tracking_uri or self._scope_uri or mlflow.get_tracking_uri()
 
-    def _version_checkpoint(self, client: MlflowClient, version) -> LoggedCheckpoint | None:
+    def _version_checkpoint(self, client: MlflowClient, version: ModelVersion) -> LoggedCheckpoint | None:
         model_id = _model_id_from_source(version.source)
         if model_id is None:
             return None
@@ -709,7 +735,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             extra={**found.extra, "version": str(version.version), "registered_name": version.name},
         )
 
-    def _checkpoint(self, model, tracking_uri: str | None = None) -> LoggedCheckpoint:
+    def _checkpoint(self, model: LoggedModel, tracking_uri: str | None = None) -> LoggedCheckpoint:
         metadata = _schema_from_tags(model.tags)
         metrics: dict[str, float] = {}
         for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
@@ -727,6 +753,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
 
     # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
 
+    @override
     def find_job(self, job_key: str) -> dict[str, Any] | None:
         """The run of this tracker's experiment tagged with `job_key` (the earliest), as a destination."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
@@ -744,12 +771,14 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         run = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
         return {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id, "owned": True}
 
+    @override
     def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
         """The run's job key and lease tags."""
         destination = self._resolve(destination)
         tags = self.client(destination["tracking_uri"]).get_run(destination["run_id"]).data.tags
         return {name: tags[tag] for name, tag in JOB_TAGS.items() if tag in tags}
 
+    @override
     def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
         """Set the run's job key and lease tags (one call)."""
         destination = self._resolve(destination)
@@ -757,6 +786,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             destination["run_id"], tags=[RunTag(JOB_TAGS[name], value) for name, value in values.items()]
         )
 
+    @override
     def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
         """The run's READY LoggedModels (interrupted uploads stay PENDING and are skipped)."""
         destination = self._resolve(destination)
@@ -767,7 +797,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _create_run(self, client: MlflowClient, run_name: str | None):
+    def _create_run(self, client: MlflowClient, run_name: str | None) -> Run:
         """Create a run as `mlflow.start_run` would (its experiment, context tags), but through the client."""
         experiment_id = None
         if self.tracking_uri is None and self.experiment is None:
@@ -813,7 +843,10 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 # Jobs of a sweep starting together: another one created it since we looked.
-                found = client.get_experiment_by_name(name).experiment_id
+                created: Experiment | None = client.get_experiment_by_name(name)
+                if created is None:  # and deleted since: the creation's error says it
+                    raise
+                found = created.experiment_id
         with _EXPERIMENTS_LOCK:
             _EXPERIMENT_IDS[key] = found
         return found
@@ -863,7 +896,7 @@ def checkpoint_params(record: CheckpointRecord) -> dict[str, str]:
     return {key: metadata[key] for key in MODEL_PARAMS if key in metadata}
 
 
-def _artifact_repository(client: MlflowClient, artifact_location: str):
+def _artifact_repository(client: MlflowClient, artifact_location: str) -> ArtifactRepository:
     """The artifact repository of a location, as `MlflowClient` builds it for a LoggedModel."""
     uri = add_databricks_profile_info_to_artifact_uri(artifact_location, client.tracking_uri)
     return get_artifact_repository(uri, tracking_uri=client.tracking_uri)
@@ -918,7 +951,7 @@ def _reachable(uri: str, timeout: float = 5.0) -> bool:
 
 
 def _check_tracking_uri(uri: str | None) -> None:
-    if uri and (uri.startswith("file:") or "://" not in uri and not uri.startswith("databricks")):
+    if uri and (uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))):
         raise TrackerError(
             f"Tracking URI {uri!r} is a file store, which MLflow >= 3.13 refuses: use a database "
             "such as 'sqlite:///mlflow.db' or a server such as 'http://127.0.0.1:5000'."
@@ -936,7 +969,7 @@ def model_signature(record: CheckpointRecord) -> ModelSignature | None:
     if not specs.get("inputs") or not specs.get("outputs"):
         return None
 
-    def schema(tensors) -> Schema:
+    def schema(tensors: list[dict[str, Any]]) -> Schema:
         named = len(tensors) > 1
         return Schema([
             TensorSpec(np.dtype(t["dtype"]), tuple(-1 if d is None else int(d) for d in t["shape"]),
@@ -968,9 +1001,13 @@ def _default_requirements(backend: str = "tensorflow") -> list[str]:
 def model_requirements(record: CheckpointRecord) -> list[str]:
     """A keras-flavor model's pip requirements (besides mlflow): keras, the backend, then what its config needs.
 
-    Example:
-        >>> model_requirements(record)  # record.requirements == ("keras-hub==0.21.1",)  # doctest: +SKIP
-        ['keras==3.15.1', 'tensorflow==2.21.0', 'keras-hub==0.21.1']
+    Example (a KerasHub model written on TensorFlow):
+        >>> record = CheckpointRecord.from_metadata(
+        ...     {"epoch": 3, "step": 30, "sha256": "", "backend": "tensorflow", "requirements": "keras-hub==0.21.1"},
+        ...     name="bert-e0003",
+        ... )
+        >>> model_requirements(record)  # doctest: +ELLIPSIS
+        ['keras==...', 'tensorflow==...', 'keras-hub==0.21.1']
     """
     merged: dict[str, str] = {}
     for requirement in [*_default_requirements(record.backend), *(record.requirements or ())]:

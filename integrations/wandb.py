@@ -45,8 +45,15 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
 from tracked_ckpt.versions import check_supported
 
@@ -153,7 +160,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         run_name: str | None = None,
         mode: str | None = None,
         dir: str | os.PathLike[str] | None = None,
-        settings: "wandb.Settings | Mapping[str, Any] | None" = None,
+        settings: wandb.Settings | Mapping[str, Any] | None = None,
         upload_timeout: float | None = 600.0,
         cache: bool = False,
         log_metrics: bool = True,
@@ -199,13 +206,14 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         self.__dict__.update(state)
         self._reset_runtime()
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "WandbTracker":
+    def __deepcopy__(self, memo: dict[int, Any]) -> WandbTracker:
         clone = copy.copy(self)
         clone._given_api = clone._api = self._given_api
         return clone
 
     # -- run lifecycle (training thread) ------------------------------------------------
 
+    @override
     def start(self, resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Attach to the active run (or `run_id`, or the resumed one), or start a run; return the destination.
 
@@ -242,6 +250,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             self._runs[run.id] = run
         return _destination(run)
 
+    @override
     def finish(self, success: bool = True) -> None:
         """Finish the runs this tracker started or resumed (waits for their uploads)."""
         with self._lock:
@@ -253,12 +262,14 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             with _STARTED_LOCK:
                 _STARTED.discard(run.id)
 
+    @override
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """The run's page in the W&B app (online runs only)."""
         return destination.get("url") or None
 
     # -- logging (publisher thread) -----------------------------------------------------
 
+    @override
     def log_checkpoint(
         self, record: CheckpointRecord, path: str, destination: Mapping[str, Any], *, first_attempt: bool = False
     ) -> str:
@@ -313,7 +324,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             return f"{where}:{identifying_alias(record)}"
         # Online: return only once W&B committed the version, so the spool may drop the file.
         logged.wait(timeout=self.upload_timeout)
-        return logged.qualified_name
+        return str(logged.qualified_name)
 
     # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
     #
@@ -334,6 +345,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 self._api = self._new_api()
             return self._api
 
+    @override
     def scope(
         self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -387,6 +399,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             "or set WANDB_PROJECT (no fit has logged to W&B in this process)."
         )
 
+    @override
     def search_checkpoints(
         self,
         scope: Mapping[str, Any],
@@ -419,6 +432,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             found.sort(key=lambda c: best_first(c.record, metric, mode))
         return found if max_results is None else found[:max_results]
 
+    @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
         path = f"{self._registry_collection(registered_name)}:{alias}"
@@ -427,6 +441,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             return None
         return self._linked_checkpoint(api.artifact(path, type=ARTIFACT_TYPE), registered_name)
 
+    @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
         """Link the checkpoint's version into the Registry collection (once) and move `alias` onto it.
 
@@ -448,9 +463,10 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 # W&B takes the alias off the collection's version that held it.
                 linked.aliases = [*linked.aliases, alias]
                 linked.save()
-            return version
-        return source.link(target, aliases=[alias]).version
+            return str(version)
+        return str(source.link(target, aliases=[alias]).version)
 
+    @override
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind `registered_name` at `alias`, or at `version` ("v3", "3" or 3).
 
@@ -481,13 +497,15 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             )
         return found
 
+    @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint's file into `directory` (through its Registry link if it has one)."""
         ref = checkpoint.extra.get("registry_path") or checkpoint.id
-        return os.fspath(self.api.artifact(ref, type=ARTIFACT_TYPE).file(directory))
+        return str(os.fspath(self.api.artifact(ref, type=ARTIFACT_TYPE).file(directory)))
 
     # -- retention ----------------------------------------------------------------------
 
+    @override
     def delete_checkpoint(self, ref: str, destination: Mapping[str, Any]) -> bool:
         """Delete a logged checkpoint's version unless it is protected; return whether it is gone.
 
@@ -532,6 +550,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
     # creates) its run with `wandb.init(id=..., resume="allow")`; the key and the lease live
     # in the run's summary. Reading them back, and the run's versions, needs the W&B server.
 
+    @override
     def find_job(self, job_key: str) -> dict[str, Any]:
         """The destination of the job's run: id derived from the key (the run may not exist yet)."""
         mode = self.mode or os.environ.get("WANDB_MODE") or "online"
@@ -542,6 +561,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             "mode": "offline" if mode == "dryrun" else mode,
         }
 
+    @override
     def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
         """The job key and lease in the run's summary on the server ({} offline, or before the run exists)."""
         run = self._server_run(destination)
@@ -550,6 +570,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         summary = run.summary
         return {name: str(summary[key]) for name, key in JOB_SUMMARY_KEYS.items() if summary.get(key) is not None}
 
+    @override
     def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
         """Write the job key and lease into the live run's summary."""
         if destination.get("mode") == "disabled":
@@ -558,6 +579,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             run = self._run_for(destination)
         run.summary.update({JOB_SUMMARY_KEYS[name]: value for name, value in values.items()})
 
+    @override
     def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
         """The versions the run logged (its collection's; [] offline or before the run exists)."""
         if self._server_run(destination) is None:
@@ -740,8 +762,8 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         project: str | None = None,
         entity: str | None = None,
         mode: str | None = None,
-        reinit: str | None = None,
-        console: str | None = None,
+        reinit: Literal["create_new"] | None = None,
+        console: Literal["off"] | None = None,
     ) -> Any:
         if isinstance(self.settings, wandb.Settings):
             settings = self.settings.model_copy()
@@ -754,7 +776,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             entity=entity or self.entity,
             id=run_id,
             name=name,
-            mode=mode or self.mode,
+            mode=mode or self.mode,  # type: ignore[arg-type]  # the user's string (`mode=`); W&B checks it
             dir=self.dir,
             settings=settings,
             resume="allow" if run_id else None,

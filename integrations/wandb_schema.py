@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name, split_checkpoint_name
 
@@ -87,7 +88,7 @@ def artifact_metadata(record: CheckpointRecord, run_id: str | None = None) -> di
 
 def is_tracked(metadata: Mapping[str, Any] | None) -> bool:
     """Whether a version's metadata is tracked-ckpt's (it has epoch, step and sha256)."""
-    return bool(metadata) and all(k in metadata for k in _TRACKED_KEYS)
+    return metadata is not None and bool(metadata) and all(k in metadata for k in _TRACKED_KEYS)
 
 
 def run_id_of(metadata: Mapping[str, Any], collection: str) -> str:

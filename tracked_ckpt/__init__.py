@@ -39,11 +39,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
-    from tracked_ckpt.session import sync_spool, wait
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
-    from tracked_ckpt.requirements import MissingRequirementError
-    from tracked_ckpt.resume import JobLockedError
-    from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint
     from tracked_ckpt.registry import (
         PromotionResult,
         best_checkpoint,
@@ -53,6 +49,10 @@ if TYPE_CHECKING:
         promote_best,
         registered_checkpoint,
     )
+    from tracked_ckpt.requirements import MissingRequirementError
+    from tracked_ckpt.resume import JobLockedError
+    from tracked_ckpt.session import sync_spool, wait
+    from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint
 
 
 def __getattr__(name: str) -> Any:

@@ -48,7 +48,7 @@ def fetch_verified(
             fetched = registry_of(tracker, "download checkpoints").fetch(checkpoint, tmp)
         finally:
             stop_watching()
-        sha, size = sha256_file(fetched)
+        sha, _size = sha256_file(fetched)
         if sha != record.sha256:
             raise ChecksumError(
                 f"Checksum mismatch for {record.name}: downloaded sha256 {sha[:12]}... "

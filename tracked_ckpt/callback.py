@@ -23,7 +23,14 @@ import os
 import shutil
 import string
 import sys
-from typing import Any, Callable, Sequence
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
 from tracked_ckpt.versions import check_supported
 
@@ -61,7 +68,7 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 _MODES = ("auto", "min", "max")
 
 
-class TrackedModelCheckpoint(ModelCheckpoint):
+class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras ships no type information
     """Save the model like `keras.callbacks.ModelCheckpoint`, and log every saved file to a tracker.
 
     Every Keras argument behaves as in `ModelCheckpoint` and the files on disk
@@ -167,7 +174,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         save_freq: str | int = "epoch",
         initial_value_threshold: float | None = None,
         *,
-        tracker: "str | Tracker | Sequence[str | Tracker]" = "mlflow",
+        tracker: str | Tracker | Sequence[str | Tracker] = "mlflow",
         name: str | None = None,
         upload: str = "async",
         log_git: bool = True,
@@ -265,7 +272,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     # -- Keras hooks ----------------------------------------------------------------------
 
-    def on_train_begin(self, logs=None):
+    @override
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
         self._chief, self._task_id = chief_role(self.model)
         if self.monitor_op is None:
@@ -303,7 +311,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         It is freed when `fit` returns or the exception it raised has been handled: the
         moment a fit that Keras never ended (no `on_train_end` after an exception) is over.
         """
-        frame = sys._getframe(1)
+        frame: types.FrameType | None = sys._getframe(1)
         while frame is not None:
             if frame.f_code.co_name == "fit":
                 found = frame.f_locals.get("callbacks")
@@ -312,11 +320,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             frame = frame.f_back
         return None
 
-    def on_epoch_end(self, epoch, logs=None):
+    @override
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_end(epoch, logs)
         self._print_messages()
 
-    def on_train_end(self, logs=None):
+    @override
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_end(logs)
         if self._session is None:
             return
@@ -325,9 +335,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):
         else:
             self._session.end_in_background(completed=True)
 
-    def _get_file_path(self, epoch, batch, logs):
+    @override
+    def _get_file_path(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> str:
         try:
-            path = super()._get_file_path(epoch, batch, logs)
+            path: str = super()._get_file_path(epoch, batch, logs)
         except KeyError:
             known = {"epoch", *(logs or {})} | ({"batch"} if batch is not None else set())
             missing = [name for _, name, _, _ in string.Formatter().parse(self.filepath)
@@ -341,16 +352,18 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             return os.path.join(os.path.dirname(path), f"workertemp_{self._task_id}", os.path.basename(path))
         return path
 
-    def _should_save_model(self, epoch, batch, logs, filepath):
+    @override
+    def _should_save_model(self, epoch: int, batch: int | None, logs: dict[str, Any] | None, filepath: str) -> bool:
         if self.save_best_only and self.monitor_op is None:
             self._set_monitor_op()  # see on_train_begin: the Keras 3.15 batch-level crash
-        decision = super()._should_save_model(epoch, batch, logs, filepath)
+        decision: bool = super()._should_save_model(epoch, batch, logs, filepath)
         if decision:
             release_path(filepath)
             self._saving = {"filepath": filepath}
         return decision
 
-    def _save_model(self, epoch, batch, logs):
+    @override
+    def _save_model(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> None:
         self._saving = None
         session = self._session
         with session.file_lock if session is not None else contextlib.nullcontext():
@@ -376,7 +389,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
 
     # -- after a save ---------------------------------------------------------------------
 
-    def _on_saved(self, filepath: str, epoch: int, batch: int | None, logs: dict) -> None:
+    def _on_saved(self, filepath: str, epoch: int, batch: int | None, logs: dict[str, Any]) -> None:
         session = self._session
         if session is None or not session.open:  # saved outside fit (e.g. a direct call): nothing to log to
             return
@@ -396,7 +409,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):
             self._print_messages()
 
     def _make_record(
-        self, session: FitSession, filepath: str, epoch: int, batch: int | None, logs: dict
+        self, session: FitSession, filepath: str, epoch: int, batch: int | None, logs: dict[str, Any]
     ) -> CheckpointRecord:
         value = _scalar(logs.get(self.monitor))
         if value is None and not self._warned_monitor:
@@ -464,8 +477,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):
     def _check_writable(self) -> None:
         """Fail before the first epoch, not after it, when checkpoints cannot be written."""
         checkpoints = os.path.dirname(os.path.abspath(self.filepath))
-        for folder, what, check in ((checkpoints, "filepath", lambda: check_writable(checkpoints)),
-                                    (self.spool.directory, "spool_dir", self.spool.check_writable)):
+        checks: tuple[tuple[str, str, Callable[[], None]], ...] = (
+            (checkpoints, "filepath", lambda: check_writable(checkpoints)),
+            (self.spool.directory, "spool_dir", self.spool.check_writable),
+        )
+        for folder, what, check in checks:
             try:
                 check()
             except OSError as exc:

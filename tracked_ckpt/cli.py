@@ -17,14 +17,18 @@ import os
 import re
 import shutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 # TensorFlow's C++ start-up chatter would drown a one-line answer.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tracked_ckpt import registry  # noqa: E402
-from tracked_ckpt.record import SCHEMA_KEYS  # noqa: E402
-from tracked_ckpt.session import sync_spool  # noqa: E402
+from tracked_ckpt import registry
+from tracked_ckpt.record import SCHEMA_KEYS
+from tracked_ckpt.session import sync_spool
+
+if TYPE_CHECKING:
+    from tracked_ckpt.publisher import PublishReport
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -64,7 +68,7 @@ def in_cli_terms(message: str) -> str:
         >>> in_cli_terms("pass run_id='proj/1a2b' or experiment= (no fit has logged in this process).")
         'pass --run-id proj/1a2b or --experiment.'
     """
-    def flag(match: re.Match) -> str:
+    def flag(match: re.Match[str]) -> str:
         name = "--" + match.group(1).replace("_", "-")
         value = match.group(2) if match.group(2) is not None else match.group(3)
         return f"{name} {value}" if value else name
@@ -139,7 +143,7 @@ def _add_alias_or_version_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--version", help="registered version number")
 
 
-def _ls(args) -> int:
+def _ls(args: argparse.Namespace) -> int:
     where = {}
     for item in args.where:
         key, sep, value = item.partition("=")
@@ -166,7 +170,7 @@ def _ls(args) -> int:
     return 0
 
 
-def _show(args) -> int:
+def _show(args: argparse.Namespace) -> int:
     c = registry.registered_checkpoint(args.registered_name, alias=args.alias, version=args.version,
                                        tracker=args.tracker)
     print(f"{c.record.name}  ({c.id})")
@@ -181,7 +185,7 @@ def _show(args) -> int:
     return 0
 
 
-def _promote(args) -> int:
+def _promote(args: argparse.Namespace) -> int:
     result = registry.promote_best(
         args.registered_name, tracker=args.tracker, run_id=args.run_id, experiment=args.experiment,
         name=args.name, monitor=args.monitor, mode=args.mode, alias=args.alias, only_if_better=not args.force,
@@ -192,7 +196,7 @@ def _promote(args) -> int:
     return 0
 
 
-def _pull(args) -> int:
+def _pull(args: argparse.Namespace) -> int:
     path = registry.download_checkpoint(args.registered_name, alias=args.alias, version=args.version,
                                         tracker=args.tracker)
     if args.output:
@@ -204,14 +208,14 @@ def _pull(args) -> int:
     return 0
 
 
-def _sync(args) -> int:
+def _sync(args: argparse.Namespace) -> int:
     for folder in args.spools:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder} is not a folder: pass a spool folder or a folder above spools.")
     folders = args.spools or ["."]
     found = 0
 
-    def show(spool: str, report) -> None:
+    def show(spool: str, report: PublishReport) -> None:
         nonlocal found
         found += 1
         logged = len({entry.id for entry, _, _ in report.logged})
@@ -244,10 +248,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
 if __name__ == "__main__":

@@ -13,10 +13,14 @@ import os
 import re
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from tracked_ckpt import settings
+
+if TYPE_CHECKING:
+    import git  # GitPython; imported at run time only where used (it fails without the git executable)
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -83,10 +87,12 @@ def capture(path: str | os.PathLike[str] | None = None) -> GitInfo:
     Never raises: outside a repository, without git, or on an empty repository it
     logs one warning and returns the fields it could determine.
 
-    Example:
-        >>> info = capture()  # doctest: +SKIP
-        >>> info.commit, info.branch, info.dirty, info.remote  # doctest: +SKIP
-        ('9c1e4a7b…', 'main', False, 'https://github.com/org/repo.git')
+    Example (in a clone, `info.commit, info.branch, info.dirty, info.remote` is e.g.
+    `('9c1e4a7b…', 'main', False, 'https://github.com/org/repo.git')`; outside one, nothing):
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     capture(folder).commit is None
+        True
     """
     path = os.fspath(path) if path is not None else os.getcwd()
     try:
@@ -126,8 +132,9 @@ def capture_for_job(repo: str | os.PathLike[str] | None = None, started_in: str 
     replaced by a guess: it is warned about and nothing is recorded. Never raises.
 
     Example:
-        >>> capture_for_job(repo="~/src/my-project").commit  # doctest: +SKIP
-        '9c1e4a7b…'
+        ```python
+        capture_for_job(repo="~/src/my-project").commit  # '9c1e4a7b…'
+        ```
     """
     explicit = repo if repo is not None else settings.git_repo()
     if explicit is not None:
@@ -162,7 +169,7 @@ def _cwd() -> str | None:
 
 def _main_script_dir() -> str | None:
     """The folder of the `__main__` script, unless it is installed code (site-packages, a venv's bin)."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    path: str | None = getattr(sys.modules.get("__main__"), "__file__", None)
     if not path:
         return None
     path = os.path.realpath(path)
@@ -172,7 +179,7 @@ def _main_script_dir() -> str | None:
     return os.path.dirname(path)
 
 
-def _info_of(repo) -> GitInfo:
+def _info_of(repo: git.Repo) -> GitInfo:
     try:
         commit = repo.head.commit.hexsha
     except ValueError:  # no commits yet: HEAD points at an unborn branch
@@ -184,14 +191,14 @@ def _info_of(repo) -> GitInfo:
     return GitInfo(commit=commit, branch=_branch(repo), dirty=_dirty(repo), remote=_remote(repo))
 
 
-def _branch(repo) -> str | None:
+def _branch(repo: git.Repo) -> str | None:
     try:
         return None if repo.head.is_detached else repo.active_branch.name
     except Exception:
         return None
 
 
-def _dirty(repo) -> bool | None:
+def _dirty(repo: git.Repo) -> bool | None:
     try:
         # Untracked files (checkpoints, mlflow.db, ...) do not change the code that ran.
         return repo.is_dirty(untracked_files=False)
@@ -199,7 +206,7 @@ def _dirty(repo) -> bool | None:
         return None
 
 
-def _remote(repo) -> str | None:
+def _remote(repo: git.Repo) -> str | None:
     try:
         remotes = list(repo.remotes)
     except Exception:

@@ -10,7 +10,10 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TypeVar
+
+_Item = TypeVar("_Item")
 
 from tqdm import tqdm
 
@@ -55,10 +58,10 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -99,9 +102,9 @@ def watch_folder_size(folder: str, progress: Progress, interval: float = 0.2) ->
     return done
 
 
-def wait_with_progress(description: str, pending: Callable[[], list], join: Callable[[float], None],
+def wait_with_progress(description: str, pending: Callable[[], list[_Item]], join: Callable[[float], None],
                        alive: Callable[[], bool], deadline: float | None,
-                       size_of: Callable[[object], int]) -> None:
+                       size_of: Callable[[_Item], int]) -> None:
     """Wait (with `join(seconds)`) while `alive()` and before `deadline`, showing what is `pending()`.
 
     Joining rather than sleeping returns the moment the work is done.

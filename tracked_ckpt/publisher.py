@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from tracked_ckpt import settings
 from tracked_ckpt.files import sha256_file
@@ -94,7 +94,7 @@ class PublishReport:
     def ok(self) -> bool:
         return not self.pending and not self.failed and not self.held
 
-    def merge(self, other: "PublishReport") -> None:
+    def merge(self, other: PublishReport) -> None:
         """Add another publisher's report to this one (e.g. one spool of many)."""
         self.logged.extend(other.logged)
         self.pending.extend(other.pending)
@@ -187,7 +187,7 @@ class Publisher:
                 "tracked-ckpt: uploading",
                 pending=lambda: list(self._queue),
                 join=self._thread.join,
-                alive=lambda: self._thread.is_alive() and not self._stalled(),
+                alive=lambda: self._thread is not None and self._thread.is_alive() and not self._stalled(),
                 deadline=deadline,
                 size_of=lambda entry: entry.record.size_bytes,
             )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # The schema, in display order. Values are str, int, float or bool, except
 # `requirements`, a list of `name==version` strings (one comma-separated string
@@ -160,11 +161,17 @@ class CheckpointRecord:
             full-model checkpoint so that its custom classes load elsewhere (MLflow:
             the model's `code/` folder), or None. Not part of the schema's tags.
 
-    Example:
-        >>> ckpt = tracked_ckpt.list_checkpoints()[0]  # doctest: +SKIP
-        >>> ckpt.record.epoch, ckpt.record.value, ckpt.record.git_commit  # doctest: +SKIP
-        (1, 0.4213, '9c1e4a7b...')
-        >>> ckpt.record.metadata()["sha256"]  # doctest: +SKIP
+    Example (`tracked_ckpt.list_checkpoints()` gives the records of logged checkpoints;
+    `from_metadata` rebuilds one from what a tracker stored):
+        >>> record = CheckpointRecord.from_metadata(
+        ...     {"epoch": 7, "step": 126, "sha256": "ab" * 32, "monitor": "val_accuracy", "mode": "max",
+        ...      "value": 0.95139, "git_commit": "9c1e4a7b" * 5, "git_dirty": False},
+        ...     name="digits-e0007", metrics={"val_accuracy": 0.95139, "val_loss": 0.21},
+        ... )
+        >>> record.epoch, record.value, record.git_commit[:8]
+        (7, 0.95139, '9c1e4a7b')
+        >>> record.metadata()["sha256"][:8]
+        'abababab'
     """
 
     name: str
@@ -201,8 +208,12 @@ class CheckpointRecord:
         """The value of metric `name` at this save (the monitored value or another logged one), or None.
 
         Example:
-            >>> ckpt.record.metric("val_accuracy")  # doctest: +SKIP
-            0.9375
+            >>> record = CheckpointRecord.from_metadata(
+            ...     {"epoch": 7, "step": 126, "sha256": "ab" * 32, "monitor": "val_accuracy", "value": 0.9375},
+            ...     name="digits-e0007", metrics={"val_accuracy": 0.9375, "val_loss": 0.21},
+            ... )
+            >>> record.metric("val_accuracy"), record.metric("val_loss"), record.metric("accuracy")
+            (0.9375, 0.21, None)
         """
         if name == self.monitor:
             return self.value
@@ -219,7 +230,7 @@ class CheckpointRecord:
         out: dict[str, Any] = {}
         for key in SCHEMA_KEYS:
             value = getattr(self, key)
-            if value is None or key == "requirements" and not value:
+            if value is None or (key == "requirements" and not value):
                 continue
             out[key] = list(value) if key == "requirements" else value
         return out
@@ -228,7 +239,12 @@ class CheckpointRecord:
         """One line a person reads at a glance: name, monitored value, epoch, short commit, dirty or clean.
 
         Example:
-            >>> record.summary()  # doctest: +SKIP
+            >>> record = CheckpointRecord.from_metadata(
+            ...     {"epoch": 7, "step": 126, "sha256": "ab" * 32, "monitor": "val_accuracy", "mode": "max",
+            ...      "value": 0.95139, "git_commit": "9c1e4a7b" * 5, "git_dirty": False},
+            ...     name="digits-e0007",
+            ... )
+            >>> record.summary()
             'digits-e0007: val_accuracy=0.95139 (max), epoch 7, step 126, commit 9c1e4a7b (clean)'
         """
         value = "missing" if self.value is None else f"{self.value:.5g}"
@@ -237,7 +253,8 @@ class CheckpointRecord:
             line += f" batch {self.batch}"
         line += f", step {self.step}"
         if self.git_commit:
-            state = {True: "dirty", False: "clean"}.get(self.git_dirty, "dirty state unknown")
+            states: dict[bool | None, str] = {True: "dirty", False: "clean"}
+            state = states.get(self.git_dirty, "dirty state unknown")
             line += f", commit {self.git_commit[:8]} ({state})"
         else:
             line += ", no git commit"
@@ -254,7 +271,7 @@ class CheckpointRecord:
         *,
         name: str = "",
         metrics: Mapping[str, float] | None = None,
-    ) -> "CheckpointRecord":
+    ) -> CheckpointRecord:
         """Rebuild a record from what a tracker stored (plain or string values)."""
         missing = [k for k in ("epoch", "step", "sha256") if k not in metadata]
         if missing:

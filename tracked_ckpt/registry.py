@@ -23,7 +23,8 @@ import dataclasses
 import logging
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.record import SCHEMA_KEYS, is_better
@@ -50,9 +51,10 @@ class PromotionResult:
         previous: the checkpoint the alias pointed at before, if any.
 
     Example:
-        >>> result = promote_best("digits-classifier")  # doctest: +SKIP
-        >>> print(result.reason)  # doctest: +SKIP
-        'champion' now points at digits-e0007 (val_accuracy=0.9583).
+        ```python
+        result = promote_best("digits-classifier")
+        print(result.reason)  # 'champion' now points at digits-e0007 (val_accuracy=0.9583).
+        ```
     """
 
     promoted: bool
@@ -90,7 +92,7 @@ def list_checkpoints(
     *,
     run_id: str | None = None,
     experiment: str | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     where: Mapping[str, Any] | None = None,
 ) -> list[LoggedCheckpoint]:
     """List logged checkpoints of a run (default: the last one `fit` logged to) or an experiment.
@@ -107,7 +109,9 @@ def list_checkpoints(
         The matching checkpoints, oldest first.
 
     Example:
-        >>> best_ones = list_checkpoints(where={"is_best": True})  # doctest: +SKIP
+        ```python
+        best_ones = list_checkpoints(where={"is_best": True})
+        ```
     """
     tracker = resolve_tracker(tracker)
     found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=_where(where))
@@ -118,7 +122,7 @@ def best_checkpoint(
     *,
     run_id: str | None = None,
     experiment: str | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     monitor: str | None = None,
     mode: str | None = None,
 ) -> LoggedCheckpoint | None:
@@ -128,8 +132,10 @@ def best_checkpoint(
     Checkpoints whose metric was missing are never chosen.
 
     Example:
-        >>> best = best_checkpoint(experiment="digits-demo")  # doctest: +SKIP
-        >>> best.record.epoch, best.record.value  # doctest: +SKIP
+        ```python
+        best = best_checkpoint(experiment="digits-demo")
+        best.record.epoch, best.record.value  # (7, 0.9583)
+        ```
     """
     tracker = resolve_tracker(tracker)
     ranked = _rank(tracker, _scope(tracker, run_id, experiment), None, monitor, mode)
@@ -139,7 +145,7 @@ def best_checkpoint(
 def promote_best(
     registered_name: str,
     *,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     run_id: str | None = None,
     experiment: str | None = None,
     name: str | None = None,
@@ -169,9 +175,10 @@ def promote_best(
         twice creates no second version.
 
     Example:
-        >>> result = promote_best("digits-classifier")  # doctest: +SKIP
-        >>> result.promoted, result.version, result.checkpoint.record.epoch  # doctest: +SKIP
-        (True, '1', 7)
+        ```python
+        result = promote_best("digits-classifier")
+        result.promoted, result.version, result.checkpoint.record.epoch  # (True, '1', 7)
+        ```
     """
     validate_alias(alias)
     tracker = resolve_tracker(tracker)
@@ -216,13 +223,15 @@ def registered_checkpoint(
     *,
     alias: str | None = None,
     version: str | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
 ) -> LoggedCheckpoint:
     """The checkpoint behind an alias (default `champion`) or a version of a registered model.
 
     Example:
-        >>> ckpt = registered_checkpoint("digits-classifier")  # doctest: +SKIP
-        >>> ckpt.record.epoch, ckpt.record.git_commit  # doctest: +SKIP
+        ```python
+        ckpt = registered_checkpoint("digits-classifier")
+        ckpt.record.epoch, ckpt.record.git_commit  # (7, '9c1e4a7b…')
+        ```
     """
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
@@ -237,7 +246,7 @@ def download_checkpoint(
     alias: str | None = None,
     version: str | None = None,
     checkpoint: LoggedCheckpoint | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     cache_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> str:
@@ -253,8 +262,10 @@ def download_checkpoint(
         ChecksumError: the downloaded bytes do not match the recorded sha256.
 
     Example:
-        >>> path = download_checkpoint("digits-classifier", alias="champion")  # doctest: +SKIP
-        >>> keras.saving.load_model(path)  # doctest: +SKIP
+        ```python
+        path = download_checkpoint("digits-classifier", alias="champion")
+        keras.saving.load_model(path)
+        ```
     """
     wait()  # a promotion may name a checkpoint whose upload runs in the background (blocking=False)
     tracker = resolve_tracker(tracker)
@@ -268,14 +279,14 @@ def load_model(
     alias: str | None = None,
     version: str | None = None,
     checkpoint: LoggedCheckpoint | None = None,
-    tracker: "str | Tracker" = "mlflow",
+    tracker: str | Tracker = "mlflow",
     model: Any = None,
     custom_objects: Mapping[str, Any] | None = None,
     compile: bool = True,
     safe_mode: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
-):
+) -> Any:
     """Load a checkpoint back as a `keras.Model`.
 
     Args:
@@ -296,8 +307,10 @@ def load_model(
             name is not installed (one line with the `pip install` command).
 
     Example:
-        >>> model = load_model("digits-classifier", alias="champion")  # doctest: +SKIP
-        >>> model = load_model("digits-classifier", custom_objects={"Scale": Scale})  # doctest: +SKIP
+        ```python
+        model = load_model("digits-classifier", alias="champion")
+        model = load_model("digits-classifier", custom_objects={"Scale": Scale})
+        ```
     """
     import keras
 
@@ -388,8 +401,8 @@ def _scope_text(scope: Mapping[str, Any]) -> str:
 
 __all__ = [
     "ChecksumError",
-    "MissingRequirementError",
     "LoggedCheckpoint",
+    "MissingRequirementError",
     "PromotionResult",
     "best_checkpoint",
     "download_checkpoint",

@@ -14,10 +14,10 @@ distinct config per fit (`RequirementsResolver`). The registry helper uses
 `check_requirements` before loading, so a missing package is one line naming
 the `pip install` that fixes it.
 
-Example:
-    >>> needs = model_needs(b'{"module": "keras_hub.src.models", "class_name": "BertBackbone"}')  # doctest: +SKIP
-    >>> needs.requirements  # doctest: +SKIP
-    ('keras-hub==0.21.1',)
+Example (a config naming a class of `tqdm`, which is installed):
+    >>> needs = model_needs(b'{"module": "tqdm.auto", "class_name": "Scale"}')
+    >>> needs.requirements  # doctest: +ELLIPSIS
+    ('tqdm==...',)
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import re
 import sys
 import threading
 import zipfile
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -45,10 +46,11 @@ class MissingRequirementError(ImportError):
     """A checkpoint's recorded requirements name a package this environment lacks.
 
     Example:
-        >>> try:  # doctest: +SKIP
-        ...     tracked_ckpt.load_model("digits-classifier")
+        >>> try:
+        ...     check_requirements(["keras-hub==0.21.1"], "bert-e0003")  # as `tracked_ckpt.load_model` does
         ... except MissingRequirementError as exc:
-        ...     print(exc)  # ... needs 'keras-hub' ...: pip install 'keras-hub==0.21.1'
+        ...     print(exc)
+        bert-e0003 needs the package 'keras-hub', which is not installed: pip install 'keras-hub==0.21.1'
     """
 
 
@@ -69,9 +71,9 @@ class ModelNeeds:
 def keras_config_bytes(path: str | os.PathLike[str]) -> bytes | None:
     """The raw `config.json` of a `.keras` archive, or None when the file is not one.
 
-    Example:
-        >>> keras_config_bytes("ckpt/digits-03.keras")[:10]  # doctest: +SKIP
-        b'{"module":'
+    Example (on a `.keras` archive written by `model.save`, the config's first bytes are `b'{"module":'`):
+        >>> keras_config_bytes("ckpt/no-such-file.keras") is None
+        True
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -117,8 +119,10 @@ def code_paths_arg(code_paths: Sequence[str | os.PathLike[str]] | str | os.PathL
         ValueError: an entry does not exist, or is neither a `.py` file nor a folder.
 
     Example:
-        >>> code_paths_arg(["my_layers.py"])  # doctest: +SKIP
-        ('/home/me/project/my_layers.py',)
+        >>> import tracked_ckpt
+        >>> folder = os.path.dirname(tracked_ckpt.__file__)
+        >>> code_paths_arg([folder]) == (folder,), code_paths_arg(None)
+        (True, None)
     """
     if code_paths is None:
         return None
@@ -148,7 +152,7 @@ def code_modules(code_paths: Iterable[str] | None) -> set[str]:
 
 
 def model_needs(
-    config: bytes, covered: Iterable[str] = (), distributions: Callable[[], dict[str, list[str]]] | None = None
+    config: bytes, covered: Iterable[str] = (), distributions: Callable[[], Mapping[str, list[str]]] | None = None
 ) -> ModelNeeds:
     """The distributions and local modules a saved Keras config references.
 
@@ -197,15 +201,14 @@ class RequirementsResolver:
     installed distributions only when its bytes change. Modules no distribution
     provides are reported in one warning per fit, naming the fix.
 
-    Example:
-        >>> resolver = RequirementsResolver()  # doctest: +SKIP
-        >>> resolver.requirements("spool/abc.keras", code_paths=None)  # doctest: +SKIP
-        ('keras-hub==0.21.1',)
+    Example (a file without a Keras config needs nothing; a KerasHub model gives `('keras-hub==0.21.1',)`):
+        >>> RequirementsResolver().requirements("spool/abc.weights.h5", code_paths=None)
+        ()
     """
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, tuple[str, ...]], ModelNeeds] = {}
-        self._distributions: dict[str, list[str]] | None = None  # read at most once per fit, if needed
+        self._distributions: Mapping[str, list[str]] | None = None  # read at most once per fit, if needed
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -234,7 +237,7 @@ class RequirementsResolver:
             _warn_local(new_local, name)
         return needs.requirements
 
-    def _installed(self) -> dict[str, list[str]]:
+    def _installed(self) -> Mapping[str, list[str]]:
         if self._distributions is None:
             self._distributions = importlib.metadata.packages_distributions()
         return self._distributions
@@ -280,8 +283,12 @@ def check_requirements(requirements: Iterable[str] | None, checkpoint: str = "ch
         MissingRequirementError: names the missing packages and the `pip install` that fixes it.
 
     Example:
-        >>> check_requirements(["keras-hub==0.21.1"], "bert-e0003")  # doctest: +SKIP
-        MissingRequirementError: bert-e0003 needs the package 'keras-hub', which is not installed: pip install 'keras-hub==0.21.1'
+        >>> check_requirements(["packaging"], "digits-e0003")  # installed: nothing to say
+        >>> check_requirements(["keras-hub==0.21.1"], "bert-e0003")
+        Traceback (most recent call last):
+          ...
+        tracked_ckpt.requirements.MissingRequirementError: bert-e0003 needs the package 'keras-hub', which is not \
+installed: pip install 'keras-hub==0.21.1'
     """
     missing, other = [], []
     for requirement in requirements or ():
@@ -307,7 +314,7 @@ def check_requirements(requirements: Iterable[str] | None, checkpoint: str = "ch
         )
 
 
-def _distributions_of(module: str, lookup: Callable[[], dict[str, list[str]]]) -> list[str]:
+def _distributions_of(module: str, lookup: Callable[[], Mapping[str, list[str]]]) -> list[str]:
     """The installed distributions providing `module`: the one named like its top-level package
     (the common case, one look-up), else those the installed files map it to (namespace packages
     narrowed to the ones shipping `module`'s subpackage)."""

@@ -38,7 +38,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from tracked_ckpt import settings
 from tracked_ckpt.cache import fetch_verified
@@ -196,7 +197,7 @@ class Lease:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "Lease | None":
+    def from_json(cls, text: str | None) -> Lease | None:
         if not text:
             return None
         try:

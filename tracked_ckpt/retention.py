@@ -11,7 +11,8 @@ import dataclasses
 import logging
 import os
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from tracked_ckpt.record import CheckpointRecord, best_first
 
@@ -61,7 +62,7 @@ class Retention:
         k: int,
         delete: Callable[[str, str, Mapping[str, Any]], bool],
         in_use: Callable[[], set[str]],
-        file_lock: "threading.RLock",
+        file_lock: threading.RLock,
     ):
         self.k = check_keep_top_k(k)
         self.delete = delete

@@ -36,14 +36,15 @@ import atexit
 import copy
 import dataclasses
 import itertools
-import logging
 import os
+import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from tracked_ckpt.publisher import PublishReport, Publisher, stall_timeout_from
+from tracked_ckpt.publisher import Publisher, PublishReport, stall_timeout_from
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name, split_checkpoint_name
 from tracked_ckpt.resume import JobResume, LastCheckpoint, LocalState, ResumeState
 from tracked_ckpt.retention import Retention
@@ -340,7 +341,7 @@ class FitSession:
 
 
 def _close(publisher: Publisher | None, trackers: Mapping[str, Tracker],
-           destinations: Mapping[str, Mapping[str, Any]], timeout: float | None) -> "_EndReport":
+           destinations: Mapping[str, Mapping[str, Any]], timeout: float | None) -> _EndReport:
     """Wait for the publisher; then ask each tracker once whether it answers (after a stalled wait)."""
     report = _EndReport()
     if publisher is not None:
@@ -452,7 +453,9 @@ def _same_trackers(a: FitSession, b: FitSession) -> bool:
     if a.trackers.keys() != b.trackers.keys():
         return False
     try:
-        return all(type(t) is type(b.trackers[k]) and t.__getstate__() == b.trackers[k].__getstate__()
+        return all(type(t) is type(b.trackers[k])
+                   # object.__getstate__ is Python 3.11+ (typeshed for 3.10 lacks it); a 3.10 tracker without one is not shared
+                   and t.__getstate__() == b.trackers[k].__getstate__()  # type: ignore[attr-defined]
                    for k, t in a.trackers.items())
     except Exception:  # a state that cannot be compared: do not share
         return False
@@ -562,11 +565,12 @@ def sync_spool(directory: str | os.PathLike[str] | Sequence[str | os.PathLike[st
         retry_failed: put parked entries (set aside after a permanent error) back in line.
         on_spool: called with each spool's folder and report as it is done (the CLI prints it).
 
-    Example:
-        >>> sync_spool("checkpoints/.tracked_ckpt/spool")  # doctest: +SKIP
-        >>> report = sync_spool("sweep-checkpoints")  # every trial's spool  # doctest: +SKIP
-        >>> report.ok  # doctest: +SKIP
-        True
+    Example (a folder without spools has nothing to log):
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     report = sync_spool(folder)  # e.g. "sweep-checkpoints": every trial's spool beneath it
+        >>> report.ok, report.logged
+        (True, [])
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     folders = [directory] if isinstance(directory, (str, os.PathLike)) else list(directory)

@@ -23,7 +23,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tracked_ckpt.files import check_writable, clone_file, copy_hashing
 from tracked_ckpt.record import FORMAT_SUFFIXES, CheckpointRecord, file_format
@@ -87,7 +88,7 @@ class SpoolEntry:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], directory: str) -> "SpoolEntry":
+    def from_json(cls, data: dict[str, Any], directory: str) -> SpoolEntry:
         return cls(
             id=data["id"],
             record=CheckpointRecord(**data["record"]),
@@ -259,7 +260,7 @@ class Spool:
     def new_id(self) -> str:
         return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
-    def hold(self) -> "SpoolHold":
+    def hold(self) -> SpoolHold:
         """Mark the spool as in use by a live fit of this process until the hold is released.
 
         `sync_spool` waits for (or reports) a held spool, since a live fit may still
@@ -279,7 +280,7 @@ class Spool:
 
     def holders(self) -> list[str]:
         """The live processes holding this spool ("host:pid"); stale holds of dead processes are removed."""
-        found = []
+        found: list[str] = []
         if not os.path.isdir(self.directory):
             return found
         for name in sorted(os.listdir(self.directory)):
@@ -313,7 +314,7 @@ class SpoolHold:
         for attempt in range(3):
             os.makedirs(directory, exist_ok=True)
             try:
-                self._handle: Any = open(tmp, "w")
+                self._handle: Any = open(tmp, "w")  # noqa: SIM115  held open: the lock lives as long as the hold
                 break
             except FileNotFoundError:  # another process's sync removed the emptied folder just now
                 if attempt == 2:
@@ -344,9 +345,17 @@ def find_spools(root: str | os.PathLike[str]) -> list[str]:
     their manifests' names, so other JSON files (Ray's `result.json`) do not count.
     Version control, caches and virtualenvs (a folder with `pyvenv.cfg`) are not searched.
 
-    Example:
-        >>> find_spools("sweep-checkpoints")  # doctest: +SKIP
-        ['/…/sweep-checkpoints/trial_0/.tracked_ckpt/spool', '/…/sweep-checkpoints/trial_3/.tracked_ckpt/spool']
+    Example (two trials of a sweep, each with a live fit's hold on its spool):
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> holds = [Spool(os.path.join(root, f"trial_{i}", ".tracked_ckpt", "spool")).hold() for i in (0, 3)]
+        >>> [os.path.relpath(folder, root) for folder in find_spools(root)]
+        ['trial_0/.tracked_ckpt/spool', 'trial_3/.tracked_ckpt/spool']
+        >>> for hold in holds:
+        ...     hold.release()
+        >>> find_spools(root)
+        []
+        >>> import shutil; shutil.rmtree(root)
     """
     found = []
     for folder, subfolders, files in os.walk(os.path.abspath(os.fspath(root))):

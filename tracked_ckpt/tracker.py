@@ -16,7 +16,8 @@ import dataclasses
 import importlib
 import importlib.metadata
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tracked_ckpt.record import CheckpointRecord
 
@@ -40,10 +41,12 @@ class ChecksumError(RuntimeError):
     """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged.
 
     Example:
-        >>> try:  # doctest: +SKIP
-        ...     tracked_ckpt.load_model("digits-classifier")
-        ... except ChecksumError as exc:
-        ...     print(exc)
+        ```python
+        try:
+            tracked_ckpt.load_model("digits-classifier")
+        except ChecksumError as exc:
+            print(exc)
+        ```
 """
 
 
@@ -61,8 +64,10 @@ class LoggedCheckpoint:
         extra: tracker-specific details (e.g. the registered version).
 
     Example:
-        >>> for ckpt in tracked_ckpt.list_checkpoints(where={"is_best": True}):  # doctest: +SKIP
-        ...     print(ckpt.id, ckpt.record.epoch, ckpt.record.value)
+        ```python
+        for ckpt in tracked_ckpt.list_checkpoints(where={"is_best": True}):
+            print(ckpt.id, ckpt.record.epoch, ckpt.record.value)
+        ```
     """
 
     id: str
@@ -144,7 +149,7 @@ class Tracker(abc.ABC):
 
     # -- optional, with defaults --------------------------------------------------------
 
-    def finish(self, success: bool = True) -> None:
+    def finish(self, success: bool = True) -> None:  # noqa: B027  optional: a tracker may have no run to end
         """End the run if `start` started it. Default: nothing to end."""
 
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
@@ -324,10 +329,11 @@ def _import_tracker(name: str, module_name: str, attr: str) -> Any:
     return getattr(module, attr)
 
 
-def resolve_tracker(spec: "str | Tracker") -> Tracker:
+def resolve_tracker(spec: str | Tracker) -> Tracker:
     """Turn a tracker name or object into a `Tracker` object."""
     if isinstance(spec, str):
-        return tracker_class(spec.strip().lower())()
+        tracker: Tracker = tracker_class(spec.strip().lower())()
+        return tracker
     if isinstance(spec, Tracker):
         return spec
     raise TypeError(
@@ -336,7 +342,7 @@ def resolve_tracker(spec: "str | Tracker") -> Tracker:
     )
 
 
-def resolve_trackers(spec: "str | Tracker | Sequence[str | Tracker]") -> list[Tracker]:
+def resolve_trackers(spec: str | Tracker | Sequence[str | Tracker]) -> list[Tracker]:
     """Resolve `tracker=` (one spec or a list) to distinct trackers, in order."""
     specs = [spec] if isinstance(spec, (str, Tracker)) else list(spec)
     if not specs:

@@ -65,7 +65,7 @@ def check_supported(*packages: str, extra: str | None = None) -> None:
             )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def declared_ranges(extra: str | None = None) -> dict[str, Requirement]:
     """The version ranges tracked-ckpt declares: core dependencies plus those of `extra`, by normalized name.
 
