@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import textwrap
 
 import mlflow
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model
+from helpers import InjectMetric, logged_models, make_data, make_model, sha256
 
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.cli import main
@@ -56,8 +55,7 @@ def test_ls_show_promote_pull(embedded_store, workdir, capsys):
     code, out, _ = run_cli(capsys, "pull", "cli-model", "--alias", "champion", "-o", str(workdir / "pulled"))
     pulled = out.strip()
     assert code == 0 and pulled == str(workdir / "pulled" / "c-2.keras")
-    with open(pulled, "rb") as a, open(workdir / "ckpt" / "c-2.keras", "rb") as b:
-        assert hashlib.sha256(a.read()).digest() == hashlib.sha256(b.read()).digest()
+    assert sha256(pulled) == sha256(workdir / "ckpt" / "c-2.keras")
 
 
 @pytest.mark.parametrize(
@@ -147,8 +145,7 @@ def test_sync_logs_what_a_killed_job_left_none_twice(embedded_store, workdir):
     assert after[0].model_id == before[0].model_id  # the interrupted one was completed, not duplicated
     for model in after:
         local = workdir / "ckpt" / f"k-{model.tags['tracked_ckpt.epoch']}.keras"
-        with open(local, "rb") as f:
-            assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(f.read()).hexdigest()
+        assert model.tags["tracked_ckpt.sha256"] == sha256(local)
     assert not spool.exists()
     # A second sync finds nothing left and logs nothing again.
     again = subprocess.run([*CLI, "sync"], cwd=workdir, capture_output=True, text=True)

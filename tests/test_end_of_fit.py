@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import logged_models
+from helpers import logged_models, sha256
 from mlflow_server import MlflowServer
 from tcp_proxy import TcpProxy
 
@@ -91,7 +90,7 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
         assert {str(m.status) for m in models} == {"READY"}
         for model in models:
             local = tmp_path / "ckpt" / f"d-{model.tags['tracked_ckpt.epoch']}.keras"
-            assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+            assert model.tags["tracked_ckpt.sha256"] == sha256(local)
         assert len({m.source_run_id for m in models}) == 1
     finally:
         server.stop()
@@ -132,7 +131,7 @@ def test_an_upload_slower_than_the_stall_window_completes_within_fit(server_stor
     assert model.model_id == model_id
     assert str(model.status) == "READY"
     local = workdir / "ckpt" / "slow-1.keras"
-    assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert model.tags["tracked_ckpt.sha256"] == sha256(local)
     loaded = mlflow.keras.load_model(f"models:/{model.model_id}")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), keras.saving.load_model(local).predict(x, verbose=0),
                                rtol=1e-6)

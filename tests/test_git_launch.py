@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
-from helpers import make_data, make_model
-from test_git import _isolated_git, head, make_repo, pytestmark, warnings_from  # noqa: F401 (fixture, marks)
+from helpers import git, head, make_data, make_model, make_repo
+from test_git import pytestmark, warnings_from  # noqa: F401 (marks: git required, isolated_git)
 
 from tracked_ckpt.git import REPO_ENV, GitInfo, capture_for_job
 
@@ -81,8 +81,8 @@ def test_main_script_of_a_job_that_changes_directory(repo, tmp_path):
         from tracked_ckpt.git import capture_for_job
         print(capture_for_job().commit)
     """))
-    subprocess.run(["git", "add", "train.py"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "script"], cwd=repo, check=True)
+    git(repo, "add", "train.py")
+    git(repo, "commit", "-q", "-m", "script")
     env = {k: v for k, v in os.environ.items() if k not in (REPO_ENV, "TUNE_ORIG_WORKING_DIR")}
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == head(repo)

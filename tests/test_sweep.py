@@ -9,7 +9,6 @@ sweep's champion is the file with the best monitored value of all trials.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 import keras
 import mlflow
 import pytest
-from helpers import logged_models, make_data, make_model
+from helpers import git, head, logged_models, make_data, make_model, make_repo, sha256
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -39,15 +38,6 @@ pytestmark = [
 ]
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 @pytest.fixture
 def launch_repo(tmp_path, monkeypatch) -> Path:
     """A throwaway repository holding the sweep script, with a remote whose URL carries a token."""
@@ -56,9 +46,7 @@ def launch_repo(tmp_path, monkeypatch) -> Path:
     for role in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{role}_NAME", "Sweep Tester")
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "sweep@example.com")
-    repo = tmp_path / "launch-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "sweeps")
+    repo = make_repo(tmp_path / "launch-repo", commits=0, branch="sweeps")
     shutil.copyfile(EXAMPLE, repo / EXAMPLE.name)
     git(repo, "add", EXAMPLE.name)
     git(repo, "commit", "-q", "-m", "sweep script")
@@ -112,7 +100,7 @@ def test_ray_tune_sweep_logs_every_checkpoint_once_with_provenance_and_promotes_
     keys = [(m.source_run_id, m.tags["tracked_ckpt.epoch"], m.tags["tracked_ckpt.step"]) for m in models]
     assert len(set(keys)) == len(keys)
     assert sorted(m.tags["tracked_ckpt.filepath"] for m in models) == files
-    commit = git(launch_repo, "rev-parse", "HEAD")
+    commit = head(launch_repo)
     for model in models:
         assert model.tags["tracked_ckpt.git_commit"] == commit
         assert model.tags["tracked_ckpt.git_branch"] == "sweeps"

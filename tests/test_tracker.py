@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import os
 import textwrap
 
 import pytest
-from helpers import make_data, make_model
+from helpers import make_data, make_model, sha256
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -60,8 +59,7 @@ def test_a_minimal_third_party_tracker_logs_every_checkpoint_once(installed_fold
     assert [name.rsplit("-", 1)[0] for name in logged] == ["tiny-e0001", "tiny-e0002", "tiny-e0003"]
     for entry, tracker, ref in callback.last_report.logged:
         assert tracker == "folder" and os.path.dirname(ref) == str(workdir / "logged")
-        with open(ref, "rb") as f:
-            assert hashlib.sha256(f.read()).hexdigest() == entry.record.sha256
+        assert sha256(ref) == entry.record.sha256
     # It cannot delete (the default), so keep_top_k keeps everything it logged, there and on disk.
     assert sorted(os.listdir(workdir / "ckpt")) == ["m-1.keras", "m-2.keras", "m-3.keras"]
     # No registry side: one clear error, not an AttributeError.
