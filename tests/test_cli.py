@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import mlflow
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model, sha256
+from helpers import InjectMetric, child, logged_models, make_data, make_model, sha256
 
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.cli import main
@@ -90,45 +89,9 @@ def test_help_documents_every_command_and_option():
     assert {"--timeout", "--retry-failed"} <= help_entries("sync")
 
 
-KILLED_WHILE_UPLOADING = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    sys.path.insert(0, {tests!r})
-    import keras
-    from helpers import make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-    from tracked_ckpt.integrations.mlflow import MlflowTracker
-
-    UPLOADING = "uploading.marker"
-
-    class StuckUpload(MlflowTracker):
-        # The LoggedModel exists (PENDING) and its files are being uploaded when the kill comes:
-        # the first upload says so and never finishes.
-        def _build_artifacts(self, *args, **kwargs):
-            super()._build_artifacts(*args, **kwargs)
-            open(UPLOADING, "w").close()
-            time.sleep(300)
-
-    class Die(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 3:
-                deadline = time.monotonic() + 120
-                while not os.path.exists(UPLOADING) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/k-{{epoch}}.keras", tracker=StuckUpload())
-    make_model().fit(x, y, validation_split=0.25, epochs=6, verbose=0, callbacks=[callback, Die()])
-    """
-)
-
-
 @pytest.mark.slow
 def test_sync_logs_what_a_killed_job_left_none_twice(embedded_store, workdir):
-    script = workdir / "train.py"
-    script.write_text(KILLED_WHILE_UPLOADING.format(tests=os.path.dirname(__file__)))
-    died = subprocess.run([sys.executable, str(script)], cwd=workdir, capture_output=True, text=True)
+    died = subprocess.run(child("killed_while_uploading"), cwd=workdir, capture_output=True, text=True)
     assert died.returncode == -9, died.stderr[-2000:]
     (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
     before = logged_models(run.info.run_id)

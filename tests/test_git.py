@@ -7,12 +7,10 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import git, head, make_repo
+from helpers import child, git, head, make_repo
 
 from tracked_ckpt import git as tgit
 from tracked_ckpt.git import GitInfo, capture, redact_remote
@@ -313,21 +311,6 @@ def test_capture_uses_first_remote_without_origin(repo):
 
 # -- no git executable ----------------------------------------------------------------------
 
-_NO_GIT_SCRIPT = textwrap.dedent(
-    """
-    import importlib.util, json, logging, sys
-
-    logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(levelname)s %(message)s")
-    # Load git.py by path: importing the tracked_ckpt package would pull in Keras/TensorFlow.
-    spec = importlib.util.spec_from_file_location("tracked_ckpt_git_under_test", sys.argv[1])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    info = module.capture(sys.argv[2])
-    print("RESULT " + json.dumps([info.commit, info.branch, info.dirty, info.remote]))
-    """
-)
-
 
 @pytest.mark.parametrize("refresh", ["quiet", None, "warn", "error"])
 def test_git_executable_absent(repo, tmp_path, refresh):
@@ -337,7 +320,7 @@ def test_git_executable_absent(repo, tmp_path, refresh):
     if refresh is not None:
         env["GIT_PYTHON_REFRESH"] = refresh
     proc = subprocess.run(
-        [sys.executable, "-c", _NO_GIT_SCRIPT, str(GIT_PY), str(repo)],
+        child("capture_without_git", GIT_PY, repo),
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

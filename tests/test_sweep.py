@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import keras
 import mlflow
 import pytest
-from helpers import git, head, logged_models, make_data, make_model, make_repo, sha256
+from helpers import child, git, head, logged_models, make_data, make_model, make_repo, sha256
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -116,37 +115,11 @@ def test_ray_tune_sweep_logs_every_checkpoint_once_with_provenance_and_promotes_
     assert sha256(champion) == sha256(best_file)
 
 
-HALF_WRITTEN = textwrap.dedent(
-    """
-    import sys, time
-    sys.path.insert(0, {tests!r})
-    from mlflow import MlflowClient
-    from helpers import InjectMetric, make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-
-    # The epoch-3 LoggedModel gets its files, metrics and run link; the kill comes before it is READY.
-    finalize = MlflowClient.finalize_logged_model
-    def finalize_or_stall(self, model_id, status):
-        if self.get_logged_model(model_id).tags.get("tracked_ckpt.epoch") == "3":
-            open({marker!r}, "w").close()
-            time.sleep(600)
-        return finalize(self, model_id, status)
-    MlflowClient.finalize_logged_model = finalize_or_stall
-
-    x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/h-{{epoch}}.keras", monitor="score", mode="min")
-    make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[InjectMetric("score", [0.5, 0.4, 0.1]), callback])
-    """
-)
-
-
 def test_half_written_model_is_never_listed_or_promoted_and_recovery_completes_it(
     server_store, workdir, capsys
 ):
     marker = workdir / "stalled"
-    script = workdir / "train.py"
-    script.write_text(HALF_WRITTEN.format(tests=os.path.dirname(__file__), marker=str(marker)))
-    trainer = subprocess.Popen([sys.executable, str(script)], cwd=workdir,
+    trainer = subprocess.Popen(child("killed_before_ready", marker), cwd=workdir,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not marker.exists():
