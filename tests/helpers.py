@@ -12,6 +12,7 @@ import keras
 import mlflow
 import numpy as np
 
+from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.files import sha256_file
 
 
@@ -50,6 +51,22 @@ class InjectMetric(keras.callbacks.Callback):
             logs[self.key] = value
 
 
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Raise `error(arg)` at the end of (1-based) epoch `after_epoch`, None: never.
+
+    The default is what a preempted job's fit sees, KeyboardInterrupt("preempted");
+    `StopAfterEpoch(2, SystemExit, 0)` is what Ray Tune does to a trial it stops.
+    """
+
+    def __init__(self, after_epoch: int | None, error: type[BaseException] = KeyboardInterrupt, arg="preempted"):
+        super().__init__()
+        self.after_epoch, self.error, self.arg = after_epoch, error, arg
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after_epoch:
+            raise self.error(self.arg)
+
+
 class KillAtEpochEnd(keras.callbacks.Callback):
     """SIGKILL this process at the end of (0-based) epoch `epoch`: a job killed with no chance to clean up."""
 
@@ -60,6 +77,47 @@ class KillAtEpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fit(callback, epochs: int = 3, *, extra=(), batch_size: int = 8, model=None, validation: bool = True):
+    """Fit `model` (a new make_model() by default) on make_data() with `extra` callbacks, then `callback`.
+
+    A quarter of the data is for validation unless `validation=False`. Returns (model, history).
+    """
+    model = model or make_model()
+    x, y = make_data()
+    history = model.fit(
+        x, y,
+        validation_split=0.25 if validation else 0.0,
+        epochs=epochs, batch_size=batch_size, verbose=0,
+        callbacks=[*extra, callback],
+    )
+    return model, history
+
+
+def train_run(scores, path: str = "ckpt/{epoch}.keras", *, monitor: str = "score", mode: str = "min",
+              weights: bool = False, run_name: str | None = None, folder_per_run: bool = False) -> str:
+    """One MLflow run whose checkpoint metric `monitor` follows `scores` (one value or None an epoch).
+
+    `folder_per_run` puts the checkpoints under the run id's first 8 characters, so runs never share files.
+    Returns the run id.
+    """
+    with mlflow.start_run(run_name=run_name) as run:
+        filepath = f"{run.info.run_id[:8]}/{path}" if folder_per_run else path
+        callback = TrackedModelCheckpoint(filepath, monitor=monitor, mode=mode, save_weights_only=weights)
+        x, y = make_data()
+        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
+                         callbacks=[InjectMetric(monitor, scores), callback])
+    return run.info.run_id
+
+
+def save_trained_model(path: str = "ckpt.keras"):
+    """make_model() trained one epoch on make_data(), saved to `path`; returns (model, x)."""
+    model = make_model()
+    x, y = make_data()
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(path)
+    return model, x
 
 
 def logged_models(run_id: str, experiment_id: str | None = None):

@@ -12,22 +12,10 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, git, head, logged_models, make_data, make_model, make_repo, sha256
+from helpers import InjectMetric, fit, git, head, logged_models, make_data, make_model, make_repo, sha256
 
 from tracked_ckpt import SCHEMA_KEYS, TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker
-
-
-def fit(callback, epochs=3, extra=(), batch_size=8, model=None, validation=True):
-    model = model or make_model()
-    x, y = make_data()
-    history = model.fit(
-        x, y,
-        validation_split=0.25 if validation else 0.0,
-        epochs=epochs, batch_size=batch_size, verbose=0,
-        callbacks=[*extra, callback],
-    )
-    return model, history
 
 
 def only_run_id() -> str:

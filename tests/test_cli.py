@@ -9,21 +9,11 @@ import sys
 
 import mlflow
 import pytest
-from helpers import InjectMetric, child, logged_models, make_data, make_model, sha256
+from helpers import child, logged_models, sha256, train_run
 
-from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.cli import main
 
 CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
-
-
-def train(scores):
-    with mlflow.start_run() as run:
-        callback = TrackedModelCheckpoint("ckpt/c-{epoch}.keras", monitor="score", mode="min")
-        x, y = make_data()
-        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
-                         callbacks=[InjectMetric("score", scores), callback])
-    return run.info.run_id
 
 
 def run_cli(capsys, *args):
@@ -33,7 +23,7 @@ def run_cli(capsys, *args):
 
 
 def test_ls_show_promote_pull(embedded_store, workdir, capsys):
-    run_id = train([0.4, 0.2, 0.3])
+    run_id = train_run([0.4, 0.2, 0.3], "ckpt/c-{epoch}.keras")
     code, out, _ = run_cli(capsys, "ls", "--run-id", run_id)
     lines = out.strip().splitlines()
     assert code == 0

@@ -13,7 +13,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, child, logged_models, make_data, make_model
+from helpers import InjectMetric, StopAfterEpoch, child, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -205,15 +205,6 @@ def test_weights_only_batch_level_checkpoints_resume_mid_epoch(embedded_store, w
 
 def test_local_state_older_than_the_run_is_not_used(embedded_store, workdir, monkeypatch):
     """Machine A -> B -> A: back on A, its own state is older than what B logged; the run wins."""
-    class Preempt(keras.callbacks.Callback):
-        def __init__(self, after_epoch):
-            super().__init__()
-            self.after_epoch = after_epoch
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == self.after_epoch:
-                raise KeyboardInterrupt("preempted")
-
     x, y = make_data()
 
     def run_on(folder, preempt_after):
@@ -221,7 +212,7 @@ def test_local_state_older_than_the_run_is_not_used(embedded_store, workdir, mon
         monkeypatch.chdir(folder)
         model = make_model()
         callback = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="loss", resume="a-b-a", upload="sync")
-        cut = [Preempt(preempt_after)] if preempt_after else []
+        cut = [StopAfterEpoch(preempt_after)] if preempt_after else []
         try:
             history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0,
                                 callbacks=[callback, *cut])

@@ -8,7 +8,7 @@ import threading
 
 import mlflow
 import pytest
-from helpers import make_data, make_model, sha256
+from helpers import save_trained_model, sha256
 
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.publisher import Publisher, stall_timeout_from
@@ -159,10 +159,7 @@ class CrashesAfterCreating(MlflowTracker):
 
 
 def test_a_first_attempt_that_died_midway_is_completed_by_the_retry(store, workdir):
-    model = make_model()
-    x, y = make_data()
-    model.fit(x, y, epochs=1, verbose=0)
-    model.save("ckpt.keras")
+    _, x = save_trained_model("ckpt.keras")
     tracker = CrashesAfterCreating()
     destination = tracker.start()
     spool = Spool(workdir / "spool")

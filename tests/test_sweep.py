@@ -18,10 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-import keras
 import mlflow
 import pytest
-from helpers import child, git, head, logged_models, make_data, make_model, make_repo, sha256
+from helpers import StopAfterEpoch, child, git, head, logged_models, make_data, make_model, make_repo, sha256
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -177,25 +176,16 @@ def test_find_spools_beneath_a_sweep_root(tmp_path):
     assert find_spools(tmp_path / "missing") == []
 
 
-class StopLikeTune(keras.callbacks.Callback):
-    """What Ray Tune does to a trial it stops: SystemExit from `tune.report` inside on_epoch_end."""
-
-    def __init__(self, after_epoch: int):
-        super().__init__()
-        self.after_epoch = after_epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.after_epoch:
-            raise SystemExit(0)
-
-
 def test_fit_stopped_by_systemexit_in_a_trial_thread_finishes_uploads_and_run(embedded_store, workdir):
     callback = TrackedModelCheckpoint("ckpt/s-{epoch}.keras")
     x, y = make_data()
 
+    # What Ray Tune does to a trial it stops: SystemExit from `tune.report` inside on_epoch_end.
+    stop_like_tune = StopAfterEpoch(2, SystemExit, 0)
+
     def trial() -> None:  # as Ray's trial thread runs the training function
         try:
-            make_model().fit(x, y, validation_split=0.25, epochs=5, verbose=0, callbacks=[callback, StopLikeTune(2)])
+            make_model().fit(x, y, validation_split=0.25, epochs=5, verbose=0, callbacks=[callback, stop_like_tune])
         except SystemExit:
             pass
 

@@ -89,13 +89,19 @@ class ScriptedValLoss(keras.callbacks.Callback):
         logs["val_loss"] = VAL_LOSSES[epoch]
 
 
-def train(filepath: str, epochs: int = 3, **kwargs) -> TrackedModelCheckpoint:
-    """Fit a tiny model (48 training samples, 3 batches per epoch) with a TrackedModelCheckpoint."""
+def tiny_model() -> keras.Model:
+    """The W&B tests' model, "tiny": 4 inputs, 4 relu units, 1 output; every random seed set first."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [keras.Input((4,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1)], name="tiny"
     )
     model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def train(filepath: str, epochs: int = 3, **kwargs) -> TrackedModelCheckpoint:
+    """Fit a tiny model (48 training samples, 3 batches per epoch) with a TrackedModelCheckpoint."""
+    model = tiny_model()
     x, y = np.random.rand(64, 4), np.random.rand(64, 1)
     kwargs.setdefault("tracker", "wandb")
     checkpoint = TrackedModelCheckpoint(filepath, log_git=False, **kwargs)
