@@ -151,7 +151,7 @@ def sha256(path) -> str:
 
 # -- git repositories -----------------------------------------------------------------------------
 
-# Used where the environment names no author or committer (test_git's fixture names its own).
+# Used where the environment names no author or committer (conftest's isolated_git names its own).
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
                 "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
