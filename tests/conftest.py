@@ -104,5 +104,23 @@ def _isolated_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TRACKED_CKPT_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture
+def isolated_git(monkeypatch, tmp_path):
+    """No user/system git config, a fixed identity, and no GIT_* variables from the caller."""
+    for var in (
+        "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE",
+        "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_SYSTEM", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test User")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+
+
 def have_git() -> bool:
     return shutil.which("git") is not None

@@ -1,10 +1,19 @@
-"""Test helpers shared by test modules (tiny models, data, metric injection, queries)."""
+"""Test helpers shared by test modules (tiny models, data, fits, metric injection, queries, files, git)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
+
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.files import sha256_file
 
 
 # -- tiny models and data -------------------------------------------------------------------
@@ -42,6 +51,75 @@ class InjectMetric(keras.callbacks.Callback):
             logs[self.key] = value
 
 
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Raise `error(arg)` at the end of (1-based) epoch `after_epoch`, None: never.
+
+    The default is what a preempted job's fit sees, KeyboardInterrupt("preempted");
+    `StopAfterEpoch(2, SystemExit, 0)` is what Ray Tune does to a trial it stops.
+    """
+
+    def __init__(self, after_epoch: int | None, error: type[BaseException] = KeyboardInterrupt, arg="preempted"):
+        super().__init__()
+        self.after_epoch, self.error, self.arg = after_epoch, error, arg
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after_epoch:
+            raise self.error(self.arg)
+
+
+class KillAtEpochEnd(keras.callbacks.Callback):
+    """SIGKILL this process at the end of (0-based) epoch `epoch`: a job killed with no chance to clean up."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fit(callback, epochs: int = 3, *, extra=(), batch_size: int = 8, model=None, validation: bool = True):
+    """Fit `model` (a new make_model() by default) on make_data() with `extra` callbacks, then `callback`.
+
+    A quarter of the data is for validation unless `validation=False`. Returns (model, history).
+    """
+    model = model or make_model()
+    x, y = make_data()
+    history = model.fit(
+        x, y,
+        validation_split=0.25 if validation else 0.0,
+        epochs=epochs, batch_size=batch_size, verbose=0,
+        callbacks=[*extra, callback],
+    )
+    return model, history
+
+
+def train_run(scores, path: str = "ckpt/{epoch}.keras", *, monitor: str = "score", mode: str = "min",
+              weights: bool = False, run_name: str | None = None, folder_per_run: bool = False) -> str:
+    """One MLflow run whose checkpoint metric `monitor` follows `scores` (one value or None an epoch).
+
+    `folder_per_run` puts the checkpoints under the run id's first 8 characters, so runs never share files.
+    Returns the run id.
+    """
+    with mlflow.start_run(run_name=run_name) as run:
+        filepath = f"{run.info.run_id[:8]}/{path}" if folder_per_run else path
+        callback = TrackedModelCheckpoint(filepath, monitor=monitor, mode=mode, save_weights_only=weights)
+        x, y = make_data()
+        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
+                         callbacks=[InjectMetric(monitor, scores), callback])
+    return run.info.run_id
+
+
+def save_trained_model(path: str = "ckpt.keras"):
+    """make_model() trained one epoch on make_data(), saved to `path`; returns (model, x)."""
+    model = make_model()
+    x, y = make_data()
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(path)
+    return model, x
+
+
 def logged_models(run_id: str, experiment_id: str | None = None):
     """The LoggedModels of a run, oldest first."""
     client = mlflow.MlflowClient()
@@ -51,6 +129,55 @@ def logged_models(run_id: str, experiment_id: str | None = None):
         experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1000
     )
     return sorted(models, key=lambda m: (int(m.tags["tracked_ckpt.step"]), m.creation_timestamp))
+
+
+# -- child processes ------------------------------------------------------------------------------
+
+CHILDREN = Path(__file__).resolve().parent / "children"
+
+
+def child(name: str, *args) -> list[str]:
+    """The command line running tests/children/<name>.py with `args` (as strings) in this interpreter."""
+    return [sys.executable, str(CHILDREN / f"{name}.py"), *(str(arg) for arg in args)]
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def sha256(path) -> str:
+    """The hex sha256 of a file's bytes (the package's own reader; test_spool.py pins it to hashlib)."""
+    return sha256_file(os.fspath(path))[0]
+
+
+# -- git repositories -----------------------------------------------------------------------------
+
+# Used where the environment names no author or committer (conftest's isolated_git names its own).
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+
+def git(cwd, *args: str) -> str:
+    """Run the `git` CLI in `cwd` (fails on a nonzero exit); return its stdout, stripped."""
+    env = {**GIT_IDENTITY, **os.environ}
+    result = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+def make_repo(path, *, commits: int = 1, branch: str = "main") -> Path:
+    """A git repository at `path` (made if missing) on `branch`, with `commits` commits of train.py."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", branch)
+    for i in range(commits):
+        (path / "train.py").write_text(f"print({i})\n")
+        git(path, "add", "train.py")
+        git(path, "commit", "-q", "-m", f"commit {i}")
+    return path
+
+
+def head(path) -> str:
+    """The commit a repository's HEAD points at."""
+    return git(path, "rev-parse", "HEAD")
 
 
 # -- a small installed package of Keras layers ------------------------------------------------

@@ -10,31 +10,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 
 import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import make_data, make_model
+from helpers import child, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 
 OTHER_BACKEND = {"tensorflow": "jax", "jax": "tensorflow"}.get(keras.backend.backend())
-
-LOAD_AND_PREDICT = textwrap.dedent(
-    """
-    import json, sys
-    import keras, numpy as np
-    import tracked_ckpt
-    model = tracked_ckpt.load_model({name!r}, alias="champion")
-    x = np.asarray(json.loads(sys.stdin.read()), dtype="float32")
-    print(json.dumps({{"backend": keras.backend.backend(),
-                      "predictions": np.asarray(model.predict(x, verbose=0)).tolist()}}))
-    """
-)
 
 
 @pytest.mark.skipif(OTHER_BACKEND is None, reason=f"no other backend to check against {keras.backend.backend()}")
@@ -53,7 +39,7 @@ def test_a_checkpoint_written_on_this_backend_loads_on_the_other(embedded_store,
     env = {**os.environ, "KERAS_BACKEND": OTHER_BACKEND, "MLFLOW_TRACKING_URI": embedded_store,
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_PREDICT.format(name="cross-backend")],
+        child("load_and_predict", "cross-backend"),
         input=json.dumps(x.tolist()), capture_output=True, text=True, env=env, cwd=workdir, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,17 +7,11 @@ import os
 import sys
 
 import pytest
-from helpers import logged_models, make_data, make_model
+from helpers import fit, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.files import safe_file_name
-
-
-def fit(callback, epochs=2, validation=True):
-    x, y = make_data()
-    return make_model().fit(x, y, validation_split=0.25 if validation else 0.0, epochs=epochs,
-                            batch_size=8, verbose=0, callbacks=[callback])
 
 
 def one_line(exc: BaseException) -> str:

@@ -12,27 +12,10 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model
+from helpers import InjectMetric, fit, git, head, logged_models, make_data, make_model, make_repo, sha256
 
 from tracked_ckpt import SCHEMA_KEYS, TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker
-
-
-def sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def fit(callback, epochs=3, extra=(), batch_size=8, model=None, validation=True):
-    model = model or make_model()
-    x, y = make_data()
-    history = model.fit(
-        x, y,
-        validation_split=0.25 if validation else 0.0,
-        epochs=epochs, batch_size=batch_size, verbose=0,
-        callbacks=[*extra, callback],
-    )
-    return model, history
 
 
 def only_run_id() -> str:
@@ -278,22 +261,11 @@ def test_bad_extension_fails_before_training(workdir):
         TrackedModelCheckpoint("ckpt/x.pt")
 
 
-def _git(cwd, *args):
-    import subprocess
-
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
 def test_git_provenance_is_attached_without_credentials(embedded_store, workdir):
-    _git(workdir, "init", "-q", "-b", "main")
-    (workdir / "train.py").write_text("print('hi')\n")
-    _git(workdir, "add", "train.py")
-    _git(workdir, "commit", "-qm", "init")
-    _git(workdir, "remote", "add", "origin", "https://ci-bot:tok_PLANTED_SECRET@example.com/org/repo.git")
+    make_repo(workdir)
+    git(workdir, "remote", "add", "origin", "https://ci-bot:tok_PLANTED_SECRET@example.com/org/repo.git")
     (workdir / "train.py").write_text("print('changed')\n")  # dirty
-    commit = _git(workdir, "rev-parse", "HEAD")
+    commit = head(workdir)
     callback = TrackedModelCheckpoint("ckpt/g-{epoch}.keras")
     fit(callback, epochs=1)
     (model,) = logged_models(only_run_id())

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import mlflow
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model
+from helpers import child, logged_models, sha256, train_run
 
-from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.cli import main
 
 CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
-
-
-def train(scores):
-    with mlflow.start_run() as run:
-        callback = TrackedModelCheckpoint("ckpt/c-{epoch}.keras", monitor="score", mode="min")
-        x, y = make_data()
-        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
-                         callbacks=[InjectMetric("score", scores), callback])
-    return run.info.run_id
 
 
 def run_cli(capsys, *args):
@@ -35,7 +23,7 @@ def run_cli(capsys, *args):
 
 
 def test_ls_show_promote_pull(embedded_store, workdir, capsys):
-    run_id = train([0.4, 0.2, 0.3])
+    run_id = train_run([0.4, 0.2, 0.3], "ckpt/c-{epoch}.keras")
     code, out, _ = run_cli(capsys, "ls", "--run-id", run_id)
     lines = out.strip().splitlines()
     assert code == 0
@@ -56,8 +44,7 @@ def test_ls_show_promote_pull(embedded_store, workdir, capsys):
     code, out, _ = run_cli(capsys, "pull", "cli-model", "--alias", "champion", "-o", str(workdir / "pulled"))
     pulled = out.strip()
     assert code == 0 and pulled == str(workdir / "pulled" / "c-2.keras")
-    with open(pulled, "rb") as a, open(workdir / "ckpt" / "c-2.keras", "rb") as b:
-        assert hashlib.sha256(a.read()).digest() == hashlib.sha256(b.read()).digest()
+    assert sha256(pulled) == sha256(workdir / "ckpt" / "c-2.keras")
 
 
 @pytest.mark.parametrize(
@@ -92,45 +79,9 @@ def test_help_documents_every_command_and_option():
     assert {"--timeout", "--retry-failed"} <= help_entries("sync")
 
 
-KILLED_WHILE_UPLOADING = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    sys.path.insert(0, {tests!r})
-    import keras
-    from helpers import make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-    from tracked_ckpt.integrations.mlflow import MlflowTracker
-
-    UPLOADING = "uploading.marker"
-
-    class StuckUpload(MlflowTracker):
-        # The LoggedModel exists (PENDING) and its files are being uploaded when the kill comes:
-        # the first upload says so and never finishes.
-        def _build_artifacts(self, *args, **kwargs):
-            super()._build_artifacts(*args, **kwargs)
-            open(UPLOADING, "w").close()
-            time.sleep(300)
-
-    class Die(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 3:
-                deadline = time.monotonic() + 120
-                while not os.path.exists(UPLOADING) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/k-{{epoch}}.keras", tracker=StuckUpload())
-    make_model().fit(x, y, validation_split=0.25, epochs=6, verbose=0, callbacks=[callback, Die()])
-    """
-)
-
-
 @pytest.mark.slow
 def test_sync_logs_what_a_killed_job_left_none_twice(embedded_store, workdir):
-    script = workdir / "train.py"
-    script.write_text(KILLED_WHILE_UPLOADING.format(tests=os.path.dirname(__file__)))
-    died = subprocess.run([sys.executable, str(script)], cwd=workdir, capture_output=True, text=True)
+    died = subprocess.run(child("killed_while_uploading"), cwd=workdir, capture_output=True, text=True)
     assert died.returncode == -9, died.stderr[-2000:]
     (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
     before = logged_models(run.info.run_id)
@@ -147,8 +98,7 @@ def test_sync_logs_what_a_killed_job_left_none_twice(embedded_store, workdir):
     assert after[0].model_id == before[0].model_id  # the interrupted one was completed, not duplicated
     for model in after:
         local = workdir / "ckpt" / f"k-{model.tags['tracked_ckpt.epoch']}.keras"
-        with open(local, "rb") as f:
-            assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(f.read()).hexdigest()
+        assert model.tags["tracked_ckpt.sha256"] == sha256(local)
     assert not spool.exists()
     # A second sync finds nothing left and logs nothing again.
     again = subprocess.run([*CLI, "sync"], cwd=workdir, capture_output=True, text=True)

@@ -29,7 +29,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import make_data, make_model
+from helpers import make_data, make_model, sha256
 from mlflow.entities import LoggedModelStatus
 from production_stack import ARTIFACT_PREFIX
 from sweep_trainer import TrainerFleet
@@ -83,11 +83,6 @@ def expected_best_epoch(scores) -> int:
 def global_best(scores) -> tuple[float, str, int]:
     """(value, trainer, epoch) of the sweep's best checkpoint."""
     return min((v, name, e) for name, values in scores.items() for e, v in enumerate(values, start=1) if v is not None)
-
-
-def sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 # -- the sweep --------------------------------------------------------------------------------

@@ -2,51 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import subprocess
 import sys
-import textwrap
-import time
 
 import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import logged_models
+from helpers import child, logged_models, sha256
 from mlflow_server import MlflowServer
 from tcp_proxy import TcpProxy
 
 from tracked_ckpt import TrackedModelCheckpoint
-
-FIT_SCRIPT = textwrap.dedent(
-    """
-    import json, logging, sys, time
-    import numpy as np
-    import keras
-    from tracked_ckpt import TrackedModelCheckpoint
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)], name="down")
-    model.compile(optimizer="adam", loss="mse")
-    x, y = np.random.rand(32, 4), np.random.rand(32, 1)
-
-    class LastEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            self.at = time.monotonic()
-
-    last = LastEpoch()
-    callback = TrackedModelCheckpoint("ckpt/d-{epoch}.keras", monitor="loss", stall_timeout=float(sys.argv[1]),
-                                      wait_timeout=float(sys.argv[2]))
-    model.fit(x, y, epochs=3, verbose=0, callbacks=[callback, last])
-    report = callback.last_report
-    print(json.dumps({"pending": len(report.pending), "logged": len(report.logged), "stalled": report.stalled,
-                      "spool": callback.spool.directory, "waited": time.monotonic() - last.at}))
-    """
-)
 
 
 @pytest.mark.slow
@@ -56,10 +26,9 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "MLFLOW_EXPERIMENT_NAME": "down-all-along"}
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         env.pop(name, None)  # MLflow's defaults: 7 retries backing off for minutes
-    (tmp_path / "fit.py").write_text(FIT_SCRIPT)
     wait_timeout = 600
     # Killed (and failed) if the script waited out wait_timeout, as it did before the stall rule.
-    done = subprocess.run([sys.executable, "fit.py", "3", str(wait_timeout)], cwd=tmp_path, env=env,
+    done = subprocess.run(child("fit_and_report", 3, wait_timeout), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=wait_timeout / 2)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -91,7 +60,7 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
         assert {str(m.status) for m in models} == {"READY"}
         for model in models:
             local = tmp_path / "ckpt" / f"d-{model.tags['tracked_ckpt.epoch']}.keras"
-            assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+            assert model.tags["tracked_ckpt.sha256"] == sha256(local)
         assert len({m.source_run_id for m in models}) == 1
     finally:
         server.stop()
@@ -132,7 +101,7 @@ def test_an_upload_slower_than_the_stall_window_completes_within_fit(server_stor
     assert model.model_id == model_id
     assert str(model.status) == "READY"
     local = workdir / "ckpt" / "slow-1.keras"
-    assert model.tags["tracked_ckpt.sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert model.tags["tracked_ckpt.sha256"] == sha256(local)
     loaded = mlflow.keras.load_model(f"models:/{model.model_id}")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), keras.saving.load_model(local).predict(x, verbose=0),
                                rtol=1e-6)

@@ -7,60 +7,23 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import child, git, head, make_repo
 
 from tracked_ckpt import git as tgit
 from tracked_ckpt.git import GitInfo, capture, redact_remote
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="the git executable is required")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("git") is None, reason="the git executable is required"),
+    pytest.mark.usefixtures("isolated_git"),
+]
 
 GIT_PY = Path(tgit.__file__).resolve()
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _isolated_git(monkeypatch, tmp_path):
-    """No user/system git config, a fixed identity, and no GIT_* variables from the caller."""
-    for var in (
-        "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE",
-        "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_SYSTEM", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "Test User")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
-
-
-def run_git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    )
-    return result.stdout.strip()
-
-
-def make_repo(path: Path, *, commits: int = 1, branch: str = "main") -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    run_git(path, "init", "-q", "-b", branch)
-    for i in range(commits):
-        (path / "train.py").write_text(f"print({i})\n")
-        run_git(path, "add", "train.py")
-        run_git(path, "commit", "-q", "-m", f"commit {i}")
-    return path
-
-
-def head(path: Path) -> str:
-    return run_git(path, "rev-parse", "HEAD")
 
 
 def warnings_from(caplog) -> list[logging.LogRecord]:
@@ -84,7 +47,7 @@ def test_clean_repo(repo, caplog):
 
 
 def test_branch_name_with_slash(repo):
-    run_git(repo, "checkout", "-q", "-b", "feature/resnet-sweep")
+    git(repo, "checkout", "-q", "-b", "feature/resnet-sweep")
     assert capture(repo).branch == "feature/resnet-sweep"
 
 
@@ -107,7 +70,7 @@ def test_modified_tracked_file_is_dirty(repo):
 
 def test_staged_change_is_dirty(repo):
     (repo / "train.py").write_text("print('staged')\n")
-    run_git(repo, "add", "train.py")
+    git(repo, "add", "train.py")
     assert capture(repo).dirty is True
 
 
@@ -120,13 +83,13 @@ def test_untracked_file_alone_is_not_dirty(repo):
     # Documented policy: untracked files (checkpoints, mlflow.db, ...) do not count.
     (repo / "model-e0001.keras").write_bytes(b"\0" * 16)
     (repo / "mlflow.db").write_bytes(b"")
-    assert run_git(repo, "status", "--porcelain") != ""  # git itself does see them
+    assert git(repo, "status", "--porcelain") != ""  # git itself does see them
     assert capture(repo).dirty is False
 
 
 def test_detached_head(repo):
-    first = run_git(repo, "rev-parse", "HEAD~1")
-    run_git(repo, "checkout", "-q", "--detach", first)
+    first = git(repo, "rev-parse", "HEAD~1")
+    git(repo, "checkout", "-q", "--detach", first)
     info = capture(repo)
     assert info.branch is None
     assert info.commit == first
@@ -134,8 +97,8 @@ def test_detached_head(repo):
 
 
 def test_detached_head_at_tag(repo):
-    run_git(repo, "tag", "v1")
-    run_git(repo, "checkout", "-q", "v1")
+    git(repo, "tag", "v1")
+    git(repo, "checkout", "-q", "v1")
     info = capture(repo)
     assert info.branch is None
     assert info.commit == head(repo)
@@ -162,7 +125,7 @@ def test_repo_without_commits_but_staged_file(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="tracked_ckpt")
     empty = make_repo(tmp_path / "empty", commits=0)
     (empty / "a.py").write_text("x = 1\n")
-    run_git(empty, "add", "a.py")
+    git(empty, "add", "a.py")
     info = capture(empty)
     assert info.commit is None
     assert len(warnings_from(caplog)) == 1
@@ -203,7 +166,7 @@ def test_subdirectory_searches_upwards(repo, caplog):
 
 def test_shallow_clone(repo, tmp_path):
     dst = tmp_path / "shallow"
-    run_git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(dst))
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(dst))
     assert (dst / ".git" / "shallow").exists()
     info = capture(dst)
     assert info.commit == head(repo)
@@ -215,7 +178,7 @@ def test_shallow_clone(repo, tmp_path):
 
 def test_worktree(repo, tmp_path):
     wt = tmp_path / "wt"
-    run_git(repo, "worktree", "add", "-q", "-b", "wt-branch", str(wt))
+    git(repo, "worktree", "add", "-q", "-b", "wt-branch", str(wt))
     info = capture(wt)
     assert info.commit == head(repo)
     assert info.branch == "wt-branch"
@@ -310,7 +273,7 @@ def test_redact_remote_fails_closed_on_ambiguous_credentials(url, secret):
 
 def test_capture_redacts_token_in_origin(repo):
     token = "ghp_SUPERSECRETTOKEN123"
-    run_git(repo, "remote", "add", "origin", f"https://x-access-token:{token}@github.com/org/repo.git")
+    git(repo, "remote", "add", "origin", f"https://x-access-token:{token}@github.com/org/repo.git")
     info = capture(repo)
     assert info.remote == "https://github.com/org/repo.git"
     assert token not in repr(info)
@@ -320,48 +283,33 @@ def test_capture_redacts_token_in_origin(repo):
 
 
 def test_capture_redacts_scp_remote_with_user(repo):
-    run_git(repo, "remote", "add", "origin", "oauth2:SECRET@gitlab.com:org/repo.git")
+    git(repo, "remote", "add", "origin", "oauth2:SECRET@gitlab.com:org/repo.git")
     info = capture(repo)
     assert info.remote == "gitlab.com:org/repo.git"
     assert "SECRET" not in repr(info)
 
 
 def test_capture_unparsable_remote_is_dropped(repo):
-    run_git(repo, "remote", "add", "origin", "https://[bad")
+    git(repo, "remote", "add", "origin", "https://[bad")
     info = capture(repo)
     assert info.remote is None
     assert info.commit == head(repo)
 
 
 def test_capture_prefers_origin(repo):
-    run_git(repo, "remote", "add", "aaa-fork", "https://a:SECRET@example.com/fork.git")
-    run_git(repo, "remote", "add", "origin", "https://example.com/upstream.git")
+    git(repo, "remote", "add", "aaa-fork", "https://a:SECRET@example.com/fork.git")
+    git(repo, "remote", "add", "origin", "https://example.com/upstream.git")
     assert capture(repo).remote == "https://example.com/upstream.git"
 
 
 def test_capture_uses_first_remote_without_origin(repo):
-    run_git(repo, "remote", "add", "upstream", "https://u:SECRET@example.com/up.git")
+    git(repo, "remote", "add", "upstream", "https://u:SECRET@example.com/up.git")
     info = capture(repo)
     assert info.remote == "https://example.com/up.git"
     assert "SECRET" not in repr(info)
 
 
 # -- no git executable ----------------------------------------------------------------------
-
-_NO_GIT_SCRIPT = textwrap.dedent(
-    """
-    import importlib.util, json, logging, sys
-
-    logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(levelname)s %(message)s")
-    # Load git.py by path: importing the tracked_ckpt package would pull in Keras/TensorFlow.
-    spec = importlib.util.spec_from_file_location("tracked_ckpt_git_under_test", sys.argv[1])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    info = module.capture(sys.argv[2])
-    print("RESULT " + json.dumps([info.commit, info.branch, info.dirty, info.remote]))
-    """
-)
 
 
 @pytest.mark.parametrize("refresh", ["quiet", None, "warn", "error"])
@@ -372,7 +320,7 @@ def test_git_executable_absent(repo, tmp_path, refresh):
     if refresh is not None:
         env["GIT_PYTHON_REFRESH"] = refresh
     proc = subprocess.run(
-        [sys.executable, "-c", _NO_GIT_SCRIPT, str(GIT_PY), str(repo)],
+        child("capture_without_git", GIT_PY, repo),
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

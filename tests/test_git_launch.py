@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
-from helpers import make_data, make_model
-from test_git import _isolated_git, head, make_repo, pytestmark, warnings_from  # noqa: F401 (fixture, marks)
+from helpers import CHILDREN, git, head, make_data, make_model, make_repo
+from test_git import pytestmark, warnings_from  # noqa: F401 (marks: git required, isolated_git)
 
 from tracked_ckpt.git import GitInfo, capture_for_job
 from tracked_ckpt.settings import GIT_REPO as REPO_ENV
@@ -74,18 +74,14 @@ def test_nothing_found_says_how_to_fix(elsewhere, caplog):
 
 
 def test_main_script_of_a_job_that_changes_directory(repo, tmp_path):
-    script = repo / "train.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys
-        os.chdir({str(tmp_path)!r})
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
-        from tracked_ckpt.git import capture_for_job
-        print(capture_for_job().commit)
-    """))
-    subprocess.run(["git", "add", "train.py"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "script"], cwd=repo, check=True)
+    script = repo / "train.py"  # the repository is found through the main script's path: it lives there
+    shutil.copyfile(CHILDREN / "capture_from_elsewhere.py", script)
+    git(repo, "add", "train.py")
+    git(repo, "commit", "-q", "-m", "script")
     env = {k: v for k, v in os.environ.items() if k not in (REPO_ENV, "TUNE_ORIG_WORKING_DIR")}
-    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), source], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == head(repo)
 
 

@@ -11,7 +11,6 @@ the S3 server's side, not in MLflow's code.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -21,6 +20,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+from helpers import sha256
 from production_stack import ARTIFACT_PREFIX
 
 import tracked_ckpt
@@ -31,14 +31,6 @@ pytestmark = pytest.mark.slow
 MIB = 1024**2
 CHUNK = 32 * MIB  # S3 parts must be >= 5 MiB (but the last); boto3's own transfers use 8 MiB parts
 THRESHOLD = 64 * MIB
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def big_model() -> keras.Model:

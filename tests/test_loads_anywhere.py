@@ -19,7 +19,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import install_layer_package, make_data
+from helpers import child, install_layer_package, make_data
 
 import tracked_ckpt
 from tracked_ckpt import MissingRequirementError, TrackedModelCheckpoint
@@ -121,20 +121,6 @@ class Shift(keras.layers.Layer):  # never registered: found by name through the 
         return x + 1.0
 '''
 
-PYFUNC_LOAD = '''
-import json, sys
-import numpy as np
-try:
-    import my_layers
-except ImportError:
-    pass
-else:
-    sys.exit("my_layers is importable here: the test would prove nothing")
-import mlflow
-model = mlflow.pyfunc.load_model(sys.argv[1])
-print(json.dumps(model.predict(np.array(json.loads(sys.argv[2]), dtype="float32")).tolist()))
-'''
-
 
 def test_local_module_passed_as_code_loads_with_pyfunc_in_a_fresh_process(embedded_store, workdir, monkeypatch, caplog):
     src = workdir / "src"
@@ -160,7 +146,7 @@ def test_local_module_passed_as_code_loads_with_pyfunc_in_a_fresh_process(embedd
     # test's time, and a .keras file loads on either backend (tests/test_backends.py).
     env.update(MLFLOW_TRACKING_URI=embedded_store, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="jax")
     done = subprocess.run(
-        [sys.executable, "-c", PYFUNC_LOAD, f"models:/{checkpoint.id}", json.dumps(X.tolist())],
+        child("pyfunc_predict", f"models:/{checkpoint.id}", json.dumps(X.tolist())),
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

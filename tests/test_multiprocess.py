@@ -9,48 +9,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import textwrap
 
 import mlflow
 import pytest
-from helpers import logged_models
+from helpers import child, logged_models
 from mlflow_server import free_port
-
-WORKER = textwrap.dedent(
-    """
-    import logging, os, sys
-    sys.path.insert(0, {tests!r})
-    process_id, port = int(sys.argv[1]), sys.argv[2]
-    import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-    import keras
-    keras.distribution.initialize(f"127.0.0.1:{{port}}", num_processes=2, process_id=process_id)
-    keras.distribution.set_distribution(
-        keras.distribution.DataParallel(devices=keras.distribution.list_devices(), auto_shard_dataset=False)
-    )
-    logging.basicConfig(level=logging.INFO)
-    from helpers import make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-    x, y = make_data(64)
-    x, y = x[process_id::2], y[process_id::2]  # each process feeds its own shard
-    callback = TrackedModelCheckpoint("ckpt/mp-{{epoch}}.keras", monitor="loss")
-    make_model("mp").fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
-    print("RESULT", process_id, jax.process_count(), callback._chief, flush=True)
-    """
-)
 
 
 @pytest.mark.slow
 def test_only_process_zero_logs_under_keras_jax_distribution(embedded_store, workdir):
-    script = workdir / "worker.py"
-    script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
     port = str(free_port())
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     # Output to files, not pipes: a worker blocked on a full pipe would stall the other in a collective.
     logs = [open(workdir / f"worker-{i}.log", "w") for i in range(2)]
     workers = [
-        subprocess.Popen([sys.executable, str(script), str(i), port], cwd=workdir, env=env,
+        subprocess.Popen(child("jax_distributed_fit", i, port), cwd=workdir, env=env,
                          stdout=logs[i], stderr=subprocess.STDOUT, text=True)
         for i in range(2)
     ]

@@ -5,49 +5,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 
 import mlflow
 import pytest
 from mlflow_server import free_port
-from helpers import logged_models
+from helpers import child, logged_models
 
 from tracked_ckpt.roles import tf_config_role
 
-WORKER = textwrap.dedent(
-    """
-    import os, sys
-    sys.path.insert(0, {tests!r})
-    import tensorflow as tf
-    from helpers import make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-
-    use_strategy = os.environ.get("USE_STRATEGY") == "1"
-    if use_strategy:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        with strategy.scope():
-            model = make_model()
-    else:
-        model = make_model()
-    x, y = make_data(64)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    callback = TrackedModelCheckpoint("ckpt/mw-{{epoch}}.keras", monitor="loss")
-    model.fit(data, epochs=3, verbose=0, callbacks=[callback])
-    print("worker done", flush=True)
-    """
-)
-
 
 def run_workers(workdir, use_strategy: bool, timeout: float = 240):
-    script = workdir / "worker.py"
-    script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     procs = []
     for index in range(2):
         env = {**os.environ, "USE_STRATEGY": "1" if use_strategy else "0",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen([sys.executable, str(script)], cwd=workdir, env=env,
+        procs.append(subprocess.Popen(child("multiworker_fit"), cwd=workdir, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []
     for proc in procs:

@@ -7,31 +7,19 @@ import os
 import pty
 import struct
 import subprocess
-import sys
 import termios
-import textwrap
+
+from helpers import child
 
 from tracked_ckpt.progress import Progress, interactive
 
-SCRIPT = textwrap.dedent(
-    """
-    import time
-    from tracked_ckpt.progress import Progress
-    with Progress("tracked-ckpt: uploading", 3 * 1024 * 1024, 3, delay=0) as bar:
-        for _ in range(3):
-            time.sleep(0.2)
-            bar.advance(1024 * 1024, 1)
-    print("finished")
-    """
-)
 
-
-def run_on_terminal(code: str) -> str:
-    """Run python code with stdout/stderr on a pseudo-terminal; return everything it printed."""
+def run_on_terminal(command: list[str]) -> str:
+    """Run a command with stdout/stderr on a pseudo-terminal; return everything it printed."""
     leader, follower = pty.openpty()
     # A fresh pty is 0 columns wide, and tqdm draws nothing in no space.
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=follower, stderr=follower, close_fds=True)
+    proc = subprocess.Popen(command, stdout=follower, stderr=follower, close_fds=True)
     os.close(follower)
     chunks = []
     while True:
@@ -48,14 +36,14 @@ def run_on_terminal(code: str) -> str:
 
 
 def test_bar_with_bytes_and_checkpoints_left_on_a_terminal():
-    out = run_on_terminal(SCRIPT)
+    out = run_on_terminal(child("progress_bar"))
     assert "tracked-ckpt: uploading" in out
     assert "checkpoint(s) left" in out and "MB" in out
     assert "finished" in out
 
 
 def test_quiet_when_not_on_a_terminal():
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
+    done = subprocess.run(child("progress_bar"), capture_output=True, text=True, check=True)
     assert done.stdout == "finished\n"
     assert done.stderr == ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, make_data, make_model
+from helpers import make_data, make_model, train_run
 
 import tracked_ckpt
 from tracked_ckpt import ChecksumError, TrackedModelCheckpoint
@@ -23,16 +24,8 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def train(scores, *, monitor="score", mode="min", path="ckpt/{epoch}.keras", weights=False, run_name=None):
-    """One run whose checkpoint metric follows `scores`; returns the run id."""
-    with mlflow.start_run(run_name=run_name) as run:
-        callback = TrackedModelCheckpoint(
-            f"{run.info.run_id[:8]}/{path}", monitor=monitor, mode=mode, save_weights_only=weights
-        )
-        x, y = make_data()
-        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
-                         callbacks=[InjectMetric(monitor, scores), callback])
-    return run.info.run_id
+# One run whose checkpoint metric follows `scores`, in a folder of its own; returns the run id.
+train = functools.partial(train_run, folder_per_run=True)
 
 
 @pytest.mark.parametrize("mode, best_epoch", [("min", 4), ("max", 2)])

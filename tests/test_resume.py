@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import sys
-import textwrap
 
 import mlflow
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model
+from helpers import InjectMetric, child, logged_models, make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint
 
 SCORES = [0.5, 0.2, 0.4, 0.3, 0.1]
 
-TRAIN_AND_DIE = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
-    import keras
-    from helpers import InjectMetric, make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-
-    class Die(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 2:  # right after the third checkpoint was written and queued
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/r-{{epoch}}.keras", monitor="score", mode="min", resume=True)
-    make_model().fit(x, y, epochs=5, batch_size=8, verbose=0,
-                     callbacks=[InjectMetric("score", {scores!r}), callback, Die()])
-    """
-)
-
 
 def test_resume_continues_the_same_run_with_the_best_value(embedded_store, workdir):
-    script = workdir / "train.py"
-    script.write_text(TRAIN_AND_DIE.format(tests=os.path.dirname(__file__), scores=SCORES))
-    died = subprocess.run([sys.executable, str(script)], cwd=workdir, capture_output=True, text=True)
+    died = subprocess.run(child("train_and_die", json.dumps(SCORES)), cwd=workdir, capture_output=True, text=True)
     assert died.returncode == -9, died.stderr[-2000:]
     assert os.path.exists(workdir / "ckpt" / ".tracked_ckpt" / "resume.json")
     (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")

@@ -7,15 +7,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model
+from helpers import InjectMetric, StopAfterEpoch, child, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -27,32 +25,6 @@ EPOCHS = 6
 STEPS_PER_EPOCH = 5  # 40 samples, batch 8
 LEASE = 2.0  # seconds: a killed holder is recognised as gone after this long
 
-JOB = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    sys.path.insert(0, {tests!r})
-    import keras
-    from helpers import make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-
-    class Die(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == {die_after}:  # the checkpoint of this epoch is logged (upload="sync")
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    class HoldUntilStopFile(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            open("training", "w").close()
-            while epoch == 0 and not os.path.exists("stop"):
-                time.sleep(0.05)
-
-    x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/k-{{epoch}}.keras", monitor="loss", resume={key!r}, upload="sync")
-    extra = [Die()] if {die_after} >= 0 else [HoldUntilStopFile()]
-    make_model().fit(x, y, epochs={epochs}, batch_size=8, shuffle=False, verbose=0, callbacks=[callback, *extra])
-    """
-)
-
 
 @pytest.fixture(autouse=True)
 def short_lease(monkeypatch):
@@ -62,9 +34,7 @@ def short_lease(monkeypatch):
 def start_job(folder, key, *, die_after=-1, epochs=EPOCHS) -> subprocess.Popen:
     """The training script in its own working folder: killed after `die_after` epochs, or held in epoch 1."""
     os.makedirs(folder, exist_ok=True)
-    script = folder / "train.py"
-    script.write_text(JOB.format(tests=os.path.dirname(__file__), key=key, die_after=die_after, epochs=epochs))
-    return subprocess.Popen([sys.executable, str(script)], cwd=folder, stdout=subprocess.PIPE,
+    return subprocess.Popen(child("keyed_job", key, die_after, epochs), cwd=folder, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -236,15 +206,6 @@ def test_weights_only_batch_level_checkpoints_resume_mid_epoch(embedded_store, w
 
 def test_local_state_older_than_the_run_is_not_used(embedded_store, workdir, monkeypatch):
     """Machine A -> B -> A: back on A, its own state is older than what B logged; the run wins."""
-    class Preempt(keras.callbacks.Callback):
-        def __init__(self, after_epoch):
-            super().__init__()
-            self.after_epoch = after_epoch
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == self.after_epoch:
-                raise KeyboardInterrupt("preempted")
-
     x, y = make_data()
 
     def run_on(folder, preempt_after):
@@ -252,7 +213,7 @@ def test_local_state_older_than_the_run_is_not_used(embedded_store, workdir, mon
         monkeypatch.chdir(folder)
         model = make_model()
         callback = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="loss", resume="a-b-a", upload="sync")
-        cut = [Preempt(preempt_after)] if preempt_after else []
+        cut = [StopAfterEpoch(preempt_after)] if preempt_after else []
         try:
             history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0,
                                 callbacks=[callback, *cut])

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 
 import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import make_data
+from helpers import git, make_data, make_repo
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 
 SECRET = "tok3n-PLANTED-7f3a9c"
-
-
-def _git(cwd, *args):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
 def files_containing(root, needle: bytes) -> list[str]:
@@ -37,11 +30,8 @@ def files_containing(root, needle: bytes) -> list[str]:
 
 def test_planted_secrets_never_reach_the_store(mlflow_server, workdir, monkeypatch, caplog, capsys):
     # A token in the git remote (as CI checkouts leave it), in the environment, and in the URI.
-    _git(workdir, "init", "-q", "-b", "main")
-    (workdir / "train.py").write_text("pass\n")
-    _git(workdir, "add", "train.py")
-    _git(workdir, "commit", "-qm", "init")
-    _git(workdir, "remote", "add", "origin", f"https://x-access-token:{SECRET}@github.com/org/repo.git")
+    make_repo(workdir)
+    git(workdir, "remote", "add", "origin", f"https://x-access-token:{SECRET}@github.com/org/repo.git")
     monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     uri = mlflow_server.url.replace("http://", f"http://user:{SECRET}@")

@@ -13,7 +13,7 @@ import time
 import keras
 import mlflow
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model
+from helpers import InjectMetric, child, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -225,17 +225,8 @@ def test_names_are_unique_in_a_run_for_two_callbacks_and_for_two_fits(embedded_s
 
 
 def test_sync_waits_for_a_live_process_holding_the_spool_and_names_it(embedded_store, workdir):
-    holder_script = workdir / "hold.py"
-    holder_script.write_text(
-        "import sys, time\n"
-        "from tracked_ckpt.spool import Spool\n"
-        "hold = Spool(sys.argv[1]).hold()\n"
-        "print('held', flush=True)\n"
-        "sys.stdin.readline()\n"  # until the test says so
-        "hold.release()\n"
-    )
     spool = workdir / "ckpt" / ".tracked_ckpt" / "spool"
-    holder = subprocess.Popen([sys.executable, str(holder_script), str(spool)], stdin=subprocess.PIPE,
+    holder = subprocess.Popen(child("hold_spool", spool), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tracked_ckpt import publisher as publisher_module
-from tracked_ckpt.files import clone_file, link_or_copy
+from tracked_ckpt.files import clone_file, link_or_copy, sha256_file
 from tracked_ckpt.publisher import Publisher
 from tracked_ckpt.settings import DEFAULT_UPLOAD_NICENESS
 from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV
@@ -229,6 +229,15 @@ def test_a_linked_snapshot_is_hashed_by_the_publisher(tmp_path):
     publisher.submit(entry)
     assert publisher.close(timeout=5).ok and tracker.logged == [(1, b"epoch one")]
     assert entry.record.sha256 == hashlib.sha256(b"epoch one").hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 17, 1 << 20, 3 * (1 << 20) + 17])
+def test_sha256_file_is_the_standard_digest_and_size(tmp_path, size):
+    """The tests' file hash (helpers.sha256) is this function: pinned here to hashlib, chunk edges included."""
+    path = tmp_path / "data.bin"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    assert sha256_file(str(path)) == (hashlib.sha256(data).hexdigest(), size)
 
 
 def test_a_clone_that_the_filesystem_refuses_leaves_nothing_behind(tmp_path):

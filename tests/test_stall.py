@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 
 import mlflow
 import pytest
-from helpers import make_data, make_model
+from helpers import save_trained_model, sha256
 
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.publisher import Publisher, stall_timeout_from
@@ -160,10 +159,7 @@ class CrashesAfterCreating(MlflowTracker):
 
 
 def test_a_first_attempt_that_died_midway_is_completed_by_the_retry(store, workdir):
-    model = make_model()
-    x, y = make_data()
-    model.fit(x, y, epochs=1, verbose=0)
-    model.save("ckpt.keras")
+    _, x = save_trained_model("ckpt.keras")
     tracker = CrashesAfterCreating()
     destination = tracker.start()
     spool = Spool(workdir / "spool")
@@ -183,4 +179,4 @@ def test_a_first_attempt_that_died_midway_is_completed_by_the_retry(store, workd
     assert str(models[0].status) == "READY"
     loaded = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}")
     assert loaded.predict(x).shape == (len(x), 1)
-    assert models[0].tags["tracked_ckpt.sha256"] == hashlib.sha256((workdir / "ckpt.keras").read_bytes()).hexdigest()
+    assert models[0].tags["tracked_ckpt.sha256"] == sha256(workdir / "ckpt.keras")

@@ -9,21 +9,18 @@ sweep's champion is the file with the best monitored value of all trials.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
-import keras
 import mlflow
 import pytest
-from helpers import logged_models, make_data, make_model
+from helpers import StopAfterEpoch, child, git, head, logged_models, make_data, make_model, make_repo, sha256
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -39,15 +36,6 @@ pytestmark = [
 ]
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 @pytest.fixture
 def launch_repo(tmp_path, monkeypatch) -> Path:
     """A throwaway repository holding the sweep script, with a remote whose URL carries a token."""
@@ -56,9 +44,7 @@ def launch_repo(tmp_path, monkeypatch) -> Path:
     for role in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{role}_NAME", "Sweep Tester")
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "sweep@example.com")
-    repo = tmp_path / "launch-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "sweeps")
+    repo = make_repo(tmp_path / "launch-repo", commits=0, branch="sweeps")
     shutil.copyfile(EXAMPLE, repo / EXAMPLE.name)
     git(repo, "add", EXAMPLE.name)
     git(repo, "commit", "-q", "-m", "sweep script")
@@ -112,7 +98,7 @@ def test_ray_tune_sweep_logs_every_checkpoint_once_with_provenance_and_promotes_
     keys = [(m.source_run_id, m.tags["tracked_ckpt.epoch"], m.tags["tracked_ckpt.step"]) for m in models]
     assert len(set(keys)) == len(keys)
     assert sorted(m.tags["tracked_ckpt.filepath"] for m in models) == files
-    commit = git(launch_repo, "rev-parse", "HEAD")
+    commit = head(launch_repo)
     for model in models:
         assert model.tags["tracked_ckpt.git_commit"] == commit
         assert model.tags["tracked_ckpt.git_branch"] == "sweeps"
@@ -128,37 +114,11 @@ def test_ray_tune_sweep_logs_every_checkpoint_once_with_provenance_and_promotes_
     assert sha256(champion) == sha256(best_file)
 
 
-HALF_WRITTEN = textwrap.dedent(
-    """
-    import sys, time
-    sys.path.insert(0, {tests!r})
-    from mlflow import MlflowClient
-    from helpers import InjectMetric, make_data, make_model
-    from tracked_ckpt import TrackedModelCheckpoint
-
-    # The epoch-3 LoggedModel gets its files, metrics and run link; the kill comes before it is READY.
-    finalize = MlflowClient.finalize_logged_model
-    def finalize_or_stall(self, model_id, status):
-        if self.get_logged_model(model_id).tags.get("tracked_ckpt.epoch") == "3":
-            open({marker!r}, "w").close()
-            time.sleep(600)
-        return finalize(self, model_id, status)
-    MlflowClient.finalize_logged_model = finalize_or_stall
-
-    x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/h-{{epoch}}.keras", monitor="score", mode="min")
-    make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[InjectMetric("score", [0.5, 0.4, 0.1]), callback])
-    """
-)
-
-
 def test_half_written_model_is_never_listed_or_promoted_and_recovery_completes_it(
     server_store, workdir, capsys
 ):
     marker = workdir / "stalled"
-    script = workdir / "train.py"
-    script.write_text(HALF_WRITTEN.format(tests=os.path.dirname(__file__), marker=str(marker)))
-    trainer = subprocess.Popen([sys.executable, str(script)], cwd=workdir,
+    trainer = subprocess.Popen(child("killed_before_ready", marker), cwd=workdir,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not marker.exists():
@@ -216,25 +176,16 @@ def test_find_spools_beneath_a_sweep_root(tmp_path):
     assert find_spools(tmp_path / "missing") == []
 
 
-class StopLikeTune(keras.callbacks.Callback):
-    """What Ray Tune does to a trial it stops: SystemExit from `tune.report` inside on_epoch_end."""
-
-    def __init__(self, after_epoch: int):
-        super().__init__()
-        self.after_epoch = after_epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.after_epoch:
-            raise SystemExit(0)
-
-
 def test_fit_stopped_by_systemexit_in_a_trial_thread_finishes_uploads_and_run(embedded_store, workdir):
     callback = TrackedModelCheckpoint("ckpt/s-{epoch}.keras")
     x, y = make_data()
 
+    # What Ray Tune does to a trial it stops: SystemExit from `tune.report` inside on_epoch_end.
+    stop_like_tune = StopAfterEpoch(2, SystemExit, 0)
+
     def trial() -> None:  # as Ray's trial thread runs the training function
         try:
-            make_model().fit(x, y, validation_split=0.25, epochs=5, verbose=0, callbacks=[callback, StopLikeTune(2)])
+            make_model().fit(x, y, validation_split=0.25, epochs=5, verbose=0, callbacks=[callback, stop_like_tune])
         except SystemExit:
             pass
 

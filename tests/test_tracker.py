@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import sys
 import os
-import textwrap
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
-from helpers import make_data, make_model
+from helpers import make_data, make_model, sha256
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.tracker import Tracker, TrackerError, resolve_tracker, tracker_names
 
 # Only the two required methods: everything else comes from the base class's defaults.
-FOLDER_TRACKER = textwrap.dedent(
-    """
-    import os, shutil
-    from tracked_ckpt.tracker import Tracker
-
-    class FolderTracker(Tracker):
-        name, display_name = "folder", "a folder"
-
-        def start(self, resume=None):
-            return dict(resume or {"root": os.path.abspath("logged")})
-
-        def log_checkpoint(self, record, path, destination, first_attempt=False):
-            os.makedirs(destination["root"], exist_ok=True)
-            target = os.path.join(destination["root"], f"{record.name}-{record.sha256[:12]}")
-            shutil.copyfile(path, target)
-            return target
-    """
-)
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "folder_tracker.py"
 
 
 @pytest.fixture
 def installed_folder_tracker(tmp_path_factory, monkeypatch):
     """A package `folder_tracker` installed with an entry point, as `pip install` would leave it."""
     site = tmp_path_factory.mktemp("site-packages")
-    (site / "folder_tracker.py").write_text(FOLDER_TRACKER)
+    shutil.copyfile(PLUGIN, site / "folder_tracker.py")
     dist_info = site / "folder_tracker-1.0.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: folder-tracker\nVersion: 1.0\n")
@@ -60,8 +43,7 @@ def test_a_minimal_third_party_tracker_logs_every_checkpoint_once(installed_fold
     assert [name.rsplit("-", 1)[0] for name in logged] == ["tiny-e0001", "tiny-e0002", "tiny-e0003"]
     for entry, tracker, ref in callback.last_report.logged:
         assert tracker == "folder" and os.path.dirname(ref) == str(workdir / "logged")
-        with open(ref, "rb") as f:
-            assert hashlib.sha256(f.read()).hexdigest() == entry.record.sha256
+        assert sha256(ref) == entry.record.sha256
     # It cannot delete (the default), so keep_top_k keeps everything it logged, there and on disk.
     assert sorted(os.listdir(workdir / "ckpt")) == ["m-1.keras", "m-2.keras", "m-3.keras"]
     # No registry side: one clear error, not an AttributeError.

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import mlflow
 import pytest
-from helpers import make_data, make_model
+from helpers import save_trained_model
 
+from tracked_ckpt.files import sha256_file
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.record import CheckpointRecord
 
 
 def record_for(path: str, epoch: int = 1) -> CheckpointRecord:
-    with open(path, "rb") as f:
-        data = f.read()
+    digest, size = sha256_file(path)
     return CheckpointRecord(
         name=f"tiny-e{epoch:04d}", epoch=epoch, step=epoch * 5, monitor="loss", mode="min", is_best=True,
-        sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), format="keras", filepath=path,
+        sha256=digest, size_bytes=size, format="keras", filepath=path,
         keras_version="3", backend="tensorflow", value=0.5, metrics={"loss": 0.5, "mae": 0.4},
     )
 
@@ -40,10 +38,7 @@ class FailsBeforeFinalizing(MlflowTracker):
 
 
 def test_a_retry_completes_the_half_logged_model(store, workdir):
-    model = make_model()
-    x, y = make_data()
-    model.fit(x, y, epochs=1, verbose=0)
-    model.save("ckpt.keras")
+    save_trained_model("ckpt.keras")
     record = record_for(str(workdir / "ckpt.keras"))
     first = FailsBeforeFinalizing()
     destination = first.start()

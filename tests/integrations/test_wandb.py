@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import hashlib
 import inspect
+import json
 import os
 import threading
 
@@ -88,13 +89,19 @@ class ScriptedValLoss(keras.callbacks.Callback):
         logs["val_loss"] = VAL_LOSSES[epoch]
 
 
-def train(filepath: str, epochs: int = 3, **kwargs) -> TrackedModelCheckpoint:
-    """Fit a tiny model (48 training samples, 3 batches per epoch) with a TrackedModelCheckpoint."""
+def tiny_model() -> keras.Model:
+    """The W&B tests' model, "tiny": 4 inputs, 4 relu units, 1 output; every random seed set first."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [keras.Input((4,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1)], name="tiny"
     )
     model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def train(filepath: str, epochs: int = 3, **kwargs) -> TrackedModelCheckpoint:
+    """Fit a tiny model (48 training samples, 3 batches per epoch) with a TrackedModelCheckpoint."""
+    model = tiny_model()
     x, y = np.random.rand(64, 4), np.random.rand(64, 1)
     kwargs.setdefault("tracker", "wandb")
     checkpoint = TrackedModelCheckpoint(filepath, log_git=False, **kwargs)
@@ -601,6 +608,62 @@ def test_fake_matches_real_wandb_classes(fake, real):
             fake_params = list(inspect.signature(fake_attr).parameters)
             real_params = list(inspect.signature(getattr(real, name)).parameters)
             assert fake_params == real_params, f"{name}: fake {fake_params} != real {real_params}"
+
+
+class _ServiceKnowingOneEmptyProject:
+    """A stand-in for the wandb-core service: its GraphQL knows project team/proj, and no run or artifact in it."""
+
+    def feature_enabled(self, *args, **kwargs) -> bool:
+        return False
+
+    def execute_graphql(self, query, variables=None, parse=None, **kwargs):
+        if (variables or {}).get("entity") == "team" and (variables or {}).get("project") == "proj":
+            data = {"project": {"run": None, "artifactCollectionMembership": None}}
+        else:
+            data = {"project": None}
+        return parse(json.dumps(data)) if parse else data
+
+
+class _RealApiOnAStubService:
+    """The real `wandb.Api` methods (W&B's own code and error wrapping) on `_ServiceKnowingOneEmptyProject`."""
+
+    _service_api = _ServiceKnowingOneEmptyProject()
+    settings = {"entity": "team", "project": "proj", "organization": None}
+    default_entity = "team"
+    api_key = None
+    _runs: dict = {}
+    _parse_path = wandb.Api._parse_path
+    _parse_artifact_path = wandb.Api._parse_artifact_path
+    _artifact = wandb.Api._artifact
+    run = wandb.Api.run
+    artifact = wandb.Api.artifact
+    artifact_exists = wandb.Api.artifact_exists
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda api: api.run("team/proj/nope"), id="no such run"),
+        pytest.param(lambda api: api.run("team/elsewhere/nope"), id="run in no such project"),
+        pytest.param(lambda api: api.artifact("team/proj/nope:v0"), id="no such artifact"),
+        pytest.param(lambda api: api.artifact("team/proj/nope:best"), id="no such alias"),
+        pytest.param(lambda api: api.artifact("team/elsewhere/tiny-r1:v0"), id="artifact in no such project"),
+        pytest.param(lambda api: api.artifact_exists("team/proj/nope:v0"), id="exists: no such artifact"),
+    ],
+)
+def test_fake_raises_what_wandb_raises(server, call):
+    """The fake's "not found" is W&B's: the same error types, inner error and message as the real Api."""
+    real = _RealApiOnAStubService()
+    try:
+        expected = call(real)
+    except wandb.errors.CommError as exc:
+        with pytest.raises(wandb.errors.CommError) as fake:
+            call(server.api())
+        assert type(fake.value.exc) is type(exc.exc), (fake.value.exc, exc.exc)
+        assert str(fake.value) == str(exc) and str(fake.value.exc) == str(exc.exc)
+    else:
+        assert expected is False  # artifact_exists
+        assert call(server.api()) is False
 
 
 def test_fake_instances_hold_only_private_state(server):

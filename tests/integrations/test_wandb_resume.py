@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-
-import keras
 import numpy as np
 import pytest
-from test_wandb import ScriptedValLoss, wandb_env  # noqa: F401  (the hermetic offline W&B fixture)
+from helpers import StopAfterEpoch
+from test_wandb import ScriptedValLoss, tiny_model, wandb_env  # noqa: F401  (the hermetic offline W&B fixture)
 from wandb_fake import FakeServer
 from wandb_records import run_dirs, run_summary
 
@@ -28,23 +27,13 @@ def short_lease(monkeypatch):
 
 
 def fit(epochs: int, interrupt_after: int | None = None):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((4,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1)], name="tiny"
-    )
-    model.compile(optimizer="adam", loss="mse")
+    model = tiny_model()
     x, y = np.random.default_rng(0).random((64, 4)), np.random.default_rng(1).random((64, 1))
     callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="wandb", log_git=False, resume=KEY,
                                       upload="sync")
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == interrupt_after:
-                raise KeyboardInterrupt("preempted")
-
     try:
         history = model.fit(x, y, validation_split=0.25, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
-                            callbacks=[ScriptedValLoss(), callback, Interrupt()])
+                            callbacks=[ScriptedValLoss(), callback, StopAfterEpoch(interrupt_after)])
     except KeyboardInterrupt:
         callback.session.end(completed=False)  # what the interpreter's exit does after the interrupt
         history = None

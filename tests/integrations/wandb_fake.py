@@ -18,9 +18,13 @@
   (`team/proj/tiny-r1:v2`), also on a registry link;
 * `linked_artifacts` of a source version lists its registry links, each with
   its version index among its aliases (as W&B's own list does);
-* every failure of an `Api` call is a `wandb.errors.CommError` (W&B wraps
-  them; "no such run" keeps W&B's `ValueError` as its `exc`), except listings,
-  which fail with `ValueError` while being iterated;
+* every failure of an `Api` call is a `wandb.errors.CommError`: the fake raises
+  what W&B's own code raises inside the call (`RunNotFoundError` for no such run,
+  a `ValueError` for no such project, artifact or type) and W&B's own
+  `normalize_exceptions` wraps it, as on the real `Api` (so with WANDB_DEBUG set
+  the inner error comes out unwrapped); listings fail with `ValueError` while
+  being iterated. `test_fake_raises_what_wandb_raises` holds the errors and their
+  messages against the real `wandb.Api` on a stub server;
 * `FakeServer.unreachable` makes every `Api.run` fail as a network error does.
 
 `FakeApi` and `FakeArtifact` expose only members the real `wandb.Api` and
@@ -39,6 +43,12 @@ import os
 from typing import Any, Iterable
 
 import wandb.errors
+from wandb.apis.normalize import normalize_exceptions
+
+try:
+    from wandb.apis.public import RunNotFoundError
+except ImportError:  # wandb before RunNotFoundError: a missing run was a bare ValueError
+    RunNotFoundError = ValueError
 
 from wandb_records import logged_artifacts, run_summary
 
@@ -172,6 +182,10 @@ class FakeServer:
                     return version
         raise KeyError(f"no version {ref!r} in {collection_path}")
 
+    def has_project(self, entity: str, project: str) -> bool:
+        """Whether anything was logged to entity/project (W&B makes a project with its first run)."""
+        return any(key[:2] == (entity, project) for key in (*self.collections, *self.runs))
+
     def collection_of(self, path: str) -> _Collection:
         return self._collection(*self._split(path), type=None)
 
@@ -204,19 +218,26 @@ class FakeApi:
     def __init__(self, server: FakeServer):
         self._server = server
 
+    @normalize_exceptions
     def artifact(self, name: str, type: str | None = None):
+        server = self._server
         try:
-            version = self._server.resolve(name)
-        except KeyError as exc:
-            raise wandb.errors.CommError(f"artifact {name!r} not found") from exc
+            version = server.resolve(name)
+        except KeyError:
+            # W&B's `Artifact._from_name`: no such project, or no such version in it.
+            collection_path, _, ref = name.partition(":")
+            entity, project, collection = server._split(collection_path)
+            if not server.has_project(entity, project):
+                raise ValueError(f"project {project!r} not found under entity {entity!r}") from None
+            raise ValueError(
+                f"artifact membership {collection + ':' + (ref or 'latest')!r} not found in {entity + '/' + project!r}"
+            ) from None
         if type is not None and version.collection.type != type:
-            # W&B raises ValueError here; `normalize_exceptions` turns it into a CommError.
-            raise wandb.errors.CommError(
-                f"type {type!r} specified but this artifact is of type {version.collection.type!r}"
-            )
+            raise ValueError(f"type {type!r} specified but this artifact is of type {version.collection.type!r}")
         ref = name.partition(":")[2] or "latest"
         return FakeArtifact(self._server, version, ref=ref)
 
+    @normalize_exceptions
     def artifact_exists(self, name: str, type: str | None = None) -> bool:
         try:
             self.artifact(name, type)
@@ -267,6 +288,7 @@ class FakeApi:
     def flush(self):
         """W&B's Api caches runs; the fake reads the server every time, so there is nothing to drop."""
 
+    @normalize_exceptions
     def run(self, path: str = ""):
         """A run by "entity/project/run_id" (or "project/run_id")."""
         server = self._server
@@ -280,9 +302,7 @@ class FakeApi:
         if server.unreachable:
             raise wandb.errors.CommError("HTTP 503: service unavailable", ConnectionError("503"))
         if (entity, project, run_id) not in server.runs:
-            # W&B raises RunNotFoundError (a ValueError); `normalize_exceptions` wraps it in a CommError.
-            message = f"Could not find run {path}"
-            raise wandb.errors.CommError(message, ValueError(message))
+            raise RunNotFoundError(f"Could not find run <Run {entity}/{project}/{run_id} (not found)>")
         return FakeRun(server, entity, project, run_id)
 
 
