@@ -34,9 +34,6 @@ test: install
 	exit $$status
 
 # Lint, format, types and the docstring examples; every part runs, and `make check` fails if any does.
-# tests/ falls under the same ruff configuration, but its findings are being fixed separately: empty
-# CHECK_EXCLUDE (or drop it) once `.venv/bin/ruff check tests` passes.
-CHECK_EXCLUDE ?= tests
 # mypy cannot follow the editable install's import hook, so it checks a view of the package as
 # installed: tracked_ckpt/ with integrations/ linked in as tracked_ckpt/integrations (its errors
 # name that path).
@@ -45,9 +42,9 @@ MYPY_VIEW := build/mypy
 check: install
 	@status=0; \
 	echo "== ruff check =="; \
-	$(VENV)/bin/ruff check $(if $(CHECK_EXCLUDE),--extend-exclude $(CHECK_EXCLUDE)) . || status=$$?; \
+	$(VENV)/bin/ruff check . || status=$$?; \
 	echo "== ruff format --check =="; \
-	$(VENV)/bin/ruff format --check $(if $(CHECK_EXCLUDE),--extend-exclude $(CHECK_EXCLUDE)) . || status=$$?; \
+	$(VENV)/bin/ruff format --check . || status=$$?; \
 	echo "== mypy (strict) =="; \
 	rm -rf $(MYPY_VIEW) && mkdir -p $(MYPY_VIEW)/tracked_ckpt && \
 	ln -s $(CURDIR)/tracked_ckpt/*.py $(CURDIR)/tracked_ckpt/py.typed $(MYPY_VIEW)/tracked_ckpt/ && \

@@ -87,8 +87,10 @@ def _put_pyenv_pythons_on_path(*versions: str) -> None:
     """pyenv's shims only run the selected Python: put the other installed ones' own bin folders on PATH."""
     root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     for version in versions:
-        found = sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin")),
-                       key=lambda path: Version(os.path.basename(os.path.dirname(path))))
+        found = sorted(
+            glob.glob(os.path.join(root, "versions", f"{version}.*", "bin")),
+            key=lambda path: Version(os.path.basename(os.path.dirname(path))),
+        )
         if found:
             os.environ["PATH"] = found[-1] + os.pathsep + os.environ.get("PATH", "")
 
@@ -98,11 +100,22 @@ _put_pyenv_pythons_on_path(FLOOR_PYTHON, NEWEST_PYTHON)
 
 
 def run_tests(session: nox.Session) -> None:
-    session.run("python", "-c", "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in "
-                "('keras', 'jax', 'mlflow', 'sqlalchemy', 'wandb', 'GitPython', 'tqdm')))")
+    session.run(
+        "python",
+        "-c",
+        "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in "
+        "('keras', 'jax', 'mlflow', 'sqlalchemy', 'wandb', 'GitPython', 'tqdm')))",
+    )
     # `pytest`, not `python -m pytest`: the installed wheel is tested, not the source tree.
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *TESTS, *session.posargs,
-                env={"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *TESTS,
+        *session.posargs,
+        env={"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
 
 
 @nox.session(python=FLOOR_PYTHON)

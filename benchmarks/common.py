@@ -146,8 +146,9 @@ def other_cpu_between(a: dict[str, float], b: dict[str, float]) -> float:
     return max(0.0, (b["machine"] - a["machine"]) - (b["tree"] - a["tree"]))
 
 
-def wait_for_quiet(server_pgid: int | None, threshold_cores: float = 0.25, window: float = 0.3,
-                   max_wait: float = 15.0) -> float:
+def wait_for_quiet(
+    server_pgid: int | None, threshold_cores: float = 0.25, window: float = 0.3, max_wait: float = 15.0
+) -> float:
     """Wait (up to `max_wait` s) until other processes use < `threshold_cores` CPUs; return seconds waited."""
     started = time.monotonic()
     while True:

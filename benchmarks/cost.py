@@ -183,8 +183,14 @@ class TimedMlflowTracker(MlflowTracker):
 
 def instrument(callback, meter: Meter):
     """Time the callback's hooks on the training thread (thread CPU)."""
-    for hook in ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_epoch_end",
-                 "on_train_end"):
+    for hook in (
+        "on_train_begin",
+        "on_epoch_begin",
+        "on_train_batch_begin",
+        "on_train_batch_end",
+        "on_epoch_end",
+        "on_train_end",
+    ):
         original = getattr(callback, hook)
 
         @functools.wraps(original)
@@ -259,8 +265,9 @@ class CostBench:
         else:
             from mlflow.tensorflow import MlflowModelCheckpointCallback
 
-            callback = MlflowModelCheckpointCallback(monitor="val_loss", mode="min", save_best_only=False,
-                                                     save_freq="epoch")
+            callback = MlflowModelCheckpointCallback(
+                monitor="val_loss", mode="min", save_best_only=False, save_freq="epoch"
+            )
         saved_env = os.environ.get(UPLOAD_NICENESS_ENV)
         if nice is not None:
             os.environ[UPLOAD_NICENESS_ENV] = nice
@@ -272,8 +279,15 @@ class CostBench:
         Meter.current = meter
         try:
             t0 = time.perf_counter()
-            model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=BATCH, verbose=0,
-                      callbacks=[instrument(callback, meter), marker])
+            model.fit(
+                x,
+                y,
+                validation_data=(xv, yv),
+                epochs=epochs,
+                batch_size=BATCH,
+                verbose=0,
+                callbacks=[instrument(callback, meter), marker],
+            )
             t1 = time.perf_counter()
         finally:
             Meter.current = None
@@ -287,14 +301,23 @@ class CostBench:
                 mlflow.end_run()
         server_cpu = {name: b["server"] - a["server"] for name, a, b in zip(self.servers, snaps0, snaps1, strict=False)}
         result = {
-            "row": row, "variant": variant, "kind": kind, "server": server, "epochs": epochs,
-            "fit_s": t1 - t0, "to_last_epoch_s": marker.last_epoch_end - t0,
+            "row": row,
+            "variant": variant,
+            "kind": kind,
+            "server": server,
+            "epochs": epochs,
+            "fit_s": t1 - t0,
+            "to_last_epoch_s": marker.last_epoch_end - t0,
             "process_cpu_s": cpu1 - cpu0,
             "server_cpu_s": server_cpu[server] if server else sum(server_cpu.values()),
             "other_cpu_s": other_cpu_between(snaps0[0], snaps1[0]),  # the servers are in this process tree
-            "n_saves": meter.n_saves, "saved_mb": meter.saved_bytes / 1e6 / max(1, meter.n_saves),
-            "save_cpu_s": meter.save_cpu, "save_wall_s": meter.save_wall, "hook_cpu_s": meter.hook_cpu,
-            "stage_cpu_s": meter.stage_cpu, "call_cpu_s": meter.call_cpu,
+            "n_saves": meter.n_saves,
+            "saved_mb": meter.saved_bytes / 1e6 / max(1, meter.n_saves),
+            "save_cpu_s": meter.save_cpu,
+            "save_wall_s": meter.save_wall,
+            "hook_cpu_s": meter.hook_cpu,
+            "stage_cpu_s": meter.stage_cpu,
+            "call_cpu_s": meter.call_cpu,
             "hash_cpu_s": max(0.0, meter.worker_cpu - meter.call_cpu) if meter.n_calls else 0.0,
             "n_calls": meter.n_calls,
         }
@@ -319,7 +342,7 @@ class CostBench:
 
     def rounds(self, row: str, variants: list[str], model, data, epochs: int) -> None:
         for rnd in range(self.args.rounds):
-            order = variants[rnd % len(variants):] + variants[: rnd % len(variants)]
+            order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
             for variant in order:
                 try:
                     result = self.run_once(row, variant, model, data, epochs)
@@ -330,10 +353,12 @@ class CostBench:
                     continue
                 result["round"] = rnd + 1
                 self.runs.append(result)
-                log(f"  [{rnd + 1}/{self.args.rounds}] {row} {variant:26s} fit {result['fit_s']:6.2f} s  "
+                log(
+                    f"  [{rnd + 1}/{self.args.rounds}] {row} {variant:26s} fit {result['fit_s']:6.2f} s  "
                     f"save {result['save_cpu_s']:5.2f}  stage {result['stage_cpu_s']:5.3f}  "
                     f"hash {result['hash_cpu_s']:5.2f}  upload {result['call_cpu_s']:5.2f}  "
-                    f"server {result['server_cpu_s']:5.2f} CPU-s  other {result['other_cpu_s']:4.1f}")
+                    f"server {result['server_cpu_s']:5.2f} CPU-s  other {result['other_cpu_s']:4.1f}"
+                )
             self.loads.append(_loadavg())
 
     def run(self) -> None:
@@ -352,8 +377,10 @@ class CostBench:
             model = build_model(size)
             self.steps = _steps_for(model, self.args.epoch_seconds)
             data = _data(self.steps * BATCH)
-            log(f"\n== realistic .keras, {size}: {self.steps} steps/epoch (~{self.args.epoch_seconds:.0f} s), "
-                f"{len(REAL_VARIANTS)} variants x {self.args.rounds} rounds")
+            log(
+                f"\n== realistic .keras, {size}: {self.steps} steps/epoch (~{self.args.epoch_seconds:.0f} s), "
+                f"{len(REAL_VARIANTS)} variants x {self.args.rounds} rounds"
+            )
             self.run_once("real", "tracked_proxied", model, _data(64), 1)  # warm-up of the .keras path
             self.rounds("real", list(REAL_VARIANTS), model, data, self.args.realistic_epochs)
 
@@ -400,9 +427,12 @@ def summarize(runs: list[dict]) -> dict:
             kind = rs[0]["kind"]
             save = per("save_cpu_s")
             if kind == "tracked":
-                callback_other = median([(r["hook_cpu_s"] - r["save_cpu_s"] - r["stage_cpu_s"]) / r["epochs"] for r in rs])
-                ours = median([(r["hook_cpu_s"] - r["save_cpu_s"] + r["hash_cpu_s"] + r["call_cpu_s"]) / r["epochs"]
-                               for r in rs])
+                callback_other = median(
+                    [(r["hook_cpu_s"] - r["save_cpu_s"] - r["stage_cpu_s"]) / r["epochs"] for r in rs]
+                )
+                ours = median(
+                    [(r["hook_cpu_s"] - r["save_cpu_s"] + r["hash_cpu_s"] + r["call_cpu_s"]) / r["epochs"] for r in rs]
+                )
                 upload = per("call_cpu_s")
             elif kind == "mlflow_cb":  # its upload runs inside its hook, on the training thread
                 callback_other = 0.0
@@ -410,15 +440,26 @@ def summarize(runs: list[dict]) -> dict:
                 ours = upload
             else:
                 callback_other = upload = ours = 0.0
-            ratios = [by_round[(variant, rnd)]["fit_s"] / by_round[(base, rnd)]["fit_s"]
-                      for rnd in sorted({r["round"] for r in rs}) if (base, rnd) in by_round]
+            ratios = [
+                by_round[(variant, rnd)]["fit_s"] / by_round[(base, rnd)]["fit_s"]
+                for rnd in sorted({r["round"] for r in rs})
+                if (base, rnd) in by_round
+            ]
             table[variant] = {
-                "n": len(rs), "kind": kind, "mb": mb,
+                "n": len(rs),
+                "kind": kind,
+                "mb": mb,
                 "fit_s": median([r["fit_s"] for r in rs]),
-                "ratios": ratios, "ratio": median(ratios) if ratios else None,
-                "save_cpu": save, "stage_cpu": per("stage_cpu_s"), "hash_cpu": per("hash_cpu_s"),
-                "upload_cpu": upload, "callback_other_cpu": callback_other, "ours_cpu": ours,
-                "server_cpu": per("server_cpu_s"), "process_cpu": per("process_cpu_s"),
+                "ratios": ratios,
+                "ratio": median(ratios) if ratios else None,
+                "save_cpu": save,
+                "stage_cpu": per("stage_cpu_s"),
+                "hash_cpu": per("hash_cpu_s"),
+                "upload_cpu": upload,
+                "callback_other_cpu": callback_other,
+                "ours_cpu": ours,
+                "server_cpu": per("server_cpu_s"),
+                "process_cpu": per("process_cpu_s"),
                 "other_cpu_s": median([r["other_cpu_s"] for r in rs]),
                 "other_cpu_max": max(r["other_cpu_s"] for r in rs),
                 "ours_over_save": ours / save if save > 0 else None,
@@ -437,9 +478,14 @@ def verdicts(summary: dict) -> list[tuple[str, str, str]]:
             out.append((label, "not measured", ""))
             return
         ok = r["ratio"] <= limit
-        out.append((label, "met" if ok else f"missed by {100 * (r['ratio'] - limit):.1f} points",
-                    f"median of {len(r['ratios'])} per-round ratios {r['ratio']:.3f}× "
-                    f"({', '.join(f'{x:.2f}' for x in r['ratios'])})"))
+        out.append(
+            (
+                label,
+                "met" if ok else f"missed by {100 * (r['ratio'] - limit):.1f} points",
+                f"median of {len(r['ratios'])} per-round ratios {r['ratio']:.3f}× "
+                f"({', '.join(f'{x:.2f}' for x in r['ratios'])})",
+            )
+        )
 
     ratio_target("real", "tracked_direct", 1.03, "realistic, direct-store server: ≤ 1.03× plain ModelCheckpoint")
     ratio_target("real", "tracked_proxied", 1.05, "realistic, proxied server: ≤ 1.05× plain ModelCheckpoint")
@@ -451,20 +497,29 @@ def verdicts(summary: dict) -> list[tuple[str, str, str]]:
             out.append((label, "not measured", ""))
             continue
         ok = ours["ratio"] <= theirs["ratio"]
-        out.append((label, "met" if ok else f"missed by {100 * (ours['ratio'] - theirs['ratio']):.1f} points",
-                    f"ours {ours['ratio']:.2f}× vs MLflow's {theirs['ratio']:.2f}× plain (medians of per-round "
-                    f"ratios; ours {', '.join(f'{x:.2f}' for x in ours['ratios'])}; MLflow's "
-                    f"{', '.join(f'{x:.2f}' for x in theirs['ratios'])})"))
+        out.append(
+            (
+                label,
+                "met" if ok else f"missed by {100 * (ours['ratio'] - theirs['ratio']):.1f} points",
+                f"ours {ours['ratio']:.2f}× vs MLflow's {theirs['ratio']:.2f}× plain (medians of per-round "
+                f"ratios; ours {', '.join(f'{x:.2f}' for x in ours['ratios'])}; MLflow's "
+                f"{', '.join(f'{x:.2f}' for x in theirs['ratios'])})",
+            )
+        )
     for row, table in summary.items():
         for variant, r in table.items():
             if r["kind"] != "tracked" or variant.endswith("nice0") or r["ours_over_save"] is None:
                 continue
             ok = r["ours_over_save"] <= 0.3
-            out.append((f"our extra CPU per checkpoint ≤ 0.3× Keras's save, {row} {variant}",
-                        "met" if ok else f"missed ({r['ours_over_save']:.2f}×)",
-                        f"{r['ours_cpu']:.3f} CPU-s (snapshot {r['stage_cpu']:.3f}, hash {r['hash_cpu']:.3f}, upload "
-                        f"{r['upload_cpu']:.3f}, rest of the callback {r['callback_other_cpu']:.3f}) vs save "
-                        f"{r['save_cpu']:.3f} CPU-s: {r['ours_over_save']:.2f}×; server {r['server_cpu']:.3f} CPU-s"))
+            out.append(
+                (
+                    f"our extra CPU per checkpoint ≤ 0.3× Keras's save, {row} {variant}",
+                    "met" if ok else f"missed ({r['ours_over_save']:.2f}×)",
+                    f"{r['ours_cpu']:.3f} CPU-s (snapshot {r['stage_cpu']:.3f}, hash {r['hash_cpu']:.3f}, upload "
+                    f"{r['upload_cpu']:.3f}, rest of the callback {r['callback_other_cpu']:.3f}) vs save "
+                    f"{r['save_cpu']:.3f} CPU-s: {r['ours_over_save']:.2f}×; server {r['server_cpu']:.3f} CPU-s",
+                )
+            )
     return out
 
 
@@ -492,24 +547,34 @@ def render(summary: dict, args, bench: CostBench, started: str, elapsed: float) 
         return "–" if not value else f"{value:.3f} ({100 * value / mb:.3f})" if mb and mb == mb else f"{value:.3f}"
 
     for row, table in summary.items():
-        title = ("Checkpoint-dominated, like for like: legacy `.h5`, 2 steps per epoch" if row == "ckpt" else
-                 f"Realistic: `.keras`, {bench.steps} steps per epoch (about {args.epoch_seconds:.0f} s of training "
-                 "per checkpoint)")
+        title = (
+            "Checkpoint-dominated, like for like: legacy `.h5`, 2 steps per epoch"
+            if row == "ckpt"
+            else f"Realistic: `.keras`, {bench.steps} steps per epoch (about {args.epoch_seconds:.0f} s of training "
+            "per checkpoint)"
+        )
         mb = next(iter(table.values()))["mb"]
-        lines += [f"### {title}, {args.size} (file {mb:.1f} MB)", "",
-                  "| variant | fit s | × plain (per round) | save CPU | snapshot | hash | upload | rest | ours/save | "
-                  "server CPU | process CPU | other CPU s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {title}, {args.size} (file {mb:.1f} MB)",
+            "",
+            "| variant | fit s | × plain (per round) | save CPU | snapshot | hash | upload | rest | ours/save | "
+            "server CPU | process CPU | other CPU s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for variant, r in table.items():
-            ratio = "–" if r["ratio"] is None or r["kind"] == "keras" else (
-                f"**{r['ratio']:.3f}** ({', '.join(f'{x:.2f}' for x in r['ratios'])})")
+            ratio = (
+                "–"
+                if r["ratio"] is None or r["kind"] == "keras"
+                else (f"**{r['ratio']:.3f}** ({', '.join(f'{x:.2f}' for x in r['ratios'])})")
+            )
             share = "–" if r["kind"] == "keras" or r["ours_over_save"] is None else f"{r['ours_over_save']:.2f}"
             lines.append(
                 f"| {variant} | {r['fit_s']:.2f} | {ratio} | {cell(r['save_cpu'], r['mb'])} | "
                 f"{cell(r['stage_cpu'], r['mb'])} | {cell(r['hash_cpu'], r['mb'])} | "
                 f"{cell(r['upload_cpu'], r['mb'])} | "
                 f"{cell(r['callback_other_cpu'], r['mb'])} | {share} | {cell(r['server_cpu'], r['mb'])} | "
-                f"{r['process_cpu']:.2f} | {r['other_cpu_s']:.1f} ({r['other_cpu_max']:.1f}) |")
+                f"{r['process_cpu']:.2f} | {r['other_cpu_s']:.1f} ({r['other_cpu_max']:.1f}) |"
+            )
         lines.append("")
     lines += ["### Targets of issue 22 measured here", "", "| target | verdict | figures |", "|---|---|---|"]
     for target, verdict, figures in verdicts(summary):
@@ -529,10 +594,17 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="checkpoints per checkpoint-dominated fit (default 4)")
     parser.add_argument("--realistic-epochs", type=int, help="checkpoints per realistic fit (default 4)")
     parser.add_argument("--epoch-seconds", type=float, help="training seconds per realistic epoch (default 4)")
-    parser.add_argument("--quiet-wait", type=float, default=5.0,
-                        help="seconds at most to wait before each run for other processes to go quiet (default 5)")
-    parser.add_argument("--results", help="markdown file whose cost section is rewritten (default "
-                                          "benchmarks/RESULTS.md; --quick: out/RESULTS-quick.md)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=5.0,
+        help="seconds at most to wait before each run for other processes to go quiet (default 5)",
+    )
+    parser.add_argument(
+        "--results",
+        help="markdown file whose cost section is rewritten (default "
+        "benchmarks/RESULTS.md; --quick: out/RESULTS-quick.md)",
+    )
     args = parser.parse_args(argv)
     args.size = args.size or ("10MB" if args.quick else "60MB")
     args.rounds = args.rounds or (2 if args.quick else 7)
@@ -540,7 +612,9 @@ def main(argv=None) -> int:
     args.realistic_epochs = args.realistic_epochs or (2 if args.quick else 4)
     args.epoch_seconds = args.epoch_seconds or (2.0 if args.quick else 4.0)
     args.rows = args.rows.split(",")
-    results = args.results or (os.path.join(OUT, "RESULTS-quick.md") if args.quick else os.path.join(HERE, "RESULTS.md"))
+    results = args.results or (
+        os.path.join(OUT, "RESULTS-quick.md") if args.quick else os.path.join(HERE, "RESULTS.md")
+    )
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     t0 = time.monotonic()
     bench = CostBench(args)
@@ -556,9 +630,22 @@ def main(argv=None) -> int:
     elapsed = time.monotonic() - t0
     raw = os.path.join(OUT, f"cost-{time.strftime('%Y%m%dT%H%M%S')}.json")
     with open(raw, "w") as f:
-        json.dump({"args": vars(args), "runs": bench.runs, "summary": summary, "errors": bench.errors,
-                   "loads": bench.loads, "machine": machine_info(), "versions": versions(), "started": started,
-                   "elapsed_s": elapsed}, f, indent=1, default=str)
+        json.dump(
+            {
+                "args": vars(args),
+                "runs": bench.runs,
+                "summary": summary,
+                "errors": bench.errors,
+                "loads": bench.loads,
+                "machine": machine_info(),
+                "versions": versions(),
+                "started": started,
+                "elapsed_s": elapsed,
+            },
+            f,
+            indent=1,
+            default=str,
+        )
     text = render(summary, args, bench, started, elapsed)
     replace_section(results, text, SECTION_START, SECTION_END)
     print(text)

@@ -96,8 +96,10 @@ def main(argv=None) -> int:
         print(json.dumps(result, indent=1))
         return 0
     print(f"tracked_ckpt from {result['tracked_ckpt']}")
-    print(f"fit of {args.epochs} checkpoints: {result['fit_requests']} requests, "
-          f"{result['per_checkpoint']:.2f} per checkpoint")
+    print(
+        f"fit of {args.epochs} checkpoints: {result['fit_requests']} requests, "
+        f"{result['per_checkpoint']:.2f} per checkpoint"
+    )
     for endpoint, count in result["by_endpoint"].items():
         print(f"  {count:3d}  {endpoint}")
     print(f"warm load_model: {result['warm_load_requests']} requests: {', '.join(result['warm_load_endpoints'])}")

@@ -159,7 +159,11 @@ def profile_requests(server: MlflowServer, sizes: list[str]) -> None:
             return original_send(session, request, **kwargs)
         finally:
             body = request.body
-            size = len(body) if isinstance(body, (bytes, str)) else (os.fstat(body.fileno()).st_size if hasattr(body, "fileno") else 0)
+            size = (
+                len(body)
+                if isinstance(body, (bytes, str))
+                else (os.fstat(body.fileno()).st_size if hasattr(body, "fileno") else 0)
+            )
             log.append((request.method, request.path_url.split("?")[0], time.perf_counter() - t, size))
 
     requests.Session.send = send
@@ -176,9 +180,20 @@ def profile_requests(server: MlflowServer, sizes: list[str]) -> None:
             sha, nbytes = sha256_file(path)
             for attempt in range(2):
                 record = CheckpointRecord(
-                    name=f"p-e{attempt + 1:04d}", epoch=attempt + 1, step=attempt + 1, monitor="val_loss", mode="min",
-                    is_best=True, sha256=sha, size_bytes=nbytes, format="keras", filepath=path,
-                    keras_version=keras.__version__, backend="tensorflow", value=0.5, metrics={"val_loss": 0.5},
+                    name=f"p-e{attempt + 1:04d}",
+                    epoch=attempt + 1,
+                    step=attempt + 1,
+                    monitor="val_loss",
+                    mode="min",
+                    is_best=True,
+                    sha256=sha,
+                    size_bytes=nbytes,
+                    format="keras",
+                    filepath=path,
+                    keras_version=keras.__version__,
+                    backend="tensorflow",
+                    value=0.5,
+                    metrics={"val_loss": 0.5},
                 )
                 log.clear()
                 s0 = cpu_snapshot(server.proc.pid)
@@ -189,9 +204,11 @@ def profile_requests(server: MlflowServer, sizes: list[str]) -> None:
             t = time.perf_counter()
             sha256_file(path)
             hash_s = time.perf_counter() - t
-            print(f"\n[requests] log_checkpoint of a {nbytes / 1e6:.1f} MB .keras: {elapsed * 1000:.0f} ms, "
-                  f"{len(log)} HTTP requests, server CPU {1000 * (s1['server'] - s0['server']):.0f} ms "
-                  f"(sha256 before it, on the publisher thread: {hash_s * 1000:.0f} ms)")
+            print(
+                f"\n[requests] log_checkpoint of a {nbytes / 1e6:.1f} MB .keras: {elapsed * 1000:.0f} ms, "
+                f"{len(log)} HTTP requests, server CPU {1000 * (s1['server'] - s0['server']):.0f} ms "
+                f"(sha256 before it, on the publisher thread: {hash_s * 1000:.0f} ms)"
+            )
             for method, path_url, seconds, body in log:
                 print(f"  {method:5s} {path_url[:90]:90s} {seconds * 1000:7.1f} ms  {body / 1e6:8.2f} MB")
         shutil.rmtree(workdir, ignore_errors=True)
@@ -206,17 +223,24 @@ def profile_requests(server: MlflowServer, sizes: list[str]) -> None:
 def resolve_from_version_tags(self, registered_name, *, alias, version):
     """The proposed `MlflowTracker.resolve`: one request; the record comes from the version's tags."""
     client = self.client(self.tracking_uri or mlflow.get_tracking_uri())
-    mv = (client.get_model_version_by_alias(registered_name, alias) if alias is not None
-          else client.get_model_version(registered_name, str(version)))
+    mv = (
+        client.get_model_version_by_alias(registered_name, alias)
+        if alias is not None
+        else client.get_model_version(registered_name, str(version))
+    )
     model_id = mlflow_integration._model_id_from_source(mv.source)
     tags = mv.tags or {}
     if model_id is None or TAG_PREFIX + "sha256" not in tags:
         return PROPOSED_FALLBACK(self, registered_name, alias=alias, version=version)
-    metadata = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+    metadata = {k[len(TAG_PREFIX) :]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
     name = metadata.pop("name", "")
     record = CheckpointRecord.from_metadata(metadata, name=name)
     return LoggedCheckpoint(
-        id=model_id, run_id=mv.run_id or "", record=record, tracker=self.name, location="",
+        id=model_id,
+        run_id=mv.run_id or "",
+        record=record,
+        tracker=self.name,
+        location="",
         aliases=tuple(mv.aliases or ()),
         extra={"tracking_uri": client.tracking_uri, "version": str(mv.version), "registered_name": mv.name},
     )
@@ -241,7 +265,7 @@ def profile_load(server: MlflowServer, size: str, repeats: int = 9) -> None:
     path = tracked_ckpt.download_checkpoint(checkpoint=checkpoint, tracker=tracker, cache_dir=cache)
     figures: dict[str, list[float]] = {}
     for i in range(repeats):
-        for which in (("current", "proposed", "keras") if i % 2 else ("keras", "proposed", "current")):
+        for which in ("current", "proposed", "keras") if i % 2 else ("keras", "proposed", "current"):
             if which == "keras":
                 t = time.perf_counter()
                 keras.saving.load_model(path)
@@ -292,7 +316,9 @@ class ProcessTracker(MlflowTracker):
         import multiprocessing
 
         self.pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_init,
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_init,
             initargs=(niceness,),
         )
         self.pool.submit(os.getpid).result()  # start (and import) before the timed fit
@@ -310,16 +336,22 @@ def profile_nice(server: MlflowServer, size: str, epochs: int = 4, repeats: int 
     model.fit(x, y, epochs=1, verbose=0)
     results: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
-        for variant in ("keras", "normal priority", "publisher niced to 10", "upload in helper process",
-                        "helper process niced to 10"):
+        for variant in (
+            "keras",
+            "normal priority",
+            "publisher niced to 10",
+            "upload in helper process",
+            "helper process niced to 10",
+        ):
             workdir = tempfile.mkdtemp(dir=OUT)
             marker = _Marker()
             if variant == "keras":
                 cb = keras.callbacks.ModelCheckpoint(os.path.join(workdir, "c-{epoch:02d}.keras"))
             else:
-                tracker = {"upload in helper process": process_tracker,
-                           "helper process niced to 10": process_tracker_niced}.get(variant) or MlflowTracker(
-                    tracking_uri=server.url, experiment="profile-nice")
+                tracker = {
+                    "upload in helper process": process_tracker,
+                    "helper process niced to 10": process_tracker_niced,
+                }.get(variant) or MlflowTracker(tracking_uri=server.url, experiment="profile-nice")
                 cb = TrackedModelCheckpoint(os.path.join(workdir, "c-{epoch:02d}.keras"), tracker=tracker)
             # The publisher lowers its own priority (TRACKED_CKPT_UPLOAD_NICENESS); 0 keeps it normal.
             os.environ[UPLOAD_NICENESS_ENV] = "10" if variant.startswith("publisher niced") else "0"
@@ -341,8 +373,10 @@ def profile_nice(server: MlflowServer, size: str, epochs: int = 4, repeats: int 
     base_epoch = median([r[1] for r in results["keras"]])
     for variant, values in results.items():
         fit, epoch = median([v[0] for v in values]), median([v[1] for v in values])
-        print(f"  {variant:28s} {fit:6.2f} s ({fit / base:.2f}x)   {epoch:6.2f} s ({epoch / base_epoch:.2f}x)   "
-              f"runs: " + ", ".join(f"{v[0]:.1f}/{v[1]:.1f} (other CPU {v[2]:.1f})" for v in values))
+        print(
+            f"  {variant:28s} {fit:6.2f} s ({fit / base:.2f}x)   {epoch:6.2f} s ({epoch / base_epoch:.2f}x)   "
+            f"runs: " + ", ".join(f"{v[0]:.1f}/{v[1]:.1f} (other CPU {v[2]:.1f})" for v in values)
+        )
 
 
 # -- 5. end --------------------------------------------------------------------------------------------
@@ -378,11 +412,14 @@ def profile_end(server: MlflowServer, repeats: int = 7) -> None:
     figures: dict[str, list[float]] = {}
     for _ in range(repeats):
         for variant in ("current (sleep 0.1 s steps)", "proposed (join the worker)"):
-            publisher_module.wait_with_progress = original if variant.startswith("current") else _wait_with_progress_join
+            publisher_module.wait_with_progress = (
+                original if variant.startswith("current") else _wait_with_progress_join
+            )
             workdir = tempfile.mkdtemp(dir=OUT)
             try:
-                cb = TrackedModelCheckpoint(os.path.join(workdir, "c-{epoch:02d}.keras"), tracker=SleepTracker(0.0),
-                                            log_git=False)
+                cb = TrackedModelCheckpoint(
+                    os.path.join(workdir, "c-{epoch:02d}.keras"), tracker=SleepTracker(0.0), log_git=False
+                )
                 original_end = cb.on_train_end
 
                 def timed_end(logs=None, _original=original_end, _variant=variant):
@@ -396,10 +433,14 @@ def profile_end(server: MlflowServer, repeats: int = 7) -> None:
             finally:
                 publisher_module.wait_with_progress = original
                 shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n[end] on_train_end of an async TrackedModelCheckpoint whose tracker returns at once (median of {repeats}):")
+    print(
+        f"\n[end] on_train_end of an async TrackedModelCheckpoint whose tracker returns at once (median of {repeats}):"
+    )
     for variant, values in figures.items():
-        print(f"  {variant:30s} {1000 * median(values):7.1f} ms  "
-              f"(min {1000 * min(values):.1f}, max {1000 * max(values):.1f})")
+        print(
+            f"  {variant:30s} {1000 * median(values):7.1f} ms  "
+            f"(min {1000 * min(values):.1f}, max {1000 * max(values):.1f})"
+        )
 
 
 class _Marker(keras.callbacks.Callback):

@@ -186,8 +186,14 @@ def timed_tracker(name: str):
     return Timed()
 
 
-HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_epoch_end",
-         "on_train_end")
+HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_train_end",
+)
 
 
 def instrument(callback, timer: Timer):
@@ -277,7 +283,9 @@ class Bench:
 
                 tracker_class("wandb")
             except Exception as exc:  # being written concurrently: skip, don't crash
-                self.skipped["tracked_wandb_offline"] = f"tracked_ckpt.integrations.wandb not usable: {type(exc).__name__}: {exc}"
+                self.skipped["tracked_wandb_offline"] = (
+                    f"tracked_ckpt.integrations.wandb not usable: {type(exc).__name__}: {exc}"
+                )
         if "wandb_callback" in selected:
             try:
                 from wandb.integration.keras import WandbModelCheckpoint  # noqa: F401
@@ -314,8 +322,13 @@ class Bench:
         callback = None
         t_setup = time.perf_counter()
         # -- per-variant setup (outside the timed fit): the tracker's run, the callback --
-        if variant in ("tracked_async_server", "tracked_nowait_server", "tracked_sync_server", "mlflow_callback",
-                       "naive_log_model"):
+        if variant in (
+            "tracked_async_server",
+            "tracked_nowait_server",
+            "tracked_sync_server",
+            "mlflow_callback",
+            "naive_log_model",
+        ):
             uri = self.server.url
             experiment_id = self._experiment(uri, f"bench-{size}")
         elif variant == "tracked_async_embedded":
@@ -327,23 +340,30 @@ class Bench:
         if variant in ("tracked_wandb_offline", "wandb_callback"):
             import wandb
 
-            wandb_run = wandb.init(project="tracked-ckpt-bench", mode="offline", dir=os.path.join(WORK, "wandb"),
-                                   settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
-                                   name=f"{variant}-{size}")
+            wandb_run = wandb.init(
+                project="tracked-ckpt-bench",
+                mode="offline",
+                dir=os.path.join(WORK, "wandb"),
+                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+                name=f"{variant}-{size}",
+            )
         if variant == "keras":
             callback = keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss")
         elif variant.startswith("tracked_"):
             tracker = timed_tracker("wandb" if variant == "tracked_wandb_offline" else "mlflow")
             callback = TrackedModelCheckpoint(
-                ckpt, monitor="val_loss", tracker=tracker,
+                ckpt,
+                monitor="val_loss",
+                tracker=tracker,
                 upload="sync" if variant == "tracked_sync_server" else "async",
                 blocking=variant != "tracked_nowait_server",
             )
         elif variant == "mlflow_callback":
             from mlflow.tensorflow import MlflowModelCheckpointCallback
 
-            callback = MlflowModelCheckpointCallback(monitor="val_loss", mode="min", save_best_only=False,
-                                                     save_freq="epoch")
+            callback = MlflowModelCheckpointCallback(
+                monitor="val_loss", mode="min", save_best_only=False, save_freq="epoch"
+            )
         elif variant == "wandb_callback":
             from wandb.integration.keras import WandbModelCheckpoint
 
@@ -359,8 +379,15 @@ class Bench:
         Timer.current = timer
         try:
             t0 = time.perf_counter()
-            model.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=BATCH, verbose=0,
-                      callbacks=[*callbacks, marker])
+            model.fit(
+                x,
+                y,
+                validation_data=(xv, yv),
+                epochs=epochs,
+                batch_size=BATCH,
+                verbose=0,
+                callbacks=[*callbacks, marker],
+            )
             t1 = time.perf_counter()
         finally:
             Timer.current = None
@@ -409,8 +436,14 @@ class Bench:
     def _cleanup(self, run_dir: str) -> None:
         """Drop this run's files (local, server, embedded, W&B) so disk use stays flat; then sync."""
         shutil.rmtree(run_dir, ignore_errors=True)
-        for d in (self.server.artifacts, self.embedded_artifacts, os.path.join(WORK, "mlruns"),
-                  os.path.join(WORK, "wandb"), os.path.join(WORK, "wandb-data"), os.path.join(WORK, "wandb-cache")):
+        for d in (
+            self.server.artifacts,
+            self.embedded_artifacts,
+            os.path.join(WORK, "mlruns"),
+            os.path.join(WORK, "wandb"),
+            os.path.join(WORK, "wandb-data"),
+            os.path.join(WORK, "wandb-cache"),
+        ):
             if os.path.isdir(d):
                 for name in os.listdir(d):
                     path = os.path.join(d, name)
@@ -453,29 +486,40 @@ class Bench:
             model = build_model(size)
             data = _data()
             model.fit(data[0], data[1], epochs=1, batch_size=BATCH, verbose=0)  # trace once per size
-            log(f"\n== {size}: {model.count_params():,} params; {len(variants)} variants x {self.args.repeats} "
-                f"repeats x {self.args.epochs} epochs")
+            log(
+                f"\n== {size}: {model.count_params():,} params; {len(variants)} variants x {self.args.repeats} "
+                f"repeats x {self.args.epochs} epochs"
+            )
             round_times: list[float] = []
             for rep in range(self.args.repeats):
                 if rep >= 2 and size == self.args.sizes[-1] and round_times:
-                    projected = (time.monotonic() - _T_START + max(round_times) + self.scaling_estimate()
-                                 + self.realistic_estimate())
+                    projected = (
+                        time.monotonic()
+                        - _T_START
+                        + max(round_times)
+                        + self.scaling_estimate()
+                        + self.realistic_estimate()
+                    )
                     if projected > 60 * self.args.budget:
                         self.cut[size] = (rep, self.args.repeats)
-                        log(f"  time budget: stopping {size} after {rep} repeats (projected "
-                            f"{projected / 60:.1f} min > {self.args.budget} min)")
+                        log(
+                            f"  time budget: stopping {size} after {rep} repeats (projected "
+                            f"{projected / 60:.1f} min > {self.args.budget} min)"
+                        )
                         break
                 t_round = time.monotonic()
-                order = variants[rep % len(variants):] + variants[: rep % len(variants)]
+                order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
                 for variant in order:
                     result = self._run_or_note(variant, size, model, data, self.args.epochs, f"{size} run {rep + 1}")
                     if result is None:
                         continue
                     result["repeat"] = rep + 1
                     self.runs.append(result)
-                    log(f"  [{rep + 1}/{self.args.repeats}] {variant:24s} fit {result['fit_s']:7.2f} s   "
+                    log(
+                        f"  [{rep + 1}/{self.args.repeats}] {variant:24s} fit {result['fit_s']:7.2f} s   "
                         f"to last epoch {result['to_last_epoch_s']:7.2f} s   callback {result['callback_s']:6.2f} s   "
-                        f"save {result['save_s']:6.2f} s")
+                        f"save {result['save_s']:6.2f} s"
+                    )
                 round_times.append(time.monotonic() - t_round)
             del model
             keras.backend.clear_session()
@@ -503,19 +547,24 @@ class Bench:
             self.realistic_steps[size] = steps
             data = _data(steps * BATCH)
             label = f"{size} realistic"
-            log(f"\n== {label}: {steps} steps/epoch (~{self.args.epoch_seconds:.0f} s of training), "
-                f"{self.args.realistic_epochs} epochs, {self.args.pairs} alternating pairs")
+            log(
+                f"\n== {label}: {steps} steps/epoch (~{self.args.epoch_seconds:.0f} s of training), "
+                f"{self.args.realistic_epochs} epochs, {self.args.pairs} alternating pairs"
+            )
             for pair in range(self.args.pairs):
                 order = REALISTIC_VARIANTS if pair % 2 == 0 else REALISTIC_VARIANTS[::-1]
                 for variant in order:
-                    result = self._run_or_note(variant, size, model, data, self.args.realistic_epochs,
-                                               f"{label} pair {pair + 1}")
+                    result = self._run_or_note(
+                        variant, size, model, data, self.args.realistic_epochs, f"{label} pair {pair + 1}"
+                    )
                     if result is None:
                         continue
                     result.update(size=label, repeat=pair + 1, steps_per_epoch=steps)
                     self.realistic_runs.append(result)
-                    log(f"  [{pair + 1}/{self.args.pairs}] {variant:24s} fit {result['fit_s']:7.2f} s   "
-                        f"to last epoch {result['to_last_epoch_s']:7.2f} s   on_train_end {result['end_s']:5.2f} s")
+                    log(
+                        f"  [{pair + 1}/{self.args.pairs}] {variant:24s} fit {result['fit_s']:7.2f} s   "
+                        f"to last epoch {result['to_last_epoch_s']:7.2f} s   on_train_end {result['end_s']:5.2f} s"
+                    )
             del model
             keras.backend.clear_session()
 
@@ -566,8 +615,23 @@ def summarize(runs: list[dict], sizes, variants) -> dict:
             if not rs:
                 continue
             row = {"n": len(rs)}
-            for key in ("fit_s", "to_last_epoch_s", "callback_s", "per_epoch_hooks_s", "save_s", "begin_s", "end_s",
-                        "cpu_s", "server_cpu_s", "other_cpu_s", "quiet_wait_s", "setup_s", "teardown_s", "hash_s", "upload_s"):
+            for key in (
+                "fit_s",
+                "to_last_epoch_s",
+                "callback_s",
+                "per_epoch_hooks_s",
+                "save_s",
+                "begin_s",
+                "end_s",
+                "cpu_s",
+                "server_cpu_s",
+                "other_cpu_s",
+                "quiet_wait_s",
+                "setup_s",
+                "teardown_s",
+                "hash_s",
+                "upload_s",
+            ):
                 values = [r[key] for r in rs]
                 row[key] = median(values)
                 row[key + "_min"] = min(values)
@@ -579,10 +643,14 @@ def summarize(runs: list[dict], sizes, variants) -> dict:
             extra = [(r["per_epoch_hooks_s"] - r["save_s"]) / r["epochs"] for r in rs]
             row["extra_per_ckpt_s"] = median(extra)
             row["save_per_ckpt_s"] = median([r["save_s"] / r["epochs"] for r in rs])
-            row["upload_per_ckpt_s"] = median([r["upload_s"] / max(1, r["n_uploads"]) for r in rs]) if any(
-                r["n_uploads"] for r in rs) else None
-            row["hash_per_ckpt_s"] = median([r["hash_s"] / max(1, r["n_uploads"]) for r in rs]) if any(
-                r["n_uploads"] for r in rs) else None
+            row["upload_per_ckpt_s"] = (
+                median([r["upload_s"] / max(1, r["n_uploads"]) for r in rs])
+                if any(r["n_uploads"] for r in rs)
+                else None
+            )
+            row["hash_per_ckpt_s"] = (
+                median([r["hash_s"] / max(1, r["n_uploads"]) for r in rs]) if any(r["n_uploads"] for r in rs) else None
+            )
             table[size][variant] = row
         base = table[size].get(BASELINE)
         for variant, row in table[size].items():
@@ -612,8 +680,13 @@ def summarize_realistic(runs: list[dict]) -> dict:
             rows[variant] = row
         ratios = per_round_ratios(runs, label, "tracked_async_server", BASELINE)
         no_wait = per_round_ratios(runs, label, "tracked_nowait_server", BASELINE)
-        out[label] = {"rows": rows, "ratios": ratios, "median_ratio": median(ratios) if ratios else None,
-                      "no_wait_ratios": no_wait, "no_wait_median_ratio": median(no_wait) if no_wait else None}
+        out[label] = {
+            "rows": rows,
+            "ratios": ratios,
+            "median_ratio": median(ratios) if ratios else None,
+            "no_wait_ratios": no_wait,
+            "no_wait_median_ratio": median(no_wait) if no_wait else None,
+        }
     return out
 
 
@@ -642,12 +715,16 @@ def render_realistic(realistic: dict, args) -> list[str]:
     lines.append("")
     for label, data in realistic.items():
         if data["ratios"]:
-            lines.append(f"* {label}: per-pair ratios {', '.join(f'{r:.3f}' for r in data['ratios'])}; "
-                         f"median **{data['median_ratio']:.3f}**")
+            lines.append(
+                f"* {label}: per-pair ratios {', '.join(f'{r:.3f}' for r in data['ratios'])}; "
+                f"median **{data['median_ratio']:.3f}**"
+            )
         if data.get("no_wait_ratios"):
-            lines.append(f"* {label}, blocking=False: per-pair ratios "
-                         f"{', '.join(f'{r:.3f}' for r in data['no_wait_ratios'])}; "
-                         f"median **{data['no_wait_median_ratio']:.3f}**")
+            lines.append(
+                f"* {label}, blocking=False: per-pair ratios "
+                f"{', '.join(f'{r:.3f}' for r in data['no_wait_ratios'])}; "
+                f"median **{data['no_wait_median_ratio']:.3f}**"
+            )
     lines.append("")
     return lines
 
@@ -670,9 +747,11 @@ def render_tables(table: dict, file_mb: dict, skipped: dict, args) -> list[str]:
         width, layers = SIZES[size]
         lines.append(f"### {size} (actual `.keras` file {actual}; Dense {layers}x{width}, Adam)")
         lines.append("")
-        lines.append("| variant | fit s, median (min–max) | × plain | to end of last epoch s | × plain | "
-                     "callback on training thread s | Keras save s | extra / ckpt ms (% of save) | "
-                     "on_train_end s | bg upload / ckpt s | process CPU s | server CPU s | other CPU s |")
+        lines.append(
+            "| variant | fit s, median (min–max) | × plain | to end of last epoch s | × plain | "
+            "callback on training thread s | Keras save s | extra / ckpt ms (% of save) | "
+            "on_train_end s | bg upload / ckpt s | process CPU s | server CPU s | other CPU s |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for variant, _ in VARIANTS:
             if variant not in rows:
@@ -688,8 +767,10 @@ def render_tables(table: dict, file_mb: dict, skipped: dict, args) -> list[str]:
                 cb = fmt_s(row, "callback_s")
                 save = f"{row['save_s']:.2f}"
                 if row["save_per_ckpt_s"] > 0:
-                    extra = (f"{1000 * row['extra_per_ckpt_s']:.0f} "
-                             f"({100 * row['extra_per_ckpt_s'] / row['save_per_ckpt_s']:.0f}%)")
+                    extra = (
+                        f"{1000 * row['extra_per_ckpt_s']:.0f} "
+                        f"({100 * row['extra_per_ckpt_s'] / row['save_per_ckpt_s']:.0f}%)"
+                    )
                 else:
                     extra = f"{1000 * row['extra_per_ckpt_s']:.0f} (no Keras save)"
                 end = f"{row['end_s']:.2f}"
@@ -705,19 +786,25 @@ def render_tables(table: dict, file_mb: dict, skipped: dict, args) -> list[str]:
             lines.append("Per-round fit ratios to plain `ModelCheckpoint` (round 1, 2, …; median):")
             lines.append("")
             for variant, row in ratios:
-                lines.append(f"* `{variant}`: {', '.join(f'{r:.2f}' for r in row['fit_ratios'])}; "
-                             f"median **{row['fit_ratio_median']:.2f}**")
+                lines.append(
+                    f"* `{variant}`: {', '.join(f'{r:.2f}' for r in row['fit_ratios'])}; "
+                    f"median **{row['fit_ratio_median']:.2f}**"
+                )
             lines.append("")
     return lines
 
 
 def _like_for_like(rows: dict) -> str:
     """The same comparison per tracker: ours to the same destination as that tracker's own callback."""
-    pairs = [("tracked_async_server", "mlflow_callback", "both to the same MLflow server"),
-             ("tracked_wandb_offline", "wandb_callback", "both W&B offline: no upload in either")]
-    parts = [f"{ours} {rows[ours]['fit_ratio_median']:.2f}× vs {own} {rows[own]['fit_ratio_median']:.2f}× ({how})"
-             for ours, own, how in pairs
-             if "fit_ratio_median" in rows.get(ours, {}) and "fit_ratio_median" in rows.get(own, {})]
+    pairs = [
+        ("tracked_async_server", "mlflow_callback", "both to the same MLflow server"),
+        ("tracked_wandb_offline", "wandb_callback", "both W&B offline: no upload in either"),
+    ]
+    parts = [
+        f"{ours} {rows[ours]['fit_ratio_median']:.2f}× vs {own} {rows[own]['fit_ratio_median']:.2f}× ({how})"
+        for ours, own, how in pairs
+        if "fit_ratio_median" in rows.get(ours, {}) and "fit_ratio_median" in rows.get(own, {})
+    ]
     return ("; like for like: " + "; ".join(parts)) if parts else ""
 
 
@@ -735,45 +822,64 @@ def evaluate_targets(table: dict, scaling: dict | None, realistic: dict | None =
         cpu = ""
         if ours and plain:
             # Where the extra time goes on this 2-core machine, where training keeps both cores busy.
-            cpu = (f"; CPU used during the fit beyond plain: this process {ours['cpu_s'] - plain['cpu_s']:+.1f} s "
-                   f"(sha256, the HTTP client), the co-located MLflow server "
-                   f"{ours['server_cpu_s'] - plain['server_cpu_s']:.1f} s (receiving and writing the files); "
-                   f"fit {ours['fit_s'] - plain['fit_s']:+.1f} s")
-        out.append((
-            f"realistic fit, {label}: ≤ 1.05× ModelCheckpoint",
-            verdict,
-            f"median of {len(data['ratios'])} per-pair ratios {ratio:.3f}× "
-            f"({', '.join(f'{r:.3f}' for r in data['ratios'])}); on_train_end waits {ours.get('end_s', 0):.2f} s"
-            + cpu,
-        ))
+            cpu = (
+                f"; CPU used during the fit beyond plain: this process {ours['cpu_s'] - plain['cpu_s']:+.1f} s "
+                f"(sha256, the HTTP client), the co-located MLflow server "
+                f"{ours['server_cpu_s'] - plain['server_cpu_s']:.1f} s (receiving and writing the files); "
+                f"fit {ours['fit_s'] - plain['fit_s']:+.1f} s"
+            )
+        out.append(
+            (
+                f"realistic fit, {label}: ≤ 1.05× ModelCheckpoint",
+                verdict,
+                f"median of {len(data['ratios'])} per-pair ratios {ratio:.3f}× "
+                f"({', '.join(f'{r:.3f}' for r in data['ratios'])}); on_train_end waits {ours.get('end_s', 0):.2f} s"
+                + cpu,
+            )
+        )
     variant = "tracked_async_server"
     for size in ("60MB", "250MB"):
         rows = table.get(size, {})
         row = rows.get(variant)
-        own = {v: rows[v]["fit_ratio_median"] for v in ("mlflow_callback", "wandb_callback")
-               if v in rows and "fit_ratio_median" in rows[v]}
+        own = {
+            v: rows[v]["fit_ratio_median"]
+            for v in ("mlflow_callback", "wandb_callback")
+            if v in rows and "fit_ratio_median" in rows[v]
+        }
         if row is None or "fit_ratio_median" not in row or not own:
-            out.append((f"checkpoint-dominated fit, {size}: ≤ the faster of MLflow's and W&B's own callbacks",
-                        "not measured", ""))
+            out.append(
+                (
+                    f"checkpoint-dominated fit, {size}: ≤ the faster of MLflow's and W&B's own callbacks",
+                    "not measured",
+                    "",
+                )
+            )
             continue
         faster = min(own, key=own.get)
         ours = row["fit_ratio_median"]
         verdict = "holds" if ours <= own[faster] else f"missed by {100 * (ours - own[faster]):.1f} points"
-        out.append((
-            f"checkpoint-dominated fit, {size}: ≤ the faster of MLflow's and W&B's own callbacks",
-            verdict,
-            f"median per-round ratio to ModelCheckpoint {ours:.2f}× "
-            f"({', '.join(f'{r:.2f}' for r in row['fit_ratios'])}) "
-            f"vs {faster} {own[faster]:.2f}× ({', '.join(f'{r:.2f}' for r in rows[faster]['fit_ratios'])}); "
-            + "; ".join(f"{v} {r:.2f}×" for v, r in own.items() if v != faster)
-            + f"; on_train_end waits {row['end_s']:.2f} s (background work {row['upload_per_ckpt_s'] or 0:.2f} s "
-              f"per checkpoint; MLflow server CPU {row['server_cpu_s']:.1f} s per fit)"
-            + _like_for_like(rows),
-        ))
+        out.append(
+            (
+                f"checkpoint-dominated fit, {size}: ≤ the faster of MLflow's and W&B's own callbacks",
+                verdict,
+                f"median per-round ratio to ModelCheckpoint {ours:.2f}× "
+                f"({', '.join(f'{r:.2f}' for r in row['fit_ratios'])}) "
+                f"vs {faster} {own[faster]:.2f}× ({', '.join(f'{r:.2f}' for r in rows[faster]['fit_ratios'])}); "
+                + "; ".join(f"{v} {r:.2f}×" for v, r in own.items() if v != faster)
+                + f"; on_train_end waits {row['end_s']:.2f} s (background work {row['upload_per_ckpt_s'] or 0:.2f} s "
+                f"per checkpoint; MLflow server CPU {row['server_cpu_s']:.1f} s per fit)" + _like_for_like(rows),
+            )
+        )
     for size in ("60MB", "250MB"):
         row = table.get(size, {}).get(variant)
         if row is None or "fit_ratio" not in row:
-            out.append((f"(earlier target) fit time, async to local server, {size} ≤ 1.03× ModelCheckpoint", "not measured", ""))
+            out.append(
+                (
+                    f"(earlier target) fit time, async to local server, {size} ≤ 1.03× ModelCheckpoint",
+                    "not measured",
+                    "",
+                )
+            )
             continue
         fit_ratio, epoch_ratio = row["fit_ratio"], row["to_last_epoch_ratio"]
         verdict = "holds" if fit_ratio <= 1.03 else f"missed by {100 * (fit_ratio - 1.03):.1f} points"
@@ -782,65 +888,81 @@ def evaluate_targets(table: dict, scaling: dict | None, realistic: dict | None =
         final_wait = (row["fit_s"] - row["to_last_epoch_s"]) - (base["fit_s"] - base["to_last_epoch_s"])
         if per_epoch_share < 0.03:
             share = max(per_epoch_share, 0.0)  # a negative share is Keras save-time noise, not a speed-up
-            break_even = (f"at this checkpoint rate it would hold for fits of ≥ "
-                          f"{max(final_wait, 0) / (0.03 - share):.0f} s of plain-ModelCheckpoint time")
+            break_even = (
+                f"at this checkpoint rate it would hold for fits of ≥ "
+                f"{max(final_wait, 0) / (0.03 - share):.0f} s of plain-ModelCheckpoint time"
+            )
         else:
-            break_even = (f"the slowdown before the final wait ({100 * per_epoch_share:.0f}%) alone exceeds 3% "
-                          "at this checkpoint rate, whatever the fit length")
-        out.append((
-            f"(earlier target) fit time, async to local server, {size} ≤ 1.03× ModelCheckpoint",
-            verdict,
-            f"fit {fit_ratio:.2f}× ({row['fit_s']:.2f} s vs {base['fit_s']:.2f} s); to the end of the last epoch "
-            f"{epoch_ratio:.2f}×, then on_train_end waits {row['end_s']:.2f} s for the last upload(s) "
-            f"(background work {row['upload_per_ckpt_s'] or 0:.2f} s per checkpoint: sha256 + log_checkpoint; "
-            f"MLflow server CPU {row['server_cpu_s']:.1f} s per fit); outside Keras's own saves the fit took "
-            f"{row['fit_s'] - row['save_s']:.2f} s vs {base['fit_s'] - base['save_s']:.2f} s; {break_even}",
-        ))
+            break_even = (
+                f"the slowdown before the final wait ({100 * per_epoch_share:.0f}%) alone exceeds 3% "
+                "at this checkpoint rate, whatever the fit length"
+            )
+        out.append(
+            (
+                f"(earlier target) fit time, async to local server, {size} ≤ 1.03× ModelCheckpoint",
+                verdict,
+                f"fit {fit_ratio:.2f}× ({row['fit_s']:.2f} s vs {base['fit_s']:.2f} s); to the end of the last epoch "
+                f"{epoch_ratio:.2f}×, then on_train_end waits {row['end_s']:.2f} s for the last upload(s) "
+                f"(background work {row['upload_per_ckpt_s'] or 0:.2f} s per checkpoint: sha256 + log_checkpoint; "
+                f"MLflow server CPU {row['server_cpu_s']:.1f} s per fit); outside Keras's own saves the fit took "
+                f"{row['fit_s'] - row['save_s']:.2f} s vs {base['fit_s'] - base['save_s']:.2f} s; {break_even}",
+            )
+        )
     for size, rows in table.items():
         row = rows.get(variant)
         if row is None or row["save_per_ckpt_s"] <= 0:
             continue
         share = row["extra_per_ckpt_s"] / row["save_per_ckpt_s"]
         verdict = "holds" if share <= 0.10 else f"missed ({100 * share:.0f}% > 10%)"
-        out.append((
-            f"training-thread extra time per checkpoint ≤ 10% of Keras's save, {size}",
-            verdict,
-            f"{1000 * row['extra_per_ckpt_s']:.1f} ms extra vs {1000 * row['save_per_ckpt_s']:.0f} ms save "
-            f"({100 * share:.1f}%); on_train_begin {row['begin_s'] * 1000:.0f} ms once per fit",
-        ))
+        out.append(
+            (
+                f"training-thread extra time per checkpoint ≤ 10% of Keras's save, {size}",
+                verdict,
+                f"{1000 * row['extra_per_ckpt_s']:.1f} ms extra vs {1000 * row['save_per_ckpt_s']:.0f} ms save "
+                f"({100 * share:.1f}%); on_train_begin {row['begin_s'] * 1000:.0f} ms once per fit",
+            )
+        )
     if scaling:
         small, big = scaling["promote_" + str(scaling["n_small"])], scaling["promote_" + str(scaling["n_big"])]
-        constant = (small["first"]["client_calls"] == big["first"]["client_calls"]
-                    and small["repeat_client_calls"] == big["repeat_client_calls"])
+        constant = (
+            small["first"]["client_calls"] == big["first"]["client_calls"]
+            and small["repeat_client_calls"] == big["repeat_client_calls"]
+        )
         fast = big["first"]["seconds"] < 1.0 and big["repeat_median_s"] < 1.0
         verdict = "holds" if constant and fast else ("missed: calls grow" if not constant else "missed: ≥ 1 s")
-        out.append((
-            f"promote_best over {scaling['n_big']} checkpoints: constant calls and < 1 s (local server)",
-            verdict,
-            f"{big['first']['client_calls']} MlflowClient calls / {big['first']['http_requests']} HTTP requests "
-            f"({scaling['n_small']} checkpoints: "
-            f"{small['first']['client_calls']} / {small['first']['http_requests']}); "
-            f"{big['first']['seconds']:.2f} s first call, {big['repeat_median_s']:.2f} s repeat",
-        ))
+        out.append(
+            (
+                f"promote_best over {scaling['n_big']} checkpoints: constant calls and < 1 s (local server)",
+                verdict,
+                f"{big['first']['client_calls']} MlflowClient calls / {big['first']['http_requests']} HTTP requests "
+                f"({scaling['n_small']} checkpoints: "
+                f"{small['first']['client_calls']} / {small['first']['http_requests']}); "
+                f"{big['first']['seconds']:.2f} s first call, {big['repeat_median_s']:.2f} s repeat",
+            )
+        )
         for size, load in scaling["load"].items():
             verdict = "holds" if load["ratio"] <= 1.1 else f"missed by {100 * (load['ratio'] - 1.1):.1f} points"
-            out.append((
-                f"warm load_model ≤ 1.1× keras.saving.load_model, {size}",
-                verdict,
-                f"{load['ratio']:.2f}× ({load['warm_median_s'] * 1000:.0f} ms "
-                f"vs {load['keras_median_s'] * 1000:.0f} ms; "
-                f"paired overhead {load['paired_overhead_median_s'] * 1000:+.0f} ms, of which resolve "
-                f"({load['warm_http_requests']} HTTP requests) {load['resolve_median_s'] * 1000:.0f} ms)",
-            ))
+            out.append(
+                (
+                    f"warm load_model ≤ 1.1× keras.saving.load_model, {size}",
+                    verdict,
+                    f"{load['ratio']:.2f}× ({load['warm_median_s'] * 1000:.0f} ms "
+                    f"vs {load['keras_median_s'] * 1000:.0f} ms; "
+                    f"paired overhead {load['paired_overhead_median_s'] * 1000:+.0f} ms, of which resolve "
+                    f"({load['warm_http_requests']} HTTP requests) {load['resolve_median_s'] * 1000:.0f} ms)",
+                )
+            )
         mem = scaling["memory"].get("250MB")
         if mem:
             verdict = "holds" if mem["rss_peak_above_baseline_mb"] < 50 else "missed"
-            out.append((
-                "callback memory during a 250 MB upload < 50 MB above baseline",
-                verdict,
-                f"RSS peak +{mem['rss_peak_above_baseline_mb']:.1f} MB ({mem['rss_samples']} samples over "
-                f"{mem['publish_seconds']:.2f} s); tracemalloc peak {mem['tracemalloc_peak_mb']:.1f} MB",
-            ))
+            out.append(
+                (
+                    "callback memory during a 250 MB upload < 50 MB above baseline",
+                    verdict,
+                    f"RSS peak +{mem['rss_peak_above_baseline_mb']:.1f} MB ({mem['rss_samples']} samples over "
+                    f"{mem['publish_seconds']:.2f} s); tracemalloc peak {mem['tracemalloc_peak_mb']:.1f} MB",
+                )
+            )
     return out
 
 
@@ -850,15 +972,24 @@ def render_scaling(scaling: dict) -> list[str]:
     lines.append(f"### promote_best over one run of {ns} vs {nb} checkpoints")
     lines.append("")
     stubbed = not scaling[f"log_{nb}"].get("artifacts", True)
-    lines.append("Checkpoints are real LoggedModels logged by `MlflowTracker.log_checkpoint` (idempotency search, "
-                 "schema tags, metrics linked to the model, run output, READY), distinct epoch/step/value; 4 logging "
-                 "threads. " + ("To fit the time budget the artifact upload inside it was stubbed out "
-                                "(`scaling.py --artifacts` uploads them; promote_best never reads artifacts), so "
-                                "*logging them* is not the full per-checkpoint cost." if stubbed else ""))
+    lines.append(
+        "Checkpoints are real LoggedModels logged by `MlflowTracker.log_checkpoint` (idempotency search, "
+        "schema tags, metrics linked to the model, run output, READY), distinct epoch/step/value; 4 logging "
+        "threads. "
+        + (
+            "To fit the time budget the artifact upload inside it was stubbed out "
+            "(`scaling.py --artifacts` uploads them; promote_best never reads artifacts), so "
+            "*logging them* is not the full per-checkpoint cost."
+            if stubbed
+            else ""
+        )
+    )
     lines.append("")
-    lines.append("| checkpoints in the run | logging them: s total, ms/checkpoint (first 10% / last 10%) | "
-                 "promote_best 1st call: s, MlflowClient calls, HTTP requests | repeat call: s (median of 3), calls, HTTP | "
-                 "chosen = best? |")
+    lines.append(
+        "| checkpoints in the run | logging them: s total, ms/checkpoint (first 10% / last 10%) | "
+        "promote_best 1st call: s, MlflowClient calls, HTTP requests | repeat call: s (median of 3), calls, HTTP | "
+        "chosen = best? |"
+    )
     lines.append("|---|---|---|---|---|")
     for n in (ns, nb):
         lg, pr = scaling[f"log_{n}"], scaling[f"promote_{n}"]
@@ -870,18 +1001,26 @@ def render_scaling(scaling: dict) -> list[str]:
             f"{'yes' if pr['first']['checkpoint'] == pr['expected_best'] else 'NO'} ({pr['first']['checkpoint']}) |"
         )
     lines.append("")
-    lines.append(f"MlflowClient calls of the first promote_best ({nb} checkpoints): "
-                 + ", ".join(f"`{k}` {v}" for k, v in scaling[f"promote_{nb}"]["first"]["by_method"].items()))
+    lines.append(
+        f"MlflowClient calls of the first promote_best ({nb} checkpoints): "
+        + ", ".join(f"`{k}` {v}" for k, v in scaling[f"promote_{nb}"]["first"]["by_method"].items())
+    )
     lines.append("")
-    lines.append("### Warm `tracked_ckpt.load_model(name, alias=\"champion\")` vs `keras.saving.load_model` on the cached file")
+    lines.append(
+        '### Warm `tracked_ckpt.load_model(name, alias="champion")` vs `keras.saving.load_model` on the cached file'
+    )
     lines.append("")
-    lines.append("Paired rounds (both loads per round, alternating which goes first; models released and "
-                 "`gc.collect()` outside the timings). *resolve* = `MlflowTracker.resolve` alone (the HTTP part "
-                 "of a warm load).")
+    lines.append(
+        "Paired rounds (both loads per round, alternating which goes first; models released and "
+        "`gc.collect()` outside the timings). *resolve* = `MlflowTracker.resolve` alone (the HTTP part "
+        "of a warm load)."
+    )
     lines.append("")
-    lines.append("| size | file MB | rounds | cold load_model s | warm load_model ms, median (min–max) | "
-                 "keras.saving.load_model ms | ratio of medians | paired overhead ms (median) | resolve ms | "
-                 "warm HTTP requests |")
+    lines.append(
+        "| size | file MB | rounds | cold load_model s | warm load_model ms, median (min–max) | "
+        "keras.saving.load_model ms | ratio of medians | paired overhead ms (median) | resolve ms | "
+        "warm HTTP requests |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for size, ld in scaling["load"].items():
         lines.append(
@@ -894,21 +1033,40 @@ def render_scaling(scaling: dict) -> list[str]:
     lines.append("")
     lines.append("### Memory of the training process while the publisher hashes and uploads one checkpoint")
     lines.append("")
-    lines.append("One-epoch fit, async upload; the window is the tracker's `log_checkpoint` on the upload "
-                 "thread, while the training thread waits in `on_train_end`. RSS sampled every 2 ms.")
+    lines.append(
+        "One-epoch fit, async upload; the window is the tracker's `log_checkpoint` on the upload "
+        "thread, while the training thread waits in `on_train_end`. RSS sampled every 2 ms."
+    )
     lines.append("")
     lines.append("| size | file MB | window s | RSS at start MB | RSS peak above start MB | tracemalloc peak MB |")
     lines.append("|---|---|---|---|---|---|")
     for size, m in scaling["memory"].items():
-        lines.append(f"| {size} | {m['file_mb']:.1f} | {m['publish_seconds']:.2f} | {m['rss_baseline_mb']:.0f} | "
-                     f"{m['rss_peak_above_baseline_mb']:.1f} | {m['tracemalloc_peak_mb']:.1f} |")
+        lines.append(
+            f"| {size} | {m['file_mb']:.1f} | {m['publish_seconds']:.2f} | {m['rss_baseline_mb']:.0f} | "
+            f"{m['rss_peak_above_baseline_mb']:.1f} | {m['tracemalloc_peak_mb']:.1f} |"
+        )
     lines.append("")
     return lines
 
 
-def write_results(path: str, args, table, scaling, skipped, errors, file_mb, elapsed, server_startup,
-                  quiet_waited, cut, generated: str | None = None, via_make: bool | None = None,
-                  machine: dict | None = None, vers: dict | None = None, realistic: dict | None = None) -> None:
+def write_results(
+    path: str,
+    args,
+    table,
+    scaling,
+    skipped,
+    errors,
+    file_mb,
+    elapsed,
+    server_startup,
+    quiet_waited,
+    cut,
+    generated: str | None = None,
+    via_make: bool | None = None,
+    machine: dict | None = None,
+    vers: dict | None = None,
+    realistic: dict | None = None,
+) -> None:
     machine = machine or machine_info()
     vers = vers or versions()
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]])
@@ -925,12 +1083,12 @@ def write_results(path: str, args, table, scaling, skipped, errors, file_mb, ela
         f"* Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, {machine['os']}.",
         "* Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".",
         f"* Each run: `fit` on {N_TRAIN} samples (batch {BATCH}, so 2 steps/epoch) + {N_VAL} validation samples, "
-        f"{args.epochs} epochs, one checkpoint per epoch (`monitor=\"val_loss\"`, every epoch saved); "
+        f'{args.epochs} epochs, one checkpoint per epoch (`monitor="val_loss"`, every epoch saved); '
         f"{args.repeats} repeats per variant, round-robin over variants (order rotated each round), "
         "after one untimed warm-up run of every variant. The model object is reused across runs of a size "
         "(traced once); every run writes into a fresh directory, and its files (local, server, W&B) are "
         "deleted and `sync`ed after the run, outside the timings.",
-        "* Tracker runs (MLflow `start_run`, `wandb.init(mode=\"offline\")`) are opened before and closed after "
+        '* Tracker runs (MLflow `start_run`, `wandb.init(mode="offline")`) are opened before and closed after '
         "the timed `fit` for every variant that needs one, so `fit` times compare the callbacks only. "
         "TrackedModelCheckpoint attaches to the active run.",
         "* MLflow server: `mlflow server --backend-store-uri sqlite:///… --artifacts-destination … --host 127.0.0.1 "
@@ -957,8 +1115,11 @@ def write_results(path: str, args, table, scaling, skipped, errors, file_mb, ela
     ]
     lines += render_tables(table, file_mb, skipped, args)
     if cut:
-        lines.append("Time budget: " + "; ".join(f"{size} ran {done} of {wanted} repeats" for size, (done, wanted)
-                                                 in cut.items()) + ".")
+        lines.append(
+            "Time budget: "
+            + "; ".join(f"{size} ran {done} of {wanted} repeats" for size, (done, wanted) in cut.items())
+            + "."
+        )
         lines.append("")
     if skipped:
         lines.append("Skipped variants: " + "; ".join(f"`{k}`: {v}" for k, v in skipped.items()))
@@ -1010,16 +1171,20 @@ def _now() -> str:
 
 def print_summary(table, skipped) -> None:
     for size, rows in table.items():
-        print(f"\n{size}: {'variant':24s} {'fit s (median, min-max)':>26s} {'x plain':>8s} {'to-last-epoch':>14s} "
-              f"{'x plain':>8s} {'callback s':>10s} {'extra/ckpt ms':>14s}")
+        print(
+            f"\n{size}: {'variant':24s} {'fit s (median, min-max)':>26s} {'x plain':>8s} {'to-last-epoch':>14s} "
+            f"{'x plain':>8s} {'callback s':>10s} {'extra/ckpt ms':>14s}"
+        )
         for variant, _ in VARIANTS:
             if variant not in rows:
                 continue
             row = rows[variant]
-            print(f"{'':7s}{variant:24s} {row['fit_s']:8.2f} ({row['fit_s_min']:.2f}-{row['fit_s_max']:.2f})"
-                  f"{'':5s} {row.get('fit_ratio', float('nan')):8.2f} {row['to_last_epoch_s']:14.2f} "
-                  f"{row.get('to_last_epoch_ratio', float('nan')):8.2f} {row['callback_s']:10.2f} "
-                  f"{1000 * row['extra_per_ckpt_s']:14.1f}")
+            print(
+                f"{'':7s}{variant:24s} {row['fit_s']:8.2f} ({row['fit_s_min']:.2f}-{row['fit_s_max']:.2f})"
+                f"{'':5s} {row.get('fit_ratio', float('nan')):8.2f} {row['to_last_epoch_s']:14.2f} "
+                f"{row.get('to_last_epoch_ratio', float('nan')):8.2f} {row['callback_s']:10.2f} "
+                f"{1000 * row['extra_per_ckpt_s']:14.1f}"
+            )
     for variant, reason in skipped.items():
         print(f"skipped {variant}: {reason}")
 
@@ -1033,11 +1198,24 @@ def render_only(raw_path: str, results_path: str | None) -> int:
     argv = sys.argv
     sys.argv = [argv[0], *meta.get("argv", [])]
     try:
-        write_results(results_path or args.results_path, args, raw["table"], raw["scaling"], raw["skipped"],
-                      raw["errors"], raw["file_mb"], raw["elapsed_s"], meta.get("server_startup", 0.0),
-                      meta.get("quiet_waited", 0.0), meta.get("cut", {}), generated=meta.get("generated"),
-                      via_make=meta.get("via_make", False), machine=raw.get("machine"), vers=raw.get("versions"),
-                      realistic=raw.get("realistic"))
+        write_results(
+            results_path or args.results_path,
+            args,
+            raw["table"],
+            raw["scaling"],
+            raw["skipped"],
+            raw["errors"],
+            raw["file_mb"],
+            raw["elapsed_s"],
+            meta.get("server_startup", 0.0),
+            meta.get("quiet_waited", 0.0),
+            meta.get("cut", {}),
+            generated=meta.get("generated"),
+            via_make=meta.get("via_make", False),
+            machine=raw.get("machine"),
+            vers=raw.get("versions"),
+            realistic=raw.get("realistic"),
+        )
     finally:
         sys.argv = argv
     print(f"wrote {results_path or args.results_path} from {raw_path}")
@@ -1046,29 +1224,50 @@ def render_only(raw_path: str, results_path: str | None) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--render-only", metavar="RAW_JSON",
-                        help="only re-write the markdown from benchmarks/out/results-*.json of an earlier run")
-    parser.add_argument("--quick", action="store_true",
-                        help="sizes 10MB,60MB, 2 repeats, 3 epochs, 200 checkpoints for promote_best")
+    parser.add_argument(
+        "--render-only",
+        metavar="RAW_JSON",
+        help="only re-write the markdown from benchmarks/out/results-*.json of an earlier run",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="sizes 10MB,60MB, 2 repeats, 3 epochs, 200 checkpoints for promote_best"
+    )
     parser.add_argument("--sizes", help=f"comma-separated, from {','.join(SIZES)} (default: all)")
     parser.add_argument("--repeats", type=int, help="runs per variant and size (default 5)")
     parser.add_argument("--epochs", type=int, help="epochs (= checkpoints) per fit (default 4)")
     parser.add_argument("--variants", help="comma-separated subset of: " + ",".join(v for v, _ in VARIANTS))
     parser.add_argument("--scaling-n", type=int, help="checkpoints in the big promote_best run (default 1000)")
-    parser.add_argument("--budget", type=float, default=30.0,
-                        help="minutes: at the largest size, repeats beyond 2 are dropped when the whole run would "
-                             "exceed this (default 30)")
-    parser.add_argument("--quiet-budget", type=float, default=60.0,
-                        help="total seconds the runs may wait for other processes on the machine to go quiet (default 60)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="minutes: at the largest size, repeats beyond 2 are dropped when the whole run would "
+        "exceed this (default 30)",
+    )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=60.0,
+        help="total seconds the runs may wait for other processes on the machine to go quiet (default 60)",
+    )
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling figures")
-    parser.add_argument("--realistic-sizes", default="60MB,250MB",
-                        help="sizes of the realistic rows (several seconds of training per checkpoint); "
-                             "'' to skip them (default 60MB,250MB; --quick: 60MB)")
+    parser.add_argument(
+        "--realistic-sizes",
+        default="60MB,250MB",
+        help="sizes of the realistic rows (several seconds of training per checkpoint); "
+        "'' to skip them (default 60MB,250MB; --quick: 60MB)",
+    )
     parser.add_argument("--pairs", type=int, default=5, help="alternating pairs per realistic row (default 5)")
-    parser.add_argument("--epoch-seconds", type=float, default=5.0,
-                        help="training seconds per epoch (= per checkpoint) in the realistic rows (default 5)")
+    parser.add_argument(
+        "--epoch-seconds",
+        type=float,
+        default=5.0,
+        help="training seconds per epoch (= per checkpoint) in the realistic rows (default 5)",
+    )
     parser.add_argument("--realistic-epochs", type=int, default=4, help="epochs of a realistic run (default 4)")
-    parser.add_argument("--results", help="markdown output (default benchmarks/RESULTS.md; --quick: out/RESULTS-quick.md)")
+    parser.add_argument(
+        "--results", help="markdown output (default benchmarks/RESULTS.md; --quick: out/RESULTS-quick.md)"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         shutil.rmtree(WORK, ignore_errors=True)  # made at import; nothing runs
@@ -1086,11 +1285,13 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown realistic sizes {unknown}; choose from {list(SIZES)}")
     args.epochs = args.epochs or (3 if quick else 4)
-    args.variants = (args.variants.split(",") if args.variants else [v for v, _ in VARIANTS])
+    args.variants = args.variants.split(",") if args.variants else [v for v, _ in VARIANTS]
     if BASELINE not in args.variants:
         args.variants.append(BASELINE)
     args.scaling_n = args.scaling_n or (200 if quick else 1000)
-    results_path = args.results or (os.path.join(OUT, "RESULTS-quick.md") if quick else os.path.join(HERE, "RESULTS.md"))
+    results_path = args.results or (
+        os.path.join(OUT, "RESULTS-quick.md") if quick else os.path.join(HERE, "RESULTS.md")
+    )
     args.results_path = results_path
 
     bench = Bench(args)
@@ -1114,8 +1315,9 @@ def _run(bench: Bench, args, results_path: str) -> int:
             from scaling import run_scaling
 
             t = time.perf_counter()
-            scaling = run_scaling(bench.server.url, os.path.join(WORK, "scaling"), n_big=args.scaling_n,
-                                  sizes=tuple(args.sizes), log=log)
+            scaling = run_scaling(
+                bench.server.url, os.path.join(WORK, "scaling"), n_big=args.scaling_n, sizes=tuple(args.sizes), log=log
+            )
             log(f"  scaling took {time.perf_counter() - t:.0f} s")
     finally:
         bench.stop()
@@ -1125,15 +1327,47 @@ def _run(bench: Bench, args, results_path: str) -> int:
     print_summary(table, bench.skipped)
     raw = os.path.join(OUT, f"results-{time.strftime('%Y%m%dT%H%M%S')}.json")
     with open(raw, "w") as f:
-        json.dump({"args": vars(args), "runs": bench.runs, "table": table, "scaling": scaling,
-                   "realistic_runs": bench.realistic_runs, "realistic": realistic,
-                   "skipped": bench.skipped, "errors": bench.errors, "file_mb": bench.file_mb,
-                   "machine": machine_info(), "versions": versions(), "elapsed_s": elapsed,
-                   "meta": {"argv": sys.argv[1:], "server_startup": bench.server.startup_seconds or 0.0,
-                            "quiet_waited": bench.quiet_waited, "cut": bench.cut, "generated": _now(),
-                            "via_make": bool(os.environ.get("MAKELEVEL"))}}, f, indent=1, default=str)
-    write_results(results_path, args, table, scaling, bench.skipped, bench.errors, bench.file_mb, elapsed,
-                  bench.server.startup_seconds or 0.0, bench.quiet_waited, bench.cut, realistic=realistic)
+        json.dump(
+            {
+                "args": vars(args),
+                "runs": bench.runs,
+                "table": table,
+                "scaling": scaling,
+                "realistic_runs": bench.realistic_runs,
+                "realistic": realistic,
+                "skipped": bench.skipped,
+                "errors": bench.errors,
+                "file_mb": bench.file_mb,
+                "machine": machine_info(),
+                "versions": versions(),
+                "elapsed_s": elapsed,
+                "meta": {
+                    "argv": sys.argv[1:],
+                    "server_startup": bench.server.startup_seconds or 0.0,
+                    "quiet_waited": bench.quiet_waited,
+                    "cut": bench.cut,
+                    "generated": _now(),
+                    "via_make": bool(os.environ.get("MAKELEVEL")),
+                },
+            },
+            f,
+            indent=1,
+            default=str,
+        )
+    write_results(
+        results_path,
+        args,
+        table,
+        scaling,
+        bench.skipped,
+        bench.errors,
+        bench.file_mb,
+        elapsed,
+        bench.server.startup_seconds or 0.0,
+        bench.quiet_waited,
+        bench.cut,
+        realistic=realistic,
+    )
     for target, verdict, figures in evaluate_targets(table, scaling, realistic):
         print(f"TARGET {target}: {verdict} — {figures}")
     log(f"\nwrote {results_path} and {raw}; total {elapsed / 60:.1f} min")

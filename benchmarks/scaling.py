@@ -160,8 +160,9 @@ class _NoArtifactUpload:
         MlflowClient.log_model_artifacts = self.original
 
 
-def log_many(tracker: MlflowTracker, destination: dict, path: str, n: int, workers: int = 4,
-             artifacts: bool = False) -> dict:
+def log_many(
+    tracker: MlflowTracker, destination: dict, path: str, n: int, workers: int = 4, artifacts: bool = False
+) -> dict:
     """Log `n` distinct records of one file as LoggedModels of one run; return timing figures.
 
     Each goes through `MlflowTracker.log_checkpoint` (idempotency search, LoggedModel with the
@@ -188,7 +189,7 @@ def log_many(tracker: MlflowTracker, destination: dict, path: str, n: int, worke
         refs = list(pool.map(one, range(n)))
     elapsed = time.perf_counter() - started
     first = durations[: max(1, n // 10)]
-    last = durations[-max(1, n // 10):]
+    last = durations[-max(1, n // 10) :]
     return {
         "n": n,
         "elapsed_s": elapsed,
@@ -321,8 +322,7 @@ def measure_upload_memory(size: str, tracker: MlflowTracker, workdir: str) -> di
             tracker=measured,
             upload="async",
         )
-        model.fit(x, y, validation_data=(x[:16], y[:16]), epochs=1, batch_size=32, verbose=0,
-                  callbacks=[callback])
+        model.fit(x, y, validation_data=(x[:16], y[:16]), epochs=1, batch_size=32, verbose=0, callbacks=[callback])
     report = callback.last_report
     if report is None or not report.ok or not report.logged:
         raise RuntimeError(f"upload did not complete: {report}")
@@ -355,8 +355,7 @@ def measure_load(tracker: MlflowTracker, registered_name: str, run_id: str, cach
             gc.collect()
             t = time.perf_counter()
             if which == "tracked":
-                model = tracked_ckpt.load_model(registered_name, alias="champion", tracker=tracker,
-                                                 cache_dir=cache_dir)
+                model = tracked_ckpt.load_model(registered_name, alias="champion", tracker=tracker, cache_dir=cache_dir)
                 warm.append(time.perf_counter() - t)
             else:
                 model = keras.saving.load_model(path)
@@ -391,9 +390,16 @@ def measure_load(tracker: MlflowTracker, registered_name: str, run_id: str, cach
 # -- entry point --------------------------------------------------------------------------------------
 
 
-def run_scaling(server_url: str, workdir: str, n_big: int = 1000, n_small: int = 10,
-                sizes: tuple[str, ...] = ("10MB", "60MB", "250MB"), load_repeats: int = 9,
-                artifacts: bool = False, log=print) -> dict:
+def run_scaling(
+    server_url: str,
+    workdir: str,
+    n_big: int = 1000,
+    n_small: int = 10,
+    sizes: tuple[str, ...] = ("10MB", "60MB", "250MB"),
+    load_repeats: int = 9,
+    artifacts: bool = False,
+    log=print,
+) -> dict:
     COUNTER.install()
     os.makedirs(workdir, exist_ok=True)
     client = MlflowClient(server_url)
@@ -419,7 +425,10 @@ def run_scaling(server_url: str, workdir: str, n_big: int = 1000, n_small: int =
         memory = measure_upload_memory(size, tracker, workdir)
         results["memory"][size] = memory
         results["load"][size] = measure_load(
-            tracker, f"load-{size}-{experiment_id}", memory["run_id"], os.path.join(workdir, "cache"),
+            tracker,
+            f"load-{size}-{experiment_id}",
+            memory["run_id"],
+            os.path.join(workdir, "cache"),
             load_repeats if size != "10MB" else 2 * load_repeats + 1,
         )
         shutil.rmtree(os.path.join(workdir, "cache"), ignore_errors=True)
@@ -431,15 +440,24 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=1000, help="checkpoints in the big run (default 1000)")
     parser.add_argument("--sizes", default="10MB,60MB,250MB")
     parser.add_argument("--load-repeats", type=int, default=9)
-    parser.add_argument("--artifacts", action="store_true",
-                        help="upload each fixture checkpoint's artifacts too (slower; promote_best does not read them)")
+    parser.add_argument(
+        "--artifacts",
+        action="store_true",
+        help="upload each fixture checkpoint's artifacts too (slower; promote_best does not read them)",
+    )
     args = parser.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="scaling-", dir=OUT)
     os.chdir(workdir)
     with MlflowServer(os.path.join(workdir, "server")) as server:
-        results = run_scaling(server.url, workdir, n_big=args.n, sizes=tuple(args.sizes.split(",")),
-                              load_repeats=args.load_repeats, artifacts=args.artifacts)
+        results = run_scaling(
+            server.url,
+            workdir,
+            n_big=args.n,
+            sizes=tuple(args.sizes.split(",")),
+            load_repeats=args.load_repeats,
+            artifacts=args.artifacts,
+        )
     print(json.dumps(results, indent=1, default=str))
     shutil.rmtree(workdir, ignore_errors=True)
 

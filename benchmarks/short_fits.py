@@ -40,8 +40,9 @@ from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
 
 def small_model() -> keras.Model:
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)],
-                             name="trial")
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)], name="trial"
+    )
     model.compile(optimizer="adam", loss="mse")
     return model
 
@@ -71,8 +72,9 @@ def one_fit(variant: str, folder: str, tracking_uri: str, server_pgid: int) -> d
     model = small_model()
     path = os.path.join(folder, variant, "trial-{epoch}.keras")
     if variant == "tracked":
-        checkpoint = TrackedModelCheckpoint(path, monitor="loss", tracker=MlflowTracker(
-            tracking_uri=tracking_uri, experiment="short-fits"))
+        checkpoint = TrackedModelCheckpoint(
+            path, monitor="loss", tracker=MlflowTracker(tracking_uri=tracking_uri, experiment="short-fits")
+        )
     else:
         checkpoint = keras.callbacks.ModelCheckpoint(path, monitor="loss")
     marks: dict = {}
@@ -101,35 +103,40 @@ SECTION_END = "<!-- short-fits:end -->"
 def render(summary: dict) -> str:
     """The RESULTS.md section of this benchmark."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    return "\n".join([
-        SECTION_START,
-        "## Many short trials in one process (benchmarks/short_fits.py)",
-        "",
-        f"{summary['pairs']} alternating pairs of two-epoch fits of a small model (plain `ModelCheckpoint` vs "
-        "`TrackedModelCheckpoint` to a local `mlflow server`), one process, measured "
-        f"{when}, load average {summary['load_average'][0]:.2f}. Medians of the per-pair differences:",
-        "",
-        "| | ms per fit |",
-        "|---|---|",
-        f"| plain fit | {summary['plain_wall_s'] * 1000:.0f} |",
-        f"| tracked fit | {summary['tracked_wall_s'] * 1000:.0f} (x{summary['ratio']:.2f}) |",
-        f"| **fixed cost per fit** | **{summary['extra_wall_ms']:.0f}** |",
-        f"| of it: set-up (`on_train_begin`: run, provenance) | {summary['extra_begin_ms']:.0f} |",
-        f"| of it: end (wait for the last upload, end of run) | {summary['extra_end_ms']:.0f} |",
-        f"| of it: the rest (two saves staged and queued) | {summary['extra_rest_ms']:.0f} |",
-        f"| CPU, this process (extra) | {summary['extra_cpu_ms']:.0f} |",
-        f"| CPU, the MLflow server | {summary['server_cpu_ms']:.0f} |",
-        "",
-        SECTION_END,
-    ])
+    return "\n".join(
+        [
+            SECTION_START,
+            "## Many short trials in one process (benchmarks/short_fits.py)",
+            "",
+            f"{summary['pairs']} alternating pairs of two-epoch fits of a small model (plain `ModelCheckpoint` vs "
+            "`TrackedModelCheckpoint` to a local `mlflow server`), one process, measured "
+            f"{when}, load average {summary['load_average'][0]:.2f}. Medians of the per-pair differences:",
+            "",
+            "| | ms per fit |",
+            "|---|---|",
+            f"| plain fit | {summary['plain_wall_s'] * 1000:.0f} |",
+            f"| tracked fit | {summary['tracked_wall_s'] * 1000:.0f} (x{summary['ratio']:.2f}) |",
+            f"| **fixed cost per fit** | **{summary['extra_wall_ms']:.0f}** |",
+            f"| of it: set-up (`on_train_begin`: run, provenance) | {summary['extra_begin_ms']:.0f} |",
+            f"| of it: end (wait for the last upload, end of run) | {summary['extra_end_ms']:.0f} |",
+            f"| of it: the rest (two saves staged and queued) | {summary['extra_rest_ms']:.0f} |",
+            f"| CPU, this process (extra) | {summary['extra_cpu_ms']:.0f} |",
+            f"| CPU, the MLflow server | {summary['server_cpu_ms']:.0f} |",
+            "",
+            SECTION_END,
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=24, help="alternating pairs (default 24)")
     parser.add_argument("--out", default=os.path.join(OUT, "short_fits.json"))
-    parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"),
-                        help="markdown file whose short-fits section is replaced (default benchmarks/RESULTS.md)")
+    parser.add_argument(
+        "--results",
+        default=os.path.join(HERE, "RESULTS.md"),
+        help="markdown file whose short-fits section is replaced (default benchmarks/RESULTS.md)",
+    )
     args = parser.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     root = tempfile.mkdtemp(prefix="short-fits-")
@@ -142,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             order = ("plain", "tracked") if i % 2 == 0 else ("tracked", "plain")
             pair = {variant: one_fit(variant, root, server.url, server_pgid) for variant in order}
             pairs.append(pair)
-            print(f"pair {i + 1}/{args.pairs}: plain {pair['plain']['wall']:.3f}s, "
-                  f"tracked {pair['tracked']['wall']:.3f}s "
-                  f"(begin {pair['tracked']['begin'] * 1000:.0f} ms, end {pair['tracked']['end'] * 1000:.0f} ms)",
-                  flush=True)
+            print(
+                f"pair {i + 1}/{args.pairs}: plain {pair['plain']['wall']:.3f}s, "
+                f"tracked {pair['tracked']['wall']:.3f}s "
+                f"(begin {pair['tracked']['begin'] * 1000:.0f} ms, end {pair['tracked']['end'] * 1000:.0f} ms)",
+                flush=True,
+            )
 
     def med(key: str, variant: str = "tracked") -> float:
         return statistics.median(p[variant][key] for p in pairs)

@@ -181,10 +181,14 @@ def measure_multipart(stack: ProductionStack, size: str, multipart: bool, workdi
 def _load_sentence(busy: float, nproc: int) -> str:
     """How much the rest of the machine used while this ran: the figures are only as good as that."""
     if busy < 0.2:
-        return (f"Nothing else ran meanwhile (the rest of the machine used at most {busy:.2f} of the {nproc} CPUs in "
-                "a run's window: the *other CPU* column). ")
-    return (f"**Other work ran meanwhile** (up to {busy:.1f} of the {nproc} CPUs in a run's window: the *other CPU* "
-            "column), so absolute figures are noisy. ")
+        return (
+            f"Nothing else ran meanwhile (the rest of the machine used at most {busy:.2f} of the {nproc} CPUs in "
+            "a run's window: the *other CPU* column). "
+        )
+    return (
+        f"**Other work ran meanwhile** (up to {busy:.1f} of the {nproc} CPUs in a run's window: the *other CPU* "
+        "column), so absolute figures are noisy. "
+    )
 
 
 def render(raw: dict) -> str:
@@ -199,9 +203,12 @@ def render(raw: dict) -> str:
         f"`mlflow server` ({raw['workers']} workers) on a private PostgreSQL cluster, artifacts proxied to a moto S3 "
         "bucket, and every trainer, all on this one "
         f"{raw['machine']['nproc']}-CPU machine. "
-        + (_load_sentence(busy, raw["machine"]["nproc"]) if other_ok else
-           "**The machine was shared with other sessions running their test suites during the measurement, so "
-           "absolute figures are noisy** (the load average stayed between 13 and 30 on these 2 CPUs). ")
+        + (
+            _load_sentence(busy, raw["machine"]["nproc"])
+            if other_ok
+            else "**The machine was shared with other sessions running their test suites during the measurement, so "
+            "absolute figures are noisy** (the load average stayed between 13 and 30 on these 2 CPUs). "
+        )
         + f"{raw['rounds']} rounds (fewer than the 5 pairs our other benchmarks use: a round of "
         f"{' + '.join(str(n) for n in args['trainers'])} trainers took about "
         f"{raw['elapsed_min'] / max(raw['rounds'], 1):.0f} min "
@@ -249,12 +256,18 @@ def render(raw: dict) -> str:
             f"| {'yes' if once else 'NO'} ({len(rows)}/{len(rows) if once else sum(r['exactly_once'] for r in rows)}) |"
         )
     if missed:
-        lines += ["", "\\* This run summed the CPU of live processes only, so PostgreSQL backends that ended during the "
-                  "window were missed (a negative difference); `trainers.py` now also counts the CPU of reaped "
-                  "children (cutime/cstime)."]
+        lines += [
+            "",
+            "\\* This run summed the CPU of live processes only, so PostgreSQL backends that ended during the "
+            "window were missed (a negative difference); `trainers.py` now also counts the CPU of reaped "
+            "children (cutime/cstime).",
+        ]
     if not other_ok:
-        lines += ["", "† This run's *other CPU* also counted the trainers' own CPU (they exit inside the window, and "
-                  "their time then leaves the live process table); `trainers.py` now counts reaped children too."]
+        lines += [
+            "",
+            "† This run's *other CPU* also counted the trainers' own CPU (they exit inside the window, and "
+            "their time then leaves the live process table); `trainers.py` now counts reaped children too.",
+        ]
     if raw.get("multipart"):
         lines += [
             "",
@@ -289,9 +302,13 @@ def main(argv=None) -> int:
     parser.add_argument("--trainers", default="1,4,16")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", default="60MB,250MB", help="multipart sizes (benchmarks/common.py SIZES); '' to skip")
+    parser.add_argument(
+        "--sizes", default="60MB,250MB", help="multipart sizes (benchmarks/common.py SIZES); '' to skip"
+    )
     parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
-    parser.add_argument("--render-only", metavar="RAW_JSON", help="rewrite the section from an earlier run's out/trainers-*.json")
+    parser.add_argument(
+        "--render-only", metavar="RAW_JSON", help="rewrite the section from an earlier run's out/trainers-*.json"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         with open(args.render_only) as f:
@@ -306,13 +323,18 @@ def main(argv=None) -> int:
     workdir = tempfile.mkdtemp(prefix="bench-trainers-", dir=OUT)
     started = time.monotonic()
     stack = ProductionStack(workdir)
-    raw = {"args": {"trainers": trainers, "epochs": args.epochs, "repeats": args.repeats, "sizes": sizes},
-           "trainers": [], "multipart": [], "workers": stack.workers, "other_cpu_counts_reaped": True}
+    raw = {
+        "args": {"trainers": trainers, "epochs": args.epochs, "repeats": args.repeats, "sizes": sizes},
+        "trainers": [],
+        "multipart": [],
+        "workers": stack.workers,
+        "other_cpu_counts_reaped": True,
+    }
     try:
         stack.start()
         print("stack up:", {k: v and round(v, 1) for k, v in stack.timings.items()}, flush=True)
         for round_ in range(args.repeats):
-            order = trainers[round_ % len(trainers):] + trainers[: round_ % len(trainers)]
+            order = trainers[round_ % len(trainers) :] + trainers[: round_ % len(trainers)]
             for n in order:
                 figures = run_trainers(stack, n, args.epochs, workdir)
                 figures["round"] = round_
@@ -335,10 +357,17 @@ def main(argv=None) -> int:
 def _write(raw: dict, results: str, started: float) -> str:
     raw.update(
         generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        elapsed_min=(time.monotonic() - started) / 60, machine=machine_info(), versions=versions(),
+        elapsed_min=(time.monotonic() - started) / 60,
+        machine=machine_info(),
+        versions=versions(),
         rounds=len({r["round"] for r in raw["trainers"]}),
     )
-    with open(os.path.join(OUT, f"trainers-{raw.setdefault('stamp', datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))}.json"), "w") as f:
+    with open(
+        os.path.join(
+            OUT, f"trainers-{raw.setdefault('stamp', datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))}.json"
+        ),
+        "w",
+    ) as f:
         json.dump(raw, f, indent=1)
     text = render(raw)
     replace_section(results, text, SECTION_START, SECTION_END)

@@ -32,8 +32,9 @@ from tracked_ckpt import TrackedModelCheckpoint
 def load_data(seed: int = 0):
     digits = load_digits()  # ships inside scikit-learn: nothing is downloaded
     x = (digits.data / 16.0).astype("float32")
-    x_train, x_val, y_train, y_val = train_test_split(x, digits.target, test_size=0.25, random_state=seed,
-                                                      stratify=digits.target)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
+    )
     return x_train, x_val, y_train, y_val
 
 
@@ -46,8 +47,11 @@ def build_model(hp: keras_tuner.HyperParameters) -> keras.Model:
         ],
         name="digits",
     )
-    model.compile(optimizer=keras.optimizers.Adam(hp.Float("learning_rate", 1e-3, 1e-2, sampling="log")),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(hp.Float("learning_rate", 1e-3, 1e-2, sampling="log")),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -71,18 +75,28 @@ def main(argv: list[str] | None = None) -> dict:
     mlflow.set_experiment(args.experiment)
     workdir = args.workdir or tempfile.mkdtemp(prefix="keras-tuner-")
     x_train, x_val, y_train, y_val = load_data()
-    tuner = TrackedTuner(build_model, objective="val_loss", max_trials=args.trials, seed=1,
-                         directory=workdir, project_name="digits", overwrite=True)
+    tuner = TrackedTuner(
+        build_model,
+        objective="val_loss",
+        max_trials=args.trials,
+        seed=1,
+        directory=workdir,
+        project_name="digits",
+        overwrite=True,
+    )
     # Every trial writes the same file names: each trial's run keeps its own checkpoints apart.
     checkpoint = TrackedModelCheckpoint(os.path.join(workdir, "ckpt", "digits-{epoch:02d}.keras"), monitor="val_loss")
-    tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, verbose=0,
-                 callbacks=[checkpoint])
+    tuner.search(
+        x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, verbose=0, callbacks=[checkpoint]
+    )
 
     best_trial = tuner.oracle.get_best_trials(1)[0]
     result = tracked_ckpt.promote_best("digits-tuned", experiment=args.experiment, monitor="val_loss")
-    print(f"best trial {best_trial.trial_id}: val_loss {best_trial.score:.4f}; promoted {result.checkpoint.record.name} "
-          f"(val_loss {result.checkpoint.record.value:.4f}) from run {result.checkpoint.run_id} as "
-          f"digits-tuned@champion")
+    print(
+        f"best trial {best_trial.trial_id}: val_loss {best_trial.score:.4f}; promoted {result.checkpoint.record.name} "
+        f"(val_loss {result.checkpoint.record.value:.4f}) from run {result.checkpoint.run_id} as "
+        f"digits-tuned@champion"
+    )
     return {"best_score": best_trial.score, "promoted": result, "trials": len(tuner.oracle.trials)}
 
 

@@ -70,30 +70,44 @@ def train_trial(config: dict) -> None:
     x_train, _, y_train, _ = digits_split()
     trial = tune.get_context().get_trial_id()
     model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(config["units"], activation="relu"),
-         keras.layers.Dense(10, activation="softmax")],
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(config["units"], activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
         name="digits",
     )
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(config["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     checkpoint = TrackedModelCheckpoint(
         # An absolute root, so the driver finds every trial's checkpoints (and spool) afterwards.
         os.path.join(config["checkpoint_root"], trial, "digits-{epoch:02d}.keras"),
         monitor=MONITOR,
-        tracker=MlflowTracker(tracking_uri=config["tracking_uri"], experiment=config["experiment"],
-                              run_name=f"trial-{trial}"),
+        tracker=MlflowTracker(
+            tracking_uri=config["tracking_uri"], experiment=config["experiment"], run_name=f"trial-{trial}"
+        ),
     )
     # The checkpoint callback goes first: an epoch Tune stops on still has its checkpoint logged.
-    model.fit(x_train, y_train, validation_split=0.2, epochs=config["epochs"], batch_size=64, verbose=0,
-              callbacks=[checkpoint, ReportToTune()])
+    model.fit(
+        x_train,
+        y_train,
+        validation_split=0.2,
+        epochs=config["epochs"],
+        batch_size=64,
+        verbose=0,
+        callbacks=[checkpoint, ReportToTune()],
+    )
 
 
 def absolute_tracking_uri() -> str:
     """MLflow's tracking URI, with a relative sqlite path made absolute (trials run in other folders)."""
     uri = mlflow.get_tracking_uri()
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not os.path.isabs(uri[len(prefix):]):
-        uri = prefix + os.path.abspath(uri[len(prefix):])
+    if uri.startswith(prefix) and not os.path.isabs(uri[len(prefix) :]):
+        uri = prefix + os.path.abspath(uri[len(prefix) :])
     return uri
 
 
@@ -125,7 +139,8 @@ def main() -> None:
             "experiment": args.experiment,
         },
         tune_config=tune.TuneConfig(
-            metric=MONITOR, mode="min",
+            metric=MONITOR,
+            mode="min",
             scheduler=ASHAScheduler(max_t=args.epochs, grace_period=1, reduction_factor=2),
             reuse_actors=True,  # two worker processes for all six trials
         ),
@@ -136,8 +151,10 @@ def main() -> None:
 
     # Step 1: log what stopped trials left behind (each into its own trial's run).
     report = tracked_ckpt.sync_spool(checkpoint_root, timeout=600)
-    print(f"sync_spool: logged {len({entry.id for entry, _, _ in report.logged})} checkpoint(s) trials left "
-          f"in their spools; {len(report.pending) + len(report.failed)} still waiting.")
+    print(
+        f"sync_spool: logged {len({entry.id for entry, _, _ in report.logged})} checkpoint(s) trials left "
+        f"in their spools; {len(report.pending) + len(report.failed)} still waiting."
+    )
 
     print(f"\n{'trial':<12} {'epochs':>6}  {MONITOR:>8}")
     for result in sorted(results, key=lambda r: r.config["learning_rate"], reverse=True):
@@ -145,9 +162,11 @@ def main() -> None:
             print(f"{'?':<12} {'-':>6}  {'-':>8}  lr={result.config['learning_rate']}  (error: {result.error})")
             continue
         stopped = result.metrics["training_iteration"] < args.epochs
-        print(f"{result.metrics['trial_id']:<12} {result.metrics['training_iteration']:>6}  "
-              f"{result.metrics[MONITOR]:>8.4f}  lr={result.config['learning_rate']}"
-              f"{'  (stopped by ASHA)' if stopped else ''}")
+        print(
+            f"{result.metrics['trial_id']:<12} {result.metrics['training_iteration']:>6}  "
+            f"{result.metrics[MONITOR]:>8.4f}  lr={result.config['learning_rate']}"
+            f"{'  (stopped by ASHA)' if stopped else ''}"
+        )
 
     checkpoints = tracked_ckpt.list_checkpoints(experiment=args.experiment)
     commits = {(c.record.git_commit or "none")[:8] for c in checkpoints}

@@ -44,9 +44,7 @@ def build_model() -> keras.Model:
         ],
         name="digits",
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
@@ -71,8 +69,13 @@ def main() -> None:
         )
         model = build_model()
         model.fit(
-            x_train, y_train, validation_split=0.2, epochs=args.epochs, batch_size=64,
-            callbacks=[checkpoint], verbose=2,
+            x_train,
+            y_train,
+            validation_split=0.2,
+            epochs=args.epochs,
+            batch_size=64,
+            callbacks=[checkpoint],
+            verbose=2,
         )
 
     print(f"\nCheckpoints logged to MLflow ({mlflow.get_tracking_uri()}), run {run.info.run_id}:")
@@ -92,9 +95,11 @@ def main() -> None:
     _, accuracy = champion.evaluate(x_test, y_test, verbose=0)
     print(f"Loaded {args.registered_name}@champion back: test accuracy {accuracy:.4f}")
     if not mlflow.get_tracking_uri().startswith(("http://", "https://")):
-        print(f"\nList them again with `tracked-ckpt ls`; browse them with "
-              f"`.venv/bin/mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}` and open\n"
-              f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/models?workflowType=machine_learning")
+        print(
+            f"\nList them again with `tracked-ckpt ls`; browse them with "
+            f"`.venv/bin/mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}` and open\n"
+            f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/models?workflowType=machine_learning"
+        )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -133,8 +133,17 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         self._reset_runtime()
 
     #: What a tracker holds while it serves one fit; never copied (see `__deepcopy__`).
-    _RUNTIME = ("_started", "_destination", "_clients", "_resolved", "_orphans", "_scope_uri", "_context_tags",
-                "_hidden", "_lock")
+    _RUNTIME = (
+        "_started",
+        "_destination",
+        "_clients",
+        "_resolved",
+        "_orphans",
+        "_scope_uri",
+        "_context_tags",
+        "_hidden",
+        "_lock",
+    )
 
     def _reset_runtime(self) -> None:
         self._started: str | None = None  # "client" or "deferred" when this tracker started the run
@@ -180,9 +189,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         run_id = self.run_id or (resume or {}).get("run_id")
         if run_id:
             if active is not None and active.info.run_id != run_id:
-                logger.warning(
-                    "Logging to run %s (resumed), not to the active run %s.", run_id, active.info.run_id
-                )
+                logger.warning("Logging to run %s (resumed), not to the active run %s.", run_id, active.info.run_id)
             run = client.get_run(run_id)
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
@@ -246,8 +253,10 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             found = client.get_experiment_by_name(name)
             experiment_id = found.experiment_id if found else client.create_experiment(name)
         runs = client.search_runs([experiment_id], filter_string=f"tags.`{DEFERRED_TAG}` = '{key}'", max_results=1)
-        run = runs[0] if runs else client.create_run(
-            experiment_id, run_name=destination.get("run_name"), tags={DEFERRED_TAG: key}
+        run = (
+            runs[0]
+            if runs
+            else client.create_run(experiment_id, run_name=destination.get("run_name"), tags={DEFERRED_TAG: key})
         )
         resolved = {
             "tracking_uri": destination["tracking_uri"],
@@ -279,9 +288,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             self.client(orphan["tracking_uri"]).set_terminated(orphan["run_id"], status=status)
         self._orphans.clear()
         if started == "client":
-            self.client(self._destination["tracking_uri"]).set_terminated(
-                self._destination["run_id"], status=status
-            )
+            self.client(self._destination["tracking_uri"]).set_terminated(self._destination["run_id"], status=status)
 
     def _drop_unfinished_twins(self, destination: Mapping[str, Any]) -> None:
         """Delete PENDING LoggedModels of the run that duplicate a READY one (same sha256, epoch, step).
@@ -298,9 +305,16 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             return  # never keep the end of training waiting on a server that is down
         try:
             client = self.client(uri)
-            models = [model for page in _pages(client.search_logged_models, experiment_ids=[experiment_id],
-                                               filter_string=f"source_run_id = '{_quote(run_id)}'", max_results=1000)
-                      for model in page]
+            models = [
+                model
+                for page in _pages(
+                    client.search_logged_models,
+                    experiment_ids=[experiment_id],
+                    filter_string=f"source_run_id = '{_quote(run_id)}'",
+                    max_results=1000,
+                )
+                for model in page
+            ]
 
             def key(model: LoggedModel) -> tuple[str | None, ...]:
                 return tuple(model.tags.get(f"{TAG_PREFIX}{k}") for k in ("sha256", "epoch", "step"))
@@ -310,8 +324,9 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 if model.status != LoggedModelStatus.READY and key(model)[0] and key(model) in ready:
                     client.delete_logged_model(model.model_id)
                     get_artifact_repository(model.artifact_location, tracking_uri=uri).delete_artifacts()
-                    logger.info("Deleted %s (%s), an unfinished duplicate of a logged checkpoint.",
-                                model.model_id, model.name)
+                    logger.info(
+                        "Deleted %s (%s), an unfinished duplicate of a logged checkpoint.", model.model_id, model.name
+                    )
         except Exception as exc:  # never let the clean-up keep the run from ending
             logger.debug("Could not look for duplicate checkpoints of run %s: %s", run_id, exc)
 
@@ -323,10 +338,14 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             return None
         if not uri.startswith(("http://", "https://")):
             # A local store has no server: point at the UI `mlflow ui` serves by default.
-            return (f"http://127.0.0.1:5000/#/experiments/{destination['experiment_id']}/runs/"
-                    f"{destination['run_id']}{UI_TRAINING_VIEW} (after `mlflow ui --backend-store-uri {uri}`)")
-        return (f"{_without_credentials(uri)}/#/experiments/{destination['experiment_id']}/runs/"
-                f"{destination['run_id']}{UI_TRAINING_VIEW}")
+            return (
+                f"http://127.0.0.1:5000/#/experiments/{destination['experiment_id']}/runs/"
+                f"{destination['run_id']}{UI_TRAINING_VIEW} (after `mlflow ui --backend-store-uri {uri}`)"
+            )
+        return (
+            f"{_without_credentials(uri)}/#/experiments/{destination['experiment_id']}/runs/"
+            f"{destination['run_id']}{UI_TRAINING_VIEW}"
+        )
 
     # -- logging (publisher thread) -----------------------------------------------------
 
@@ -369,8 +388,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 ],
             )
         linked = retry and any(
-            o.model_id == model.model_id
-            for o in (getattr(client.get_run(run_id).outputs, "model_outputs", None) or [])
+            o.model_id == model.model_id for o in (getattr(client.get_run(run_id).outputs, "model_outputs", None) or [])
         )
         if not linked:  # a second link of the same output is refused by the store
             client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=record.epoch)])
@@ -431,7 +449,9 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
     def is_permanent(exc: Exception) -> bool:
         """Errors no retry can fix: the run or model is gone, or MLflow refuses the request."""
         return isinstance(exc, MlflowException) and exc.error_code in (
-            "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE",
+            "RESOURCE_DOES_NOT_EXIST",
+            "INVALID_PARAMETER_VALUE",
+            "INVALID_STATE",
         )
 
     @staticmethod
@@ -445,9 +465,7 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             f" AND tags.`{TAG_PREFIX}epoch` = '{record.epoch}'"
             f" AND tags.`{TAG_PREFIX}step` = '{record.step}'"
         )
-        found = client.search_logged_models(
-            experiment_ids=[experiment_id], filter_string=filter_string, max_results=10
-        )
+        found = client.search_logged_models(experiment_ids=[experiment_id], filter_string=filter_string, max_results=10)
         # A READY one wins over a PENDING leftover of an interrupted attempt.
         ordered = sorted(found, key=lambda m: m.status != LoggedModelStatus.READY)
         return ordered[0] if ordered else None
@@ -466,8 +484,13 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         data = os.path.join(out, KERAS_DATA_DIR)
         os.makedirs(data)
         link_or_copy(path, os.path.join(data, "model.keras"))
-        mlmodel = Model(artifact_path=artifact_uri, run_id=run_id, model_id=model_id, model_uuid=model_id,
-                        metadata={"tracked_ckpt": record.metadata()})
+        mlmodel = Model(
+            artifact_path=artifact_uri,
+            run_id=run_id,
+            model_id=model_id,
+            model_uuid=model_id,
+            metadata={"tracked_ckpt": record.metadata()},
+        )
         mlmodel.add_flavor(
             "keras",
             data=KERAS_DATA_DIR,
@@ -491,7 +514,6 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         mlmodel.save(os.path.join(out, "MLmodel"))
         _write_environment(out, self.pip_requirements or model_requirements(record))
 
-
     # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
 
     @override
@@ -514,13 +536,17 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             try:
                 run = client.get_run(run_id)
             except MlflowException as exc:
-                raise LookupError(f"MLflow run {run_id!r} not found at {uri}: check --run-id / MLFLOW_TRACKING_URI.") from exc
+                raise LookupError(
+                    f"MLflow run {run_id!r} not found at {uri}: check --run-id / MLFLOW_TRACKING_URI."
+                ) from exc
             return {"tracking_uri": uri, "experiment_ids": [run.info.experiment_id], "run_id": run_id}
         experiment = experiment or self.experiment
         if experiment:
             found = client.get_experiment_by_name(experiment)
             if found is None:
-                raise LookupError(f"MLflow experiment {experiment!r} not found at {uri}: check the name or MLFLOW_TRACKING_URI.")
+                raise LookupError(
+                    f"MLflow experiment {experiment!r} not found at {uri}: check the name or MLFLOW_TRACKING_URI."
+                )
             return {"tracking_uri": uri, "experiment_ids": [found.experiment_id]}
         if last is not None and "run_id" not in last:
             raise LookupError(
@@ -528,7 +554,11 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 "`tracked-ckpt sync`, then pass run_id= or experiment=."
             )
         if last is not None:
-            return {"tracking_uri": last["tracking_uri"], "experiment_ids": [last["experiment_id"]], "run_id": last["run_id"]}
+            return {
+                "tracking_uri": last["tracking_uri"],
+                "experiment_ids": [last["experiment_id"]],
+                "run_id": last["run_id"],
+            }
         latest = self._latest_checkpoint_run(client)
         if latest is None:
             raise LookupError(
@@ -578,11 +608,18 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         if order_by is not None:
             metric, mode = order_by
             # Ties go to the earliest checkpoint, the one that first reached the value (as is_best does).
-            order = [{"field_name": f"metrics.{metric}", "ascending": mode == "min"},
-                     {"field_name": "creation_timestamp", "ascending": True}]
+            order = [
+                {"field_name": f"metrics.{metric}", "ascending": mode == "min"},
+                {"field_name": "creation_timestamp", "ascending": True},
+            ]
         found: list[LoggedModel] = []
-        for page in _pages(client.search_logged_models, experiment_ids=list(scope["experiment_ids"]),
-                           filter_string=" AND ".join(clauses), order_by=order, max_results=max_results or 1000):
+        for page in _pages(
+            client.search_logged_models,
+            experiment_ids=list(scope["experiment_ids"]),
+            filter_string=" AND ".join(clauses),
+            order_by=order,
+            max_results=max_results or 1000,
+        ):
             found.extend(m for m in page if m.status == LoggedModelStatus.READY)
             if max_results is not None and len(found) >= max_results:
                 break
@@ -612,7 +649,8 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         existing = [
-            v for v in client.search_model_versions(
+            v
+            for v in client.search_model_versions(
                 f"name = '{_quote(registered_name)}' AND run_id = '{_quote(checkpoint.run_id)}'"
             )
             if v.source == source
@@ -623,7 +661,11 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             tags = {TAG_PREFIX + k: v for k, v in checkpoint.record.string_metadata().items()}
             tags[TAG_PREFIX + "name"] = checkpoint.record.name
             created = client.create_model_version(
-                registered_name, source=source, run_id=checkpoint.run_id, tags=tags, model_id=checkpoint.id,
+                registered_name,
+                source=source,
+                run_id=checkpoint.run_id,
+                tags=tags,
+                model_id=checkpoint.id,
                 description=checkpoint.record.summary(),  # the tags are for machines; this line is for people
             )
             version = str(created.version)
@@ -671,8 +713,13 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         """
         client = self.client(self._registry_uri())
         try:
-            mv = (client.get_model_version_by_alias(registered_name, alias) if alias is not None
-                  else client.get_model_version(registered_name, str(version)) if version is not None else None)
+            mv = (
+                client.get_model_version_by_alias(registered_name, alias)
+                if alias is not None
+                else client.get_model_version(registered_name, str(version))
+                if version is not None
+                else None
+            )
         except MlflowException:
             mv = None  # resolve() says what is missing
         model_id = _model_id_from_source(getattr(mv, "source", None))
@@ -747,8 +794,10 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             record=record,
             tracker=self.name,
             location=model.artifact_location,
-            extra={"tracking_uri": tracking_uri or self.tracking_uri or mlflow.get_tracking_uri(),
-                   "status": str(model.status)},
+            extra={
+                "tracking_uri": tracking_uri or self.tracking_uri or mlflow.get_tracking_uri(),
+                "status": str(model.status),
+            },
         )
 
     # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
@@ -790,8 +839,11 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
     def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
         """The run's READY LoggedModels (interrupted uploads stay PENDING and are skipped)."""
         destination = self._resolve(destination)
-        scope = {"tracking_uri": destination["tracking_uri"], "experiment_ids": [destination["experiment_id"]],
-                 "run_id": destination["run_id"]}
+        scope = {
+            "tracking_uri": destination["tracking_uri"],
+            "experiment_ids": [destination["experiment_id"]],
+            "run_id": destination["run_id"],
+        }
         found = self.search_checkpoints(scope, where={"name": name} if name else None)
         return [c for c in found if c.extra.get("status") == str(LoggedModelStatus.READY)]
 
@@ -805,7 +857,8 @@ class MlflowTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             # notebook's experiment); MLFLOW_EXPERIMENT_NAME below, cached and safe against a creation race.
             fluent = mlflow.tracking.fluent
             experiment_id = getattr(fluent, "_active_experiment_id", None) or (
-                None if os.environ.get("MLFLOW_EXPERIMENT_NAME") else fluent._get_experiment_id())
+                None if os.environ.get("MLFLOW_EXPERIMENT_NAME") else fluent._get_experiment_id()
+            )
         tags = resolve_tags()
         if experiment_id is not None:
             return client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -876,7 +929,7 @@ def checkpoint_tags(record: CheckpointRecord) -> dict[str, str]:
 
 def _schema_from_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
     """The schema values in `tracked_ckpt.*` tags (a LoggedModel's or a registered version's)."""
-    return {key[len(TAG_PREFIX):]: value for key, value in (tags or {}).items() if key.startswith(TAG_PREFIX)}
+    return {key[len(TAG_PREFIX) :]: value for key, value in (tags or {}).items() if key.startswith(TAG_PREFIX)}
 
 
 def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
@@ -908,8 +961,8 @@ def _quote(value: str) -> str:
 
 def _model_id_from_source(source: str | None) -> str | None:
     """`ModelVersion.model_id` is None on the open-source registry: the id is in `source`."""
-    if source and source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
-        return source[len("models:/"):]
+    if source and source.startswith("models:/m-") and "/" not in source[len("models:/") :]:
+        return source[len("models:/") :]
     return None
 
 
@@ -919,10 +972,10 @@ def _relocated(location: str, tracking_uri: str) -> str:
 
     The store keeps absolute artifact paths; they point into the old folder after a move.
     """
-    path = location[len("file://"):] if location.startswith("file://") else location
+    path = location[len("file://") :] if location.startswith("file://") else location
     if not tracking_uri.startswith("sqlite:///") or "://" in path or not os.path.isabs(path) or os.path.exists(path):
         return location
-    root = os.path.dirname(os.path.abspath(tracking_uri[len("sqlite:///"):]))
+    root = os.path.dirname(os.path.abspath(tracking_uri[len("sqlite:///") :]))
     parts = path.strip(os.sep).split(os.sep)
     for start in range(1, len(parts)):
         candidate = os.path.join(root, *parts[start:])
@@ -971,11 +1024,16 @@ def model_signature(record: CheckpointRecord) -> ModelSignature | None:
 
     def schema(tensors: list[dict[str, Any]]) -> Schema:
         named = len(tensors) > 1
-        return Schema([
-            TensorSpec(np.dtype(t["dtype"]), tuple(-1 if d is None else int(d) for d in t["shape"]),
-                       t.get("name") if named else None)
-            for t in tensors
-        ])
+        return Schema(
+            [
+                TensorSpec(
+                    np.dtype(t["dtype"]),
+                    tuple(-1 if d is None else int(d) for d in t["shape"]),
+                    t.get("name") if named else None,
+                )
+                for t in tensors
+            ]
+        )
 
     try:
         return ModelSignature(inputs=schema(specs["inputs"]), outputs=schema(specs["outputs"]))
@@ -1096,5 +1154,3 @@ def _write_environment(out: str, requirements: list[str]) -> None:
     deps = "".join(f"    - {r}\n" for r in [f"mlflow=={mlflow.__version__}", *requirements])
     with open(os.path.join(out, "conda.yaml"), "w") as f:
         f.write(f"channels:\n- conda-forge\ndependencies:\n- python={python}\n- pip\n- pip:\n{deps}name: mlflow-env\n")
-
-

@@ -301,9 +301,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 self._history.add(key)
         return ref
 
-    def _log_artifact(
-        self, run: Any, record: CheckpointRecord, path: str, destination: Mapping[str, Any]
-    ) -> str:
+    def _log_artifact(self, run: Any, record: CheckpointRecord, path: str, destination: Mapping[str, Any]) -> str:
         collection = collection_name(record, run.id)
         if run.offline:
             # The artifact record points at this file until `wandb sync`; keep it with the run.
@@ -453,7 +451,8 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         source = api.artifact(checkpoint.id, type=ARTIFACT_TYPE)
         project = REGISTRY_PREFIX + self.registry
         existing = [
-            link for link in source.linked_artifacts
+            link
+            for link in source.linked_artifacts
             if link.project == project and link.name.split(":")[0] == registered_name
         ]
         if existing:
@@ -537,8 +536,9 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             return False
         links = artifact.linked_artifacts
         if links:
-            logger.debug("Keeping W&B checkpoint %s: it is linked into %s.", ref,
-                         [f"{a.project}/{a.name}" for a in links])
+            logger.debug(
+                "Keeping W&B checkpoint %s: it is linked into %s.", ref, [f"{a.project}/{a.name}" for a in links]
+            )
             return False
         artifact.delete(delete_aliases=True)
         logger.debug("Deleted W&B checkpoint %s.", ref)
@@ -584,15 +584,21 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         """The versions the run logged (its collection's; [] offline or before the run exists)."""
         if self._server_run(destination) is None:
             return []
-        scope = self._run_scope("/".join(p for p in (destination.get("entity"), destination.get("project"),
-                                                     destination["run_id"]) if p), None, destination)
+        scope = self._run_scope(
+            "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p),
+            None,
+            destination,
+        )
         return self.search_checkpoints(scope, where={"name": name} if name else None)
 
     def _server_run(self, destination: Mapping[str, Any]) -> Any:
         """The run as the W&B server has it now, or None (offline, disabled, not created yet)."""
         if destination.get("mode") != "online":
-            logger.debug("W&B run %s is %s: the server cannot be asked about it.", destination.get("run_id"),
-                         destination.get("mode"))
+            logger.debug(
+                "W&B run %s is %s: the server cannot be asked about it.",
+                destination.get("run_id"),
+                destination.get("mode"),
+            )
             return None
         api = self.api
         api.flush()  # the Api caches runs; the lease must be read fresh
@@ -621,14 +627,10 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         except wandb.errors.UsageError as exc:
             raise TrackerError(f"Cannot use the W&B API: {exc} (or set WANDB_API_KEY).") from exc
 
-    def _run_scope(
-        self, run_id: str, project: str | None, last: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def _run_scope(self, run_id: str, project: str | None, last: Mapping[str, Any] | None = None) -> dict[str, Any]:
         parts = run_id.strip("/").split("/")
         if len(parts) > 3 or not all(parts):
-            raise ValueError(
-                f"Invalid W&B run {run_id!r}: use 'run id', 'project/run id' or 'entity/project/run id'."
-            )
+            raise ValueError(f"Invalid W&B run {run_id!r}: use 'run id', 'project/run id' or 'entity/project/run id'.")
         run = parts[-1]
         last = last or {}
         same_run = last.get("run_id") == run
@@ -638,16 +640,17 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         if project and "/" in project:
             project_entity, _, project = project.rpartition("/")
         project = (
-            project or self.project or (last.get("project") if same_run else None)
-            or os.environ.get("WANDB_PROJECT")
+            project or self.project or (last.get("project") if same_run else None) or os.environ.get("WANDB_PROJECT")
         )
         if not project:
-            raise LookupError(
-                f"W&B run ids are per project: pass run_id='<project>/{run}' or experiment='<project>'."
-            )
+            raise LookupError(f"W&B run ids are per project: pass run_id='<project>/{run}' or experiment='<project>'.")
         entity = (
-            (parts[0] if len(parts) == 3 else "") or project_entity or self.entity
-            or (last.get("entity") if same_run else None) or os.environ.get("WANDB_ENTITY") or ""
+            (parts[0] if len(parts) == 3 else "")
+            or project_entity
+            or self.entity
+            or (last.get("entity") if same_run else None)
+            or os.environ.get("WANDB_ENTITY")
+            or ""
         )
         scope = {"project": project, "run_id": run}
         return {"entity": entity, **scope} if entity else scope
@@ -672,7 +675,8 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE]
         try:
             collections = [
-                c for c in api.artifact_collections(where, ARTIFACT_TYPE)
+                c
+                for c in api.artifact_collections(where, ARTIFACT_TYPE)
                 if base is None or c.name.startswith(base + "-")
             ]
         except (wandb.errors.CommError, ValueError) as exc:

@@ -26,8 +26,9 @@ def apt_install(package: str, *, error: type[Exception], timeout: float, extra: 
         ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", *extra, package],
     ):
         try:
-            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout)
+            done = subprocess.run(
+                command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             raise error(f"`{' '.join(command)}` took longer than {timeout:.0f}s") from None
         if done.returncode != 0:

@@ -11,11 +11,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import mlflow  # noqa: E402
-import pytest  # noqa: E402
-from mlflow_server import MlflowServer  # noqa: E402
-from production_stack import ProductionStack, StackUnavailable  # noqa: E402
+import mlflow
+import pytest
+from mlflow_server import MlflowServer
+from production_stack import ProductionStack, StackUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +107,15 @@ def _isolated_environment(monkeypatch, tmp_path_factory):
 def isolated_git(monkeypatch, tmp_path):
     """No user/system git config, a fixed identity, and no GIT_* variables from the caller."""
     for var in (
-        "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE",
-        "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_NAMESPACE",
+        "GIT_CEILING_DIRECTORIES",
+        "GIT_DISCOVERY_ACROSS_FILESYSTEM",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)

@@ -15,7 +15,6 @@ import numpy as np
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.files import sha256_file
 
-
 # -- tiny models and data -------------------------------------------------------------------
 
 
@@ -87,16 +86,27 @@ def fit(callback, epochs: int = 3, *, extra=(), batch_size: int = 8, model=None,
     model = model or make_model()
     x, y = make_data()
     history = model.fit(
-        x, y,
+        x,
+        y,
         validation_split=0.25 if validation else 0.0,
-        epochs=epochs, batch_size=batch_size, verbose=0,
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=0,
         callbacks=[*extra, callback],
     )
     return model, history
 
 
-def train_run(scores, path: str = "ckpt/{epoch}.keras", *, monitor: str = "score", mode: str = "min",
-              weights: bool = False, run_name: str | None = None, folder_per_run: bool = False) -> str:
+def train_run(
+    scores,
+    path: str = "ckpt/{epoch}.keras",
+    *,
+    monitor: str = "score",
+    mode: str = "min",
+    weights: bool = False,
+    run_name: str | None = None,
+    folder_per_run: bool = False,
+) -> str:
     """One MLflow run whose checkpoint metric `monitor` follows `scores` (one value or None an epoch).
 
     `folder_per_run` puts the checkpoints under the run id's first 8 characters, so runs never share files.
@@ -106,8 +116,9 @@ def train_run(scores, path: str = "ckpt/{epoch}.keras", *, monitor: str = "score
         filepath = f"{run.info.run_id[:8]}/{path}" if folder_per_run else path
         callback = TrackedModelCheckpoint(filepath, monitor=monitor, mode=mode, save_weights_only=weights)
         x, y = make_data()
-        make_model().fit(x, y, epochs=len(scores), batch_size=8, verbose=0,
-                         callbacks=[InjectMetric(monitor, scores), callback])
+        make_model().fit(
+            x, y, epochs=len(scores), batch_size=8, verbose=0, callbacks=[InjectMetric(monitor, scores), callback]
+        )
     return run.info.run_id
 
 
@@ -152,8 +163,12 @@ def sha256(path) -> str:
 # -- git repositories -----------------------------------------------------------------------------
 
 # Used where the environment names no author or committer (conftest's isolated_git names its own).
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+}
 
 
 def git(cwd, *args: str) -> str:
@@ -221,7 +236,9 @@ def install_layer_package(root, name: str = "tinylayers", version: str = "0.1.0"
     files = {
         f"{name}/__init__.py": source,
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tracked-ckpt-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: tracked-ckpt-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
         f"{info}/top_level.txt": f"{name}\n",
     }
     record = []
@@ -237,8 +254,19 @@ def install_layer_package(root, name: str = "tinylayers", version: str = "0.1.0"
             archive.writestr(path, text)
     target = os.path.join(str(root), "site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--disable-pip-version-check",
-         "--target", target, wheel],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            target,
+            wheel,
+        ],
         check=True,
     )
     return target

@@ -36,20 +36,35 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
-    def start(self, timeout: float = 300.0) -> "MlflowServer":  # minutes on a busy shared machine
+    def start(self, timeout: float = 300.0) -> MlflowServer:  # minutes on a busy shared machine
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         log = open(os.path.join(self.root, "server.log"), "ab")
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.db}",
-                *(["--artifacts-destination", self.artifacts] if self.serve_artifacts
-                  else ["--default-artifact-root", self.artifacts, "--no-serve-artifacts"]),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.db}",
+                *(
+                    ["--artifacts-destination", self.artifacts]
+                    if self.serve_artifacts
+                    else ["--default-artifact-root", self.artifacts, "--no-serve-artifacts"]
+                ),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
             ],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = started + timeout
         while time.monotonic() < deadline:

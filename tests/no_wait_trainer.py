@@ -13,10 +13,10 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import make_data, make_model  # noqa: E402
+from helpers import make_data, make_model
 
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
-from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 EPOCHS = 3
 
@@ -35,8 +35,9 @@ class GatedLastUpload(MlflowTracker):
 def train(folder: str) -> TrackedModelCheckpoint:
     """A fit that returns without waiting for its uploads."""
     x, y = make_data()
-    callback = TrackedModelCheckpoint(os.path.join(folder, "ckpt", "n-{epoch}.keras"), monitor="loss",
-                                      tracker=GatedLastUpload(), blocking=False)
+    callback = TrackedModelCheckpoint(
+        os.path.join(folder, "ckpt", "n-{epoch}.keras"), monitor="loss", tracker=GatedLastUpload(), blocking=False
+    )
     make_model().fit(x, y, epochs=EPOCHS, batch_size=8, verbose=0, callbacks=[callback])
     return callback
 

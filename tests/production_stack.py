@@ -164,23 +164,34 @@ class PostgresCluster:
         env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", HOME=self.root)
         done = subprocess.run(
             [os.path.join(self.bindir, args[0]), *args[1:]],
-            cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout,
-            stdin=subprocess.DEVNULL, **self._run_as,
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **self._run_as,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stdout[-1000:]}{done.stderr[-1500:]}\n{_tail(self.log)}")
+            raise RuntimeError(
+                f"{args[0]} failed ({done.returncode}): {done.stdout[-1000:]}{done.stderr[-1500:]}\n{_tail(self.log)}"
+            )
         return done
 
     def start(self) -> None:
         self._run("initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
-        options = " ".join([
-            f"-p {self.port}",
-            "-c listen_addresses=127.0.0.1",
-            f"-c unix_socket_directories={self.root}",
-            "-c max_connections=200",
-            # A throwaway cluster: skip durability work, keep every semantics that matters here.
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
-        ])
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.root}",
+                "-c max_connections=200",
+                # A throwaway cluster: skip durability work, keep every semantics that matters here.
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+            ]
+        )
         # pg_ctl detaches the postmaster into its own session (setsid); stop() ends it.
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "60", "start")
         self.started = True
@@ -234,11 +245,16 @@ class MotoS3:
             import boto3  # noqa: F401
             import moto.server  # noqa: F401
         except ImportError as exc:
-            raise StackUnavailable(f"{exc.name} is not installed: pip install -e '.[test]' (moto[server], boto3)") from None
+            raise StackUnavailable(
+                f"{exc.name} is not installed: pip install -e '.[test]' (moto[server], boto3)"
+            ) from None
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                env=aws_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=aws_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         try:
@@ -252,8 +268,11 @@ class MotoS3:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"],
-            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         )
 
     def keys(self, prefix: str = "") -> list[str]:
@@ -295,12 +314,26 @@ class StackMlflowServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "mlflow", "server",
-                    "--backend-store-uri", self.backend_uri,
-                    "--artifacts-destination", self.artifacts_destination,
-                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    self.backend_uri,
+                    "--artifacts-destination",
+                    self.artifacts_destination,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
                 ],
-                env=env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         try:
@@ -339,7 +372,7 @@ class ProductionStack:
     def artifacts_destination(self) -> str:
         return f"s3://{BUCKET}/{ARTIFACT_PREFIX}"
 
-    def start(self) -> "ProductionStack":
+    def start(self) -> ProductionStack:
         try:
             import psycopg2  # noqa: F401  (mlflow's postgresql:// backend needs it)
         except ImportError:
@@ -382,8 +415,11 @@ if __name__ == "__main__":
     stack = ProductionStack(work)
     try:
         stack.start()
-        print("up in", {k: (None if v is None else round(v, 1)) for k, v in stack.timings.items()},
-              f"total {time.monotonic() - started:.1f}s")
+        print(
+            "up in",
+            {k: (None if v is None else round(v, 1)) for k, v in stack.timings.items()},
+            f"total {time.monotonic() - started:.1f}s",
+        )
         print("mlflow", stack.url, "| postgres", stack.postgres.url, "| s3", stack.s3.endpoint)
         import mlflow
 

@@ -41,8 +41,9 @@ def main(cfg: dict) -> None:
         tracker = MlflowTracker(tracking_uri=cfg["uri"], experiment=cfg["experiment"], run_name=name)
     else:
         tracker = "mlflow"  # MLFLOW_TRACKING_URI + MLFLOW_EXPERIMENT_NAME, fluent run
-    callback = TrackedModelCheckpoint(name + "/{epoch}.keras", monitor="score", mode="min", tracker=tracker,
-                                      wait_timeout=600)
+    callback = TrackedModelCheckpoint(
+        name + "/{epoch}.keras", monitor="score", mode="min", tracker=tracker, wait_timeout=600
+    )
     open(name + ".ready", "w").close()
     deadline = time.monotonic() + BARRIER_TIMEOUT
     while not os.path.exists("go"):  # the barrier: every trainer has paid its imports
@@ -51,8 +52,14 @@ def main(cfg: dict) -> None:
         time.sleep(0.02)
     # Wall clock and this process's CPU (all threads) at the start and the end, for benchmarks/trainers.py.
     result = {"name": name, "started": time.time(), "cpu_before_go": time.process_time()}
-    model.fit(x, y, epochs=len(cfg["scores"]), batch_size=8, verbose=0,
-              callbacks=[InjectMetric("score", cfg["scores"]), callback])
+    model.fit(
+        x,
+        y,
+        epochs=len(cfg["scores"]),
+        batch_size=8,
+        verbose=0,
+        callbacks=[InjectMetric("score", cfg["scores"]), callback],
+    )
     result["fit_done"] = time.time()  # on_train_end waited for this run's uploads
     result["cpu_fit_done"] = time.process_time()
     result["run_id"] = last_destination("mlflow")["run_id"]
@@ -62,8 +69,12 @@ def main(cfg: dict) -> None:
         # What a sweep job does last: offer its best to the shared registered model (scope: this run).
         try:
             promoted = tracked_ckpt.promote_best(cfg["registered"])
-            result["promotion"] = {"promoted": promoted.promoted, "version": promoted.version,
-                                   "epoch": promoted.checkpoint.record.epoch, "reason": promoted.reason}
+            result["promotion"] = {
+                "promoted": promoted.promoted,
+                "version": promoted.version,
+                "epoch": promoted.checkpoint.record.epoch,
+                "reason": promoted.reason,
+            }
         except Exception:
             result["promotion"] = {"error": traceback.format_exc()}
     with open(name + ".json.tmp", "w") as f:
@@ -86,8 +97,15 @@ class TrainerFleet:
     `MLFLOW_TRACKING_URI` + `MLFLOW_EXPERIMENT_NAME` and the fluent run.
     """
 
-    def __init__(self, root, url: str, experiment: str, scores: dict[str, list[float | None]],
-                 registered: str = "", env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        root,
+        url: str,
+        experiment: str,
+        scores: dict[str, list[float | None]],
+        registered: str = "",
+        env: dict[str, str] | None = None,
+    ):
         self.root = os.fspath(root)
         self.url, self.experiment, self.scores, self.registered = url, experiment, scores, registered
         self.extra_env = env or {}
@@ -121,13 +139,24 @@ class TrainerFleet:
 
     def start(self, timeout: float = 300.0) -> None:
         for name, scores in self.scores.items():
-            cfg = {"name": name, "scores": scores, "explicit": self.explicit(name), "uri": self.url,
-                   "experiment": self.experiment, "registered": self.registered}
+            cfg = {
+                "name": name,
+                "scores": scores,
+                "explicit": self.explicit(name),
+                "uri": self.url,
+                "experiment": self.experiment,
+                "registered": self.registered,
+            }
             log = open(os.path.join(self.root, f"{name}.log"), "wb")
             self._logs.append(log)
             self.procs[name] = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), json.dumps(cfg)], cwd=self.root, env=self._env(name),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, os.path.abspath(__file__), json.dumps(cfg)],
+                cwd=self.root,
+                env=self._env(name),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not all(os.path.exists(os.path.join(self.root, f"{n}.ready")) for n in self.scores):
@@ -176,7 +205,7 @@ class TrainerFleet:
                     out.append(f"--- {name}.log ---\n{f.read()[-limit:].decode(errors='replace')}")
         return "\n".join(out)
 
-    def __enter__(self) -> "TrainerFleet":
+    def __enter__(self) -> TrainerFleet:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -42,7 +42,7 @@ class TcpProxy:
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         self._thread.start()
         return self
 
@@ -50,7 +50,7 @@ class TcpProxy:
         self._closed = True
         self._listener.close()
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -85,8 +85,11 @@ class TcpProxy:
                     break
                 if upstream:
                     seen = tail + chunk
-                    found = [(m.group(1).decode(), m.group(2).decode()) for m in _REQUEST_LINE.finditer(seen)
-                             if m.end() > len(tail)]
+                    found = [
+                        (m.group(1).decode(), m.group(2).decode())
+                        for m in _REQUEST_LINE.finditer(seen)
+                        if m.end() > len(tail)
+                    ]
                     tail = seen[-256:]
                     if found:
                         with self._lock:

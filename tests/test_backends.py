@@ -28,19 +28,35 @@ def test_a_checkpoint_written_on_this_backend_loads_on_the_other(embedded_store,
     x, y = make_data()
     with mlflow.start_run():
         model = make_model("cross")
-        model.fit(x, y, validation_split=0.25, epochs=2, batch_size=8, verbose=0,
-                  callbacks=[TrackedModelCheckpoint("ckpt/cross-{epoch}.keras", monitor="val_loss")])
+        model.fit(
+            x,
+            y,
+            validation_split=0.25,
+            epochs=2,
+            batch_size=8,
+            verbose=0,
+            callbacks=[TrackedModelCheckpoint("ckpt/cross-{epoch}.keras", monitor="val_loss")],
+        )
     result = tracked_ckpt.promote_best("cross-backend")
     assert result.promoted, result.reason
     assert result.checkpoint.record.backend == keras.backend.backend()
     reloaded = tracked_ckpt.load_model("cross-backend", alias="champion")
     here = np.asarray(reloaded.predict(x, verbose=0))
 
-    env = {**os.environ, "KERAS_BACKEND": OTHER_BACKEND, "MLFLOW_TRACKING_URI": embedded_store,
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": OTHER_BACKEND,
+        "MLFLOW_TRACKING_URI": embedded_store,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     done = subprocess.run(
         child("load_and_predict", "cross-backend"),
-        input=json.dumps(x.tolist()), capture_output=True, text=True, env=env, cwd=workdir, timeout=300,
+        input=json.dumps(x.tolist()),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     there = json.loads(done.stdout.strip().splitlines()[-1])

@@ -30,7 +30,9 @@ def test_tracker_package_not_installed_names_the_extra(monkeypatch):
 
 def test_placeholder_missing_from_the_logs(embedded_store, workdir):
     callback = TrackedModelCheckpoint("ckpt/{epoch}-{val_acc:.2f}.keras")
-    with pytest.raises(KeyError, match=r"uses {val_acc}, which is not in the epoch logs \(available: .*val_loss") as info:
+    with pytest.raises(
+        KeyError, match=r"uses {val_acc}, which is not in the epoch logs \(available: .*val_loss"
+    ) as info:
         fit(callback, epochs=1)
     one_line(info.value)
 
@@ -57,8 +59,13 @@ def test_unwritable_checkpoint_folder_fails_before_training(embedded_store, work
     started = []
     with pytest.raises(OSError, match="Cannot write checkpoints to .*choose another filepath") as info:
         x, y = make_data()
-        make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback],
-                         )
+        make_model().fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[callback],
+        )
     one_line(info.value)
     assert not started
 

@@ -98,7 +98,8 @@ class HeldUpload(MlflowTracker):
 
 
 class RewriteWitness(keras.callbacks.Callback):
-    """After the checkpoint callback: keeps epoch 1's bytes, then lets epoch 1's upload go once epoch 2 rewrote the file."""
+    """After the checkpoint callback: keeps epoch 1's bytes, then lets epoch 1's upload go once epoch 2
+    rewrote the file."""
 
     def __init__(self, path, go: threading.Event):
         super().__init__()
@@ -217,7 +218,12 @@ def test_async_and_sync_give_the_same_records(embedded_store, workdir):
             callback = TrackedModelCheckpoint(f"ckpt/{upload}-{{epoch}}.keras", upload=upload)
             fit(callback, epochs=2)
         records[upload] = [
-            {k: v for k, v in m.tags.items() if k.startswith("tracked_ckpt.") and k not in ("tracked_ckpt.filepath", "tracked_ckpt.sha256", "tracked_ckpt.size_bytes")}
+            {
+                k: v
+                for k, v in m.tags.items()
+                if k.startswith("tracked_ckpt.")
+                and k not in ("tracked_ckpt.filepath", "tracked_ckpt.sha256", "tracked_ckpt.size_bytes")
+            }
             | {"name": m.name, "metrics": sorted((x.key, x.step) for x in m.metrics)}
             for m in logged_models(run.info.run_id)
         ]

@@ -58,7 +58,7 @@ def test_ls_show_promote_pull(embedded_store, workdir, capsys):
     ],
 )
 def test_errors_are_one_line_with_nonzero_exit(embedded_store, workdir, capsys, args, message):
-    code, out, err = run_cli(capsys, *args)
+    code, _out, err = run_cli(capsys, *args)
     assert code == 1
     assert err.startswith("tracked-ckpt: error: ") and err.count("\n") == 1
     assert message in err
@@ -72,8 +72,7 @@ def help_entries(*args):
 
 def test_help_documents_every_command_and_option():
     assert {"ls", "show", "promote", "pull", "sync"} <= help_entries()
-    options = {"--run-id", "--experiment", "--tracker", "--tracking-uri", "--alias", "--monitor", "--mode",
-               "--force"}
+    options = {"--run-id", "--experiment", "--tracker", "--tracking-uri", "--alias", "--monitor", "--mode", "--force"}
     assert options <= help_entries("promote")
     assert {"--run-id", "--experiment", "--where", "--json"} <= help_entries("ls")
     assert {"--timeout", "--retry-failed"} <= help_entries("sync")

@@ -10,8 +10,7 @@ import mlflow
 import pytest
 from helpers import make_data, make_model
 
-from tracked_ckpt import TrackedModelCheckpoint
-from tracked_ckpt import session
+from tracked_ckpt import TrackedModelCheckpoint, session
 from tracked_ckpt.cli import in_cli_terms, main
 
 CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
@@ -27,9 +26,17 @@ def demo_fit(experiment: str, epochs: int) -> str:
     mlflow.set_experiment(experiment)
     x, y = make_data()
     with mlflow.start_run() as run:
-        make_model("demo").fit(x, y, validation_split=0.25, epochs=epochs, batch_size=8, verbose=0, callbacks=[
-            TrackedModelCheckpoint(f"checkpoints/{experiment}-{{epoch:02d}}.keras", monitor="val_loss"),
-        ])
+        make_model("demo").fit(
+            x,
+            y,
+            validation_split=0.25,
+            epochs=epochs,
+            batch_size=8,
+            verbose=0,
+            callbacks=[
+                TrackedModelCheckpoint(f"checkpoints/{experiment}-{{epoch:02d}}.keras", monitor="val_loss"),
+            ],
+        )
     return run.info.run_id
 
 
@@ -49,9 +56,13 @@ def test_ls_with_no_flags_lists_the_most_recent_run(embedded_store, workdir):
     )
     assert sorted(ids) == sorted(m.model_id for m in newest) and len(ids) == 2
     assert [line.split()[0] for line in lines[1:]] == ["1", "2"]
-    assert not set(ids) & {m.model_id for m in client.search_logged_models(
-        experiment_ids=[client.get_experiment_by_name("older-demo").experiment_id],
-        filter_string=f"source_run_id = '{older}'")}
+    assert not set(ids) & {
+        m.model_id
+        for m in client.search_logged_models(
+            experiment_ids=[client.get_experiment_by_name("older-demo").experiment_id],
+            filter_string=f"source_run_id = '{older}'",
+        )
+    }
 
 
 def test_ls_in_a_store_without_checkpoints_names_the_flags(embedded_store, workdir, monkeypatch, capsys):
@@ -63,15 +74,26 @@ def test_ls_in_a_store_without_checkpoints_names_the_flags(embedded_store, workd
     assert "run_id=" not in error and "this process" not in error, error
 
 
-@pytest.mark.parametrize("message, expected", [
-    ("No run to look in: pass run_id= or experiment= (no fit has logged in this process).",
-     "No run to look in: pass --run-id or --experiment."),
-    ("W&B run ids are per project: pass run_id='<project>/1a2b' or experiment='<project>'.",
-     "W&B run ids are per project: pass --run-id <project>/1a2b or --experiment <project>."),
-    ("Name a registered model (with alias= or version=) or pass checkpoint=.",
-     "Name a registered model (with --alias or --version) or pass checkpoint=."),
-    ("W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server",
-     "W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server"),
-])
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        (
+            "No run to look in: pass run_id= or experiment= (no fit has logged in this process).",
+            "No run to look in: pass --run-id or --experiment.",
+        ),
+        (
+            "W&B run ids are per project: pass run_id='<project>/1a2b' or experiment='<project>'.",
+            "W&B run ids are per project: pass --run-id <project>/1a2b or --experiment <project>.",
+        ),
+        (
+            "Name a registered model (with alias= or version=) or pass checkpoint=.",
+            "Name a registered model (with --alias or --version) or pass checkpoint=.",
+        ),
+        (
+            "W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server",
+            "W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server",
+        ),
+    ],
+)
 def test_library_messages_speak_in_flags_on_the_command_line(message, expected):
     assert in_cli_terms(message) == expected

@@ -18,11 +18,9 @@ Stacks:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import sys
-import time
 import uuid
 
 import keras
@@ -134,8 +132,11 @@ def run_sweep(stack: str, url: str, root, scores: dict[str, list[float | None]])
         finally:
             sweep.tails = fleet.tails()
     sweep.returncodes, sweep.results, sweep.seconds = fleet.returncodes, fleet.results, fleet.seconds
-    print(f"\n[{stack}] {len(scores)} trainers x {len(next(iter(scores.values())))} checkpoints: "
-          f"{fleet.seconds:.1f}s from the barrier to the last exit", file=sys.stderr)
+    print(
+        f"\n[{stack}] {len(scores)} trainers x {len(next(iter(scores.values())))} checkpoints: "
+        f"{fleet.seconds:.1f}s from the barrier to the last exit",
+        file=sys.stderr,
+    )
     return sweep
 
 
@@ -214,7 +215,9 @@ def test_each_run_best_is_the_scripted_one(sweep):
         ], name
         best = tracked_ckpt.best_checkpoint(run_id=sweep.run_id(name), tracker=sweep.tracker)
         assert best.record.epoch == expected_best_epoch(scores), name
-        result = tracked_ckpt.promote_best(f"{sweep.registered}-{name}", run_id=sweep.run_id(name), tracker=sweep.tracker)
+        result = tracked_ckpt.promote_best(
+            f"{sweep.registered}-{name}", run_id=sweep.run_id(name), tracker=sweep.tracker
+        )
         assert result.promoted and result.version == "1", result.reason
         assert result.checkpoint.record.epoch == expected_best_epoch(scores)
         assert result.checkpoint.run_id == sweep.run_id(name)
@@ -327,15 +330,18 @@ class _ResentCreate(keras.callbacks.Callback):
         )
         model = max(logged, key=lambda m: int(m.tags["tracked_ckpt.epoch"]))
         self.twin = client.create_logged_model(
-            experiment_id=destination["experiment_id"], name=model.name, source_run_id=destination["run_id"],
+            experiment_id=destination["experiment_id"],
+            name=model.name,
+            source_run_id=destination["run_id"],
             tags=model.tags,
         )
 
 
 def test_an_unfinished_duplicate_of_a_logged_checkpoint_is_dropped_when_the_run_ends(server_store, workdir):
     resent = _ResentCreate()
-    callback = tracked_ckpt.TrackedModelCheckpoint("ckpt/{epoch}.keras", monitor="loss",
-                                                   tracker=MlflowTracker(tracking_uri=server_store), upload="sync")
+    callback = tracked_ckpt.TrackedModelCheckpoint(
+        "ckpt/{epoch}.keras", monitor="loss", tracker=MlflowTracker(tracking_uri=server_store), upload="sync"
+    )
     resent.checkpoint = callback
     x, y = make_data()
     make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[resent, callback])
@@ -343,7 +349,8 @@ def test_an_unfinished_duplicate_of_a_logged_checkpoint_is_dropped_when_the_run_
     run_id = resent.twin.source_run_id
     models = client.search_logged_models([resent.twin.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     assert sorted((m.name, m.status) for m in models) == [
-        ("tiny-e0001", LoggedModelStatus.READY), ("tiny-e0002", LoggedModelStatus.READY)
+        ("tiny-e0001", LoggedModelStatus.READY),
+        ("tiny-e0002", LoggedModelStatus.READY),
     ]
     assert resent.twin.model_id not in {m.model_id for m in models}
     assert client.get_run(run_id).info.status == "FINISHED"

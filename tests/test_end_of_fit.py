@@ -24,12 +24,22 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
     """A user's script with the server down throughout, and MLflow's own (minutes-long) HTTP retries."""
     server = MlflowServer(str(tmp_path / "server"))  # its port is free: nothing answers there yet
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "MLFLOW_EXPERIMENT_NAME": "down-all-along"}
-    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+    for name in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    ):
         env.pop(name, None)  # MLflow's defaults: 7 retries backing off for minutes
     wait_timeout = 600
     # Killed (and failed) if the script waited out wait_timeout, as it did before the stall rule.
-    done = subprocess.run(child("fit_and_report", 3, wait_timeout), cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=wait_timeout / 2)
+    done = subprocess.run(
+        child("fit_and_report", 3, wait_timeout),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=wait_timeout / 2,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["stalled"] and result["logged"] == 0 and result["pending"] == 3, result
@@ -41,16 +51,28 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
 
     # A sync while the server is still down gives up after a stall window, not after --timeout.
     down_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "TRACKED_CKPT_STALL_TIMEOUT": "3"}
-    early = subprocess.run([sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "900"],
-                           cwd=tmp_path, env=down_env, capture_output=True, text=True, timeout=300)
+    early = subprocess.run(
+        [sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "900"],
+        cwd=tmp_path,
+        env=down_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert early.returncode == 1 and "3 still pending" in early.stdout, (early.stdout, early.stderr[-2000:])
     assert "3 checkpoint(s) could not be logged" in early.stderr
 
     server.start(timeout=300)
     try:
         sync_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
-        synced = subprocess.run([sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "120"],
-                                cwd=tmp_path, env=sync_env, capture_output=True, text=True, timeout=300)
+        synced = subprocess.run(
+            [sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "120"],
+            cwd=tmp_path,
+            env=sync_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert synced.returncode == 0, synced.stderr[-3000:]
         client = mlflow.MlflowClient(tracking_uri=server.url)
         experiment = client.get_experiment_by_name("down-all-along")
@@ -69,22 +91,25 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
 def wide_model() -> keras.Model:
     """About 3 MB as a .keras file with Adam's state."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(512), keras.layers.Dense(512),
-                              keras.layers.Dense(1)], name="wide")
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(512), keras.layers.Dense(512), keras.layers.Dense(1)], name="wide"
+    )
     model.compile(optimizer="adam", loss="mse")
     return model
 
 
 @pytest.mark.slow
-def test_an_upload_slower_than_the_stall_window_completes_within_fit(server_store, mlflow_server, workdir,
-                                                                     monkeypatch, caplog):
+def test_an_upload_slower_than_the_stall_window_completes_within_fit(
+    server_store, mlflow_server, workdir, monkeypatch, caplog
+):
     stall = 1.5
     # 256 KB/s: the ~3 MB checkpoint takes about 12 s to go through, 8 stall windows.
     with TcpProxy(mlflow_server.url, upload_rate=256 * 1024) as proxy:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
         mlflow.set_tracking_uri(proxy.url)
-        callback = TrackedModelCheckpoint("ckpt/slow-{epoch}.keras", monitor="loss", stall_timeout=stall,
-                                          wait_timeout=300)
+        callback = TrackedModelCheckpoint(
+            "ckpt/slow-{epoch}.keras", monitor="loss", stall_timeout=stall, wait_timeout=300
+        )
         x, y = np.random.rand(32, 4), np.random.rand(32, 1)
         with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
             wide_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
@@ -96,12 +121,13 @@ def test_an_upload_slower_than_the_stall_window_completes_within_fit(server_stor
         assert any(method == "PUT" and path.endswith("/data/model.keras") for method, path in proxy.requests)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # the proxy is gone: read back directly
     mlflow.set_tracking_uri(mlflow_server.url)
-    (entry, _, model_id), = report.logged
+    ((entry, _, model_id),) = report.logged
     (model,) = logged_models(entry.destinations["mlflow"]["run_id"])
     assert model.model_id == model_id
     assert str(model.status) == "READY"
     local = workdir / "ckpt" / "slow-1.keras"
     assert model.tags["tracked_ckpt.sha256"] == sha256(local)
     loaded = mlflow.keras.load_model(f"models:/{model.model_id}")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), keras.saving.load_model(local).predict(x, verbose=0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), keras.saving.load_model(local).predict(x, verbose=0), rtol=1e-6
+    )

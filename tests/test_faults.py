@@ -7,8 +7,8 @@ import logging
 import keras
 import mlflow
 import pytest
-from mlflow_server import MlflowServer
 from helpers import logged_models, make_data, make_model
+from mlflow_server import MlflowServer
 
 from tracked_ckpt import TrackedModelCheckpoint
 
@@ -55,7 +55,11 @@ def test_server_down_for_two_epochs_mid_fit(own_server):
     x, y = make_data()
     # Down after epoch 2, back after epoch 5: epochs 3, 4 and 5 are saved while it is away.
     history = make_model().fit(
-        x, y, validation_split=0.25, epochs=7, verbose=0,
+        x,
+        y,
+        validation_split=0.25,
+        epochs=7,
+        verbose=0,
         callbacks=[callback, ServerSwitch(own_server, stop_after=1, start_after=4)],
     )
     assert len(history.epoch) == 7
@@ -74,7 +78,11 @@ def test_server_unreachable_at_start_spools_and_warns(own_server, caplog):
     x, y = make_data()
     with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
         make_model().fit(
-            x, y, validation_split=0.25, epochs=4, verbose=0,
+            x,
+            y,
+            validation_split=0.25,
+            epochs=4,
+            verbose=0,
             callbacks=[callback, ServerSwitch(own_server, stop_after=None, start_after=1)],
         )
     assert "unreachable" in caplog.text
@@ -90,7 +98,11 @@ def test_server_gone_for_good_keeps_everything_for_sync(own_server, caplog):
     x, y = make_data()
     with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
         make_model().fit(
-            x, y, validation_split=0.25, epochs=3, verbose=0,
+            x,
+            y,
+            validation_split=0.25,
+            epochs=3,
+            verbose=0,
             callbacks=[callback, ServerSwitch(own_server, stop_after=0, start_after=99)],
         )
     pending = callback.last_report.pending

@@ -134,9 +134,7 @@ def test_repo_without_commits_but_staged_file(tmp_path, caplog):
 def test_not_a_repository(tmp_path, caplog):
     outside = tmp_path / "plain"
     outside.mkdir()
-    probe = subprocess.run(
-        ["git", "rev-parse", "--git-dir"], cwd=outside, capture_output=True, text=True
-    )
+    probe = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=outside, capture_output=True, text=True)
     if probe.returncode == 0:
         pytest.skip(f"tmp_path {outside} is inside a git repository ({probe.stdout.strip()})")
     caplog.set_level(logging.WARNING, logger="tracked_ckpt")
@@ -321,12 +319,15 @@ def test_git_executable_absent(repo, tmp_path, refresh):
         env["GIT_PYTHON_REFRESH"] = refresh
     proc = subprocess.run(
         child("capture_without_git", GIT_PY, repo),
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(results) == 1, proc.stdout
-    assert json.loads(results[0][len("RESULT "):]) == [None, None, None, None]
+    assert json.loads(results[0][len("RESULT ") :]) == [None, None, None, None]
     warns = [line for line in proc.stderr.splitlines() if line.startswith("LOG tracked_ckpt WARNING")]
     assert len(warns) == 1, proc.stderr
     assert "Git provenance not recorded" in warns[0]

@@ -80,8 +80,14 @@ def test_main_script_of_a_job_that_changes_directory(repo, tmp_path):
     git(repo, "commit", "-q", "-m", "script")
     env = {k: v for k, v in os.environ.items() if k not in (REPO_ENV, "TUNE_ORIG_WORKING_DIR")}
     source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, str(script), str(tmp_path), source], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), source],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == head(repo)
 
 

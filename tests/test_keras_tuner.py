@@ -20,8 +20,9 @@ TRIALS, EPOCHS = 3, 3
 
 def test_keras_tuner_search_logs_each_trial_in_its_own_run_and_promotes_the_tuners_best(server_store, workdir):
     experiment = os.environ["MLFLOW_EXPERIMENT_NAME"]
-    found = sweep_keras_tuner.main(["--trials", str(TRIALS), "--epochs", str(EPOCHS), "--experiment", experiment,
-                                    "--workdir", str(workdir)])
+    found = sweep_keras_tuner.main(
+        ["--trials", str(TRIALS), "--epochs", str(EPOCHS), "--experiment", experiment, "--workdir", str(workdir)]
+    )
     assert not live_sessions()
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     assert len(runs) == TRIALS == found["trials"]
@@ -39,13 +40,26 @@ def test_keras_tuner_search_logs_each_trial_in_its_own_run_and_promotes_the_tune
 
 def test_a_tuner_callback_copied_without_a_run_of_the_users_gets_one_run_per_trial(embedded_store, workdir):
     x_train, x_val, y_train, y_val = sweep_keras_tuner.load_data()
-    tuner = keras_tuner.RandomSearch(sweep_keras_tuner.build_model, objective="val_loss", max_trials=2, seed=2,
-                                     directory=str(workdir), project_name="plain", overwrite=True)
+    tuner = keras_tuner.RandomSearch(
+        sweep_keras_tuner.build_model,
+        objective="val_loss",
+        max_trials=2,
+        seed=2,
+        directory=str(workdir),
+        project_name="plain",
+        overwrite=True,
+    )
     from tracked_ckpt import TrackedModelCheckpoint
 
     checkpoint = TrackedModelCheckpoint(str(workdir / "ckpt" / "d.keras"), monitor="val_loss", save_best_only=True)
-    tuner.search(x_train[:200], y_train[:200], validation_data=(x_val[:100], y_val[:100]), epochs=2, verbose=0,
-                 callbacks=[checkpoint])
+    tuner.search(
+        x_train[:200],
+        y_train[:200],
+        validation_data=(x_val[:100], y_val[:100]),
+        epochs=2,
+        verbose=0,
+        callbacks=[checkpoint],
+    )
     assert checkpoint.session is None  # KerasTuner only ever runs copies
     runs = mlflow.search_runs(experiment_names=["Default"], output_format="list")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}

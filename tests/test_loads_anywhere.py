@@ -42,8 +42,9 @@ def fit(layer: keras.layers.Layer, epochs: int = 1, name: str = "custom", **call
     model.compile(optimizer="adam", loss="mse")
     x, y = make_data(16)
     with mlflow.start_run() as run:
-        callback = TrackedModelCheckpoint(f"ckpt/{name}-{{epoch}}.keras", monitor="loss", log_git=False,
-                                          **callback_kwargs)
+        callback = TrackedModelCheckpoint(
+            f"ckpt/{name}-{{epoch}}.keras", monitor="loss", log_git=False, **callback_kwargs
+        )
         model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[callback])
     assert callback.last_report.ok
     return model, run.info.run_id
@@ -73,9 +74,7 @@ def test_unregistered_custom_layer_loads_with_custom_objects(embedded_store, wor
         tracked_ckpt.load_model("custom-clf", custom_objects=[Doubling])
 
 
-def test_requirements_name_the_installed_package_and_a_missing_one_is_one_line(
-    embedded_store, workdir, monkeypatch
-):
+def test_requirements_name_the_installed_package_and_a_missing_one_is_one_line(embedded_store, workdir, monkeypatch):
     site = install_layer_package(workdir / "pkg", name="tinylayers", version="0.1.0", cls="Triple")
     monkeypatch.syspath_prepend(site)
     import tinylayers
@@ -84,8 +83,12 @@ def test_requirements_name_the_installed_package_and_a_missing_one_is_one_line(
     checkpoints = tracked_ckpt.list_checkpoints(run_id=run_id)
     assert [c.record.requirements for c in checkpoints] == [("tinylayers==0.1.0",)] * 2
     requirements = model_file(checkpoints[-1], "requirements.txt").split()
-    assert requirements == [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}",
-                            f"tensorflow=={_version('tensorflow')}", "tinylayers==0.1.0"]
+    assert requirements == [
+        f"mlflow=={mlflow.__version__}",
+        f"keras=={keras.__version__}",
+        f"tensorflow=={_version('tensorflow')}",
+        "tinylayers==0.1.0",
+    ]
     assert "    - tinylayers==0.1.0\n" in model_file(checkpoints[-1], "conda.yaml")
     assert "-r requirements.txt" in model_file(checkpoints[-1], "python_env.yaml")
     promoted = tracked_ckpt.promote_best("pkg-clf", run_id=run_id).checkpoint.record.name
@@ -100,13 +103,14 @@ def test_requirements_name_the_installed_package_and_a_missing_one_is_one_line(
     with pytest.raises(MissingRequirementError) as caught:
         tracked_ckpt.load_model("pkg-clf", cache_dir=workdir / "elsewhere")
     message = str(caught.value)
-    assert message == (f"{promoted} needs the package 'tinylayers', which is not installed: "
-                       "pip install 'tinylayers==0.1.0'")
+    assert message == (
+        f"{promoted} needs the package 'tinylayers', which is not installed: pip install 'tinylayers==0.1.0'"
+    )
     assert isinstance(caught.value, ImportError)
     assert not os.path.exists(workdir / "elsewhere")  # refused before downloading anything
 
 
-LOCAL_MODULE = '''
+LOCAL_MODULE = """
 import keras
 
 
@@ -119,7 +123,7 @@ class Halve(keras.layers.Layer):
 class Shift(keras.layers.Layer):  # never registered: found by name through the model's code
     def call(self, x):
         return x + 1.0
-'''
+"""
 
 
 def test_local_module_passed_as_code_loads_with_pyfunc_in_a_fresh_process(embedded_store, workdir, monkeypatch, caplog):
@@ -147,7 +151,11 @@ def test_local_module_passed_as_code_loads_with_pyfunc_in_a_fresh_process(embedd
     env.update(MLFLOW_TRACKING_URI=embedded_store, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="jax")
     done = subprocess.run(
         child("pyfunc_predict", f"models:/{checkpoint.id}", json.dumps(X.tolist())),
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     predicted = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -155,15 +163,21 @@ def test_local_module_passed_as_code_loads_with_pyfunc_in_a_fresh_process(embedd
 
 
 def test_model_needs_reads_modules_and_registered_packages():
-    config = json.dumps({
-        "module": "keras", "class_name": "Sequential", "config": {"layers": [
-            {"module": "keras.layers", "class_name": "Dense", "registered_name": None},
-            {"module": "numpy", "class_name": "X", "registered_name": "numpy>X"},
-            {"module": "my_local_thing.layers", "class_name": "Y", "registered_name": "Custom>Y"},
-            {"module": "__main__", "class_name": "Z", "registered_name": "Z"},
-            {"module": "json", "class_name": "W"},
-        ]},
-    }).encode()
+    config = json.dumps(
+        {
+            "module": "keras",
+            "class_name": "Sequential",
+            "config": {
+                "layers": [
+                    {"module": "keras.layers", "class_name": "Dense", "registered_name": None},
+                    {"module": "numpy", "class_name": "X", "registered_name": "numpy>X"},
+                    {"module": "my_local_thing.layers", "class_name": "Y", "registered_name": "Custom>Y"},
+                    {"module": "__main__", "class_name": "Z", "registered_name": "Z"},
+                    {"module": "json", "class_name": "W"},
+                ]
+            },
+        }
+    ).encode()
     scans = []
 
     def installed():  # what packages_distributions() would say, without reading every installed package

@@ -23,8 +23,14 @@ def test_only_process_zero_logs_under_keras_jax_distribution(embedded_store, wor
     # Output to files, not pipes: a worker blocked on a full pipe would stall the other in a collective.
     logs = [open(workdir / f"worker-{i}.log", "w") for i in range(2)]
     workers = [
-        subprocess.Popen(child("jax_distributed_fit", i, port), cwd=workdir, env=env,
-                         stdout=logs[i], stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            child("jax_distributed_fit", i, port),
+            cwd=workdir,
+            env=env,
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     try:
@@ -47,6 +53,7 @@ def test_only_process_zero_logs_under_keras_jax_distribution(embedded_store, wor
     models = logged_models(runs[0].info.run_id)
     assert [m.name for m in models] == ["mp-e0001", "mp-e0002"]
     # Both epochs on disk once (the chief's files); process 1's private folder is gone.
-    assert sorted(os.listdir(workdir / "ckpt")) == [".tracked_ckpt", "mp-1.keras", "mp-2.keras"] or \
-        sorted(os.listdir(workdir / "ckpt")) == ["mp-1.keras", "mp-2.keras"]
+    assert sorted(os.listdir(workdir / "ckpt")) == [".tracked_ckpt", "mp-1.keras", "mp-2.keras"] or sorted(
+        os.listdir(workdir / "ckpt")
+    ) == ["mp-1.keras", "mp-2.keras"]
     assert not list(workdir.glob("**/workertemp_*"))

@@ -8,8 +8,8 @@ import subprocess
 
 import mlflow
 import pytest
-from mlflow_server import free_port
 from helpers import child, logged_models
+from mlflow_server import free_port
 
 from tracked_ckpt.roles import tf_config_role
 
@@ -18,10 +18,21 @@ def run_workers(workdir, use_strategy: bool, timeout: float = 240):
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     procs = []
     for index in range(2):
-        env = {**os.environ, "USE_STRATEGY": "1" if use_strategy else "0",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(child("multiworker_fit"), cwd=workdir, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "USE_STRATEGY": "1" if use_strategy else "0",
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                child("multiworker_fit"),
+                cwd=workdir,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     for proc in procs:
         try:
@@ -48,8 +59,11 @@ def test_two_workers_log_exactly_one_set_of_checkpoints(embedded_store, workdir)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="keras 3.15 fit() fails under MultiWorkerMirroredStrategy "
-                   "(PerReplica reduction in _maybe_symbolic_build); when this passes, keras fixed it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="keras 3.15 fit() fails under MultiWorkerMirroredStrategy "
+    "(PerReplica reduction in _maybe_symbolic_build); when this passes, keras fixed it",
+)
 def test_keras_fit_under_multi_worker_mirrored_strategy(embedded_store, workdir):
     outputs = run_workers(workdir, use_strategy=True, timeout=180)
     assert all(code == 0 for code, _ in outputs), outputs[0][1][-2000:]

@@ -16,10 +16,10 @@ from tracked_ckpt.record import (
     TAG_PREFIX,
     CheckpointRecord,
     checkpoint_name,
-    split_checkpoint_name,
     clean_metrics,
     file_format,
     sanitize_name,
+    split_checkpoint_name,
     validate_name,
 )
 
@@ -27,27 +27,27 @@ SHA = "ab" * 32
 
 
 def make_record(**overrides) -> CheckpointRecord:
-    fields = dict(
-        name="digits-e0003",
-        epoch=3,
-        step=120,
-        monitor="val_loss",
-        mode="min",
-        is_best=True,
-        sha256=SHA,
-        size_bytes=123_456,
-        format="keras",
-        filepath="/ckpt/digits-e0003.keras",
-        keras_version="3.10.0",
-        backend="tensorflow",
-        requirements=("keras-hub==0.21.1", "tinylayers==0.1.0"),
-        value=0.1 + 0.2,
-        git_commit="0123456789abcdef0123456789abcdef01234567",
-        git_branch="main",
-        git_dirty=False,
-        git_remote="https://github.com/org/repo.git",
-        metrics={"loss": 0.5, "val_loss": 0.1 + 0.2},
-    )
+    fields = {
+        "name": "digits-e0003",
+        "epoch": 3,
+        "step": 120,
+        "monitor": "val_loss",
+        "mode": "min",
+        "is_best": True,
+        "sha256": SHA,
+        "size_bytes": 123_456,
+        "format": "keras",
+        "filepath": "/ckpt/digits-e0003.keras",
+        "keras_version": "3.10.0",
+        "backend": "tensorflow",
+        "requirements": ("keras-hub==0.21.1", "tinylayers==0.1.0"),
+        "value": 0.1 + 0.2,
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "git_branch": "main",
+        "git_dirty": False,
+        "git_remote": "https://github.com/org/repo.git",
+        "metrics": {"loss": 0.5, "val_loss": 0.1 + 0.2},
+    }
     fields.update(overrides)
     return CheckpointRecord(**fields)
 
@@ -82,12 +82,19 @@ def test_metadata_full_record_has_every_key_in_order():
 
 
 def test_metadata_omits_none_values_and_keeps_falsy_ones():
-    record = make_record(value=None, git_commit=None, git_branch=None, git_dirty=None, git_remote=None,
-                         requirements=None)
+    record = make_record(
+        value=None, git_commit=None, git_branch=None, git_dirty=None, git_remote=None, requirements=None
+    )
     meta = record.metadata()
     assert is_ordered_subset(list(meta), SCHEMA_KEYS)
-    assert set(SCHEMA_KEYS) - set(meta) == {"value", "git_commit", "git_branch", "git_dirty", "git_remote",
-                                            "requirements"}
+    assert set(SCHEMA_KEYS) - set(meta) == {
+        "value",
+        "git_commit",
+        "git_branch",
+        "git_dirty",
+        "git_remote",
+        "requirements",
+    }
     assert "requirements" not in make_record(requirements=()).metadata()  # none beyond Keras: left out
     assert None not in meta.values()
 
@@ -172,8 +179,9 @@ def test_round_trip_through_plain_metadata():
 
 
 def test_round_trip_with_unknown_values():
-    record = make_record(value=None, is_best=False, git_commit=None, git_branch=None, git_dirty=None, git_remote=None,
-                         requirements=None)
+    record = make_record(
+        value=None, is_best=False, git_commit=None, git_branch=None, git_dirty=None, git_remote=None, requirements=None
+    )
     for meta in (record.metadata(), record.string_metadata()):
         back = CheckpointRecord.from_metadata(meta, name=record.name, metrics=record.metrics)
         assert back == record
@@ -189,7 +197,10 @@ def test_from_metadata_reads_empty_strings_as_unknown():
     assert back.git_commit is None and back.git_branch is None and back.git_remote is None
 
 
-@pytest.mark.parametrize("text, expected", [("true", True), ("True", True), (" TRUE ", True), ("false", False), ("False", False), ("0", False)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("true", True), ("True", True), (" TRUE ", True), ("false", False), ("False", False), ("0", False)],
+)
 def test_from_metadata_booleans(text, expected):
     meta = make_record().string_metadata()
     meta["is_best"] = text
@@ -269,7 +280,17 @@ def test_file_format(path, expected):
 
 @pytest.mark.parametrize(
     "path",
-    ["model", "model.pb", "model.tf", "model.hdf5", "model.weights", "model.keras.bak", "model.h5.tmp", "", "model.KERAS"],
+    [
+        "model",
+        "model.pb",
+        "model.tf",
+        "model.hdf5",
+        "model.weights",
+        "model.keras.bak",
+        "model.h5.tmp",
+        "",
+        "model.KERAS",
+    ],
 )
 def test_file_format_rejects_other_extensions(path):
     with pytest.raises(ValueError) as excinfo:

@@ -203,8 +203,9 @@ def test_missing_registered_model_or_alias_is_a_clear_error(embedded_store, work
 
 def test_promotion_goes_to_the_store_the_last_fit_logged_to(embedded_store, mlflow_server, workdir):
     # The process default is the embedded store, but the fit logged to a server.
-    callback = TrackedModelCheckpoint("ckpt/s-{epoch}.keras", tracker=MlflowTracker(
-        tracking_uri=mlflow_server.url, experiment=unique("elsewhere")))
+    callback = TrackedModelCheckpoint(
+        "ckpt/s-{epoch}.keras", tracker=MlflowTracker(tracking_uri=mlflow_server.url, experiment=unique("elsewhere"))
+    )
     x, y = make_data()
     make_model().fit(x, y, validation_split=0.25, epochs=2, verbose=0, callbacks=[callback])
     name = unique("reg-elsewhere")
@@ -225,7 +226,8 @@ def test_a_lost_race_to_set_a_new_alias_is_retried(embedded_store, workdir, monk
         if len(calls) == 1:
             original(self, name, alias, version)  # the other job's insert lands first...
             raise mlflow.exceptions.MlflowException(
-                'duplicate key value violates unique constraint "registered_model_alias_pk"')
+                'duplicate key value violates unique constraint "registered_model_alias_pk"'
+            )
         return original(self, name, alias, version)
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", loses_the_first_race)

@@ -23,10 +23,10 @@ def test_resume_continues_the_same_run_with_the_best_value(embedded_store, workd
 
     model = make_model()
     x, y = make_data()
-    callback = TrackedModelCheckpoint("ckpt/r-{epoch}.keras", monitor="score", mode="min", resume=True,
-                                      wait_timeout=120)
-    history = model.fit(x, y, epochs=5, batch_size=8, verbose=0,
-                        callbacks=[InjectMetric("score", SCORES), callback])
+    callback = TrackedModelCheckpoint(
+        "ckpt/r-{epoch}.keras", monitor="score", mode="min", resume=True, wait_timeout=120
+    )
+    history = model.fit(x, y, epochs=5, batch_size=8, verbose=0, callbacks=[InjectMetric("score", SCORES), callback])
 
     assert callback.last_report.ok, callback.last_report.errors
     assert history.epoch == [3, 4]  # fit started after the third epoch
@@ -49,7 +49,9 @@ def test_an_unreadable_or_misshapen_state_is_refused_and_kept(embedded_store, wo
     state.write_text(content)
     callback = TrackedModelCheckpoint("ckpt/f-{epoch}.keras", resume=True)
     x, y = make_data()
-    with pytest.raises(ValueError, match=r"^Cannot resume: .*resume\.json is unreadable \(.*\); delete it to start afresh\.$"):
+    with pytest.raises(
+        ValueError, match=r"^Cannot resume: .*resume\.json is unreadable \(.*\); delete it to start afresh\.$"
+    ):
         make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
     assert state.read_text() == content
 

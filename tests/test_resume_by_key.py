@@ -34,8 +34,13 @@ def short_lease(monkeypatch):
 def start_job(folder, key, *, die_after=-1, epochs=EPOCHS) -> subprocess.Popen:
     """The training script in its own working folder: killed after `die_after` epochs, or held in epoch 1."""
     os.makedirs(folder, exist_ok=True)
-    return subprocess.Popen(child("keyed_job", key, die_after, epochs), cwd=folder, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        child("keyed_job", key, die_after, epochs),
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def uninterrupted_weights() -> list[np.ndarray]:
@@ -45,7 +50,9 @@ def uninterrupted_weights() -> list[np.ndarray]:
     return model.get_weights()
 
 
-def resume_here(folder, key, monkeypatch, **kwargs) -> tuple[TrackedModelCheckpoint, keras.callbacks.History, keras.Model]:
+def resume_here(
+    folder, key, monkeypatch, **kwargs
+) -> tuple[TrackedModelCheckpoint, keras.callbacks.History, keras.Model]:
     """Start the same job again in `folder` (a new machine's empty disk), in this process."""
     os.makedirs(folder, exist_ok=True)
     monkeypatch.chdir(folder)
@@ -128,7 +135,7 @@ def test_a_second_live_job_with_the_same_key_is_refused(server_store, workdir, m
         out, _ = holder.communicate(timeout=300)
     assert holder.returncode == 0, out[-3000:]
     # The holder finished and released the key: a new start needs no wait and has nothing left to train.
-    callback, history, _ = resume_here(workdir / "node-c", "busy-job", monkeypatch)
+    _callback, history, _ = resume_here(workdir / "node-c", "busy-job", monkeypatch)
     assert history.epoch == list(range(2, EPOCHS))
     assert the_run("busy-job").info.status == "FINISHED"
 
@@ -139,10 +146,10 @@ def test_a_key_whose_latest_checkpoint_was_deleted_resumes_from_the_newest_survi
     scores = [0.1, 0.5, 0.4, 0.3, 0.2, 0.35]
     model = make_model()
     x, y = make_data()
-    first = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="score", mode="min", resume="ranked",
-                                   keep_top_k=1, upload="sync")
-    model.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0,
-              callbacks=[InjectMetric("score", scores), first])
+    first = TrackedModelCheckpoint(
+        "ckpt/k-{epoch}.keras", monitor="score", mode="min", resume="ranked", keep_top_k=1, upload="sync"
+    )
+    model.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0, callbacks=[InjectMetric("score", scores), first])
     run = the_run("ranked")
     models = logged_models(run.info.run_id)
     assert [int(m.tags["tracked_ckpt.epoch"]) for m in models] == [1, 3]  # the best and the latest
@@ -152,11 +159,19 @@ def test_a_key_whose_latest_checkpoint_was_deleted_resumes_from_the_newest_survi
 
     monkeypatch.chdir(workdir)
     model = make_model()
-    callback = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="score", mode="min", resume="ranked",
-                                      keep_top_k=1, upload="sync")
+    callback = TrackedModelCheckpoint(
+        "ckpt/k-{epoch}.keras", monitor="score", mode="min", resume="ranked", keep_top_k=1, upload="sync"
+    )
     with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
-        history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0,
-                            callbacks=[InjectMetric("score", scores), callback])
+        history = model.fit(
+            x,
+            y,
+            epochs=EPOCHS,
+            batch_size=8,
+            shuffle=False,
+            verbose=0,
+            callbacks=[InjectMetric("score", scores), callback],
+        )
     assert history.epoch == [1, 2, 3, 4, 5]  # from epoch 1, the newest survivor
     warned = [r.getMessage() for r in caplog.records if "was deleted" in r.getMessage()]
     assert len(warned) == 1 and "tiny-e0003" in warned[0] and "tiny-e0001" in warned[0]
@@ -170,7 +185,7 @@ def test_a_key_whose_latest_checkpoint_was_deleted_resumes_from_the_newest_survi
 def test_a_key_whose_run_has_no_checkpoint_starts_afresh_in_that_run(embedded_store, workdir, monkeypatch):
     client = mlflow.MlflowClient()
     empty = client.create_run("0", tags={"tracked_ckpt.job_key": "fresh"})  # killed before its first save
-    callback, history, _ = resume_here(workdir, "fresh", monkeypatch)
+    _callback, history, _ = resume_here(workdir, "fresh", monkeypatch)
     assert history.epoch == list(range(EPOCHS))
     assert [int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(empty.info.run_id)] == list(range(1, 7))
     assert client.get_run(empty.info.run_id).info.status == "FINISHED"
@@ -184,16 +199,18 @@ def test_weights_only_batch_level_checkpoints_resume_mid_epoch(embedded_store, w
 
     path = "ckpt/w-{epoch}-{batch}.weights.h5"
     x, y = make_data()
-    first = TrackedModelCheckpoint(path, monitor="loss", save_weights_only=True, save_freq=3,
-                                   resume="weights-job", upload="sync")
+    first = TrackedModelCheckpoint(
+        path, monitor="loss", save_weights_only=True, save_freq=3, resume="weights-job", upload="sync"
+    )
     with pytest.raises(KeyboardInterrupt):
         make_model().fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0, callbacks=[first, CutOff()])
     first.session.end(completed=False)  # what the interpreter's exit does after the interrupt
     shutil.rmtree(workdir / "ckpt")
 
     model = make_model()  # weights-only: the model is built in code, as Keras needs
-    callback = TrackedModelCheckpoint(path, monitor="loss", save_weights_only=True, save_freq=3,
-                                      resume="weights-job", wait_timeout=120)
+    callback = TrackedModelCheckpoint(
+        path, monitor="loss", save_weights_only=True, save_freq=3, resume="weights-job", wait_timeout=120
+    )
     history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0, callbacks=[callback])
     # The newest save was at step 12, in epoch 3: that epoch runs again from its start.
     assert history.epoch == [2, 3, 4, 5]
@@ -215,8 +232,7 @@ def test_local_state_older_than_the_run_is_not_used(embedded_store, workdir, mon
         callback = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="loss", resume="a-b-a", upload="sync")
         cut = [StopAfterEpoch(preempt_after)] if preempt_after else []
         try:
-            history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0,
-                                callbacks=[callback, *cut])
+            history = model.fit(x, y, epochs=EPOCHS, batch_size=8, shuffle=False, verbose=0, callbacks=[callback, *cut])
         except KeyboardInterrupt:
             callback.session.end(completed=False)  # what the interpreter's exit does after the interrupt
             history = None
@@ -255,6 +271,8 @@ def test_without_local_state_an_unreachable_tracker_stops_the_job_before_trainin
     tracker = MlflowTracker(tracking_uri=f"http://127.0.0.1:{free_port()}")  # nothing listens there
     callback = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", tracker=tracker, resume="needs-the-tracker")
     x, y = make_data()
-    with pytest.raises(TrackerError, match=r"^Cannot look up job 'needs-the-tracker' on MLflow: .* unreachable\..*again"):
+    with pytest.raises(
+        TrackerError, match=r"^Cannot look up job 'needs-the-tracker' on MLflow: .* unreachable\..*again"
+    ):
         make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
     assert not os.path.exists(workdir / "ckpt" / "k-1.keras")  # nothing trained from scratch by mistake

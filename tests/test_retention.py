@@ -14,9 +14,9 @@ from helpers import InjectMetric, logged_models, make_data, make_model
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker
+from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.retention import Kept, to_evict
 from tracked_ckpt.session import last_destination
-from tracked_ckpt.record import CheckpointRecord
 
 # 20 epochs; the best three are epochs 7 (0.05), 13 (0.08) and 18 (0.1); epoch 20 is the latest.
 SCORES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.05, 0.3, 0.35, 0.45, 0.2, 0.25, 0.08, 0.5, 0.6, 0.7, 0.15, 0.1, 0.9, 0.95]
@@ -40,10 +40,11 @@ def test_twenty_epochs_keep_three(where, request, workdir):
     request.getfixturevalue("server_store" if where == "server" else "embedded_store")
     callback = TrackedModelCheckpoint("ckpt/r-{epoch:02d}.keras", monitor="score", mode="min", keep_top_k=3)
     x, y = make_data()
-    make_model().fit(x, y, epochs=20, batch_size=8, verbose=0,
-                     callbacks=[InjectMetric("score", SCORES), callback])
+    make_model().fit(x, y, epochs=20, batch_size=8, verbose=0, callbacks=[InjectMetric("score", SCORES), callback])
     assert callback.last_report.ok
-    runs = mlflow.search_runs(experiment_names=[os.environ.get("MLFLOW_EXPERIMENT_NAME", "Default")], output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=[os.environ.get("MLFLOW_EXPERIMENT_NAME", "Default")], output_format="list"
+    )
     (run,) = runs
     remaining = logged_models(run.info.run_id)
     assert [int(m.tags["tracked_ckpt.epoch"]) for m in remaining] == [7, 13, 18, 20]
@@ -68,12 +69,17 @@ class PromoteAt(keras.callbacks.Callback):
 
 def test_a_promoted_checkpoint_is_never_deleted(embedded_store, workdir):
     scores = [0.5, 0.4, 0.3, 0.2, 0.1]
-    callback = TrackedModelCheckpoint("ckpt/p-{epoch}.keras", monitor="score", mode="min",
-                                      keep_top_k=1, upload="sync")
+    callback = TrackedModelCheckpoint("ckpt/p-{epoch}.keras", monitor="score", mode="min", keep_top_k=1, upload="sync")
     x, y = make_data()
     # Epoch 1 is promoted right after it is logged (sync upload), then better ones follow.
-    make_model().fit(x, y, epochs=5, batch_size=8, verbose=0,
-                     callbacks=[InjectMetric("score", scores), callback, PromoteAt(0, "kept-model")])
+    make_model().fit(
+        x,
+        y,
+        epochs=5,
+        batch_size=8,
+        verbose=0,
+        callbacks=[InjectMetric("score", scores), callback, PromoteAt(0, "kept-model")],
+    )
     (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
     assert [int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(run.info.run_id)] == [1, 5]
     assert sorted(os.listdir(workdir / "ckpt")) == ["p-1.keras", "p-5.keras"]
@@ -109,9 +115,21 @@ def test_a_failed_file_delete_is_finished_by_the_next_attempt(embedded_store, wo
 
 
 def _rec(epoch, value):
-    return CheckpointRecord(name=f"m-e{epoch:04d}", epoch=epoch, step=epoch, monitor="s", mode="min", is_best=False,
-                            sha256="0" * 64, size_bytes=1, format="keras", filepath=f"/x/{epoch}", keras_version="3",
-                            backend="tf", value=value)
+    return CheckpointRecord(
+        name=f"m-e{epoch:04d}",
+        epoch=epoch,
+        step=epoch,
+        monitor="s",
+        mode="min",
+        is_best=False,
+        sha256="0" * 64,
+        size_bytes=1,
+        format="keras",
+        filepath=f"/x/{epoch}",
+        keras_version="3",
+        backend="tf",
+        value=value,
+    )
 
 
 def test_policy_keeps_top_k_and_latest_and_treats_missing_values_as_worst():

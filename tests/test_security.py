@@ -66,12 +66,12 @@ class Doubler(keras.layers.Layer):
 
 
 def test_load_model_keeps_keras_safe_mode_on(embedded_store, workdir):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(1)],
-                             name="lambda")
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(1)], name="lambda"
+    )
     model.compile(optimizer="adam", loss="mse")
     x, y = make_data()
-    model.fit(x, y, validation_split=0.25, epochs=1, verbose=0,
-              callbacks=[TrackedModelCheckpoint("ckpt/l.keras")])
+    model.fit(x, y, validation_split=0.25, epochs=1, verbose=0, callbacks=[TrackedModelCheckpoint("ckpt/l.keras")])
     tracked_ckpt.promote_best("lambda-model")
     with pytest.raises(ValueError, match="safe_mode"):
         tracked_ckpt.load_model("lambda-model")

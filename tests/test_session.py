@@ -69,7 +69,12 @@ def test_copies_and_pickles_are_independent_callbacks_before_and_after_a_fit(emb
     after = [copy.deepcopy(original), pickle.loads(pickle.dumps(original))]
     for other in before + after:
         assert other.session is None and other.model is None
-        assert (other.filepath, other.monitor, other.keep_top_k, other.name) == ("ckpt/c-{epoch}.keras", "loss", 2, "net")
+        assert (other.filepath, other.monitor, other.keep_top_k, other.name) == (
+            "ckpt/c-{epoch}.keras",
+            "loss",
+            2,
+            "net",
+        )
         assert other.trackers[0] is not original.trackers[0]
     for other in [*before, *after, original]:  # the original's second fit, and every copy, each in a run of its own
         make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[other])
@@ -86,11 +91,10 @@ def test_trials_ended_by_an_exception_never_share_a_run(embedded_store, workdir)
     x, y = make_data()
     threads_after = []
     prune_at = [1, None, 0, 2, None, 1, 3, None]
-    for trial, epoch in enumerate(prune_at):
+    for epoch in prune_at:
         callback = TrackedModelCheckpoint("ckpt/net-{epoch}.keras", monitor="loss")
         try:
-            make_model().fit(x, y, epochs=4, batch_size=8, verbose=0,
-                             callbacks=[callback, PruneAt(epoch)])
+            make_model().fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[callback, PruneAt(epoch)])
         except Pruned:
             pass  # the study marks the trial pruned and goes on
         threads_after.append(threading.active_count())
@@ -110,8 +114,7 @@ def test_keyboard_interrupt_then_another_fit_gives_two_ended_runs(embedded_store
     x, y = make_data()
     first = TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="loss")
     with pytest.raises(KeyboardInterrupt):
-        make_model().fit(x, y, epochs=4, batch_size=8, verbose=0,
-                         callbacks=[first, PruneAt(1, KeyboardInterrupt)])
+        make_model().fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[first, PruneAt(1, KeyboardInterrupt)])
     # The user's own run is not blocked by ours (MLflow's "Run ... is already active").
     with mlflow.start_run(run_name="mine") as mine:
         mlflow.log_param("p", 1)
@@ -127,7 +130,8 @@ def test_keyboard_interrupt_then_another_fit_gives_two_ended_runs(embedded_store
 
 
 def test_the_same_callback_after_an_interrupt_gets_a_new_run_and_a_run_of_the_users_is_left_open(
-        embedded_store, workdir):
+    embedded_store, workdir
+):
     x, y = make_data()
     callback = TrackedModelCheckpoint("ckpt/s-{epoch}.keras", monitor="loss")
     with mlflow.start_run() as users:
@@ -168,8 +172,7 @@ def test_a_hundred_interrupted_fits_leave_nothing_behind(embedded_store, workdir
     model = make_model()
 
     def interrupted_fit():
-        callback = TrackedModelCheckpoint("ckpt/n.weights.h5", save_weights_only=True, monitor="loss",
-                                          log_git=False)
+        callback = TrackedModelCheckpoint("ckpt/n.weights.h5", save_weights_only=True, monitor="loss", log_git=False)
         try:
             model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback, PruneAt(0)])
         except Pruned:
@@ -198,11 +201,16 @@ def test_callbacks_of_one_fit_share_its_run(embedded_store, workdir):
     make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[keras_file, weights])
     (run,) = runs()
     assert run.info.status == "FINISHED"
-    assert {keras_file.session.destinations["mlflow"]["run_id"], weights.session.destinations["mlflow"]["run_id"]} \
-        == {run.info.run_id}
+    assert {keras_file.session.destinations["mlflow"]["run_id"], weights.session.destinations["mlflow"]["run_id"]} == {
+        run.info.run_id
+    }
     # Names are given at the save, in callback order; the two callbacks' uploads may finish in any order.
     assert sorted((m.name, m.tags["tracked_ckpt.format"]) for m in logged_models(run.info.run_id)) == [
-        ("tiny-2-e0001", "weights.h5"), ("tiny-2-e0002", "weights.h5"), ("tiny-e0001", "keras"), ("tiny-e0002", "keras")]
+        ("tiny-2-e0001", "weights.h5"),
+        ("tiny-2-e0002", "weights.h5"),
+        ("tiny-e0001", "keras"),
+        ("tiny-e0002", "keras"),
+    ]
 
 
 def test_names_are_unique_in_a_run_for_two_callbacks_and_for_two_fits(embedded_store, workdir):
@@ -211,29 +219,42 @@ def test_names_are_unique_in_a_run_for_two_callbacks_and_for_two_fits(embedded_s
     best = TrackedModelCheckpoint("ckpt/best.keras", monitor="loss", save_best_only=True)
     every = TrackedModelCheckpoint("ckpt/w-{epoch}.weights.h5", save_weights_only=True, monitor="loss")
     with mlflow.start_run() as run:
-        model.fit(x, y, epochs=2, batch_size=8, verbose=0,
-                  callbacks=[InjectMetric("loss", [0.5, 0.4]), best, every])
-        model.fit(x, y, epochs=2, batch_size=8, verbose=0,  # fine-tuning: a second stage, epochs from 1 again
-                  callbacks=[InjectMetric("loss", [0.3, 0.2]), best])
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[InjectMetric("loss", [0.5, 0.4]), best, every])
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            batch_size=8,
+            verbose=0,  # fine-tuning: a second stage, epochs from 1 again
+            callbacks=[InjectMetric("loss", [0.3, 0.2]), best],
+        )
     assert best.session.destinations["mlflow"]["run_id"] == every.session.destinations["mlflow"]["run_id"]
     names = [(m.name, m.tags["tracked_ckpt.format"]) for m in logged_models(run.info.run_id)]
     assert len({name for name, _ in names}) == len(names) == 6, names
-    assert sorted(names) == sorted([
-        ("net-e0001", "keras"), ("net-2-e0001", "weights.h5"), ("net-e0002", "keras"),
-        ("net-2-e0002", "weights.h5"), ("net-3-e0001", "keras"), ("net-3-e0002", "keras"),
-    ])
+    assert sorted(names) == sorted(
+        [
+            ("net-e0001", "keras"),
+            ("net-2-e0001", "weights.h5"),
+            ("net-e0002", "keras"),
+            ("net-2-e0002", "weights.h5"),
+            ("net-3-e0001", "keras"),
+            ("net-3-e0002", "keras"),
+        ]
+    )
 
 
 def test_sync_waits_for_a_live_process_holding_the_spool_and_names_it(embedded_store, workdir):
     spool = workdir / "ckpt" / ".tracked_ckpt" / "spool"
-    holder = subprocess.Popen(child("hold_spool", spool), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(child("hold_spool", spool), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         report = tracked_ckpt.sync_spool(str(workdir), timeout=1.0)
         assert not report.ok and report.held == [f"{os.uname().nodename}:{holder.pid}"]
-        cli = subprocess.run([sys.executable, "-m", "tracked_ckpt.cli", "sync", str(workdir), "--timeout", "1"],
-                             capture_output=True, text=True)
+        cli = subprocess.run(
+            [sys.executable, "-m", "tracked_ckpt.cli", "sync", str(workdir), "--timeout", "1"],
+            capture_output=True,
+            text=True,
+        )
         assert cli.returncode != 0 and f":{holder.pid}" in cli.stderr + cli.stdout
         # Released while sync waits: sync returns as soon as it is, and reports success.
         waiting = threading.Timer(1.0, lambda: (holder.stdin.write("\n"), holder.stdin.flush()))
@@ -265,8 +286,13 @@ def test_a_fit_that_need_not_wait_returns_before_its_last_upload_and_promote_see
 
 def test_a_process_killed_right_after_a_fit_that_need_not_wait_loses_nothing(embedded_store, workdir):
     trainer = os.path.join(TESTS, "no_wait_trainer.py")
-    killed = subprocess.run([sys.executable, trainer, str(workdir)], cwd=workdir, capture_output=True, text=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": embedded_store})
+    killed = subprocess.run(
+        [sys.executable, trainer, str(workdir)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": embedded_store},
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     run_id = killed.stdout.strip().splitlines()[-1]
     assert len([m for m in logged_models(run_id) if str(m.status).endswith("READY")]) < 3

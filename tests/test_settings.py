@@ -15,7 +15,7 @@ NAME = re.compile(r"TRACKED_CKPT_[A-Z_]+")
 
 def test_the_readme_lists_every_variable_and_no_other():
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Configuration"):]
+    table = readme[readme.index("## Configuration") :]
     table = table[: table.index("\n## ", 1)]
     assert sorted(set(NAME.findall(table))) == sorted(settings.VARIABLES)
 
@@ -35,13 +35,18 @@ def test_only_the_settings_module_names_a_variable():
     assert {name: found for name, found in in_code.items() if found} == {}
 
 
-@pytest.mark.parametrize("read, variable", [(settings.lease_seconds, settings.LEASE_SECONDS),
-                                            (settings.stall_timeout, settings.STALL_TIMEOUT)])
+@pytest.mark.parametrize(
+    "read, variable",
+    [(settings.lease_seconds, settings.LEASE_SECONDS), (settings.stall_timeout, settings.STALL_TIMEOUT)],
+)
 @pytest.mark.parametrize("value", ["soon", "0", "-3", "nan"])
 def test_a_bad_number_of_seconds_names_the_variable_and_the_fix(monkeypatch, read, variable, value):
     monkeypatch.setenv(variable, value)
-    with pytest.raises(ValueError, match=rf"^{variable}='{value}' is not a positive number of seconds: use e\.g\. "
-                                         rf"{variable}=\d+\.$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{variable}='{value}' is not a positive number of seconds: use e\.g\. "
+        rf"{variable}=\d+\.$",
+    ):
         read()
 
 
@@ -51,10 +56,15 @@ def test_defaults_and_values(monkeypatch, tmp_path):
     assert (settings.lease_seconds(), settings.stall_timeout(), settings.upload_niceness()) == (60.0, 30.0, 10)
     assert settings.git_repo() is None and settings.show_progress() and not settings.skip_version_check()
     assert settings.cache_dir().endswith("/.cache/tracked_ckpt")
-    for variable, value in ((settings.LEASE_SECONDS, "2.5"), (settings.STALL_TIMEOUT, "inf"),
-                            (settings.UPLOAD_NICENESS, "40"), (settings.GIT_REPO, str(tmp_path)),
-                            (settings.PROGRESS, "0"), (settings.SKIP_VERSION_CHECK, "yes"),
-                            (settings.CACHE, str(tmp_path / "cache"))):
+    for variable, value in (
+        (settings.LEASE_SECONDS, "2.5"),
+        (settings.STALL_TIMEOUT, "inf"),
+        (settings.UPLOAD_NICENESS, "40"),
+        (settings.GIT_REPO, str(tmp_path)),
+        (settings.PROGRESS, "0"),
+        (settings.SKIP_VERSION_CHECK, "yes"),
+        (settings.CACHE, str(tmp_path / "cache")),
+    ):
         monkeypatch.setenv(variable, value)
     assert (settings.lease_seconds(), settings.stall_timeout(), settings.upload_niceness()) == (2.5, float("inf"), 19)
     assert settings.git_repo() == str(tmp_path) and not settings.show_progress() and settings.skip_version_check()

@@ -14,17 +14,28 @@ import pytest
 from tracked_ckpt import publisher as publisher_module
 from tracked_ckpt.files import clone_file, link_or_copy, sha256_file
 from tracked_ckpt.publisher import Publisher
+from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.settings import DEFAULT_UPLOAD_NICENESS
 from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV
-from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
 from tracked_ckpt.tracker import Tracker
 
 
 def entry_for(spool: Spool, path: str, epoch: int) -> SpoolEntry:
-    record = CheckpointRecord(name=f"m-e{epoch:04d}", epoch=epoch, step=epoch, monitor="loss", mode="min",
-                              is_best=False, sha256="", size_bytes=os.path.getsize(path), format="keras",
-                              filepath=path, keras_version="3", backend="tensorflow")
+    record = CheckpointRecord(
+        name=f"m-e{epoch:04d}",
+        epoch=epoch,
+        step=epoch,
+        monitor="loss",
+        mode="min",
+        is_best=False,
+        sha256="",
+        size_bytes=os.path.getsize(path),
+        format="keras",
+        filepath=path,
+        keras_version="3",
+        backend="tensorflow",
+    )
     entry = SpoolEntry(id=spool.new_id(), record=record, staged_path=spool.stage(path), destinations={"t": {}})
     spool.write(entry)
     return entry
@@ -42,9 +53,12 @@ class Recorder(Tracker):
 
     def log_checkpoint(self, record, path, destination, first_attempt=False):
         self.attempts.append(record.epoch)
-        if self.fail_with is not None and record.epoch == 1:
-            if self.failures is None or self.attempts.count(1) <= self.failures:
-                raise self.fail_with
+        if (
+            self.fail_with is not None
+            and record.epoch == 1
+            and (self.failures is None or self.attempts.count(1) <= self.failures)
+        ):
+            raise self.fail_with
         with open(path, "rb") as f:
             self.logged.append((record.epoch, f.read()))
         return f"id-{record.epoch}"
@@ -74,9 +88,8 @@ def test_an_entry_is_claimed_by_one_publisher_at_a_time(tmp_path):
     spool = Spool(tmp_path / "spool")
     (tmp_path / "c.keras").write_bytes(b"x")
     entry = entry_for(spool, str(tmp_path / "c.keras"), 1)
-    with spool.claim(entry) as first:
-        with spool.claim(entry) as second:
-            assert first and not second
+    with spool.claim(entry) as first, spool.claim(entry) as second:
+        assert first and not second
     with spool.claim(entry) as again:
         assert again
 
@@ -167,7 +180,7 @@ def test_the_upload_thread_yields_to_training_until_fit_waits(tmp_path, monkeypa
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     publisher.submit(entry_for(spool, str(tmp_path / "1.keras"), 1))
     assert tracker.inside.wait(10)
-    (_, worker, nice_inside), = tracker.seen
+    ((_, worker, nice_inside),) = tracker.seen
     lowered = min(19, base + DEFAULT_UPLOAD_NICENESS) if setting is None else base
     assert worker != threading.get_native_id()
     assert _nice_of(worker) == nice_inside == lowered  # the kernel's view agrees with the thread's

@@ -9,12 +9,12 @@ import threading
 import mlflow
 import pytest
 from helpers import save_trained_model, sha256
+from test_spool import entry_for
 
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.publisher import Publisher, stall_timeout_from
 from tracked_ckpt.spool import Spool
 from tracked_ckpt.tracker import Tracker
-from test_spool import entry_for
 
 
 class Blocking(Tracker):
@@ -173,8 +173,9 @@ def test_a_first_attempt_that_died_midway_is_completed_by_the_retry(store, workd
     tracker.finish()
     assert report.ok
     client = mlflow.MlflowClient()
-    models = client.search_logged_models([destination["experiment_id"]],
-                                         filter_string=f"source_run_id = '{destination['run_id']}'")
+    models = client.search_logged_models(
+        [destination["experiment_id"]], filter_string=f"source_run_id = '{destination['run_id']}'"
+    )
     assert [m.model_id for m in models] == [report.logged[0][2]]
     assert str(models[0].status) == "READY"
     loaded = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}")

@@ -67,8 +67,20 @@ def test_ray_tune_sweep_logs_every_checkpoint_once_with_provenance_and_promotes_
     epochs, experiment, registered = 2, f"sweep-{time.monotonic_ns()}", f"sweep-champion-{os.getpid()}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_store, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    command = [sys.executable, EXAMPLE.name, "--epochs", str(epochs), "--units", "8", "--experiment", experiment,
-               "--registered-name", registered, "--root", "sweep"]
+    command = [
+        sys.executable,
+        EXAMPLE.name,
+        "--epochs",
+        str(epochs),
+        "--units",
+        "8",
+        "--experiment",
+        experiment,
+        "--registered-name",
+        registered,
+        "--root",
+        "sweep",
+    ]
     sweep = subprocess.run(command, cwd=launch_repo, env=env, capture_output=True, text=True, timeout=900)
     if sweep.returncode != 0 and "timed out during startup" in sweep.stderr:
         # Ray gives its raylet a fixed 30 s to register, which an overloaded machine can miss
@@ -114,12 +126,11 @@ def test_ray_tune_sweep_logs_every_checkpoint_once_with_provenance_and_promotes_
     assert sha256(champion) == sha256(best_file)
 
 
-def test_half_written_model_is_never_listed_or_promoted_and_recovery_completes_it(
-    server_store, workdir, capsys
-):
+def test_half_written_model_is_never_listed_or_promoted_and_recovery_completes_it(server_store, workdir, capsys):
     marker = workdir / "stalled"
-    trainer = subprocess.Popen(child("killed_before_ready", marker), cwd=workdir,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    trainer = subprocess.Popen(
+        child("killed_before_ready", marker), cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert trainer.poll() is None, trainer.stdout.read().decode()[-3000:]

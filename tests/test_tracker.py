@@ -34,8 +34,7 @@ def installed_folder_tracker(tmp_path_factory, monkeypatch):
 
 def test_a_minimal_third_party_tracker_logs_every_checkpoint_once(installed_folder_tracker, workdir):
     assert "folder" in tracker_names()
-    callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="folder", keep_top_k=1,
-                                      monitor="loss")
+    callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="folder", keep_top_k=1, monitor="loss")
     x, y = make_data()
     make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
     assert callback.last_report.ok

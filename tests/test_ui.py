@@ -127,9 +127,8 @@ def fresh_names() -> tuple[str, str]:
     """
     client = mlflow.MlflowClient()
     suffix = ""
-    while (
-        client.get_experiment_by_name(f"tiny-ckpt-demo{suffix}") is not None
-        or client.search_registered_models(filter_string=f"name = 'tiny-regressor{suffix}'")
+    while client.get_experiment_by_name(f"tiny-ckpt-demo{suffix}") is not None or client.search_registered_models(
+        filter_string=f"name = 'tiny-regressor{suffix}'"
     ):
         suffix = f"-{uuid.uuid4().hex[:6]}"
     return f"tiny-ckpt-demo{suffix}", f"tiny-regressor{suffix}"
@@ -141,8 +140,9 @@ def train_and_promote(experiment: str, registered_name: str):
     x, y = make_data(64)
     with mlflow.start_run(run_name=RUN_NAME) as run:
         callback = TrackedModelCheckpoint("ckpt/{epoch:02d}.keras", monitor="val_loss", mode="min")
-        make_model("tiny").fit(x, y, validation_split=0.25, epochs=EPOCHS, batch_size=8, verbose=0,
-                               callbacks=[callback])
+        make_model("tiny").fit(
+            x, y, validation_split=0.25, epochs=EPOCHS, batch_size=8, verbose=0, callbacks=[callback]
+        )
     result = tracked_ckpt.promote_best(registered_name, run_id=run.info.run_id)
     assert result.promoted, result.reason
     return run, result

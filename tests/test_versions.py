@@ -15,7 +15,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from tracked_ckpt import settings, versions
+from tracked_ckpt import settings
 from tracked_ckpt.versions import UnsupportedVersionError, check_supported, declared_ranges
 
 
@@ -41,8 +41,9 @@ def shadowed(tmp_path, monkeypatch):
 
 def test_ranges_are_the_ones_the_package_declares():
     core, with_mlflow = declared_ranges(), declared_ranges("mlflow")
-    (keras_line,) = [line for line in importlib.metadata.requires("tracked-ckpt")
-                     if Requirement(line).name == "keras"]  # not keras-tuner (the `tuner` extra)
+    (keras_line,) = [
+        line for line in importlib.metadata.requires("tracked-ckpt") if Requirement(line).name == "keras"
+    ]  # not keras-tuner (the `tuner` extra)
     assert sorted(map(str, core["keras"].specifier)) == sorted(map(str, Requirement(keras_line).specifier))
     assert "mlflow" not in core and "sqlalchemy" not in core  # extras only apply when asked for
     assert str(with_mlflow["keras"]) == str(core["keras"])  # packaging 21 has no Requirement.__eq__
@@ -57,16 +58,33 @@ def test_the_installed_versions_pass():
     check_supported("wandb", extra="wandb")
 
 
-@pytest.mark.parametrize("name, version, extra, expected", [
-    ("keras", "3.9.2", None, "keras 3.9.2 is installed, but tracked-ckpt {own} supports keras>=3.10,<3.17: "
-                             "pip install 'keras>=3.10,<3.17'"),
-    ("keras", "3.17.0", None, "pip install 'keras>=3.10,<3.17'"),
-    ("mlflow", "3.3.2", "mlflow", "mlflow 3.3.2 is installed, but tracked-ckpt {own} supports mlflow>=3.4,<4: "
-                                  "pip install 'mlflow>=3.4,<4'"),
-    ("SQLAlchemy", "2.1.0", "mlflow", "sqlalchemy 2.1.0 is installed, but tracked-ckpt {own} supports "
-                                      "sqlalchemy<2.1: pip install 'sqlalchemy<2.1'"),
-    ("wandb", "0.18.7", "wandb", "pip install 'wandb>=0.19'"),
-])
+@pytest.mark.parametrize(
+    "name, version, extra, expected",
+    [
+        (
+            "keras",
+            "3.9.2",
+            None,
+            "keras 3.9.2 is installed, but tracked-ckpt {own} supports keras>=3.10,<3.17: "
+            "pip install 'keras>=3.10,<3.17'",
+        ),
+        ("keras", "3.17.0", None, "pip install 'keras>=3.10,<3.17'"),
+        (
+            "mlflow",
+            "3.3.2",
+            "mlflow",
+            "mlflow 3.3.2 is installed, but tracked-ckpt {own} supports mlflow>=3.4,<4: pip install 'mlflow>=3.4,<4'",
+        ),
+        (
+            "SQLAlchemy",
+            "2.1.0",
+            "mlflow",
+            "sqlalchemy 2.1.0 is installed, but tracked-ckpt {own} supports "
+            "sqlalchemy<2.1: pip install 'sqlalchemy<2.1'",
+        ),
+        ("wandb", "0.18.7", "wandb", "pip install 'wandb>=0.19'"),
+    ],
+)
 def test_an_unsupported_version_is_refused_in_one_line_naming_the_fix(shadowed, name, version, extra, expected):
     shadowed((name, version))
     with pytest.raises(UnsupportedVersionError) as caught:
@@ -92,8 +110,14 @@ def run_python(code: str, shadow: str, **env: str) -> subprocess.CompletedProces
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([shadow, os.environ.get("PYTHONPATH", "")]), **env}
     environment.pop(settings.SKIP_VERSION_CHECK, None)
     # Outside the source tree, so the installed package is imported (as a user would).
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
-                          cwd=os.path.dirname(shadow), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=os.path.dirname(shadow),
+        timeout=300,
+    )
 
 
 def test_an_old_keras_is_refused_when_the_callback_is_imported_before_any_training(shadowed):
@@ -107,9 +131,11 @@ def test_an_old_keras_is_refused_when_the_callback_is_imported_before_any_traini
 
 def test_an_old_mlflow_is_refused_when_the_tracker_is_chosen(shadowed):
     shadow = shadowed(("mlflow", "3.3.2"))
-    code = ("from tracked_ckpt.tracker import resolve_tracker\n"
-            "try:\n    resolve_tracker('mlflow')\n"
-            "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n")
+    code = (
+        "from tracked_ckpt.tracker import resolve_tracker\n"
+        "try:\n    resolve_tracker('mlflow')\n"
+        "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n"
+    )
     result = run_python(code, shadow)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("UnsupportedVersionError: mlflow 3.3.2 is installed"), result.stdout

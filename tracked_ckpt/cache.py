@@ -26,7 +26,10 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
 
 
 def fetch_verified(
-    tracker: Tracker, checkpoint: LoggedCheckpoint, cache_dir: str | os.PathLike[str] | None = None, verify: bool = False
+    tracker: Tracker,
+    checkpoint: LoggedCheckpoint,
+    cache_dir: str | os.PathLike[str] | None = None,
+    verify: bool = False,
 ) -> str:
     """The checkpoint's file in the cache, downloaded through `tracker` unless a verified copy is there.
 
@@ -41,8 +44,10 @@ def fetch_verified(
     if _verified(path, record.sha256, rehash=verify):
         return path
     os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp, \
-            Progress(f"tracked-ckpt: pulling {record.name}", record.size_bytes, 1) as bar:
+    with (
+        tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp,
+        Progress(f"tracked-ckpt: pulling {record.name}", record.size_bytes, 1) as bar,
+    ):
         stop_watching = watch_folder_size(tmp, bar)
         try:
             fetched = registry_of(tracker, "download checkpoints").fetch(checkpoint, tmp)

@@ -289,15 +289,30 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             logger.info("Worker %s is not the chief: its checkpoints are not logged.", self._task_id)
             return
         self._check_writable()
-        self._git = (git_provenance.capture_in_background(self.git_repo, self._started_in)
-                     if self.log_git else git_provenance.GitInfo)
+        self._git = (
+            git_provenance.capture_in_background(self.git_repo, self._started_in)
+            if self.log_git
+            else git_provenance.GitInfo
+        )
         self._messages = collections.deque()
-        options = FitOptions(asynchronous=self.upload == "async", blocking=self.blocking,
-                             wait_timeout=self.wait_timeout,
-                             stall_timeout=self.stall_timeout, keep_top_k=self.keep_top_k, resume=self.resume)
+        options = FitOptions(
+            asynchronous=self.upload == "async",
+            blocking=self.blocking,
+            wait_timeout=self.wait_timeout,
+            stall_timeout=self.stall_timeout,
+            keep_top_k=self.keep_top_k,
+            resume=self.resume,
+        )
         # `params` is the one dict Keras hands every callback of this fit: callbacks of one fit share a run.
-        self._session = FitSession(self.trackers, self.spool, options, state=self._state, fit=self.params,
-                                   on_logged=self._on_logged, on_end=self._summarize)
+        self._session = FitSession(
+            self.trackers,
+            self.spool,
+            options,
+            state=self._state,
+            fit=self.params,
+            on_logged=self._on_logged,
+            on_end=self._summarize,
+        )
         state = self._session.begin(self._base_name())
         fit_callbacks = self._fit_callbacks()
         if fit_callbacks is not None:
@@ -341,8 +356,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             path: str = super()._get_file_path(epoch, batch, logs)
         except KeyError:
             known = {"epoch", *(logs or {})} | ({"batch"} if batch is not None else set())
-            missing = [name for _, name, _, _ in string.Formatter().parse(self.filepath)
-                       if name and name.split(".")[0].split("[")[0] not in known]
+            missing = [
+                name
+                for _, name, _, _ in string.Formatter().parse(self.filepath)
+                if name and name.split(".")[0].split("[")[0] not in known
+            ]
             raise KeyError(
                 f"filepath {self.filepath!r} uses {{{', '.join(missing) or '?'}}}, which is not in the "
                 f"{'batch' if batch is not None else 'epoch'} logs (available: {', '.join(sorted(known))}). "
@@ -373,8 +391,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
                 if exc.errno not in _DISK_ERRORS:
                     raise
                 path = self._saving["filepath"] if self._saving else self.filepath
-                fix = ("Free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                       else "Fix the folder's permissions")
+                fix = "Free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "Fix the folder's permissions"
                 raise OSError(
                     exc.errno,
                     f"Could not write checkpoint {path}: {exc.strerror}. {fix} or choose another filepath; "
@@ -417,9 +434,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             logger.warning(
                 "monitor %r is not in the %s logs (available: %s): checkpoints are logged without a value "
                 "and never count as best. Pass validation data, or monitor one of the available keys.",
-                self.monitor, "batch" if batch is not None else "epoch", ", ".join(sorted(logs)) or "none",
+                self.monitor,
+                "batch" if batch is not None else "epoch",
+                ", ".join(sorted(logs)) or "none",
             )
-        is_best = value is not None and (self.best_value is None or is_better(value, self.best_value, self.resolved_mode))
+        is_best = value is not None and (
+            self.best_value is None or is_better(value, self.best_value, self.resolved_mode)
+        )
         name = session.name_for(self._base_name(), epoch + 1, None if batch is None else batch + 1)
         if is_best:
             self.best_value, self.best_name = value, name
@@ -450,7 +471,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
 
     @property
     def resolved_mode(self) -> str:
-        """"min" or "max": the explicit mode, or what Keras inferred for mode="auto"."""
+        """ "min" or "max": the explicit mode, or what Keras inferred for mode="auto"."""
         if self.mode in ("min", "max"):
             return self.mode
         if self.monitor_op is None:
@@ -508,7 +529,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         last = state.last
         logger.info(
             "Resumed from %s (epoch %d, step %d); best %s so far: %s.",
-            last.filepath, last.epoch, last.step, self.monitor, self.best_value,
+            last.filepath,
+            last.epoch,
+            last.step,
+            self.monitor,
+            self.best_value,
         )
 
     # -- what the session reports --------------------------------------------------------
@@ -516,9 +541,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
     def _on_logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
         if self.verbose > 0 and self._session is not None:
             display = self._session.trackers[tracker].display_name
-            self._messages.append(
-                f"Epoch {entry.record.epoch}: logged {entry.record.name} to {display} ({ref})"
-            )
+            self._messages.append(f"Epoch {entry.record.epoch}: logged {entry.record.name} to {display} ({ref})")
 
     def _print_messages(self) -> None:
         while True:
@@ -541,7 +564,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             logger.error(
                 "%d checkpoint(s) could not be logged (%s) and are kept in %s; after fixing the cause, "
                 "run `tracked-ckpt sync --retry-failed %s`.",
-                len(report.failed), report.failed[0][1], self.spool.directory, self.spool.directory,
+                len(report.failed),
+                report.failed[0][1],
+                self.spool.directory,
+                self.spool.directory,
             )
         if report.pending:
             logger.error(

@@ -37,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success, 1 on error, 2 on usage errors)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. its database set-up notices
     if getattr(args, "tracking_uri", None):
@@ -68,6 +69,7 @@ def in_cli_terms(message: str) -> str:
         >>> in_cli_terms("pass run_id='proj/1a2b' or experiment= (no fit has logged in this process).")
         'pass --run-id proj/1a2b or --experiment.'
     """
+
     def flag(match: re.Match[str]) -> str:
         name = "--" + match.group(1).replace("_", "-")
         value = match.group(2) if match.group(2) is not None else match.group(3)
@@ -87,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--tracker", default="mlflow", help="tracker name: mlflow (default) or wandb")
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+        p.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+        )
 
     def scope(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run-id", help="the run to look in")
@@ -96,8 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     ls = commands.add_parser("ls", help="list the checkpoints of a run or experiment as a table")
     common(ls)
     scope(ls)
-    ls.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"keep checkpoints whose schema field matches (repeatable); keys: {', '.join(SCHEMA_KEYS)}")
+    ls.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"keep checkpoints whose schema field matches (repeatable); keys: {', '.join(SCHEMA_KEYS)}",
+    )
     ls.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     ls.set_defaults(func=_ls)
 
@@ -115,8 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--name", help="only checkpoints with this base name")
     promote.add_argument("--monitor", help="metric to rank by (default: the one recorded)")
     promote.add_argument("--mode", choices=["min", "max"], help="direction (default: the one recorded)")
-    promote.add_argument("--force", action="store_true",
-                         help="move the alias even if the current holder is better (only_if_better=False)")
+    promote.add_argument(
+        "--force",
+        action="store_true",
+        help="move the alias even if the current holder is better (only_if_better=False)",
+    )
     promote.set_defaults(func=_promote)
 
     pull = commands.add_parser("pull", help="download a registered checkpoint (verified against its sha256)")
@@ -127,12 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=_pull)
 
     sync = commands.add_parser("sync", help="log checkpoints left waiting in a spool (after a crash or outage)")
-    sync.add_argument("spools", nargs="*",
-                      help="spool folders, or folders above them such as a sweep's checkpoint root "
-                           "(default: every spool under the current folder)")
+    sync.add_argument(
+        "spools",
+        nargs="*",
+        help="spool folders, or folders above them such as a sweep's checkpoint root "
+        "(default: every spool under the current folder)",
+    )
     sync.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
-    sync.add_argument("--retry-failed", action="store_true",
-                      help="also retry checkpoints set aside after an error retrying could not fix")
+    sync.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also retry checkpoints set aside after an error retrying could not fix",
+    )
     sync.set_defaults(func=_sync)
     return parser
 
@@ -150,8 +168,9 @@ def _ls(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--where {item!r} is not KEY=VALUE, e.g. --where epoch=3")
         where[key] = value
-    found = registry.list_checkpoints(run_id=args.run_id, experiment=args.experiment,
-                                      tracker=args.tracker, where=where or None)
+    found = registry.list_checkpoints(
+        run_id=args.run_id, experiment=args.experiment, tracker=args.tracker, where=where or None
+    )
     if args.json:
         for c in found:
             print(json.dumps({"id": c.id, "run_id": c.run_id, "name": c.record.name, **c.record.metadata()}))
@@ -159,11 +178,19 @@ def _ls(args: argparse.Namespace) -> int:
     rows = [("epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id")]
     for c in found:
         r = c.record
-        rows.append((
-            str(r.epoch), str(r.step), r.monitor, "-" if r.value is None else f"{r.value:.6g}",
-            "*" if r.is_best else "", (r.git_commit or "-")[:8],
-            "-" if r.git_dirty is None else ("yes" if r.git_dirty else "no"), _size(r.size_bytes), c.id,
-        ))
+        rows.append(
+            (
+                str(r.epoch),
+                str(r.step),
+                r.monitor,
+                "-" if r.value is None else f"{r.value:.6g}",
+                "*" if r.is_best else "",
+                (r.git_commit or "-")[:8],
+                "-" if r.git_dirty is None else ("yes" if r.git_dirty else "no"),
+                _size(r.size_bytes),
+                c.id,
+            )
+        )
     _table(rows)
     if not found:
         print("(no checkpoints)", file=sys.stderr)
@@ -171,11 +198,14 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    c = registry.registered_checkpoint(args.registered_name, alias=args.alias, version=args.version,
-                                       tracker=args.tracker)
+    c = registry.registered_checkpoint(
+        args.registered_name, alias=args.alias, version=args.version, tracker=args.tracker
+    )
     print(f"{c.record.name}  ({c.id})")
-    print(f"  registered: {args.registered_name} version {c.extra.get('version', '?')}"
-          f"{'  aliases: ' + ', '.join(c.aliases) if c.aliases else ''}")
+    print(
+        f"  registered: {args.registered_name} version {c.extra.get('version', '?')}"
+        f"{'  aliases: ' + ', '.join(c.aliases) if c.aliases else ''}"
+    )
     print(f"  run: {c.run_id}")
     print(f"  location: {c.location}")
     for key, value in c.record.metadata().items():
@@ -187,8 +217,15 @@ def _show(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     result = registry.promote_best(
-        args.registered_name, tracker=args.tracker, run_id=args.run_id, experiment=args.experiment,
-        name=args.name, monitor=args.monitor, mode=args.mode, alias=args.alias, only_if_better=not args.force,
+        args.registered_name,
+        tracker=args.tracker,
+        run_id=args.run_id,
+        experiment=args.experiment,
+        name=args.name,
+        monitor=args.monitor,
+        mode=args.mode,
+        alias=args.alias,
+        only_if_better=not args.force,
     )
     print(result.reason)
     if result.version:
@@ -197,8 +234,9 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    path = registry.download_checkpoint(args.registered_name, alias=args.alias, version=args.version,
-                                        tracker=args.tracker)
+    path = registry.download_checkpoint(
+        args.registered_name, alias=args.alias, version=args.version, tracker=args.tracker
+    )
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         target = os.path.join(args.output, os.path.basename(path))
@@ -219,15 +257,19 @@ def _sync(args: argparse.Namespace) -> int:
         nonlocal found
         found += 1
         logged = len({entry.id for entry, _, _ in report.logged})
-        print(f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending"
-              + (f", {len(report.failed)} failed" if report.failed else "")
-              + (f", in use by live process {', '.join(report.held)}" if report.held else ""))
+        print(
+            f"{spool}: logged {logged} checkpoint(s), {len(report.pending)} still pending"
+            + (f", {len(report.failed)} failed" if report.failed else "")
+            + (f", in use by live process {', '.join(report.held)}" if report.held else "")
+        )
         for _, reason in report.failed:
             print(f"  failed: {reason}")
 
     report = sync_spool(folders, timeout=args.timeout, retry_failed=args.retry_failed, on_spool=show)
     if not found:
-        print(f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}.")
+        print(
+            f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}."
+        )
         return 0
     if report.held:
         raise RuntimeError(

@@ -67,7 +67,7 @@ def copy_hashing(src: str, dst: str) -> tuple[str, int]:
                 chunk = view[:n]
                 digest.update(chunk)
                 while chunk:  # a raw write may be short
-                    chunk = chunk[target.write(chunk):]
+                    chunk = chunk[target.write(chunk) :]
                 size += n
     except BaseException:
         with contextlib.suppress(OSError):

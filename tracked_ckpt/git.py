@@ -145,7 +145,9 @@ def capture_for_job(repo: str | os.PathLike[str] | None = None, started_in: str 
             return capture(path)
     logger.warning(
         "Git provenance not recorded: %s is not inside a git repository (nor the folder the job started "
-        "in); pass git_repo= or set %s to the repository of the training code.", _cwd() or "the CWD", settings.GIT_REPO,
+        "in); pass git_repo= or set %s to the repository of the training code.",
+        _cwd() or "the CWD",
+        settings.GIT_REPO,
     )
     return GitInfo()
 
@@ -226,16 +228,18 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def capture_in_background(repo: str | os.PathLike[str] | None = None,
-                          started_in: str | None = None) -> Callable[[], GitInfo]:
+def capture_in_background(
+    repo: str | os.PathLike[str] | None = None, started_in: str | None = None
+) -> Callable[[], GitInfo]:
     """Start `capture_for_job` on its own thread; the function returned waits for its answer.
 
     Reading a repository (and `git status` for the dirty flag) takes tens of
     milliseconds: a fit starts meanwhile, and its first save waits for it if need be.
     """
     found: list[GitInfo] = []
-    thread = threading.Thread(target=lambda: found.append(capture_for_job(repo, started_in)),
-                              name="tracked-ckpt-git", daemon=True)
+    thread = threading.Thread(
+        target=lambda: found.append(capture_for_job(repo, started_in)), name="tracked-ckpt-git", daemon=True
+    )
     thread.start()
 
     def result() -> GitInfo:

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-_Item = TypeVar("_Item")
-
 from tqdm import tqdm
 
 from tracked_ckpt import settings
+
+_Item = TypeVar("_Item")
 
 
 def interactive() -> bool:
@@ -42,8 +42,16 @@ class Progress:
         self.items_left = total_items
         self._bar = None
         if interactive():
-            self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True,
-                             unit_divisor=1024, delay=delay, leave=False, file=sys.stderr)
+            self._bar = tqdm(
+                total=total_bytes,
+                desc=description,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                delay=delay,
+                leave=False,
+                file=sys.stderr,
+            )
             self._bar.set_postfix_str(f"{total_items} checkpoint(s) left")
 
     def advance(self, nbytes: int, items: int = 0) -> None:
@@ -102,9 +110,14 @@ def watch_folder_size(folder: str, progress: Progress, interval: float = 0.2) ->
     return done
 
 
-def wait_with_progress(description: str, pending: Callable[[], list[_Item]], join: Callable[[float], None],
-                       alive: Callable[[], bool], deadline: float | None,
-                       size_of: Callable[[_Item], int]) -> None:
+def wait_with_progress(
+    description: str,
+    pending: Callable[[], list[_Item]],
+    join: Callable[[float], None],
+    alive: Callable[[], bool],
+    deadline: float | None,
+    size_of: Callable[[_Item], int],
+) -> None:
     """Wait (with `join(seconds)`) while `alive()` and before `deadline`, showing what is `pending()`.
 
     Joining rather than sleeping returns the moment the work is done.

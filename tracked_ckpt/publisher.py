@@ -35,6 +35,7 @@ logger = logging.getLogger("tracked_ckpt")
 #: Called after a tracker confirmed an entry: (entry, tracker name, tracker's id).
 LoggedHook = Callable[[SpoolEntry, str, str], None]
 
+
 def _lower_thread_priority(increment: int) -> int | None:
     """Raise the calling thread's nice value by `increment`; return the old value (None: unchanged).
 
@@ -199,8 +200,9 @@ class Publisher:
                 # Still inside a tracker call: it finishes on its own, the spool keeps the rest.
                 logger.warning("A checkpoint upload was still in progress when the wait ran out.")
         else:
-            with Progress("tracked-ckpt: syncing", sum(e.record.size_bytes for e in self._queue),
-                          len(self._queue)) as bar:
+            with Progress(
+                "tracked-ckpt: syncing", sum(e.record.size_bytes for e in self._queue), len(self._queue)
+            ) as bar:
                 while self._queue and (deadline is None or time.monotonic() < deadline):
                     before = list(self._queue)
                     ok = self._drain_once()
@@ -231,7 +233,8 @@ class Publisher:
         self.report.stalled = True
         logger.warning(
             "No checkpoint upload made progress for %.0f s (the tracker is unreachable or failing): "
-            "not waiting longer; the spool keeps what is left.", self.stall_timeout,
+            "not waiting longer; the spool keeps what is left.",
+            self.stall_timeout,
         )
         with self._cond:
             self._deadline = time.monotonic()  # the worker stops after its current attempt
@@ -283,8 +286,9 @@ class Publisher:
         started = time.monotonic()
         delay = min(self.max_backoff, self.initial_backoff * 2**exponent)
         while True:
-            until = started + (min(delay, self.stall_timeout / 3)
-                               if self._closing and self.stall_timeout is not None else delay)
+            until = started + (
+                min(delay, self.stall_timeout / 3) if self._closing and self.stall_timeout is not None else delay
+            )
             limit = deadline if deadline is not None else self._deadline
             remaining = (until if limit is None else min(until, limit)) - time.monotonic()
             if remaining <= 0:
@@ -332,8 +336,12 @@ class Publisher:
             if entry.record.requirements is None and entry.record.format == "keras":
                 # What the saved config needs beyond Keras, for every tracker alike: read here, off
                 # the training thread, from the frozen file.
-                entry.record = dataclasses.replace(entry.record, requirements=self._requirements.requirements(
-                    entry.staged_path, entry.record.code_paths, entry.record.name))
+                entry.record = dataclasses.replace(
+                    entry.record,
+                    requirements=self._requirements.requirements(
+                        entry.staged_path, entry.record.code_paths, entry.record.name
+                    ),
+                )
             # Counted on disk before any tracker call, so that a crash or a hang in the middle of
             # one makes every later attempt (here, or a sync in another process) a retry.
             entry.attempts += 1
@@ -343,8 +351,9 @@ class Publisher:
                 self._in_call = (entry, name)
                 # On a first attempt nothing of this entry can exist on the tracker yet: it may skip
                 # its idempotency look-up.
-                ref = tracker.log_checkpoint(entry.record, entry.staged_path, entry.destinations[name],
-                                             first_attempt=first_attempt)
+                ref = tracker.log_checkpoint(
+                    entry.record, entry.staged_path, entry.destinations[name], first_attempt=first_attempt
+                )
                 self._in_call = None
                 self._progress_at = time.monotonic()
                 entry.done[name] = ref
@@ -361,8 +370,11 @@ class Publisher:
                 self.spool.park(entry, message)
                 self._progress_at = time.monotonic()
                 self.report.failed.append((entry, message))
-                logger.error("Could not log checkpoint %s; kept in %s (retry with `tracked-ckpt sync "
-                             "--retry-failed`).", message, self.spool.directory)
+                logger.error(
+                    "Could not log checkpoint %s; kept in %s (retry with `tracked-ckpt sync --retry-failed`).",
+                    message,
+                    self.spool.directory,
+                )
                 return True
             self._failures += 1
             if self._failures == 1 or self._failures % 10 == 0:
@@ -380,7 +392,4 @@ class Publisher:
     def _permanent(self, exc: Exception, entry: SpoolEntry) -> bool:
         if isinstance(exc, FileNotFoundError) and not os.path.exists(entry.staged_path):
             return True
-        return any(
-            self.trackers[name].is_permanent(exc)
-            for name in entry.pending_trackers if name in self.trackers
-        )
+        return any(self.trackers[name].is_permanent(exc) for name in entry.pending_trackers if name in self.trackers)

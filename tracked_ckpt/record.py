@@ -80,7 +80,7 @@ def sanitize_name(name: str) -> str:
     Example:
         >>> sanitize_name("my.model/v1")
         'my-model-v1'
-"""
+    """
     cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")
     cleaned = cleaned[:180] or "model"
     if not cleaned[0].isalnum():
@@ -109,7 +109,7 @@ def checkpoint_name(name: str, epoch: int, batch: int | None) -> str:
     Example:
         >>> checkpoint_name("digits", 3, None), checkpoint_name("digits", 3, 20)
         ('digits-e0003', 'digits-e0003-b000020')
-"""
+    """
     suffix = f"-e{epoch:04d}"
     if batch is not None:
         suffix += f"-b{batch:06d}"

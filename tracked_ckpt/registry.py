@@ -77,9 +77,7 @@ def validate_alias(alias: str) -> str:
         'champion'
     """
     if not isinstance(alias, str) or not _ALIAS_RE.match(alias):
-        raise ValueError(
-            f"Invalid alias {alias!r}: use letters, digits, '-' and '_' (e.g. 'champion')."
-        )
+        raise ValueError(f"Invalid alias {alias!r}: use letters, digits, '-' and '_' (e.g. 'champion').")
     if _RESERVED_ALIAS_RE.match(alias):
         raise ValueError(
             f"Alias {alias!r} is reserved (MLflow keeps 'latest' and 'v<N>' for itself): "
@@ -185,19 +183,30 @@ def promote_best(
     scope = _scope(tracker, run_id, experiment)
     ranked = _rank(tracker, scope, {"name": name} if name else None, monitor, mode)
     if ranked is None:
-        raise LookupError(f"No tracked checkpoints found in {_scope_text(scope)}: train with TrackedModelCheckpoint first.")
+        raise LookupError(
+            f"No tracked checkpoints found in {_scope_text(scope)}: train with TrackedModelCheckpoint first."
+        )
     challenger, monitor, mode = ranked.best, ranked.monitor, ranked.mode
     challenger_value = challenger.record.metric(monitor) if challenger else None
     if challenger is None or challenger_value is None:
         return PromotionResult(
-            False, f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}.",
-            registered_name, alias, None, None,
+            False,
+            f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}.",
+            registered_name,
+            alias,
+            None,
+            None,
         )
     previous = registry_of(tracker).alias_holder(registered_name, alias)
     if previous is not None and previous.id == challenger.id:
         return PromotionResult(
-            False, f"{alias!r} already points at {challenger.record.name}.",
-            registered_name, alias, previous.extra.get("version"), challenger, previous,
+            False,
+            f"{alias!r} already points at {challenger.record.name}.",
+            registered_name,
+            alias,
+            previous.extra.get("version"),
+            challenger,
+            previous,
         )
     if only_if_better and previous is not None:
         held = previous.record.metric(monitor)
@@ -207,14 +216,30 @@ def promote_best(
                 False,
                 f"Kept {previous.record.name} ({monitor}={held:.6g}) as {alias!r}: "
                 f"{challenger.record.name} ({monitor}={challenger_value:.6g}) is not better.",
-                registered_name, alias, previous.extra.get("version"), challenger, previous,
+                registered_name,
+                alias,
+                previous.extra.get("version"),
+                challenger,
+                previous,
             )
     version = registry_of(tracker, "register checkpoints").register(registered_name, challenger, alias)
-    logger.info("Promoted %s (%s=%.6g) to %s@%s (version %s).",
-                challenger.record.name, monitor, challenger_value, registered_name, alias, version)
+    logger.info(
+        "Promoted %s (%s=%.6g) to %s@%s (version %s).",
+        challenger.record.name,
+        monitor,
+        challenger_value,
+        registered_name,
+        alias,
+        version,
+    )
     return PromotionResult(
-        True, f"{alias!r} now points at {challenger.record.name} ({monitor}={challenger_value:.6g}).",
-        registered_name, alias, version, challenger, previous,
+        True,
+        f"{alias!r} now points at {challenger.record.name} ({monitor}={challenger_value:.6g}).",
+        registered_name,
+        alias,
+        version,
+        challenger,
+        previous,
     )
 
 
@@ -341,8 +366,13 @@ def load_model(
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _checkpoint_meant(tracker: Tracker, registered_name: str | None, alias: str | None,
-           version: str | None, checkpoint: LoggedCheckpoint | None) -> LoggedCheckpoint:
+def _checkpoint_meant(
+    tracker: Tracker,
+    registered_name: str | None,
+    alias: str | None,
+    version: str | None,
+    checkpoint: LoggedCheckpoint | None,
+) -> LoggedCheckpoint:
     """The checkpoint a caller means: given directly, or by registered name and alias/version."""
     if checkpoint is not None:
         return checkpoint
@@ -360,8 +390,9 @@ class _Ranked:
     mode: str
 
 
-def _rank(tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] | None,
-          monitor: str | None, mode: str | None) -> _Ranked | None:
+def _rank(
+    tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] | None, monitor: str | None, mode: str | None
+) -> _Ranked | None:
     """The best checkpoint of a scope, ranked on the tracker's side by `monitor` and `mode`.
 
     Both default to those recorded with the checkpoints (one sampled); None when
@@ -412,4 +443,3 @@ __all__ = [
     "registered_checkpoint",
     "validate_alias",
 ]
-

@@ -112,7 +112,9 @@ def referenced_names(config: Any) -> tuple[set[str], set[str]]:
     return modules, packages
 
 
-def code_paths_arg(code_paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None) -> tuple[str, ...] | None:
+def code_paths_arg(
+    code_paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None,
+) -> tuple[str, ...] | None:
     """Check `TrackedModelCheckpoint(code_paths=...)`: existing module files or package folders, made absolute.
 
     Raises:
@@ -303,7 +305,9 @@ installed: pip install 'keras-hub==0.21.1'
         if pinned is not None and installed != pinned:
             other.append(f"{name} {installed} (saved with {pinned})")
     if other:
-        logger.warning("%s was saved with other package versions than installed here: %s.", checkpoint, ", ".join(other))
+        logger.warning(
+            "%s was saved with other package versions than installed here: %s.", checkpoint, ", ".join(other)
+        )
     if missing:
         names = ", ".join(repr(name) for name, _ in missing)
         noun = "the package" if len(missing) == 1 else "the packages"
@@ -354,4 +358,3 @@ def _ships(dist: str, parts: tuple[str, ...]) -> bool:
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
-

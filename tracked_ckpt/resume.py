@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tracked_ckpt import settings
@@ -85,7 +85,7 @@ class ResumeState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ResumeState":
+    def from_json(cls, data: Mapping[str, Any]) -> ResumeState:
         """The state from its JSON form.
 
         Raises:
@@ -283,12 +283,16 @@ class JobResume:
         if state is None:
             return False
         if state.job_key != self.key:
-            logger.info("Local resume state belongs to another job (%r): resuming job %r from the tracker.",
-                        state.job_key, self.key)
+            logger.info(
+                "Local resume state belongs to another job (%r): resuming job %r from the tracker.",
+                state.job_key,
+                self.key,
+            )
             return False
         if not os.path.exists(state.last.filepath):
-            logger.info("Local resume state names a checkpoint that is gone: resuming job %r from the tracker.",
-                        self.key)
+            logger.info(
+                "Local resume state names a checkpoint that is gone: resuming job %r from the tracker.", self.key
+            )
             return False
         return all(name in state.destinations for name in self.trackers)
 
@@ -298,9 +302,14 @@ class JobResume:
         for lease in self._previous.values():
             latest = (lease.latest if lease else None) or {}
             if int(latest.get("step", -1)) > step:
-                logger.info("Job %r: its run holds a newer checkpoint (%s, step %s) than the local state "
-                            "(step %d): resuming from the tracker.", self.key, latest.get("name"),
-                            latest.get("step"), step)
+                logger.info(
+                    "Job %r: its run holds a newer checkpoint (%s, step %s) than the local state "
+                    "(step %d): resuming from the tracker.",
+                    self.key,
+                    latest.get("name"),
+                    latest.get("step"),
+                    step,
+                )
                 return True
         return False
 
@@ -328,11 +337,17 @@ class JobResume:
             return
         age = time.time() - lease.beat
         if age >= self.window:
-            logger.info("Job %r: its earlier holder %s went silent %.0fs ago; taking over.", self.key, lease.holder, age)
+            logger.info(
+                "Job %r: its earlier holder %s went silent %.0fs ago; taking over.", self.key, lease.holder, age
+            )
             return
         deadline = time.monotonic() + min(self.window, self.window - age + 1.0)
-        logger.info("Job %r: waiting up to %.0fs to see whether its holder %s is still alive.",
-                    self.key, deadline - time.monotonic(), lease.holder)
+        logger.info(
+            "Job %r: waiting up to %.0fs to see whether its holder %s is still alive.",
+            self.key,
+            deadline - time.monotonic(),
+            lease.holder,
+        )
         poll = max(0.2, self.window / 10)
         while time.monotonic() < deadline:
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
@@ -355,8 +370,8 @@ class JobResume:
 
     def _claim(self) -> None:
         """Tag each run with the key and take the lease; refuse if another job took it meanwhile."""
-        for name, tracker in self.trackers.items():
-            self._jobs[name].set_job_info(self.destinations[name], {"key": self.key, "lease": self._lease().to_json()})
+        for name, jobs in self._jobs.items():
+            jobs.set_job_info(self.destinations[name], {"key": self.key, "lease": self._lease().to_json()})
         # Two restarts that both found the lease free both write it: the last writer wins, the other sees it.
         time.sleep(min(2.0, self.window / 10))
         for name, tracker in self.trackers.items():
@@ -387,8 +402,14 @@ class JobResume:
             self._latest = _summary(newest.record)
             best = _best(self._checkpoints)
             record = newest.record
-            logger.info("Resuming job %r from %s (epoch %d) of run %s, downloaded from %s.",
-                        self.key, record.name, record.epoch, newest.run_id, tracker.display_name)
+            logger.info(
+                "Resuming job %r from %s (epoch %d) of run %s, downloaded from %s.",
+                self.key,
+                record.name,
+                record.epoch,
+                newest.run_id,
+                tracker.display_name,
+            )
             return ResumeState(
                 last=LastCheckpoint(path, record.epoch, record.step, _batch(newest)),
                 destinations=self.destinations,
@@ -406,7 +427,11 @@ class JobResume:
             logger.warning(
                 "Job %r: its latest checkpoint %s (epoch %s) was deleted (keep_top_k, or by hand); resuming "
                 "from %s (epoch %d), the newest one that survived.",
-                self.key, latest.get("name"), latest.get("epoch"), newest.record.name, newest.record.epoch,
+                self.key,
+                latest.get("name"),
+                latest.get("epoch"),
+                newest.record.name,
+                newest.record.epoch,
             )
 
     def seed_retention(self, retention: Retention | None) -> None:

@@ -71,7 +71,9 @@ class Retention:
         self.kept: list[Kept] = []
         self._lock = threading.Lock()
 
-    def add(self, record: CheckpointRecord, refs: Mapping[str, str], destinations: Mapping[str, Mapping[str, Any]]) -> None:
+    def add(
+        self, record: CheckpointRecord, refs: Mapping[str, str], destinations: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         """Note a checkpoint every tracker confirmed, then delete what falls out of the top K."""
         with self._lock:
             self.kept.append(Kept(record, dict(refs), dict(destinations)))

@@ -36,8 +36,8 @@ import atexit
 import copy
 import dataclasses
 import itertools
-import os
 import logging
+import os
 import threading
 import time
 import weakref
@@ -111,8 +111,11 @@ class FitSession:
         self.report: PublishReport | None = None
         self.job: JobResume | None = None
         self.file_lock = threading.RLock()  # a save and its staging vs. retention's local deletes
-        self.retention = (Retention(options.keep_top_k, self._delete, self._paths_in_flight, self.file_lock)
-                          if options.keep_top_k is not None else None)
+        self.retention = (
+            Retention(options.keep_top_k, self._delete, self._paths_in_flight, self.file_lock)
+            if options.keep_top_k is not None
+            else None
+        )
         self.joined: FitSession | None = None  # the session of the same fit whose runs this one logs to
         self._publisher: Publisher | None = None
         self._end_lock = threading.Lock()
@@ -225,8 +228,11 @@ class FitSession:
                 base = next(f"{base_name}-{n}" for n in itertools.count(2) if f"{base_name}-{n}" not in others)
                 self._renamed[base_name] = base
                 name = checkpoint_name(base, epoch, batch)
-                logger.info("Checkpoints of this fit are named %s-e…: %s-e… is taken in the run by another "
-                            "fit or callback.", base, base_name)
+                logger.info(
+                    "Checkpoints of this fit are named %s-e…: %s-e… is taken in the run by another fit or callback.",
+                    base,
+                    base_name,
+                )
             for owner in owners:
                 owner[name] = self.id
         return name
@@ -251,19 +257,22 @@ class FitSession:
         """Where each tracker logs now (a deferred start may have become a real run meanwhile)."""
         return {key: tracker.destination or self.destinations.get(key, {}) for key, tracker in self.trackers.items()}
 
-    def write_state(self, record: CheckpointRecord, best_value: float | None, best_name: str | None,
-                    keras_best: float | None) -> None:
+    def write_state(
+        self, record: CheckpointRecord, best_value: float | None, best_name: str | None, keras_best: float | None
+    ) -> None:
         """Record `record` as the job's latest checkpoint in the local resume state."""
         if self.state is not None:
             resume = self.options.resume
-            self.state.write(ResumeState(
-                last=LastCheckpoint(record.filepath, record.epoch, record.step, record.batch),
-                destinations=self.current_destinations(),
-                best_value=best_value,
-                best_name=best_name,
-                keras_best=keras_best,
-                job_key=resume if isinstance(resume, str) else None,
-            ))
+            self.state.write(
+                ResumeState(
+                    last=LastCheckpoint(record.filepath, record.epoch, record.step, record.batch),
+                    destinations=self.current_destinations(),
+                    best_value=best_value,
+                    best_name=best_name,
+                    keras_best=keras_best,
+                    job_key=resume if isinstance(resume, str) else None,
+                )
+            )
 
     def _logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
         # Leftovers of an earlier job belong to another run's ranking: not this one's retention.
@@ -290,8 +299,7 @@ class FitSession:
         exit wait for this end.
         """
         self._ending.set()
-        threading.Thread(target=self.end, kwargs={"completed": completed}, name="tracked-ckpt-end",
-                         daemon=True).start()
+        threading.Thread(target=self.end, kwargs={"completed": completed}, name="tracked-ckpt-end", daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until this session has ended; False if `timeout` passed first."""
@@ -340,8 +348,12 @@ class FitSession:
         return report
 
 
-def _close(publisher: Publisher | None, trackers: Mapping[str, Tracker],
-           destinations: Mapping[str, Mapping[str, Any]], timeout: float | None) -> _EndReport:
+def _close(
+    publisher: Publisher | None,
+    trackers: Mapping[str, Tracker],
+    destinations: Mapping[str, Mapping[str, Any]],
+    timeout: float | None,
+) -> _EndReport:
     """Wait for the publisher; then ask each tracker once whether it answers (after a stalled wait)."""
     report = _EndReport()
     if publisher is not None:
@@ -444,8 +456,10 @@ def _same_fit(session: FitSession) -> FitSession | None:
     if not session.fit:
         return None
     with _lock:
-        return next((s for s in _live if s.fit is session.fit and s.joined is None and s.open
-                     and _same_trackers(s, session)), None)
+        return next(
+            (s for s in _live if s.fit is session.fit and s.joined is None and s.open and _same_trackers(s, session)),
+            None,
+        )
 
 
 def _same_trackers(a: FitSession, b: FitSession) -> bool:
@@ -453,10 +467,12 @@ def _same_trackers(a: FitSession, b: FitSession) -> bool:
     if a.trackers.keys() != b.trackers.keys():
         return False
     try:
-        return all(type(t) is type(b.trackers[k])
-                   # object.__getstate__ is Python 3.11+ (typeshed for 3.10 lacks it); a 3.10 tracker without one is not shared
-                   and t.__getstate__() == b.trackers[k].__getstate__()  # type: ignore[attr-defined]
-                   for k, t in a.trackers.items())
+        return all(
+            type(t) is type(b.trackers[k])
+            # object.__getstate__ is Python 3.11+ (typeshed for 3.10 lacks it); a 3.10 tracker without one is not shared
+            and t.__getstate__() == b.trackers[k].__getstate__()  # type: ignore[attr-defined]
+            for k, t in a.trackers.items()
+        )
     except Exception:  # a state that cannot be compared: do not share
         return False
 
@@ -479,19 +495,24 @@ def _wind_down_stale(starting: FitSession) -> None:
     and of fits running on other live threads are left alone.
     """
     with _lock:
-        stale = [s for s in _live
-                 if s.fit is not starting.fit or not starting.fit
-                 if s.thread is starting.thread or not s.thread.is_alive()
-                 # A fit ending in the background (blocking=False) is not waited for, unless this
-                 # one may continue its run (resume).
-                 if not s._ending.is_set() or starting.options.resume]
+        stale = [
+            s
+            for s in _live
+            if s.fit is not starting.fit or not starting.fit
+            if s.thread is starting.thread or not s.thread.is_alive()
+            # A fit ending in the background (blocking=False) is not waited for, unless this
+            # one may continue its run (resume).
+            if not s._ending.is_set() or starting.options.resume
+        ]
     for session in stale:
         if not session.thread.is_alive():
             session.end(completed=True, cut_off=True)  # as the thread watcher would (see `_watch`)
             continue
         if not session._ending.is_set():
-            logger.info("The previous fit on this thread ended without on_train_end (an exception or an "
-                        "interrupt): finishing its uploads and ending its run as failed.")
+            logger.info(
+                "The previous fit on this thread ended without on_train_end (an exception or an "
+                "interrupt): finishing its uploads and ending its run as failed."
+            )
         session.end(completed=False)  # an end already under way is waited for, not repeated
 
 
@@ -525,8 +546,9 @@ def _watch(thread: threading.Thread) -> None:
             _watched_threads.discard(ident)
             orphans = [s for s in _live if s.thread is not None and not s.thread.is_alive()]
         for session in orphans:
-            logger.info("fit ended without on_train_end (e.g. a sweep scheduler stopped the trial): "
-                        "finishing its uploads.")
+            logger.info(
+                "fit ended without on_train_end (e.g. a sweep scheduler stopped the trial): finishing its uploads."
+            )
             session.end(completed=True, cut_off=True)
 
     threading.Thread(target=watch, name="tracked-ckpt-watch", daemon=True).start()
@@ -542,9 +564,13 @@ def _end_at_exit() -> None:
 # -- sync ---------------------------------------------------------------------------------
 
 
-def sync_spool(directory: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, timeout: float | None = None,
-               retry_failed: bool = False,
-               on_spool: Callable[[str, PublishReport], None] | None = None) -> PublishReport:
+def sync_spool(
+    directory: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float | None = None,
+    retry_failed: bool = False,
+    on_spool: Callable[[str, PublishReport], None] | None = None,
+) -> PublishReport:
     """Log every checkpoint waiting in a spool, or in every spool beneath a folder (`tracked-ckpt sync`).
 
     `directory` is a spool folder, or any folder above spools (or a list of them), such as a sweep's
@@ -589,8 +615,12 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
     deadline = None if timeout is None else time.monotonic() + timeout
     # Fits of this process on this spool that are over (their thread is this one, or gone) but were never
     # ended still hold it: end them now, rather than wait for ourselves.
-    for session in [s for s in live_sessions() if s.spool.directory == spool.directory
-                    if s.thread is threading.current_thread() or not s.thread.is_alive()]:
+    for session in [
+        s
+        for s in live_sessions()
+        if s.spool.directory == spool.directory
+        if s.thread is threading.current_thread() or not s.thread.is_alive()
+    ]:
         session.end(completed=False)
     # Another live fit is waited for at most this long, even without a timeout: then it is reported.
     hold_deadline = time.monotonic() + (HOLD_WAIT if timeout is None else timeout)
@@ -607,8 +637,9 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
                     trackers[name] = tracker_class(name)()
                     destinations[name] = entry.destinations[name]
         # A single attempt per pass, then backoff until `timeout` or a stall: the same loop as during fit.
-        publisher = Publisher({n: trackers[n] for n in trackers}, spool, asynchronous=False,
-                              stall_timeout=stall_timeout_from(None))
+        publisher = Publisher(
+            {n: trackers[n] for n in trackers}, spool, asynchronous=False, stall_timeout=stall_timeout_from(None)
+        )
         publisher.enqueue(entries)
         one = _close(publisher, trackers, destinations, _remaining(deadline))
         report.merge(one)
@@ -620,8 +651,11 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
         # A live fit (in this or another process) may still add or be logging checkpoints: wait for it.
         _wait_for_holders(spool, report.held, hold_deadline)
     if report.held:
-        logger.warning("%s is still in use by a live fit (%s): its checkpoints may not all be logged yet.",
-                       spool.directory, ", ".join(report.held))
+        logger.warning(
+            "%s is still in use by a live fit (%s): its checkpoints may not all be logged yet.",
+            spool.directory,
+            ", ".join(report.held),
+        )
     for name, tracker in trackers.items():
         finish_run(tracker, True, report.answering_by_tracker.get(name, True))  # ends only runs sync created
     if report.ok:
@@ -652,8 +686,9 @@ def _fork(tracker: Tracker) -> Tracker:
     try:
         return copy.deepcopy(tracker)
     except Exception as exc:  # e.g. it holds a lock or an open connection
-        logger.debug("Tracker %s cannot be copied (%s): the configured object serves this fit.",
-                     tracker_key(tracker), exc)
+        logger.debug(
+            "Tracker %s cannot be copied (%s): the configured object serves this fit.", tracker_key(tracker), exc
+        )
         return tracker
 
 

@@ -35,8 +35,19 @@ MANIFEST_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 FAILED_SUFFIX = ".failed"
 # Folders `find_spools` does not search: they hold no spool but can hold many thousand files.
-_NOT_SPOOL_HOLDERS = {".git", ".hg", ".svn", "__pycache__", "node_modules", "site-packages", ".nox", ".tox",
-                      ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+_NOT_SPOOL_HOLDERS = {
+    ".git",
+    ".hg",
+    ".svn",
+    "__pycache__",
+    "node_modules",
+    "site-packages",
+    ".nox",
+    ".tox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 # A manifest's (or parked entry's) file name: `Spool.new_id()` plus its suffix.
 _ENTRY_FILE_RE = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{12}\.(?:json|failed)$")
 # A live fit's hold on its spool (`Spool.hold`): it may still add checkpoints there.
@@ -200,8 +211,11 @@ class Spool:
 
     def remove(self, entry: SpoolEntry) -> None:
         """Drop an entry once every tracker has confirmed it."""
-        for path in (entry.staged_path, os.path.join(self.directory, entry.id + MANIFEST_SUFFIX),
-                     os.path.join(self.directory, entry.id + LOCK_SUFFIX)):
+        for path in (
+            entry.staged_path,
+            os.path.join(self.directory, entry.id + MANIFEST_SUFFIX),
+            os.path.join(self.directory, entry.id + LOCK_SUFFIX),
+        ):
             try:
                 os.remove(path)
             except FileNotFoundError:
@@ -362,7 +376,8 @@ def find_spools(root: str | os.PathLike[str]) -> list[str]:
         # `tracked-ckpt sync` with no folder walks the working directory: pass over what
         # holds no spool but can hold many thousand files (VCS, caches, virtualenvs).
         subfolders[:] = sorted(
-            d for d in subfolders
+            d
+            for d in subfolders
             if d not in _NOT_SPOOL_HOLDERS and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))
         )
         if any(_ENTRY_FILE_RE.match(name) or _HOLD_FILE_RE.match(name) for name in files):

@@ -47,7 +47,7 @@ class ChecksumError(RuntimeError):
         except ChecksumError as exc:
             print(exc)
         ```
-"""
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,8 +273,10 @@ def registry_of(tracker: Tracker, what: str = "list or promote checkpoints") -> 
     """`tracker` as a registry, or a one-line `TrackerError` saying it has none."""
     if isinstance(tracker, TrackerRegistry):
         return tracker
-    raise TrackerError(f"The {tracker.display_name} tracker ({type(tracker).__name__}) cannot {what}: "
-                       "use a tracker with a registry, such as 'mlflow' or 'wandb'.")
+    raise TrackerError(
+        f"The {tracker.display_name} tracker ({type(tracker).__name__}) cannot {what}: "
+        "use a tracker with a registry, such as 'mlflow' or 'wandb'."
+    )
 
 
 def job_keys_of(tracker: Tracker) -> TrackerJobKeys:
@@ -304,9 +306,7 @@ def tracker_class(name: str) -> type:
     eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     target = eps[name].value if name in eps else _BUILTIN.get(name, (None,))[0]
     if target is None:
-        raise ValueError(
-            f"Unknown tracker {name!r}: choose one of {tracker_names()}, or pass a Tracker object."
-        )
+        raise ValueError(f"Unknown tracker {name!r}: choose one of {tracker_names()}, or pass a Tracker object.")
     module_name, _, attr = target.partition(":")
     cls = _import_tracker(name, module_name, attr)
     if not (isinstance(cls, type) and issubclass(cls, Tracker)):
@@ -323,8 +323,7 @@ def _import_tracker(name: str, module_name: str, attr: str) -> Any:
     except ImportError as exc:
         sdk = _BUILTIN.get(name, (None, exc.name))[1]
         raise ImportError(
-            f"Tracker {name!r} needs the {sdk!r} package, which is not installed: "
-            f"pip install 'tracked-ckpt[{name}]'."
+            f"Tracker {name!r} needs the {sdk!r} package, which is not installed: pip install 'tracked-ckpt[{name}]'."
         ) from exc
     return getattr(module, attr)
 

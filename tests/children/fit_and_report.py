@@ -33,12 +33,22 @@ def main(stall_timeout: float, wait_timeout: float) -> None:
     model.compile(optimizer="adam", loss="mse")
     x, y = np.random.rand(32, 4), np.random.rand(32, 1)
     last = LastEpoch()
-    callback = TrackedModelCheckpoint("ckpt/d-{epoch}.keras", monitor="loss", stall_timeout=stall_timeout,
-                                      wait_timeout=wait_timeout)
+    callback = TrackedModelCheckpoint(
+        "ckpt/d-{epoch}.keras", monitor="loss", stall_timeout=stall_timeout, wait_timeout=wait_timeout
+    )
     model.fit(x, y, epochs=3, verbose=0, callbacks=[callback, last])
     report = callback.last_report
-    print(json.dumps({"pending": len(report.pending), "logged": len(report.logged), "stalled": report.stalled,
-                      "spool": callback.spool.directory, "waited": time.monotonic() - last.at}))
+    print(
+        json.dumps(
+            {
+                "pending": len(report.pending),
+                "logged": len(report.logged),
+                "stalled": report.stalled,
+                "spool": callback.spool.directory,
+                "waited": time.monotonic() - last.at,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import InjectMetric, make_data, make_model  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
+from helpers import InjectMetric, make_data, make_model
+from mlflow import MlflowClient
 
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
+from tracked_ckpt import TrackedModelCheckpoint
 
 
 def stall_before_finalizing_epoch_3(marker: str) -> None:
@@ -36,8 +36,9 @@ def main(marker: str) -> None:
     stall_before_finalizing_epoch_3(marker)
     x, y = make_data()
     callback = TrackedModelCheckpoint("ckpt/h-{epoch}.keras", monitor="score", mode="min")
-    make_model().fit(x, y, epochs=3, batch_size=8, verbose=0,
-                     callbacks=[InjectMetric("score", [0.5, 0.4, 0.1]), callback])
+    make_model().fit(
+        x, y, epochs=3, batch_size=8, verbose=0, callbacks=[InjectMetric("score", [0.5, 0.4, 0.1]), callback]
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-from helpers import make_data, make_model  # noqa: E402
+import keras
+from helpers import make_data, make_model
 
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
-from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402
+from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 UPLOADING = "uploading.marker"
 

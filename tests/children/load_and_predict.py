@@ -18,8 +18,11 @@ import tracked_ckpt
 def main(name: str) -> None:
     model = tracked_ckpt.load_model(name, alias="champion")
     x = np.asarray(json.loads(sys.stdin.read()), dtype="float32")
-    print(json.dumps({"backend": keras.backend.backend(),
-                      "predictions": np.asarray(model.predict(x, verbose=0)).tolist()}))
+    print(
+        json.dumps(
+            {"backend": keras.backend.backend(), "predictions": np.asarray(model.predict(x, verbose=0)).tolist()}
+        )
+    )
 
 
 if __name__ == "__main__":

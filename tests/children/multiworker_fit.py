@@ -11,10 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tensorflow as tf  # noqa: E402
-from helpers import make_data, make_model  # noqa: E402
+import tensorflow as tf
+from helpers import make_data, make_model
 
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
+from tracked_ckpt import TrackedModelCheckpoint
 
 
 def main(use_strategy: bool) -> None:

@@ -12,17 +12,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import InjectMetric, KillAtEpochEnd, make_data, make_model  # noqa: E402
+from helpers import InjectMetric, KillAtEpochEnd, make_data, make_model
 
-from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
+from tracked_ckpt import TrackedModelCheckpoint
 
 
 def main(scores: list[float | None]) -> None:
     x, y = make_data()
     callback = TrackedModelCheckpoint("ckpt/r-{epoch}.keras", monitor="score", mode="min", resume=True)
     # Killed right after the third checkpoint was written and queued.
-    make_model().fit(x, y, epochs=5, batch_size=8, verbose=0,
-                     callbacks=[InjectMetric("score", scores), callback, KillAtEpochEnd(2)])
+    make_model().fit(
+        x, y, epochs=5, batch_size=8, verbose=0, callbacks=[InjectMetric("score", scores), callback, KillAtEpochEnd(2)]
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ from tracked_ckpt import TrackedModelCheckpoint
 
 def fit_one(model, x, y, path="ckpt/{epoch}.keras", epochs=1):
     with mlflow.start_run() as run:
-        model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[TrackedModelCheckpoint(path, monitor="loss")])
+        model.fit(
+            x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[TrackedModelCheckpoint(path, monitor="loss")]
+        )
     return logged_models(run.info.run_id)
 
 
@@ -94,9 +96,25 @@ def test_mlflow_models_serve_refuses_a_request_of_the_wrong_shape(embedded_store
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "3"}
     log = open(workdir / "serve.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model.model_id}",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{model.model_id}",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -14,9 +14,20 @@ from tracked_ckpt.record import CheckpointRecord
 def record_for(path: str, epoch: int = 1) -> CheckpointRecord:
     digest, size = sha256_file(path)
     return CheckpointRecord(
-        name=f"tiny-e{epoch:04d}", epoch=epoch, step=epoch * 5, monitor="loss", mode="min", is_best=True,
-        sha256=digest, size_bytes=size, format="keras", filepath=path,
-        keras_version="3", backend="tensorflow", value=0.5, metrics={"loss": 0.5, "mae": 0.4},
+        name=f"tiny-e{epoch:04d}",
+        epoch=epoch,
+        step=epoch * 5,
+        monitor="loss",
+        mode="min",
+        is_best=True,
+        sha256=digest,
+        size_bytes=size,
+        format="keras",
+        filepath=path,
+        keras_version="3",
+        backend="tensorflow",
+        value=0.5,
+        metrics={"loss": 0.5, "mae": 0.4},
     )
 
 
@@ -50,8 +61,9 @@ def test_a_retry_completes_the_half_logged_model(store, workdir):
     first.finish()
     assert again == model_id
     client = mlflow.MlflowClient()
-    models = client.search_logged_models([destination["experiment_id"]],
-                                         filter_string=f"source_run_id = '{destination['run_id']}'")
+    models = client.search_logged_models(
+        [destination["experiment_id"]], filter_string=f"source_run_id = '{destination['run_id']}'"
+    )
     assert [m.model_id for m in models] == [model_id]
     assert str(models[0].status) == "READY"
     assert sorted((m.key, m.step) for m in models[0].metrics) == [("loss", 1), ("mae", 1)]

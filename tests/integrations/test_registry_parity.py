@@ -40,13 +40,28 @@ def write_records(directory) -> list[tuple[CheckpointRecord, str]]:
             data = f.read()
         is_best = best is None or val_loss < best
         best = val_loss if is_best else best
-        out.append((CheckpointRecord(
-            name=checkpoint_name("tiny", epoch, batch), epoch=epoch, step=10 * i + 1, batch=batch,
-            monitor="val_loss", mode="min", value=val_loss, is_best=is_best,
-            sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), format="keras",
-            filepath=path, keras_version=keras.__version__, backend=keras.backend.backend(),
-            metrics={"val_loss": val_loss, "mae": mae, "loss": val_loss + 0.1},
-        ), path))
+        out.append(
+            (
+                CheckpointRecord(
+                    name=checkpoint_name("tiny", epoch, batch),
+                    epoch=epoch,
+                    step=10 * i + 1,
+                    batch=batch,
+                    monitor="val_loss",
+                    mode="min",
+                    value=val_loss,
+                    is_best=is_best,
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    size_bytes=len(data),
+                    format="keras",
+                    filepath=path,
+                    keras_version=keras.__version__,
+                    backend=keras.backend.backend(),
+                    metrics={"val_loss": val_loss, "mae": mae, "loss": val_loss + 0.1},
+                ),
+                path,
+            )
+        )
     return out
 
 
@@ -67,8 +82,13 @@ def on_wandb(records, request):
     for record, path in records:
         with open(path, "rb") as f:
             data = f.read()
-        server.log(wb.collection_name(record, "r1"), {os.path.basename(path): data},
-                   wb.artifact_metadata(record, "r1"), wb.checkpoint_aliases(record), run_id="r1")
+        server.log(
+            wb.collection_name(record, "r1"),
+            {os.path.basename(path): data},
+            wb.artifact_metadata(record, "r1"),
+            wb.checkpoint_aliases(record),
+            run_id="r1",
+        )
     return WandbTracker(project="proj", api=server.api()), "r1"
 
 
@@ -90,7 +110,7 @@ def test_listed_checkpoints_read_back_as_written(logged):
 
 
 def test_best_by_the_recorded_monitor_and_by_another_logged_metric(logged):
-    tracker, run_id, records = logged
+    tracker, run_id, _records = logged
     assert tracked_ckpt.best_checkpoint(tracker=tracker, run_id=run_id).record.name == "tiny-e0002"
     by_mae = tracked_ckpt.best_checkpoint(tracker=tracker, run_id=run_id, monitor="mae", mode="min")
     assert by_mae is not None and by_mae.record.name == "tiny-e0002-b000003"

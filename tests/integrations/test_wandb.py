@@ -29,16 +29,15 @@ import pytest
 import wandb
 import wandb.apis.public
 import wandb.errors
+from wandb_fake import FakeApi, FakeArtifact, FakeCollection, FakeRun, FakeServer
+from wandb_records import history_rows, logged_artifacts, run_dirs
 
 import tracked_ckpt
 from tracked_ckpt import SCHEMA_KEYS, CheckpointRecord, TrackedModelCheckpoint
+from tracked_ckpt.files import sha256_file
 from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
-from tracked_ckpt.tracker import ChecksumError
-from tracked_ckpt.files import sha256_file
-from tracked_ckpt.tracker import Tracker, TrackerError, resolve_tracker
-from wandb_fake import FakeApi, FakeArtifact, FakeCollection, FakeRun, FakeServer
-from wandb_records import history_rows, logged_artifacts, run_dirs
+from tracked_ckpt.tracker import ChecksumError, Tracker, resolve_tracker
 
 REGISTRY = "wandb-registry-model"
 
@@ -50,9 +49,20 @@ VAL_LOSSES = [0.5, 0.7, 0.4]
 def wandb_env(tmp_path, monkeypatch):
     """A hermetic W&B: offline, everything under tmp_path, nothing in $HOME, no network."""
     for name in (
-        "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_NAME",
-        "WANDB_RUN_GROUP", "WANDB_JOB_TYPE", "WANDB_TAGS", "WANDB_NOTES", "WANDB_BASE_URL",
-        "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
+        "WANDB_API_KEY",
+        "WANDB_ENTITY",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_NAME",
+        "WANDB_RUN_GROUP",
+        "WANDB_JOB_TYPE",
+        "WANDB_TAGS",
+        "WANDB_NOTES",
+        "WANDB_BASE_URL",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_RUN_ID",
     ):
         monkeypatch.delenv(name, raising=False)
     dirs = {
@@ -106,8 +116,13 @@ def train(filepath: str, epochs: int = 3, **kwargs) -> TrackedModelCheckpoint:
     kwargs.setdefault("tracker", "wandb")
     checkpoint = TrackedModelCheckpoint(filepath, log_git=False, **kwargs)
     model.fit(
-        x, y, validation_split=0.25, batch_size=16, epochs=epochs,
-        callbacks=[ScriptedValLoss(), checkpoint], verbose=0,
+        x,
+        y,
+        validation_split=0.25,
+        batch_size=16,
+        epochs=epochs,
+        callbacks=[ScriptedValLoss(), checkpoint],
+        verbose=0,
     )
     return checkpoint
 
@@ -368,7 +383,10 @@ def test_disabled_mode_is_a_clean_no_op(wandb_env, monkeypatch):
         assert list((wandb_env / name).rglob("*")) == [], name
     assert not os.path.exists(os.path.join(os.path.expanduser("~"), ".local", "share", "wandb"))
     assert checkpoint_files(wandb_env) == ["m-01.keras", "m-02.keras"]
-    assert sorted(p.name for p in (wandb_env / "ckpt").rglob("*.keras")) == ["m-01.keras", "m-02.keras"]  # spool emptied
+    assert sorted(p.name for p in (wandb_env / "ckpt").rglob("*.keras")) == [
+        "m-01.keras",
+        "m-02.keras",
+    ]  # spool emptied
 
 
 def test_offline_mode_makes_no_staging_or_cache_copies(wandb_env):
@@ -538,14 +556,21 @@ def test_a_project_listing_reads_each_version_s_run(server):
     """Run ids come from the metadata (a job-key run id has '-' in it); older versions fall back to the name."""
     job_run = wb.job_run_id("digits job")
     record, _ = make_record(None, epoch=1, name="digits-e0001")
-    server.log(wb.collection_name(record, job_run), {"m-01.keras": b"job checkpoint"},
-               wb.artifact_metadata(record, job_run), wb.checkpoint_aliases(record), run_id=job_run)
+    server.log(
+        wb.collection_name(record, job_run),
+        {"m-01.keras": b"job checkpoint"},
+        wb.artifact_metadata(record, job_run),
+        wb.checkpoint_aliases(record),
+        run_id=job_run,
+    )
     legacy = {k: v for k, v in wb.artifact_metadata(record, "r2").items() if k != "run_id"}  # before run_id existed
     server.log(wb.collection_name(record, "r2"), {"m-01.keras": b"old checkpoint"}, legacy, run_id="r2")
     tracker = WandbTracker(api=server.api())
     listed = tracker.search_checkpoints(tracker.scope(None, "team/proj"), where={"name": "digits"})
     assert sorted((c.run_id, c.extra["base"], c.record.name) for c in listed) == [
-        (job_run, "digits", "digits-e0001"), ("r2", "digits", "digits-e0001")]
+        (job_run, "digits", "digits-e0001"),
+        ("r2", "digits", "digits-e0001"),
+    ]
 
 
 def test_download_verifies_sha256(server, tmp_path):

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import pytest
 import wandb.errors
+from test_wandb import the_run_dir, train, wandb_env  # noqa: F401  (wandb_env is a fixture)
+from wandb_fake import FakeApi, FakeArtifact, FakeServer
 
 import tracked_ckpt
 from tracked_ckpt import CheckpointRecord, ChecksumError
@@ -24,8 +26,6 @@ from tracked_ckpt import session as session_module
 from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.tracker import Tracker, TrackerError
-from test_wandb import the_run_dir, train, wandb_env  # noqa: F401  (wandb_env is a fixture)
-from wandb_fake import FakeApi, FakeArtifact, FakeServer
 
 REGISTRY = "wandb-registry-model"
 
@@ -41,14 +41,27 @@ def log_run(server: FakeServer, run_id: str, values, *, mode="min", name="tiny",
         best = value if improved else best
         data = f"{run_id} epoch {epoch}".encode()
         record = CheckpointRecord(
-            name=f"{name}-e{epoch:04d}", epoch=epoch, step=10 * epoch, monitor="val_loss", mode=mode,
-            is_best=improved, value=value, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
-            format="keras", filepath=f"/ckpt/{run_id}/m-{epoch:02d}.keras",
-            keras_version=keras.__version__, backend="tensorflow",
+            name=f"{name}-e{epoch:04d}",
+            epoch=epoch,
+            step=10 * epoch,
+            monitor="val_loss",
+            mode=mode,
+            is_best=improved,
+            value=value,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+            format="keras",
+            filepath=f"/ckpt/{run_id}/m-{epoch:02d}.keras",
+            keras_version=keras.__version__,
+            backend="tensorflow",
         )
         logged = server.log(
-            wb.collection_name(record, run_id), {os.path.basename(record.filepath): data},
-            wb.artifact_metadata(record, run_id), wb.checkpoint_aliases(record), project=project, run_id=run_id,
+            wb.collection_name(record, run_id),
+            {os.path.basename(record.filepath): data},
+            wb.artifact_metadata(record, run_id),
+            wb.checkpoint_aliases(record),
+            project=project,
+            run_id=run_id,
         )
         paths.append(logged.qualified_name)
     return paths
@@ -386,8 +399,9 @@ def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_en
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), wbtinylayers.WbTriple(), Negate()], name="pkg")
     model.compile(optimizer="adam", loss="mse")
     x, y = np.random.rand(16, 4), np.random.rand(16, 2)
-    checkpoint = tracked_ckpt.TrackedModelCheckpoint(str(wandb_env / "ckpt" / "p-{epoch}.keras"), monitor="loss",
-                                                     tracker="wandb", log_git=False)
+    checkpoint = tracked_ckpt.TrackedModelCheckpoint(
+        str(wandb_env / "ckpt" / "p-{epoch}.keras"), monitor="loss", tracker="wandb", log_git=False
+    )
     model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[checkpoint])
     (artifact,) = logged_artifacts(the_run_dir(wandb_env))
     assert artifact.metadata["requirements"] == ["wbtinylayers==0.2.0"]
@@ -403,6 +417,9 @@ def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_en
 
     sys.path.remove(site)
     importlib.invalidate_caches()
-    with pytest.raises(tracked_ckpt.MissingRequirementError, match=r"^pkg-e0001 needs the package 'wbtinylayers', "
-                       r"which is not installed: pip install 'wbtinylayers==0.2.0'$"):
+    with pytest.raises(
+        tracked_ckpt.MissingRequirementError,
+        match=r"^pkg-e0001 needs the package 'wbtinylayers', "
+        r"which is not installed: pip install 'wbtinylayers==0.2.0'$",
+    ):
         tracked_ckpt.load_model(checkpoint=listed, tracker=tracker, custom_objects={"Negate": Negate})

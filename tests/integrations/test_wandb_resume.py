@@ -29,11 +29,18 @@ def short_lease(monkeypatch):
 def fit(epochs: int, interrupt_after: int | None = None):
     model = tiny_model()
     x, y = np.random.default_rng(0).random((64, 4)), np.random.default_rng(1).random((64, 1))
-    callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="wandb", log_git=False, resume=KEY,
-                                      upload="sync")
+    callback = TrackedModelCheckpoint("ckpt/m-{epoch}.keras", tracker="wandb", log_git=False, resume=KEY, upload="sync")
     try:
-        history = model.fit(x, y, validation_split=0.25, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
-                            callbacks=[ScriptedValLoss(), callback, StopAfterEpoch(interrupt_after)])
+        history = model.fit(
+            x,
+            y,
+            validation_split=0.25,
+            batch_size=16,
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+            callbacks=[ScriptedValLoss(), callback, StopAfterEpoch(interrupt_after)],
+        )
     except KeyboardInterrupt:
         callback.session.end(completed=False)  # what the interpreter's exit does after the interrupt
         history = None
@@ -95,7 +102,9 @@ def test_the_lease_on_the_server_tells_a_live_holder_from_a_killed_one(wandb_env
 
     def lease(beat: float) -> None:
         server.summaries[("team", "tracked-ckpt-test", run_id)] = {
-            "tracked_ckpt_job_key": KEY, "tracked_ckpt_job_lease": Lease("node-a:41:abc", beat).to_json()}
+            "tracked_ckpt_job_key": KEY,
+            "tracked_ckpt_job_lease": Lease("node-a:41:abc", beat).to_json(),
+        }
 
     # Killed a moment ago: its lease is fresh but never refreshed again, so the restart takes over.
     lease(time.time())

@@ -40,7 +40,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import wandb.errors
 from wandb.apis.normalize import normalize_exceptions
@@ -58,12 +59,12 @@ _SEP = ("/", ":")
 
 @dataclasses.dataclass(eq=False)
 class _Version:
-    collection: "_Collection"
+    collection: _Collection
     index: int
     files: dict[str, bytes]
     digest: str
     metadata: dict[str, Any]
-    source: "_Version | None" = None  # set on registry links
+    source: _Version | None = None  # set on registry links
     run_id: str = ""  # the run that logged it (source versions)
     state: str = "COMMITTED"  # "PENDING" while its files upload
 
@@ -119,7 +120,7 @@ class FakeServer:
         self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
         self.unreachable = False  # True: `Api.run` fails as on a network error
 
-    def api(self) -> "FakeApi":
+    def api(self) -> FakeApi:
         return FakeApi(self)
 
     # -- writing (what `run.log_artifact` + `wandb sync` do) -----------------------------
@@ -133,7 +134,7 @@ class FakeServer:
         type: str = "model",
         project: str | None = None,
         run_id: str = "",
-    ) -> "FakeArtifact":
+    ) -> FakeArtifact:
         """Log a version the way the server records `run.log_artifact(...)` by run `run_id`."""
         collection = self._collection(self.entity, project or self.project, name, type, create=True)
         if run_id:
@@ -146,7 +147,7 @@ class FakeServer:
             collection.set_alias(alias, version)
         return FakeArtifact(self, version)
 
-    def sync(self, run_dir: str) -> list["FakeArtifact"]:
+    def sync(self, run_dir: str) -> list[FakeArtifact]:
         """Upload an offline run's artifact records, as `wandb sync <run_dir>` would."""
         out = []
         run_id = os.path.basename(run_dir.rstrip(os.sep)).split("-", 3)[3]  # offline-run-<time>-<run id>
@@ -156,9 +157,7 @@ class FakeServer:
             for f in art.files:
                 with open(f.local_path, "rb") as fh:
                     files[f.path] = fh.read()
-            out.append(
-                self.log(art.name, files, art.metadata, art.aliases, art.type, art.project or None, art.run_id)
-            )
+            out.append(self.log(art.name, files, art.metadata, art.aliases, art.type, art.project or None, art.run_id))
         return out
 
     def corrupt(self, path: str) -> None:
@@ -253,7 +252,7 @@ class FakeApi:
         per_page: int = 50,
         tags: list[str] | None = None,
         start: str | None = None,
-    ) -> list["FakeArtifact"]:
+    ) -> list[FakeArtifact]:
         """Versions of a collection, newest first (as W&B lists them)."""
         try:
             collection = self._server.collection_of(name)
@@ -270,7 +269,7 @@ class FakeApi:
         order: str | None = None,
         per_page: int = 50,
         start: str | None = None,
-    ) -> list["FakeCollection"]:
+    ) -> list[FakeCollection]:
         """The collections of a type in a project ("entity/project" or "project")."""
         server = self._server
         entity, _, project = project_name.rpartition("/")
@@ -328,7 +327,7 @@ class FakeRun:
         """A copy of what the run last wrote to its summary (read-only here, as tracked-ckpt uses it)."""
         return dict(self._server.summaries.get((self._entity, self._project, self._id), {}))
 
-    def logged_artifacts(self, per_page: int = 100) -> list["FakeArtifact"]:
+    def logged_artifacts(self, per_page: int = 100) -> list[FakeArtifact]:
         """Every version this run logged (never registry links), in logging order."""
         return [
             FakeArtifact(self._server, v)
@@ -365,9 +364,7 @@ class FakeCollection:
 class FakeArtifact:
     """A logged `wandb.Artifact` version: a view on the server, edited through `save()`."""
 
-    def __init__(
-        self, server: FakeServer, version: _Version, ref: str | None = None, aliases: list[str] | None = None
-    ):
+    def __init__(self, server: FakeServer, version: _Version, ref: str | None = None, aliases: list[str] | None = None):
         self._server = server
         self._version = version
         self._ref = ref if ref is not None else f"v{version.index}"  # how it was fetched
@@ -436,7 +433,7 @@ class FakeArtifact:
         return self._version.source is not None
 
     @property
-    def linked_artifacts(self) -> list["FakeArtifact"]:
+    def linked_artifacts(self) -> list[FakeArtifact]:
         if self.is_link:
             return []
         return [
@@ -479,8 +476,7 @@ class FakeArtifact:
         collection = version.collection
         if version.source is None and version.aliases and not delete_aliases:
             raise wandb.errors.CommError(
-                f"cannot delete {self.qualified_name}: it has aliases {version.aliases}; "
-                "pass delete_aliases=True"
+                f"cannot delete {self.qualified_name}: it has aliases {version.aliases}; pass delete_aliases=True"
             )
         for alias in version.aliases:
             del collection.aliases[alias]
@@ -488,7 +484,7 @@ class FakeArtifact:
         if collection.live() and "latest" not in collection.aliases:
             collection.set_alias("latest", collection.live()[-1])
 
-    def link(self, target_path: str, aliases: Iterable[str] | None = None) -> "FakeArtifact":
+    def link(self, target_path: str, aliases: Iterable[str] | None = None) -> FakeArtifact:
         project, _, name = target_path.partition("/")
         if not project.startswith(REGISTRY_PREFIX) or not name or "/" in name:
             raise ValueError(f"target_path {target_path!r} is not wandb-registry-<registry>/<collection>")
@@ -508,7 +504,7 @@ class FakeArtifact:
         files = self._version.files
         if len(files) > 1:
             raise ValueError("This artifact contains more than one file, call `.download()`")
-        (name, data), = files.items()
+        ((name, data),) = files.items()
         return self._write(root, name, data)
 
     def download(

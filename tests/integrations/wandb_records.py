@@ -20,7 +20,8 @@ import os
 import struct
 import time
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from wandb.proto import wandb_internal_pb2
 
@@ -122,9 +123,7 @@ def logged_artifacts(run_dir: str) -> list[LoggedArtifact]:
                 digest=art.digest,
                 aliases=list(art.aliases),
                 metadata=json.loads(art.metadata) if art.metadata else {},
-                files=[
-                    LoggedFile(e.path, e.digest, e.local_path, e.size) for e in art.manifest.contents
-                ],
+                files=[LoggedFile(e.path, e.digest, e.local_path, e.size) for e in art.manifest.contents],
             )
         )
     return out
@@ -136,10 +135,7 @@ def history_rows(run_dir: str) -> list[dict[str, Any]]:
     for record in finished_records(run_dir):
         if record.WhichOneof("record_type") == "history":
             rows.append(
-                {
-                    (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                    for item in record.history.item
-                }
+                {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
             )
     return rows
 
