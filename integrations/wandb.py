@@ -60,6 +60,7 @@ from tracked_ckpt.versions import check_supported
 check_supported("wandb", extra="wandb")  # before importing it
 
 import wandb
+import wandb.apis.public
 import wandb.errors
 
 from tracked_ckpt.files import link_or_copy
@@ -86,6 +87,10 @@ from tracked_ckpt.record import CheckpointRecord, best_first
 from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
+
+# What `wandb.Api().run` raises for a run that does not exist (wrapped in a CommError); W&B
+# versions before the class raised a bare ValueError, recognised by its message.
+_RunNotFoundError: type[Exception] | None = getattr(wandb.apis.public, "RunNotFoundError", None)
 
 #: Where an offline run keeps the checkpoint files its artifact records point at.
 OFFLINE_FILES_DIR = "tracked_ckpt"
@@ -667,7 +672,9 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             path = f"{where}/{scope['run_id']}"
             try:
                 run = api.run(path)
-            except wandb.errors.CommError as exc:
+            except (wandb.errors.CommError, ValueError) as exc:  # ValueError: unwrapped when WANDB_DEBUG is set
+                if not _not_found(exc):  # a server that is down is not a missing run
+                    raise TrackerError(f"Cannot read W&B run {path}: {exc}. Try again once W&B answers.") from exc
                 raise LookupError(
                     f"W&B run {path} not found ({exc}): check run_id, the project (experiment=) and "
                     "WANDB_ENTITY; an offline run needs `wandb sync` first."
@@ -829,8 +836,11 @@ def _keep_for_sync(path: str, sync_dir: str, record: CheckpointRecord) -> str:
 def _not_found(exc: Exception) -> bool:
     """Whether a W&B API error means "no such run".
 
-    W&B raises `RunNotFoundError` (0.31; a bare ValueError "Could not find run ..." before),
-    which `wandb.Api` wraps in a CommError. Other ValueErrors (a garbled JSON answer) are not it.
+    W&B raises `RunNotFoundError` (0.31; a bare ValueError "Could not find run ..." in the
+    versions before it had the class), which `wandb.Api` wraps in a CommError. Other
+    ValueErrors (a garbled JSON answer) are not it.
     """
     cause = getattr(exc, "exc", None) or exc
-    return type(cause).__name__ == "RunNotFoundError" or "Could not find run" in str(cause)
+    if _RunNotFoundError is not None:
+        return isinstance(cause, _RunNotFoundError)
+    return isinstance(cause, ValueError) and "Could not find run" in str(cause)

@@ -239,6 +239,10 @@ def test_default_scope_is_the_last_fit_and_offline_runs_are_refused(server, trac
     assert [(c.run_id, c.record.epoch) for c in listed] == [("r1", 1), ("r1", 2)]
     with pytest.raises(LookupError, match="W&B run team/proj/nope not found"):
         tracked_ckpt.list_checkpoints(tracker=tracker, run_id="team/proj/nope")
+    server.unreachable = True  # a server that is down is not a missing run
+    with pytest.raises(TrackerError, match=r"^Cannot read W&B run team/proj/r1: .*503.*Try again once W&B answers"):
+        tracked_ckpt.list_checkpoints(tracker=tracker, run_id="team/proj/r1")
+    server.unreachable = False
 
 
 def test_the_default_api_needs_online_mode(monkeypatch):
