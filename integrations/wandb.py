@@ -687,6 +687,10 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 if base is None or c.name.startswith(base + "-")
             ]
         except (wandb.errors.CommError, ValueError) as exc:
+            # A ValueError is W&B's answer "no such project" (or no collection to parse); else it did not answer.
+            cause = getattr(exc, "exc", None) or exc
+            if not isinstance(cause, ValueError):
+                raise TrackerError(f"Cannot read W&B project {where}: {exc}. Try again once W&B answers.") from exc
             raise LookupError(
                 f"W&B project {where} has no {ARTIFACT_TYPE!r} artifacts ({exc}): check the project "
                 "name and WANDB_ENTITY."

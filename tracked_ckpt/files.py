@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -93,7 +94,7 @@ def check_writable(folder: str) -> None:
     Raises:
         OSError: the folder cannot be made or written (no space, permissions, read-only).
     """
-    probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}")
+    probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}-{threading.get_ident()}")
     for attempt in range(3):
         os.makedirs(folder, exist_ok=True)
         try:

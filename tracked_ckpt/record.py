@@ -329,7 +329,7 @@ def best_first(record: CheckpointRecord, metric: str | None = None, mode: str | 
     value = record.value if metric is None else record.metric(metric)
     if value is None:
         return (True, 0.0, record.step)
-    return (False, value if (mode or record.mode) == "min" else -value, record.step)
+    return (False, -value if (mode or record.mode) == "max" else value, record.step)  # as `is_better`
 
 
 def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 Tracker-agnostic: the selection rules (which checkpoint is best, whether a
 challenger beats the current champion) live here; trackers only answer
-narrow questions (the registry side of `Tracker`) with a constant number of calls each, so
+narrow questions (`tracked_ckpt.tracker.TrackerRegistry`) with a constant number of calls each, so
 promoting over a run of 1,000 checkpoints costs the same as over 10.
 
 Example:

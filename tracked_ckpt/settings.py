@@ -14,12 +14,14 @@ The README's table lists the same variables; `tests/test_settings.py` checks tha
 
 Example:
     >>> import os
+    >>> before = os.environ.pop("TRACKED_CKPT_LEASE_SECONDS", None)
+    >>> lease_seconds()
+    60.0
     >>> os.environ["TRACKED_CKPT_LEASE_SECONDS"] = "90"
     >>> lease_seconds()
     90.0
-    >>> del os.environ["TRACKED_CKPT_LEASE_SECONDS"]
-    >>> lease_seconds()
-    60.0
+    >>> _ = os.environ.pop("TRACKED_CKPT_LEASE_SECONDS") if before is None else os.environ.update(
+    ...     TRACKED_CKPT_LEASE_SECONDS=before)
 """
 
 from __future__ import annotations

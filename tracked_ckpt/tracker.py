@@ -280,8 +280,12 @@ def registry_of(tracker: Tracker, what: str = "list or promote checkpoints") -> 
 
 
 def job_keys_of(tracker: Tracker) -> TrackerJobKeys:
-    """`tracker` as a job-key store, or a one-line `TypeError` naming the alternatives."""
-    if isinstance(tracker, TrackerJobKeys):
+    """`tracker` as a job-key store, or a one-line `TypeError` naming the alternatives.
+
+    A restarted job downloads its checkpoint through the registry side (`fetch`), so
+    resume by job key needs both optional parts.
+    """
+    if isinstance(tracker, TrackerJobKeys) and isinstance(tracker, TrackerRegistry):
         return tracker
     raise TypeError(
         f"Tracker {tracker.display_name} cannot find a run by job key: use resume=True "

@@ -194,6 +194,10 @@ def test_experiment_scope_spans_the_projects_runs(server, tracker):
     assert tracked_ckpt.best_checkpoint(tracker=tracker, experiment="team/proj").run_id == "w1"
     with pytest.raises(LookupError, match="no 'model' artifacts"):
         tracked_ckpt.list_checkpoints(tracker=tracker, experiment="nothing-here")
+    server.unreachable = True  # a server that is down is not a project without checkpoints
+    with pytest.raises(TrackerError, match=r"^Cannot read W&B project team/proj: .*503.*Try again once W&B answers"):
+        tracked_ckpt.list_checkpoints(tracker=tracker, experiment="team/proj")
+    server.unreachable = False
 
 
 def test_a_run_costs_the_same_number_of_calls_whatever_its_length(server, tracker, monkeypatch):

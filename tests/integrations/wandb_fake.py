@@ -272,6 +272,8 @@ class FakeApi:
     ) -> list[FakeCollection]:
         """The collections of a type in a project ("entity/project" or "project")."""
         server = self._server
+        if server.unreachable:
+            raise wandb.errors.CommError("HTTP 503: service unavailable", ConnectionError("503"))
         entity, _, project = project_name.rpartition("/")
         entity = entity or (server.organization if project.startswith(REGISTRY_PREFIX) else server.entity)
         found = [
