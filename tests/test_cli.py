@@ -88,9 +88,11 @@ def test_sync_logs_what_a_killed_job_left_none_twice(embedded_store, workdir):
     spool = workdir / "ckpt" / ".tracked_ckpt" / "spool"
     assert len([f for f in os.listdir(spool) if f.endswith(".json")]) == 4
 
-    synced = subprocess.run([*CLI, "sync"], cwd=workdir, capture_output=True, text=True)
+    # Folders that overlap (a root, a folder beneath it, the spool itself): each spool is synced once.
+    synced = subprocess.run([*CLI, "sync", ".", "ckpt", str(spool)], cwd=workdir, capture_output=True, text=True)
     assert synced.returncode == 0, synced.stderr[-2000:]
     assert "logged 4 checkpoint(s), 0 still pending" in synced.stdout
+    assert synced.stdout.count("checkpoint(s)") == 1, synced.stdout
     after = logged_models(run.info.run_id)
     assert [m.name for m in after] == [f"tiny-e000{i}" for i in range(1, 5)]
     assert {str(m.status) for m in after} == {"READY"}

@@ -263,3 +263,30 @@ def test_a_clone_that_the_filesystem_refuses_leaves_nothing_behind(tmp_path):
         assert not dst.exists()
     link_or_copy(str(src), str(tmp_path / "c.keras"))
     assert (tmp_path / "c.keras").read_bytes() == src.read_bytes()
+
+
+def test_a_fit_ending_in_the_background_never_removes_the_folder_a_new_fit_just_made(tmp_path):
+    """One process: an ending fit removes the emptied spool folder while a new fit probes and holds it."""
+    spool = Spool(tmp_path / "ckpt" / ".tracked_ckpt" / "spool")
+    errors: list[BaseException] = []
+    starts = 300
+    started = threading.Event()
+
+    def new_fits() -> None:
+        try:
+            for _ in range(starts):
+                spool.check_writable()  # the callback's write check at on_train_begin
+                hold = spool.hold()  # the session's hold, moments later
+                assert os.path.isdir(spool.directory)
+                hold.release()
+                started.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    fits = threading.Thread(target=new_fits)
+    fits.start()
+    started.wait(timeout=60)
+    while fits.is_alive():
+        spool.remove_if_empty()  # the previous fit's end, on its own thread
+    fits.join()
+    assert errors == []
