@@ -432,7 +432,8 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
         found.sort(key=lambda c: (c.run_id, c.record.step, version_number(c.id.rpartition(":")[2])))
         if order_by is not None:
             metric, mode = order_by
-            found.sort(key=lambda c: best_first(c.record, metric, mode))
+            # Stable: among equal values the order above stands (the ranking's step tie-break is per run).
+            found.sort(key=lambda c: best_first(c.record, metric, mode)[:2])
         return found if max_results is None else found[:max_results]
 
     @override
