@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import threading
+from typing import IO, Any
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -88,6 +89,20 @@ def sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def create_in_folder(path: str, mode: str = "w") -> IO[Any]:
+    """Open a new file at `path`, making its folder first (and again, if another process's
+    `tracked-ckpt sync` removed the emptied folder in between)."""
+    folder = os.path.dirname(path)
+    for _ in range(2):
+        os.makedirs(folder, exist_ok=True)
+        try:
+            return open(path, mode)  # the caller closes it (or holds it open)
+        except FileNotFoundError:
+            continue
+    os.makedirs(folder, exist_ok=True)
+    return open(path, mode)  # a third removal in a row is an error worth seeing
+
+
 def check_writable(folder: str) -> None:
     """Make `folder` if needed and write a small probe file into it (removed again).
 
@@ -95,15 +110,8 @@ def check_writable(folder: str) -> None:
         OSError: the folder cannot be made or written (no space, permissions, read-only).
     """
     probe = os.path.join(folder, f".tracked-ckpt-write-test-{os.getpid()}-{threading.get_ident()}")
-    for attempt in range(3):
-        os.makedirs(folder, exist_ok=True)
-        try:
-            with open(probe, "wb") as f:
-                f.write(b"0" * 4096)
-            break
-        except FileNotFoundError:  # another process removed the emptied folder just now (its sync)
-            if attempt == 2:
-                raise
+    with create_in_folder(probe, "wb") as f:
+        f.write(b"0" * 4096)
     os.remove(probe)
 
 

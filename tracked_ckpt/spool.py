@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from tracked_ckpt.files import check_writable, clone_file, copy_hashing
+from tracked_ckpt.files import check_writable, clone_file, copy_hashing, create_in_folder
 from tracked_ckpt.record import FORMAT_SUFFIXES, CheckpointRecord, file_format
 
 logger = logging.getLogger("tracked_ckpt")
@@ -325,14 +325,7 @@ class SpoolHold:
         self.path = os.path.join(directory, f"{HOLD_PREFIX}{uuid.uuid4().hex[:12]}{LOCK_SUFFIX}")
         # Locked and filled in under another name, then renamed: a reader never sees it unlocked.
         tmp = f"{self.path}.{os.getpid()}.tmp"
-        for attempt in range(3):
-            os.makedirs(directory, exist_ok=True)
-            try:
-                self._handle: Any = open(tmp, "w")  # noqa: SIM115  held open: the lock lives as long as the hold
-                break
-            except FileNotFoundError:  # another process's sync removed the emptied folder just now
-                if attempt == 2:
-                    raise
+        self._handle: Any = create_in_folder(tmp)  # held open: the lock lives as long as the hold
         fcntl.flock(self._handle, fcntl.LOCK_EX)
         self._handle.write(f"{socket.gethostname()}:{os.getpid()}")
         self._handle.flush()
