@@ -615,7 +615,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             if _not_found(exc):
                 return None
             # Not "no such run": answering "no run" would make a restarted job start over.
-            raise TrackerError(f"Cannot read W&B run {path}: {exc}. Try again once W&B answers.") from exc
+            raise _no_answer(f"run {path}", exc) from exc
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -675,7 +675,7 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
                 run = api.run(path)
             except (wandb.errors.CommError, ValueError) as exc:  # ValueError: unwrapped when WANDB_DEBUG is set
                 if not _not_found(exc):  # a server that is down is not a missing run
-                    raise TrackerError(f"Cannot read W&B run {path}: {exc}. Try again once W&B answers.") from exc
+                    raise _no_answer(f"run {path}", exc) from exc
                 raise LookupError(
                     f"W&B run {path} not found ({exc}): check run_id, the project (experiment=) and "
                     "WANDB_ENTITY; an offline run needs `wandb sync` first."
@@ -689,9 +689,8 @@ class WandbTracker(Tracker, TrackerRegistry, TrackerJobKeys):
             ]
         except (wandb.errors.CommError, ValueError) as exc:
             # A ValueError is W&B's answer "no such project" (or no collection to parse); else it did not answer.
-            cause = getattr(exc, "exc", None) or exc
-            if not isinstance(cause, ValueError):
-                raise TrackerError(f"Cannot read W&B project {where}: {exc}. Try again once W&B answers.") from exc
+            if not isinstance(_cause(exc), ValueError):
+                raise _no_answer(f"project {where}", exc) from exc
             raise LookupError(
                 f"W&B project {where} has no {ARTIFACT_TYPE!r} artifacts ({exc}): check the project "
                 "name and WANDB_ENTITY."
@@ -838,6 +837,16 @@ def _keep_for_sync(path: str, sync_dir: str, record: CheckpointRecord) -> str:
     return kept
 
 
+def _cause(exc: Exception) -> BaseException:
+    """The error inside a `wandb.errors.CommError` (`wandb.Api` wraps what its code raised), or `exc`."""
+    return getattr(exc, "exc", None) or exc
+
+
+def _no_answer(what: str, exc: Exception) -> TrackerError:
+    """A W&B read that failed without an answer (not "no such thing"): one line, and what to do."""
+    return TrackerError(f"Cannot read W&B {what}: {exc}. Try again once W&B answers.")
+
+
 def _not_found(exc: Exception) -> bool:
     """Whether a W&B API error means "no such run".
 
@@ -845,7 +854,7 @@ def _not_found(exc: Exception) -> bool:
     versions before it had the class), which `wandb.Api` wraps in a CommError. Other
     ValueErrors (a garbled JSON answer) are not it.
     """
-    cause = getattr(exc, "exc", None) or exc
+    cause = _cause(exc)
     if _RunNotFoundError is not None:
         return isinstance(cause, _RunNotFoundError)
     return isinstance(cause, ValueError) and "Could not find run" in str(cause)
