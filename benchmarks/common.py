@@ -15,6 +15,15 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
+#: The Keras hooks a checkpoint callback spends training-thread time in (the benchmarks time each).
+HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_train_end",
+)
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from mlflow_server import MlflowServer, free_port  # noqa: E402,F401  (one server wrapper for tests and benchmarks)

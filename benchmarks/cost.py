@@ -51,6 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from common import (  # noqa: E402
+    HOOKS,
     OUT,
     MlflowServer,
     build_model,
@@ -183,14 +184,7 @@ class TimedMlflowTracker(MlflowTracker):
 
 def instrument(callback, meter: Meter):
     """Time the callback's hooks on the training thread (thread CPU)."""
-    for hook in (
-        "on_train_begin",
-        "on_epoch_begin",
-        "on_train_batch_begin",
-        "on_train_batch_end",
-        "on_epoch_end",
-        "on_train_end",
-    ):
+    for hook in HOOKS:
         original = getattr(callback, hook)
 
         @functools.wraps(original)

@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from common import (  # noqa: E402
+    HOOKS,
     OUT,
     SIZES,
     MlflowServer,
@@ -184,16 +185,6 @@ def timed_tracker(name: str):
                     Timer.current.n_uploads += 1
 
     return Timed()
-
-
-HOOKS = (
-    "on_train_begin",
-    "on_epoch_begin",
-    "on_train_batch_begin",
-    "on_train_batch_end",
-    "on_epoch_end",
-    "on_train_end",
-)
 
 
 def instrument(callback, timer: Timer):
