@@ -51,28 +51,14 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
 
     # A sync while the server is still down gives up after a stall window, not after --timeout.
     down_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "TRACKED_CKPT_STALL_TIMEOUT": "3"}
-    early = subprocess.run(
-        [sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "900"],
-        cwd=tmp_path,
-        env=down_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    early = sync_cli(spool, "900", tmp_path, down_env)
     assert early.returncode == 1 and "3 still pending" in early.stdout, (early.stdout, early.stderr[-2000:])
     assert "3 checkpoint(s) could not be logged" in early.stderr
 
     server.start(timeout=300)
     try:
         sync_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
-        synced = subprocess.run(
-            [sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", "120"],
-            cwd=tmp_path,
-            env=sync_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        synced = sync_cli(spool, "120", tmp_path, sync_env)
         assert synced.returncode == 0, synced.stderr[-3000:]
         client = mlflow.MlflowClient(tracking_uri=server.url)
         experiment = client.get_experiment_by_name("down-all-along")
@@ -86,6 +72,18 @@ def test_unreachable_tracker_for_the_whole_fit_returns_early_and_sync_logs_each_
         assert len({m.source_run_id for m in models}) == 1
     finally:
         server.stop()
+
+
+def sync_cli(spool: str, timeout: str, cwd, env) -> subprocess.CompletedProcess:
+    """`tracked-ckpt sync SPOOL --timeout T` in a child process (itself bounded at 300 s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tracked_ckpt.cli", "sync", spool, "--timeout", timeout],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def wide_model() -> keras.Model:
