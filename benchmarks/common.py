@@ -8,6 +8,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -95,7 +96,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def median(values):
+def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
@@ -169,23 +170,3 @@ def wait_for_quiet(
         if load < threshold_cores or waited >= max_wait:
             return waited
         time.sleep(0.5)
-
-
-def replace_section(path: str, text: str, start: str, end: str) -> None:
-    """Put `text` (a section marked by `start` and `end`) into the markdown file `path`, replacing the
-    previous one, else before its "## Targets" heading, else at the end."""
-    try:
-        with open(path) as f:
-            current = f.read()
-    except FileNotFoundError:
-        current = ""
-    if start in current and end in current:
-        head, rest = current.split(start, 1)
-        current = head + text + rest.split(end, 1)[1]
-    elif "\n## Targets" in current:
-        head, rest = current.split("\n## Targets", 1)
-        current = head.rstrip("\n") + "\n\n" + text + "\n\n## Targets" + rest
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    with open(path, "w") as f:
-        f.write(current)

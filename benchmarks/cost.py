@@ -34,7 +34,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import logging
@@ -59,11 +58,12 @@ from common import (  # noqa: E402
     machine_info,
     median,
     other_cpu_between,
-    replace_section,
     tiny_data,
     versions,
     wait_for_quiet,
 )
+from report import COST_SECTION, local_now, replace_section  # noqa: E402
+from targets import target_table  # noqa: E402
 
 os.makedirs(OUT, exist_ok=True)
 WORK = tempfile.mkdtemp(prefix="bench-cost-", dir=OUT)
@@ -86,8 +86,7 @@ logging.getLogger("absl").setLevel(logging.ERROR)  # the legacy-HDF5 warning of 
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore")
 
-SECTION_START = "<!-- cost:start -->"
-SECTION_END = "<!-- cost:end -->"
+SECTION_START, SECTION_END = COST_SECTION
 BATCH = 32
 BASELINE = {"ckpt": "keras_h5", "real": "keras"}
 # variant -> (callback kind, server, upload-thread niceness setting or None)
@@ -570,9 +569,7 @@ def render(summary: dict, args, bench: CostBench, started: str, elapsed: float) 
                 f"{r['process_cpu']:.2f} | {r['other_cpu_s']:.1f} ({r['other_cpu_max']:.1f}) |"
             )
         lines.append("")
-    lines += ["### Targets of issue 22 measured here", "", "| target | verdict | figures |", "|---|---|---|"]
-    for target, verdict, figures in verdicts(summary):
-        lines.append(f"| {target} | **{verdict}** | {figures} |")
+    lines += ["### Targets of issue 22 measured here", "", *target_table(verdicts(summary))]
     if bench.errors:
         lines += ["", "Errors (runs excluded): " + "; ".join(bench.errors)]
     lines += ["", SECTION_END]
@@ -609,7 +606,7 @@ def main(argv=None) -> int:
     results = args.results or (
         os.path.join(OUT, "RESULTS-quick.md") if args.quick else os.path.join(HERE, "RESULTS.md")
     )
-    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    started = local_now()
     t0 = time.monotonic()
     bench = CostBench(args)
     try:

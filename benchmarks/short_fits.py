@@ -32,7 +32,8 @@ sys.path.insert(0, HERE)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from common import OUT, MlflowServer, cpu_snapshot, machine_info, replace_section, versions  # noqa: E402
+from common import OUT, MlflowServer, cpu_snapshot, machine_info, versions  # noqa: E402
+from report import replace_section  # noqa: E402
 
 from tracked_ckpt import TrackedModelCheckpoint  # noqa: E402
 from tracked_ckpt.integrations.mlflow import MlflowTracker  # noqa: E402

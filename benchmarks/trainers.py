@@ -41,15 +41,15 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import OUT, REPO, machine_busy_seconds, machine_info, median, other_cpu_between, replace_section, versions  # noqa: E402
+from common import OUT, REPO, machine_busy_seconds, machine_info, median, other_cpu_between, versions  # noqa: E402
+from report import TRAINERS_SECTION, local_now, replace_section  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from production_stack import ARTIFACT_PREFIX, ProductionStack  # noqa: E402
 from sweep_trainer import TrainerFleet  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
-SECTION_START = "<!-- trainers:start -->"
-SECTION_END = "<!-- trainers:end -->"
+SECTION_START, SECTION_END = TRAINERS_SECTION
 MULTIPART_CHUNK = 16 * 1024**2  # S3 parts must be >= 5 MiB (but the last)
 
 
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
 
 def _write(raw: dict, results: str, started: float) -> str:
     raw.update(
-        generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        generated=local_now(),
         elapsed_min=(time.monotonic() - started) / 60,
         machine=machine_info(),
         versions=versions(),
