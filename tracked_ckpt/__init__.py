@@ -3,8 +3,8 @@
 Data flows one way: `TrackedModelCheckpoint` (callback) builds a
 `CheckpointRecord` (record), freezes the file into a `Spool`, and the
 `Publisher` hands it to a `Tracker` (integrations). The registry helper reads
-the records back to promote, list and load checkpoints. Every error the library
-raises on purpose derives from `TrackedCkptError`.
+the records back to promote, list and load checkpoints. Every error class of the
+library's own derives from `TrackedCkptError`.
 
 Names are imported lazily, so `import tracked_ckpt` (and the CLI) does not
 pay for importing Keras and TensorFlow until the callback is used.

@@ -1,4 +1,4 @@
-"""Every error tracked-ckpt raises on purpose, in one family.
+"""The error classes of tracked-ckpt, in one family.
 
 Each derives from `TrackedCkptError`, so one `except TrackedCkptError` catches
 every failure of the library's own (a tracker that cannot do what was asked, a
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 
 class TrackedCkptError(Exception):
-    """The base of every error tracked-ckpt raises on purpose: catch it to catch them all.
+    """The base of every error class of tracked-ckpt: catch it to catch them all.
 
     Example:
         ```python
