@@ -3,7 +3,8 @@
 Data flows one way: `TrackedModelCheckpoint` (callback) builds a
 `CheckpointRecord` (record), freezes the file into a `Spool`, and the
 `Publisher` hands it to a `Tracker` (integrations). The registry helper reads
-the records back to promote, list and load checkpoints.
+the records back to promote, list and load checkpoints. Every error class of the
+library's own derives from `TrackedCkptError`.
 
 Names are imported lazily, so `import tracked_ckpt` (and the CLI) does not
 pay for importing Keras and TensorFlow until the callback is used.
@@ -19,11 +20,16 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TrackedModelCheckpoint": "tracked_ckpt.callback",
     "CheckpointRecord": "tracked_ckpt.record",
-    "JobLockedError": "tracked_ckpt.resume",
+    "JobLockedError": "tracked_ckpt.errors",
     "SCHEMA_KEYS": "tracked_ckpt.record",
-    "ChecksumError": "tracked_ckpt.tracker",
+    "ChecksumError": "tracked_ckpt.errors",
     "LoggedCheckpoint": "tracked_ckpt.tracker",
-    "MissingRequirementError": "tracked_ckpt.requirements",
+    "MissingRequirementError": "tracked_ckpt.errors",
+    "TrackedCkptError": "tracked_ckpt.errors",
+    "TrackerError": "tracked_ckpt.errors",
+    "UnsupportedVersionError": "tracked_ckpt.errors",
+    "LoggedEntry": "tracked_ckpt.publisher",
+    "PublishReport": "tracked_ckpt.publisher",
     "PromotionResult": "tracked_ckpt.registry",
     "best_checkpoint": "tracked_ckpt.registry",
     "download_checkpoint": "tracked_ckpt.registry",
@@ -39,6 +45,15 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
+    from tracked_ckpt.errors import (
+        ChecksumError,
+        JobLockedError,
+        MissingRequirementError,
+        TrackedCkptError,
+        TrackerError,
+        UnsupportedVersionError,
+    )
+    from tracked_ckpt.publisher import LoggedEntry, PublishReport
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
     from tracked_ckpt.registry import (
         PromotionResult,
@@ -49,10 +64,8 @@ if TYPE_CHECKING:
         promote_best,
         registered_checkpoint,
     )
-    from tracked_ckpt.requirements import MissingRequirementError
-    from tracked_ckpt.resume import JobLockedError
     from tracked_ckpt.session import sync_spool, wait
-    from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint
+    from tracked_ckpt.tracker import LoggedCheckpoint
 
 
 def __getattr__(name: str) -> Any:

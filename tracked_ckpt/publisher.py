@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from tracked_ckpt import settings
 from tracked_ckpt.files import sha256_file
@@ -78,11 +79,25 @@ def stall_timeout_from(value: float | None) -> float:
     return float(value)
 
 
+class LoggedEntry(NamedTuple):
+    """One spool entry a tracker confirmed; a tuple, so `for entry, tracker, ref in report.logged` works.
+
+    Attributes:
+        entry: the spool entry (its `record` is the checkpoint's schema values).
+        tracker: the tracker's name (`"mlflow"`, `"wandb"`).
+        ref: the tracker's id of the logged checkpoint (MLflow LoggedModel id, W&B artifact version).
+    """
+
+    entry: SpoolEntry
+    tracker: str
+    ref: str
+
+
 @dataclasses.dataclass
 class PublishReport:
     """What the publisher did: ids logged per tracker, and entries still pending."""
 
-    logged: list[tuple[SpoolEntry, str, str]] = dataclasses.field(default_factory=list)
+    logged: list[LoggedEntry] = dataclasses.field(default_factory=list)
     pending: list[SpoolEntry] = dataclasses.field(default_factory=list)
     failed: list[tuple[SpoolEntry, str]] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
@@ -358,7 +373,7 @@ class Publisher:
                 self._progress_at = time.monotonic()
                 entry.done[name] = ref
                 self.spool.write(entry)
-                self.report.logged.append((entry, name, ref))
+                self.report.logged.append(LoggedEntry(entry, name, ref))
                 if self.on_logged is not None:
                     self.on_logged(entry, name, ref)
         except Exception as exc:

@@ -36,22 +36,12 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from tracked_ckpt.errors import MissingRequirementError as MissingRequirementError
+
 logger = logging.getLogger("tracked_ckpt")
 
 #: Import names that never need a requirement of their own: Keras (always required) and Python's own.
 _ALWAYS_THERE = {"keras", "builtins", "__main__"}
-
-
-class MissingRequirementError(ImportError):
-    """A checkpoint's recorded requirements name a package this environment lacks.
-
-    Example:
-        >>> try:
-        ...     check_requirements(["keras-hub==0.21.1"], "bert-e0003")  # as `tracked_ckpt.load_model` does
-        ... except MissingRequirementError as exc:
-        ...     print(exc)
-        bert-e0003 needs the package 'keras-hub', which is not installed: pip install 'keras-hub==0.21.1'
-    """
 
 
 @dataclasses.dataclass(frozen=True)

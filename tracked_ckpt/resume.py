@@ -14,15 +14,9 @@ complete checkpoint through the registry's verified, hash-keyed cache (the one
 Local state left by the same job on this machine, when present and consistent,
 is used first and nothing is downloaded.
 
-Two jobs must not log into one run at once. While training, the job holding the
-key refreshes a lease on the run (a heartbeat every quarter of the lease
-window, on its own thread; training never waits for it). A job starting with
-the same key reads the lease: released or older than the window means its
-holder is gone (finished, or killed without a chance to say so) and the new job
-takes over; a lease that is refreshed while the new job watches means a live
-holder, and the new job refuses with `JobLockedError`. A restarted job thus
-waits at most one window when its predecessor was killed a moment ago. The
-window is `TRACKED_CKPT_LEASE_SECONDS` (default 60).
+Two jobs must not log into one run at once: the key's run holds a lease
+(`tracked_ckpt.lease`) that the job holding the key keeps alive while it trains;
+a job starting with a key whose holder is alive refuses with `JobLockedError`.
 
 Trackers take part through `tracked_ckpt.tracker.TrackerJobKeys` (`find_job`,
 `job_info`, `set_job_info`, `job_checkpoints`); a tracker without them cannot resume by key.
@@ -34,15 +28,13 @@ import dataclasses
 import json
 import logging
 import os
-import socket
-import threading
-import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracked_ckpt import settings
 from tracked_ckpt.cache import fetch_verified
+from tracked_ckpt.errors import JobLockedError as JobLockedError
+from tracked_ckpt.lease import JobLease, checkpoint_summary
+from tracked_ckpt.lease import Lease as Lease
 from tracked_ckpt.record import CheckpointRecord, best_first, split_checkpoint_name
 from tracked_ckpt.retention import Kept, Retention
 from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, job_keys_of
@@ -170,10 +162,6 @@ def restore(model: Any, state: ResumeState, state_path: str) -> int:
     return last.epoch if last.batch is None else last.epoch - 1
 
 
-class JobLockedError(RuntimeError):
-    """Another live job holds the job key; the message names it."""
-
-
 def validate_job_key(key: Any) -> str:
     """Check a job key: a non-empty printable string of at most 200 characters."""
     if not isinstance(key, str) or not key.strip() or len(key) > _MAX_KEY_LENGTH or not key.isprintable():
@@ -182,29 +170,6 @@ def validate_job_key(key: Any) -> str:
             "characters, e.g. the Kubernetes Job name) that names this job across restarts."
         )
     return key
-
-
-@dataclasses.dataclass
-class Lease:
-    """Who holds a job key, when it last said so, and the newest checkpoint it logged."""
-
-    holder: str
-    beat: float
-    released: bool = False
-    latest: dict[str, Any] | None = None  # {"name", "epoch", "step"} of the newest logged checkpoint
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> Lease | None:
-        if not text:
-            return None
-        try:
-            data = json.loads(text)
-            return cls(str(data["holder"]), float(data["beat"]), bool(data.get("released")), data.get("latest"))
-        except (ValueError, KeyError, TypeError):
-            return None  # unreadable: treated as no holder
 
 
 class JobResume:
@@ -219,17 +184,10 @@ class JobResume:
         self.key = validate_job_key(key)
         self.trackers: dict[str, Tracker] = dict(trackers)
         self._jobs = {name: job_keys_of(tracker) for name, tracker in self.trackers.items()}  # the same objects
-        self.window = settings.lease_seconds()
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease = JobLease(self.key, self.trackers, self._jobs)
         self.destinations: dict[str, dict[str, Any]] = {}
         self.resumed_from: LoggedCheckpoint | None = None
         self._checkpoints: list[LoggedCheckpoint] = []  # the run's checkpoints up to resumed_from
-        self._previous: dict[str, Lease | None] = {}  # the lease the earlier holder left, by tracker
-        self._latest: dict[str, Any] | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._warned = False
 
     # -- the start of fit ------------------------------------------------------------------
 
@@ -253,12 +211,12 @@ class JobResume:
         local = local_state if self._usable(local_state) else None
         previous = dict(local.destinations) if local else self._find()
         for name, destination in previous.items():
-            self._checked(local is not None, self._wait_for_holder, name, destination)
+            self._checked(local is not None, self.lease.wait_for_holder, name, destination)
         if local and self._newer_on_tracker(local):
             local = None  # e.g. machine A -> B -> A: B went further than A's own state knows
         self.destinations = start(previous)
-        self._checked(local is not None, self._claim)
-        self._start_heartbeat()
+        self._checked(local is not None, self.lease.claim, self.destinations)
+        self.lease.start_heartbeat(self.destinations)
         if local:
             logger.info("Resuming job %r from local state (%s).", self.key, local.last.filepath)
             return local, self.destinations
@@ -299,7 +257,7 @@ class JobResume:
     def _newer_on_tracker(self, local: ResumeState) -> bool:
         """Whether the run's lease names a newer logged checkpoint than the local state's latest."""
         step = local.last.step
-        for lease in self._previous.values():
+        for lease in self.lease.previous.values():
             latest = (lease.latest if lease else None) or {}
             if int(latest.get("step", -1)) > step:
                 logger.info(
@@ -327,67 +285,6 @@ class JobResume:
                 found[name] = destination
         return found
 
-    def _read_lease(self, name: str, destination: Mapping[str, Any]) -> Lease | None:
-        return Lease.from_json(self._jobs[name].job_info(destination).get("lease"))
-
-    def _wait_for_holder(self, name: str, destination: Mapping[str, Any]) -> None:
-        """Return once the key's earlier holder is known to be gone; raise if it is alive."""
-        lease = self._previous[name] = self._read_lease(name, destination)
-        if lease is None or lease.released or lease.holder == self.holder:
-            return
-        age = time.time() - lease.beat
-        if age >= self.window:
-            logger.info(
-                "Job %r: its earlier holder %s went silent %.0fs ago; taking over.", self.key, lease.holder, age
-            )
-            return
-        deadline = time.monotonic() + min(self.window, self.window - age + 1.0)
-        logger.info(
-            "Job %r: waiting up to %.0fs to see whether its holder %s is still alive.",
-            self.key,
-            deadline - time.monotonic(),
-            lease.holder,
-        )
-        poll = max(0.2, self.window / 10)
-        while time.monotonic() < deadline:
-            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-            now = self._read_lease(name, destination)
-            if now is None or now.released:
-                if now is not None:
-                    self._previous[name] = now  # the released lease names the holder's last checkpoint
-                return
-            if now.holder != lease.holder or now.beat != lease.beat:
-                raise self._locked(name, destination, now)
-        logger.info("Job %r: its earlier holder %s stopped refreshing its lease; taking over.", self.key, lease.holder)
-
-    def _locked(self, name: str, destination: Mapping[str, Any], lease: Lease) -> JobLockedError:
-        tracker = self.trackers[name]
-        where = tracker.run_url(destination) or destination.get("run_id", "?")
-        return JobLockedError(
-            f"Job {self.key!r} is already running as {lease.holder} (run {where}, lease refreshed "
-            f"{max(0.0, time.time() - lease.beat):.0f}s ago): stop it first, or start this one with another key."
-        )
-
-    def _claim(self) -> None:
-        """Tag each run with the key and take the lease; refuse if another job took it meanwhile."""
-        for name, jobs in self._jobs.items():
-            jobs.set_job_info(self.destinations[name], {"key": self.key, "lease": self._lease().to_json()})
-        # Two restarts that both found the lease free both write it: the last writer wins, the other sees it.
-        time.sleep(min(2.0, self.window / 10))
-        for name, tracker in self.trackers.items():
-            destination = self.destinations[name]
-            lease = self._read_lease(name, destination)
-            if lease is not None and lease.holder != self.holder and not lease.released:
-                raise self._locked(name, destination, lease)
-            winner = self._jobs[name].find_job(self.key)
-            if winner is not None and winner.get("run_id") != destination.get("run_id"):
-                # Two first starts created a run each: the earliest run keeps the key; end ours.
-                tracker.finish(success=False)
-                raise JobLockedError(
-                    f"Job {self.key!r} started twice at once: it runs in run {winner.get('run_id')}; this "
-                    f"start (run {destination.get('run_id')}) stops. Start one job per key."
-                )
-
     def _remote_state(self, base_name: str) -> ResumeState | None:
         """Download the newest complete checkpoint of the key's run; the state `restore` takes."""
         for name, tracker in self.trackers.items():
@@ -395,11 +292,11 @@ class JobResume:
             if not checkpoints:
                 continue
             newest = max(checkpoints, key=_order)
-            self._say_if_newer_was_deleted(self._previous.get(name), newest)
+            self._say_if_newer_was_deleted(self.lease.previous.get(name), newest)
             path = fetch_verified(tracker, newest)
             self.resumed_from = newest
             self._checkpoints = sorted((c for c in checkpoints if _order(c) <= _order(newest)), key=_order)
-            self._latest = _summary(newest.record)
+            self.lease.latest = checkpoint_summary(newest.record)  # until this job logs a newer one
             best = _best(self._checkpoints)
             record = newest.record
             logger.info(
@@ -446,49 +343,15 @@ class JobResume:
 
     def note_logged(self, record: CheckpointRecord) -> None:
         """A checkpoint is logged: the lease names it as the newest (written on the heartbeat thread)."""
-        if self._latest is None or record.step >= int(self._latest.get("step", -1)):
-            self._latest = _summary(record)
-            self._wake.set()
-
-    def _lease(self, released: bool = False) -> Lease:
-        return Lease(self.holder, time.time(), released, self._latest)
-
-    def _start_heartbeat(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name="tracked-ckpt-lease", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.window / 4)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            self._write_lease(released=False)
-
-    def _write_lease(self, released: bool) -> None:
-        for name, tracker in self.trackers.items():
-            try:
-                self._jobs[name].set_job_info(self.destinations[name], {"lease": self._lease(released).to_json()})
-            except Exception as exc:  # the lease only matters to a competing start: never stop training
-                if not self._warned:
-                    self._warned = True
-                    logger.warning("Could not refresh job %r's lease on %s: %s", self.key, tracker.display_name, exc)
+        self.lease.note_logged(record)
 
     def release(self, write: bool = True) -> None:
-        """Stop the heartbeat and release the key (the next start with it need not wait).
+        """Stop the lease's heartbeat and release the key (the next start with it need not wait).
 
         With `write=False` (the tracker stopped answering) the lease is left to expire
         after its window rather than written: writing would hang in the SDK's retries.
         """
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stop.set()
-        self._wake.set()
-        thread.join(timeout=10)  # a heartbeat stuck in a tracker call must not hold up the end of fit
-        if write:
-            self._write_lease(released=True)
+        self.lease.release(write)
 
 
 def _order(checkpoint: LoggedCheckpoint) -> tuple[int, int, bool]:
@@ -511,7 +374,3 @@ def _best(checkpoints: list[LoggedCheckpoint]) -> LoggedCheckpoint | None:
     """The best by the records' own monitor; the earliest of equals (`min` keeps the first)."""
     ranked = [c for c in sorted(checkpoints, key=_order) if c.record.value is not None]
     return min(ranked, key=lambda c: best_first(c.record)[:2]) if ranked else None
-
-
-def _summary(record: CheckpointRecord) -> dict[str, Any]:
-    return {"name": record.name, "epoch": record.epoch, "step": record.step}

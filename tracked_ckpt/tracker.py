@@ -19,6 +19,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tracked_ckpt.errors import ChecksumError as ChecksumError  # raised by `fetch`; importable from here too
+from tracked_ckpt.errors import TrackerError as TrackerError
 from tracked_ckpt.record import CheckpointRecord
 
 logger = logging.getLogger("tracked_ckpt")
@@ -31,23 +33,6 @@ _BUILTIN = {
     "mlflow": ("tracked_ckpt.integrations.mlflow:MlflowTracker", "mlflow"),
     "wandb": ("tracked_ckpt.integrations.wandb:WandbTracker", "wandb"),
 }
-
-
-class TrackerError(RuntimeError):
-    """A tracker could not do what was asked; the message says why and what to do."""
-
-
-class ChecksumError(RuntimeError):
-    """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged.
-
-    Example:
-        ```python
-        try:
-            tracked_ckpt.load_model("digits-classifier")
-        except ChecksumError as exc:
-            print(exc)
-        ```
-    """
 
 
 @dataclasses.dataclass(frozen=True)

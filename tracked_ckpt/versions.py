@@ -19,12 +19,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from tracked_ckpt import settings
+from tracked_ckpt.errors import UnsupportedVersionError as UnsupportedVersionError
 
 DISTRIBUTION = "tracked-ckpt"
-
-
-class UnsupportedVersionError(RuntimeError):
-    """An installed package is outside the range tracked-ckpt supports (one-line message)."""
 
 
 def check_supported(*packages: str, extra: str | None = None) -> None:

@@ -1,0 +1,85 @@
+"""The error classes of tracked-ckpt, in one family.
+
+Each derives from `TrackedCkptError`, so one `except TrackedCkptError` catches
+every failure of the library's own (a tracker that cannot do what was asked, a
+checksum mismatch, a job key held elsewhere, a missing package, an unsupported
+version); an invalid argument stays a plain `ValueError` or `TypeError`, as in
+Keras. Each also keeps the built-in base that says what kind of failure it is
+(`RuntimeError`, `ImportError`), so code catching those goes on catching them.
+
+This module is the bottom layer: it imports nothing from the package. Each error
+is still importable from the module that raises it (`tracked_ckpt.tracker`,
+`tracked_ckpt.resume`, `tracked_ckpt.requirements`, `tracked_ckpt.versions`) and
+keeps that module as its `__module__`, so tracebacks and pickles name it as they
+always did (`tracked_ckpt.versions.UnsupportedVersionError: ...`).
+
+Example:
+    >>> try:
+    ...     raise ChecksumError("digits-e0007: downloaded sha256 differs from the one recorded")
+    ... except TrackedCkptError as exc:
+    ...     print(type(exc).__name__, isinstance(exc, RuntimeError))
+    ChecksumError True
+"""
+
+from __future__ import annotations
+
+
+class TrackedCkptError(Exception):
+    """The base of every error class of tracked-ckpt: catch it to catch them all.
+
+    Example:
+        ```python
+        try:
+            tracked_ckpt.load_model("digits-classifier")
+        except tracked_ckpt.TrackedCkptError as exc:  # checksum, missing package, tracker, ...
+            print(exc)
+        ```
+    """
+
+
+class TrackerError(TrackedCkptError, RuntimeError):
+    """A tracker could not do what was asked; the message says why and what to do."""
+
+    __module__ = "tracked_ckpt.tracker"
+
+
+class ChecksumError(TrackedCkptError, RuntimeError):
+    """A downloaded checkpoint's bytes do not match the sha256 recorded when it was logged.
+
+    Example:
+        ```python
+        try:
+            tracked_ckpt.load_model("digits-classifier")
+        except ChecksumError as exc:
+            print(exc)
+        ```
+    """
+
+    __module__ = "tracked_ckpt.tracker"
+
+
+class JobLockedError(TrackedCkptError, RuntimeError):
+    """Another live job holds the job key; the message names it."""
+
+    __module__ = "tracked_ckpt.resume"
+
+
+class MissingRequirementError(TrackedCkptError, ImportError):
+    """A checkpoint's recorded requirements name a package this environment lacks.
+
+    Example:
+        >>> from tracked_ckpt.requirements import check_requirements
+        >>> try:
+        ...     check_requirements(["keras-hub==0.21.1"], "bert-e0003")  # as `tracked_ckpt.load_model` does
+        ... except MissingRequirementError as exc:
+        ...     print(exc)
+        bert-e0003 needs the package 'keras-hub', which is not installed: pip install 'keras-hub==0.21.1'
+    """
+
+    __module__ = "tracked_ckpt.requirements"
+
+
+class UnsupportedVersionError(TrackedCkptError, RuntimeError):
+    """An installed package is outside the range tracked-ckpt supports (one-line message)."""
+
+    __module__ = "tracked_ckpt.versions"
