@@ -1,0 +1,409 @@
+"""The registry side of the MLflow tracker: list, promote, resolve and fetch checkpoints; job keys.
+
+`MlflowRegistry` answers the registry helper and the CLI (`TrackerRegistry`:
+`list_checkpoints`, `promote_best`, `load_model`, ...) and resume by job key
+(`TrackerJobKeys`): checkpoints are read back from tracked LoggedModels
+(`search_logged_models`, ordered by a metric on the server) and promoted as
+versions of MLflow's Model Registry, whose tags copy the schema so that loading
+resolves in one request. A job key and its lease are tags of the job's run.
+
+A mixin of `MlflowTracker` (`tracked_ckpt.integrations.mlflow`), which holds the
+configuration, the clients and the runs it reads: the names declared below.
+Imported through that module, which checks the installed MLflow first.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
+
+import mlflow
+from mlflow.entities import LoggedModel, LoggedModelStatus, RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tracked_ckpt.files import safe_file_name
+from tracked_ckpt.integrations.mlflow_model import KERAS_DATA_DIR, schema_from_tags
+from tracked_ckpt.integrations.mlflow_store import (
+    check_tracking_uri,
+    model_id_from_source,
+    pages,
+    quote,
+    reachable,
+    relocated,
+    without_credentials,
+)
+from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
+from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError, TrackerJobKeys, TrackerRegistry
+
+logger = logging.getLogger("tracked_ckpt")
+
+JOB_KEY_TAG = "tracked_ckpt.job_key"  # run tags of resume="<job key>" (tracked_ckpt.resume)
+JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
+
+
+class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
+    """The registry and job-key side of `MlflowTracker`: checkpoints read back from the MLflow store."""
+
+    # What the tracker holds (its configuration and, `_scope_uri`, its runtime).
+    name: str
+    tracking_uri: str | None
+    experiment: str | None
+    run_id: str | None
+    _scope_uri: str | None
+
+    @abc.abstractmethod
+    def client(self, uri: str) -> MlflowClient:
+        """The tracker's client for a tracking URI."""
+
+    @abc.abstractmethod
+    def _resolve(self, destination: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The concrete run of a destination (a deferred start's, created once)."""
+
+    @abc.abstractmethod
+    def _experiment_id(self, client: MlflowClient) -> str:
+        """The id of the experiment the tracker's new runs go to."""
+
+    # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
+
+    @override
+    def scope(
+        self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A run or a whole experiment; default: `last`, the run the last `fit` in this process logged
+        to, else the run that logged the store's most recent checkpoint."""
+        uri = self.tracking_uri or mlflow.get_tracking_uri()
+        found = self._scope(uri, run_id, experiment, last)
+        self._scope_uri = found["tracking_uri"]
+        return found
+
+    def _scope(
+        self, uri: str, run_id: str | None, experiment: str | None, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        client = self.client(uri)
+        run_id = run_id or self.run_id
+        if run_id:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException as exc:
+                raise LookupError(
+                    f"MLflow run {run_id!r} not found at {uri}: check --run-id / MLFLOW_TRACKING_URI."
+                ) from exc
+            return {"tracking_uri": uri, "experiment_ids": [run.info.experiment_id], "run_id": run_id}
+        experiment = experiment or self.experiment
+        if experiment:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise LookupError(
+                    f"MLflow experiment {experiment!r} not found at {uri}: check the name or MLFLOW_TRACKING_URI."
+                )
+            return {"tracking_uri": uri, "experiment_ids": [found.experiment_id]}
+        if last is not None and "run_id" not in last:
+            raise LookupError(
+                "The last fit could not reach MLflow, so its checkpoints wait in the spool: run "
+                "`tracked-ckpt sync`, then pass run_id= or experiment=."
+            )
+        if last is not None:
+            return {
+                "tracking_uri": last["tracking_uri"],
+                "experiment_ids": [last["experiment_id"]],
+                "run_id": last["run_id"],
+            }
+        latest = self._latest_checkpoint_run(client)
+        if latest is None:
+            raise LookupError(
+                f"No checkpoints logged at {uri}: train with TrackedModelCheckpoint first, or pass run_id= or "
+                "experiment= (and check MLFLOW_TRACKING_URI)."
+            )
+        logger.info("Looking in run %s, the most recent run with checkpoints at %s.", latest, uri)
+        return self._scope(uri, latest, None)
+
+    @staticmethod
+    def _latest_checkpoint_run(client: MlflowClient) -> str | None:
+        """The run that logged the store's most recent tracked checkpoint (two requests, for up to 1000 experiments)."""
+        experiment_ids = [e.experiment_id for page in pages(client.search_experiments) for e in page]
+        if not experiment_ids:
+            return None
+        found = client.search_logged_models(
+            experiment_ids=experiment_ids,
+            filter_string=f"tags.`{TAG_PREFIX}sha256` LIKE '%'",
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+            max_results=1,
+        )
+        return found[0].source_run_id if found else None
+
+    @override
+    def search_checkpoints(
+        self,
+        scope: Mapping[str, Any],
+        *,
+        where: Mapping[str, Any] | None = None,
+        order_by: tuple[str, str] | None = None,
+        max_results: int | None = None,
+    ) -> list[LoggedCheckpoint]:
+        """Tracked LoggedModels of a scope; ordering by a metric happens on the server."""
+        client = self.client(scope["tracking_uri"])
+        # Only finished checkpoints: a LoggedModel a killed upload left PENDING is not offered
+        # (nor promoted) until `tracked-ckpt sync` completes it. The store compares the status
+        # column, which holds the enum's number.
+        clauses = [f"tags.`{TAG_PREFIX}sha256` LIKE '%'", f"status = '{LoggedModelStatus.READY.to_int()}'"]
+        if scope.get("run_id"):
+            clauses.append(f"source_run_id = '{quote(scope['run_id'])}'")
+        for key, value in (where or {}).items():
+            if key == "name":
+                clauses.append(f"name LIKE '{quote(str(value))}-e%'")
+            else:
+                clauses.append(f"tags.`{TAG_PREFIX}{key}` = '{quote(format_value(value))}'")
+        order = None
+        if order_by is not None:
+            metric, mode = order_by
+            # Ties go to the earliest checkpoint, the one that first reached the value (as is_best does).
+            order = [
+                {"field_name": f"metrics.{metric}", "ascending": mode == "min"},
+                {"field_name": "creation_timestamp", "ascending": True},
+            ]
+        found: list[LoggedModel] = []
+        for page in pages(
+            client.search_logged_models,
+            experiment_ids=list(scope["experiment_ids"]),
+            filter_string=" AND ".join(clauses),
+            order_by=order,
+            max_results=max_results or 1000,
+        ):
+            found.extend(m for m in page if m.status == LoggedModelStatus.READY)
+            if max_results is not None and len(found) >= max_results:
+                break
+        return [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
+
+    @override
+    def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
+        """The checkpoint `registered_name@alias` points at, or None."""
+        client = self.client(self._registry_uri())
+        try:
+            version = client.get_model_version_by_alias(registered_name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return self._version_checkpoint(client, version)
+
+    @override
+    def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
+        """Register the checkpoint's LoggedModel (once) and move `alias` onto that version."""
+        # In the registry of the store the checkpoint lives in (the last fit's server, say).
+        client = self.client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
+        source = f"models:/{checkpoint.id}"
+        try:
+            client.create_registered_model(registered_name, description="Promoted by tracked-ckpt")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        existing = [
+            v
+            for v in client.search_model_versions(
+                f"name = '{quote(registered_name)}' AND run_id = '{quote(checkpoint.run_id)}'"
+            )
+            if v.source == source
+        ]
+        if existing:
+            version = str(min(int(v.version) for v in existing))
+        else:
+            tags = {TAG_PREFIX + k: v for k, v in checkpoint.record.string_metadata().items()}
+            tags[TAG_PREFIX + "name"] = checkpoint.record.name
+            created = client.create_model_version(
+                registered_name,
+                source=source,
+                run_id=checkpoint.run_id,
+                tags=tags,
+                model_id=checkpoint.id,
+                description=checkpoint.record.summary(),  # the tags are for machines; this line is for people
+            )
+            version = str(created.version)
+        try:
+            client.set_registered_model_alias(registered_name, alias, version)
+        except MlflowException:
+            # MLflow's SQL store sets an alias by look-up-then-insert: when jobs of a sweep
+            # promote at the same moment, all but one insert a duplicate and fail. The alias
+            # exists now, so a second call updates it.
+            client.set_registered_model_alias(registered_name, alias, version)
+        return version
+
+    @override
+    def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """The checkpoint behind `registered_name@alias` or `registered_name/version`."""
+        client = self.client(self._registry_uri())
+        try:
+            if alias is not None:
+                mv = client.get_model_version_by_alias(registered_name, alias)
+            elif version is not None:
+                mv = client.get_model_version(registered_name, str(version))
+            else:
+                raise ValueError("Pass alias= or version=.")
+        except MlflowException as exc:
+            what = f"alias {alias!r}" if alias is not None else f"version {version}"
+            raise LookupError(
+                f"Registered model {registered_name!r} has no {what} at {client.tracking_uri}: "
+                f"promote a checkpoint first (tracked-ckpt promote {registered_name}) or check the name."
+            ) from exc
+        found = self._version_checkpoint(client, mv)
+        if found is None:
+            raise LookupError(
+                f"{registered_name} version {mv.version} was not registered by tracked-ckpt "
+                f"(source {mv.source}): load it with mlflow.keras.load_model instead."
+            )
+        return found
+
+    @override
+    def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """`resolve` in one request, for loading: the record from the registered version's tags.
+
+        `register()` copied the schema there; the LoggedModel (metrics, location)
+        is read only on a cache miss, by `fetch`. The downloaded bytes are still
+        checked against the recorded sha256.
+        """
+        client = self.client(self._registry_uri())
+        try:
+            mv = (
+                client.get_model_version_by_alias(registered_name, alias)
+                if alias is not None
+                else client.get_model_version(registered_name, str(version))
+                if version is not None
+                else None
+            )
+        except MlflowException:
+            mv = None  # resolve() says what is missing
+        model_id = model_id_from_source(getattr(mv, "source", None))
+        tags = getattr(mv, "tags", None) or {}
+        if mv is None or model_id is None or TAG_PREFIX + "sha256" not in tags:
+            return self.resolve(registered_name, alias=alias, version=version)
+        metadata = schema_from_tags(tags)
+        name = metadata.pop("name", "")
+        return LoggedCheckpoint(
+            id=model_id,
+            run_id=mv.run_id or "",
+            record=CheckpointRecord.from_metadata(metadata, name=name),
+            tracker=self.name,
+            location="",
+            aliases=tuple(mv.aliases or ()),
+            extra={"tracking_uri": client.tracking_uri, "version": str(mv.version), "registered_name": mv.name},
+        )
+
+    @override
+    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
+        """Download just the checkpoint file of a LoggedModel into `directory`."""
+        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
+        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
+        relative = (
+            f"{KERAS_DATA_DIR}/model.keras"
+            if checkpoint.record.format == "keras"
+            else safe_file_name(os.path.basename(checkpoint.record.filepath))
+        )
+        # tracked-ckpt shows its own bar (only on a terminal); MLflow's would print into logs too.
+        previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            return mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{relocated(location, tracking_uri).rstrip('/')}/{relative}",
+                dst_path=directory,
+                tracking_uri=tracking_uri,
+            )
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+    def _registry_uri(self) -> str:
+        """This tracker's URI, else the store `scope()` last looked in, else MLflow's default."""
+        return self.tracking_uri or self._scope_uri or mlflow.get_tracking_uri()
+
+    def _version_checkpoint(self, client: MlflowClient, version: ModelVersion) -> LoggedCheckpoint | None:
+        model_id = model_id_from_source(version.source)
+        if model_id is None:
+            return None
+        try:
+            model = client.get_logged_model(model_id)
+        except MlflowException:
+            return None
+        found = self._checkpoint(model, tracking_uri=client.tracking_uri)
+        return dataclasses.replace(
+            found,
+            aliases=tuple(version.aliases or ()),
+            extra={**found.extra, "version": str(version.version), "registered_name": version.name},
+        )
+
+    def _checkpoint(self, model: LoggedModel, tracking_uri: str | None = None) -> LoggedCheckpoint:
+        metadata = schema_from_tags(model.tags)
+        metrics: dict[str, float] = {}
+        for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
+            metrics[metric.key] = metric.value  # the latest value wins, as in MLflow's ordering
+        record = CheckpointRecord.from_metadata(metadata, name=model.name, metrics=metrics)
+        return LoggedCheckpoint(
+            id=model.model_id,
+            run_id=model.source_run_id or "",
+            record=record,
+            tracker=self.name,
+            location=model.artifact_location,
+            extra={
+                "tracking_uri": tracking_uri or self.tracking_uri or mlflow.get_tracking_uri(),
+                "status": str(model.status),
+            },
+        )
+
+    # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
+
+    @override
+    def find_job(self, job_key: str) -> dict[str, Any] | None:
+        """The run of this tracker's experiment tagged with `job_key` (the earliest), as a destination."""
+        uri = self.tracking_uri or mlflow.get_tracking_uri()
+        check_tracking_uri(uri)
+        if not reachable(uri):
+            raise TrackerError(f"MLflow at {without_credentials(uri)} is unreachable")
+        client = self.client(uri)
+        active = mlflow.active_run() if self.tracking_uri is None else None
+        experiment_id = active.info.experiment_id if active is not None else self._experiment_id(client)
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{JOB_KEY_TAG}` = '{quote(job_key)}'", max_results=100
+        )
+        if not runs:
+            return None
+        run = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        return {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id, "owned": True}
+
+    @override
+    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
+        """The run's job key and lease tags."""
+        destination = self._resolve(destination)
+        tags = self.client(destination["tracking_uri"]).get_run(destination["run_id"]).data.tags
+        return {name: tags[tag] for name, tag in JOB_TAGS.items() if tag in tags}
+
+    @override
+    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
+        """Set the run's job key and lease tags (one call)."""
+        destination = self._resolve(destination)
+        self.client(destination["tracking_uri"]).log_batch(
+            destination["run_id"], tags=[RunTag(JOB_TAGS[name], value) for name, value in values.items()]
+        )
+
+    @override
+    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
+        """The run's READY LoggedModels (interrupted uploads stay PENDING and are skipped)."""
+        destination = self._resolve(destination)
+        scope = {
+            "tracking_uri": destination["tracking_uri"],
+            "experiment_ids": [destination["experiment_id"]],
+            "run_id": destination["run_id"],
+        }
+        found = self.search_checkpoints(scope, where={"name": name} if name else None)
+        return [c for c in found if c.extra.get("status") == str(LoggedModelStatus.READY)]

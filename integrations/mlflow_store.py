@@ -1,0 +1,159 @@
+"""The MLflow store as the MLflow tracker reaches it: tracking URIs, artifact locations, paged searches.
+
+Owns what is about the store and not about a run or a checkpoint: which
+tracking URIs are accepted, whether a server answers, URIs made fit to print or
+to probe, the artifact repository of a location (and a local store's moved
+folders), paged searches and quoted filter values, the model id of a
+`models:/` URI, and the process-wide cache of experiment ids, shared by the
+trackers of every fit in this process.
+
+Imported through `tracked_ckpt.integrations.mlflow`, which checks the installed
+MLflow before anything imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from mlflow.entities import Experiment
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+from tracked_ckpt.tracker import TrackerError
+
+# Experiment ids by (tracking URI, name), shared by the trackers of every fit in this process.
+_EXPERIMENT_IDS: dict[tuple[str, str, str], str] = {}
+_EXPERIMENTS_LOCK = threading.Lock()
+
+
+# -- tracking URIs ----------------------------------------------------------------------------
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """Refuse a file store (which MLflow >= 3.13 refuses) in one line naming the alternatives."""
+    if uri and (uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))):
+        raise TrackerError(
+            f"Tracking URI {uri!r} is a file store, which MLflow >= 3.13 refuses: use a database "
+            "such as 'sqlite:///mlflow.db' or a server such as 'http://127.0.0.1:5000'."
+        )
+
+
+def without_credentials(uri: str) -> str:
+    """An HTTP URI without user, password, query or trailing slash (never printed or probed with them)."""
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
+
+
+def reachable(uri: str, timeout: float = 5.0) -> bool:
+    """False only when an HTTP tracking server cannot be connected to at all."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        urllib.request.urlopen(without_credentials(uri) + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # something answered (auth, proxy): let MLflow report the details
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+# -- artifacts --------------------------------------------------------------------------------
+
+
+def artifact_repository(client: MlflowClient, artifact_location: str) -> ArtifactRepository:
+    """The artifact repository of a location, as `MlflowClient` builds it for a LoggedModel."""
+    uri = add_databricks_profile_info_to_artifact_uri(artifact_location, client.tracking_uri)
+    return get_artifact_repository(uri, tracking_uri=client.tracking_uri)
+
+
+def relocated(location: str, tracking_uri: str) -> str:
+    """A local artifact folder of an embedded store that was moved (`mlflow.db` + `mlruns/` copied
+    elsewhere, e.g. a volume mounted at another path): the same folder under the database's folder.
+
+    The store keeps absolute artifact paths; they point into the old folder after a move.
+    """
+    path = location[len("file://") :] if location.startswith("file://") else location
+    if not tracking_uri.startswith("sqlite:///") or "://" in path or not os.path.isabs(path) or os.path.exists(path):
+        return location
+    root = os.path.dirname(os.path.abspath(tracking_uri[len("sqlite:///") :]))
+    parts = path.strip(os.sep).split(os.sep)
+    for start in range(1, len(parts)):
+        candidate = os.path.join(root, *parts[start:])
+        if os.path.isdir(candidate):
+            return candidate
+    return location
+
+
+def model_id_from_source(source: str | None) -> str | None:
+    """`ModelVersion.model_id` is None on the open-source registry: the id is in `source`."""
+    if source and source.startswith("models:/m-") and "/" not in source[len("models:/") :]:
+        return source[len("models:/") :]
+    return None
+
+
+# -- searches ---------------------------------------------------------------------------------
+
+
+def pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """The pages of a paged MLflow search, one request each, as they are read (`page_token` in, `.token` out)."""
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        yield page
+        token = page.token
+        if not token:
+            return
+
+
+def quote(value: str) -> str:
+    """A value for a single-quoted string of an MLflow filter."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+# -- experiments ------------------------------------------------------------------------------
+
+
+def cached_experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name` in the client's store, looked up (or created) once per process and store."""
+    key = _experiment_key(client, name)
+    with _EXPERIMENTS_LOCK:
+        known = _EXPERIMENT_IDS.get(key)
+    if known is not None:
+        return known  # many short fits in one process (a sweep): one request less per fit
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        found = experiment.experiment_id
+    else:
+        try:
+            found = client.create_experiment(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # Jobs of a sweep starting together: another one created it since we looked.
+            created: Experiment | None = client.get_experiment_by_name(name)
+            if created is None:  # and deleted since: the creation's error says it
+                raise
+            found = created.experiment_id
+    with _EXPERIMENTS_LOCK:
+        _EXPERIMENT_IDS[key] = found
+    return found
+
+
+def forget_experiment_id(client: MlflowClient, name: str | None) -> bool:
+    """Drop a cached experiment id (the experiment was deleted); True if one was cached."""
+    with _EXPERIMENTS_LOCK:
+        return _EXPERIMENT_IDS.pop(_experiment_key(client, name), None) is not None
+
+
+def _experiment_key(client: MlflowClient, name: str | None) -> tuple[str, str, str]:
+    # The working directory too: a relative sqlite URI names another database in another folder.
+    return str(getattr(client, "tracking_uri", "")), os.getcwd(), str(name)

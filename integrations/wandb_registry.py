@@ -1,0 +1,488 @@
+"""The registry side of the W&B tracker: list, promote, resolve and fetch checkpoints; job keys.
+
+`WandbRegistry` answers the registry helper (`promote_best`,
+`list_checkpoints`, `load_model`, ...; `tracker="wandb"`): a checkpoint's id is
+its version's full name `entity/project/collection:vN`; promoting links that
+version into the Registry collection `wandb-registry-model/<registered name>`
+(once; promoting it again only moves the alias) with the alias, e.g.
+`champion`. W&B has no server-side search or ordering over metadata, so a
+scope's versions are fetched once and ranked here: a run costs two calls
+whatever its number of checkpoints, a project one call per collection. All of
+it needs the W&B server: an offline run must be `wandb sync`ed first.
+
+It also answers resume by job key (`TrackerJobKeys`): a job's run id derives
+from its key, and the key and its lease live in the run's summary.
+
+Remote reads and edits go through the public `wandb.Api` only, the one given
+as `api=` (another client with its surface, e.g. a test double) or one made
+from the environment (`WandbRegistry.api`, which `delete_checkpoint` uses too).
+
+A mixin of `WandbTracker` (`tracked_ckpt.integrations.wandb`), which holds the
+configuration, the lock and the live runs: the names declared below. Imported
+through that module, which checks the installed W&B first.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
+
+import wandb
+import wandb.apis.public
+import wandb.errors
+
+from tracked_ckpt.integrations.wandb_schema import (
+    ARTIFACT_TYPE,
+    base_of_collection,
+    is_tracked,
+    job_run_id,
+    metadata_matches,
+    record_from_metadata,
+    run_id_of,
+    version_number,
+    version_ref,
+)
+from tracked_ckpt.record import best_first
+from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError, TrackerJobKeys, TrackerRegistry
+
+logger = logging.getLogger("tracked_ckpt")
+
+# What `wandb.Api().run` raises for a run that does not exist (wrapped in a CommError); W&B
+# versions before the class raised a bare ValueError, recognised by its message.
+_RunNotFoundError: type[Exception] | None = getattr(wandb.apis.public, "RunNotFoundError", None)
+
+#: Registry projects are named `wandb-registry-<registry>`.
+REGISTRY_PREFIX = "wandb-registry-"
+JOB_SUMMARY_KEYS = {"key": "tracked_ckpt_job_key", "lease": "tracked_ckpt_job_lease"}  # tracked_ckpt.resume
+
+
+class WandbRegistry(TrackerRegistry, TrackerJobKeys):
+    """The registry and job-key side of `WandbTracker`: checkpoints read back through `wandb.Api`."""
+
+    # What the tracker holds (its configuration and, `_api` and `_lock`, its runtime).
+    name: str
+    project: str | None
+    entity: str | None
+    run_id: str | None
+    mode: str | None
+    dir: str | None
+    registry: str
+    _api: Any
+    _lock: threading.RLock
+
+    @abc.abstractmethod
+    def _run_for(self, destination: Mapping[str, Any]) -> Any:
+        """The live run for a destination (the one from `start`, the active one, or resumed)."""
+
+    # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
+    #
+    # W&B has no server-side search over artifact metadata and no ordering by a metadata
+    # value, so a scope's versions are fetched once and filtered and ranked here. A run
+    # scope costs two calls (the run, then its logged versions, 100 per page) whatever the
+    # number of checkpoints; a project scope costs one call per "model" collection.
+
+    @property
+    def api(self) -> Any:
+        """The `wandb.Api` for remote operations (the one passed in, else `wandb.Api()` on first use).
+
+        Raises:
+            TrackerError: W&B is in offline or disabled mode, or no API key is configured.
+        """
+        with self._lock:
+            if self._api is None:
+                self._api = self._new_api()
+            return self._api
+
+    @override
+    def scope(
+        self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A run's checkpoints or a whole project's.
+
+        Args:
+            run_id: a run id (its project from `experiment`, the tracker's `project`,
+                the last fit's destination or `WANDB_PROJECT`), or "project/run id",
+                or "entity/project/run id".
+            experiment: a W&B project ("project" or "entity/project"): alone, every
+                tracked-ckpt checkpoint of the project's "model" collections.
+
+        Default: the tracker's `run_id`, else the run the last `fit` in this process
+        logged to, else the whole project (the tracker's `project`, else `WANDB_PROJECT`).
+
+        Raises:
+            LookupError: nothing names a run or project.
+            TrackerError: the default run was logged offline or disabled, so the W&B
+                server does not have it (`wandb sync` it, then pass `run_id=`).
+        """
+        if run_id:
+            return self._run_scope(run_id, experiment, last)
+        if experiment:
+            return self._project_scope(experiment)
+        if self.run_id:
+            return self._run_scope(self.run_id, self.project, last)
+        if last is not None:
+            mode = last.get("mode")
+            if mode == "offline":
+                wandb_dir = self.dir or os.environ.get("WANDB_DIR") or "."
+                pattern = os.path.join(wandb_dir, "wandb", f"offline-run-*-{last['run_id']}")
+                raise TrackerError(
+                    f"The last fit logged to W&B offline (run {last['run_id']}), so the W&B server does "
+                    f"not have its checkpoints yet: run `wandb sync {pattern}` first and use online mode, "
+                    f"then pass run_id='{last.get('project') or '<project>'}/{last['run_id']}'."
+                )
+            if mode == "disabled":
+                raise TrackerError(
+                    "The last fit ran with W&B disabled (WANDB_MODE=disabled), so nothing was logged: "
+                    "train in online mode, or pass run_id= / experiment= for a logged run."
+                )
+            scope = {"project": last.get("project") or "", "run_id": last["run_id"]}
+            if last.get("entity"):
+                scope = {"entity": last["entity"], **scope}
+            return scope
+        project = self.project or os.environ.get("WANDB_PROJECT")
+        if project:
+            return self._project_scope(project)
+        raise LookupError(
+            "No W&B run to look in: pass run_id= (e.g. 'my-project/1a2b3c4d') or experiment='my-project', "
+            "or set WANDB_PROJECT (no fit has logged to W&B in this process)."
+        )
+
+    @override
+    def search_checkpoints(
+        self,
+        scope: Mapping[str, Any],
+        *,
+        where: Mapping[str, Any] | None = None,
+        order_by: tuple[str, str] | None = None,
+        max_results: int | None = None,
+    ) -> list[LoggedCheckpoint]:
+        """Tracked checkpoints of a scope matching `where`, oldest first or best first by `order_by`.
+
+        W&B cannot filter or order versions by metadata on the server, so this
+        fetches the scope's versions once (a run: two calls; a project: one per
+        "model" collection) and filters and ranks them here. Checkpoints without
+        the metric rank last.
+        """
+        wanted = dict(where or {})
+        base = wanted.pop("name", None)
+        found = []
+        for artifact in self._scope_versions(scope, base):
+            if getattr(artifact, "state", "COMMITTED") != "COMMITTED":
+                continue  # still uploading (or deleted): never offered as a checkpoint
+            checkpoint = self._checkpoint(artifact, scope.get("run_id"))
+            if checkpoint is None or (base is not None and checkpoint.extra["base"] != base):
+                continue
+            if all(metadata_matches(artifact.metadata.get(k), v) for k, v in wanted.items()):
+                found.append(checkpoint)
+        found.sort(key=lambda c: (c.run_id, c.record.step, version_number(c.id.rpartition(":")[2])))
+        if order_by is not None:
+            metric, mode = order_by
+            # Stable: among equal values the order above stands (the ranking's step tie-break is per run).
+            found.sort(key=lambda c: best_first(c.record, metric, mode)[:2])
+        return found if max_results is None else found[:max_results]
+
+    @override
+    def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
+        """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
+        path = f"{self._registry_collection(registered_name)}:{alias}"
+        api = self.api
+        if not api.artifact_exists(path, type=ARTIFACT_TYPE):
+            return None
+        return self._linked_checkpoint(api.artifact(path, type=ARTIFACT_TYPE), registered_name)
+
+    @override
+    def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
+        """Link the checkpoint's version into the Registry collection (once) and move `alias` onto it.
+
+        A version already linked into the collection is not linked again: the
+        alias moves onto its existing link. Returns the Registry version, e.g. "v0".
+        """
+        api = self.api
+        target = self._registry_collection(registered_name)
+        source = api.artifact(checkpoint.id, type=ARTIFACT_TYPE)
+        project = REGISTRY_PREFIX + self.registry
+        existing = [
+            link
+            for link in source.linked_artifacts
+            if link.project == project and link.name.split(":")[0] == registered_name
+        ]
+        if existing:
+            version = min((link.version for link in existing), key=version_number)
+            linked = api.artifact(f"{target}:{version}", type=ARTIFACT_TYPE)
+            if alias not in linked.aliases:
+                # W&B takes the alias off the collection's version that held it.
+                linked.aliases = [*linked.aliases, alias]
+                linked.save()
+            return str(version)
+        return str(source.link(target, aliases=[alias]).version)
+
+    @override
+    def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """The checkpoint behind `registered_name` at `alias`, or at `version` ("v3", "3" or 3).
+
+        Raises:
+            LookupError: the Registry collection, alias or version does not exist, or
+                its version was not logged by tracked-ckpt.
+        """
+        if alias is not None:
+            ref, what = alias, f"alias {alias!r}"
+        elif version is not None:
+            ref, what = version_ref(version), f"version {version}"
+        else:
+            raise ValueError("Pass alias= or version=.")
+        collection = self._registry_collection(registered_name)
+        api = self.api
+        if not api.artifact_exists(f"{collection}:{ref}", type=ARTIFACT_TYPE):
+            raise LookupError(
+                f"Registered model {registered_name!r} has no {what} in the W&B Registry ({collection}): "
+                f"promote a checkpoint first (tracked-ckpt promote {registered_name} --tracker wandb) "
+                "or check the name."
+            )
+        linked = api.artifact(f"{collection}:{ref}", type=ARTIFACT_TYPE)
+        found = self._linked_checkpoint(linked, registered_name)
+        if found is None:
+            raise LookupError(
+                f"{collection}:{ref} ({linked.source_qualified_name}) was not logged by tracked-ckpt: "
+                "download it with wandb.Api().artifact(...).download() instead."
+            )
+        return found
+
+    @override
+    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
+        """Download the checkpoint's file into `directory` (through its Registry link if it has one)."""
+        ref = checkpoint.extra.get("registry_path") or checkpoint.id
+        return str(os.fspath(self.api.artifact(ref, type=ARTIFACT_TYPE).file(directory)))
+
+    # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
+    #
+    # A job's run id derives from its key, so a restarted job finds (or, the first time,
+    # creates) its run with `wandb.init(id=..., resume="allow")`; the key and the lease live
+    # in the run's summary. Reading them back, and the run's versions, needs the W&B server.
+
+    @override
+    def find_job(self, job_key: str) -> dict[str, Any]:
+        """The destination of the job's run: id derived from the key (the run may not exist yet)."""
+        mode = self.mode or os.environ.get("WANDB_MODE") or "online"
+        return {
+            "run_id": job_run_id(job_key),
+            "project": self.project or os.environ.get("WANDB_PROJECT") or "",
+            "entity": self.entity or os.environ.get("WANDB_ENTITY") or "",
+            "mode": "offline" if mode == "dryrun" else mode,
+        }
+
+    @override
+    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
+        """The job key and lease in the run's summary on the server ({} offline, or before the run exists)."""
+        run = self._server_run(destination)
+        if run is None:
+            return {}
+        summary = run.summary
+        return {name: str(summary[key]) for name, key in JOB_SUMMARY_KEYS.items() if summary.get(key) is not None}
+
+    @override
+    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
+        """Write the job key and lease into the live run's summary."""
+        if destination.get("mode") == "disabled":
+            return
+        with self._lock:
+            run = self._run_for(destination)
+        run.summary.update({JOB_SUMMARY_KEYS[name]: value for name, value in values.items()})
+
+    @override
+    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
+        """The versions the run logged (its collection's; [] offline or before the run exists)."""
+        if self._server_run(destination) is None:
+            return []
+        scope = self._run_scope(
+            "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p),
+            None,
+            destination,
+        )
+        return self.search_checkpoints(scope, where={"name": name} if name else None)
+
+    def _server_run(self, destination: Mapping[str, Any]) -> Any:
+        """The run as the W&B server has it now, or None (offline, disabled, not created yet)."""
+        if destination.get("mode") != "online":
+            logger.debug(
+                "W&B run %s is %s: the server cannot be asked about it.",
+                destination.get("run_id"),
+                destination.get("mode"),
+            )
+            return None
+        api = self.api
+        api.flush()  # the Api caches runs; the lease must be read fresh
+        path = "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p)
+        try:
+            return api.run(path)
+        except (wandb.errors.CommError, ValueError) as exc:  # ValueError: unwrapped when WANDB_DEBUG is set
+            if _not_found(exc):
+                return None
+            # Not "no such run": answering "no run" would make a restarted job start over.
+            raise _no_answer(f"run {path}", exc) from exc
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _new_api(self) -> Any:
+        mode = self.mode or os.environ.get("WANDB_MODE") or "online"
+        if mode in ("offline", "dryrun", "disabled"):
+            raise TrackerError(
+                f"W&B is in {mode} mode (WANDB_MODE or mode=), and listing, promoting, loading or "
+                "deleting checkpoints needs the W&B server: run `wandb sync <offline run dir>` first "
+                "and use online mode (unset WANDB_MODE or pass WandbTracker(mode='online'))."
+            )
+        overrides = {k: v for k, v in (("entity", self.entity), ("project", self.project)) if v}
+        try:
+            return wandb.Api(overrides=overrides)
+        except wandb.errors.UsageError as exc:
+            raise TrackerError(f"Cannot use the W&B API: {exc} (or set WANDB_API_KEY).") from exc
+
+    def _run_scope(self, run_id: str, project: str | None, last: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        parts = run_id.strip("/").split("/")
+        if len(parts) > 3 or not all(parts):
+            raise ValueError(f"Invalid W&B run {run_id!r}: use 'run id', 'project/run id' or 'entity/project/run id'.")
+        run = parts[-1]
+        last = last or {}
+        same_run = last.get("run_id") == run
+        if len(parts) >= 2:
+            project = parts[-2]
+        project_entity = ""
+        if project and "/" in project:
+            project_entity, _, project = project.rpartition("/")
+        project = (
+            project or self.project or (last.get("project") if same_run else None) or os.environ.get("WANDB_PROJECT")
+        )
+        if not project:
+            raise LookupError(f"W&B run ids are per project: pass run_id='<project>/{run}' or experiment='<project>'.")
+        entity = (
+            (parts[0] if len(parts) == 3 else "")
+            or project_entity
+            or self.entity
+            or (last.get("entity") if same_run else None)
+            or os.environ.get("WANDB_ENTITY")
+            or ""
+        )
+        scope = {"project": project, "run_id": run}
+        return {"entity": entity, **scope} if entity else scope
+
+    def _project_scope(self, experiment: str) -> dict[str, Any]:
+        entity, _, project = experiment.strip("/").rpartition("/")
+        entity = entity or self.entity or os.environ.get("WANDB_ENTITY") or ""
+        return {"entity": entity, "project": project} if entity else {"project": project}
+
+    def _scope_versions(self, scope: Mapping[str, Any], base: str | None) -> list[Any]:
+        api = self.api
+        where = "/".join(p for p in (scope.get("entity"), scope["project"]) if p)
+        if scope.get("run_id"):
+            path = f"{where}/{scope['run_id']}"
+            try:
+                run = api.run(path)
+            except (wandb.errors.CommError, ValueError) as exc:  # ValueError: unwrapped when WANDB_DEBUG is set
+                if not _not_found(exc):  # a server that is down is not a missing run
+                    raise _no_answer(f"run {path}", exc) from exc
+                raise LookupError(
+                    f"W&B run {path} not found ({exc}): check run_id, the project (experiment=) and "
+                    "WANDB_ENTITY; an offline run needs `wandb sync` first."
+                ) from exc
+            return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE]
+        try:
+            collections = [
+                c
+                for c in api.artifact_collections(where, ARTIFACT_TYPE)
+                if base is None or c.name.startswith(base + "-")
+            ]
+        except (wandb.errors.CommError, ValueError) as exc:
+            # A ValueError is W&B's answer "no such project" (or no collection to parse); else it did not answer.
+            if not isinstance(_cause(exc), ValueError):
+                raise _no_answer(f"project {where}", exc) from exc
+            raise LookupError(
+                f"W&B project {where} has no {ARTIFACT_TYPE!r} artifacts ({exc}): check the project "
+                "name and WANDB_ENTITY."
+            ) from exc
+        versions = []
+        for collection in collections:
+            path = f"{collection.entity}/{collection.project}/{collection.name}"
+            versions.extend(api.artifacts(ARTIFACT_TYPE, path))
+        return versions
+
+    def _checkpoint(self, artifact: Any, run_id: str | None = None) -> LoggedCheckpoint | None:
+        """A logged version (or a Registry link, mapped to its source) as a checkpoint; None if not ours."""
+        metadata = artifact.metadata or {}
+        if not is_tracked(metadata):
+            return None
+        collection = artifact.source_name.split(":")[0]
+        run_id = run_id or run_id_of(metadata, collection)
+        base = base_of_collection(collection, run_id)
+        try:
+            record = record_from_metadata(metadata, base)
+        except (TypeError, ValueError):
+            return None
+        source = artifact.source_qualified_name
+        return LoggedCheckpoint(
+            id=source,
+            run_id=run_id,
+            record=record,
+            tracker=self.name,
+            location=source,
+            aliases=tuple(a for a in artifact.aliases if not re.fullmatch(r"v\d+", a)),
+            extra={"base": base, "collection": source.split(":")[0]},
+        )
+
+    def _linked_checkpoint(self, linked: Any, registered_name: str) -> LoggedCheckpoint | None:
+        found = self._checkpoint(linked)
+        if found is None:
+            return None
+        return dataclasses.replace(
+            found,
+            extra={
+                **found.extra,
+                "version": linked.version,
+                "registered_name": registered_name,
+                "registry_path": f"{self._registry_collection(registered_name)}:{linked.version}",
+            },
+        )
+
+    def _registry_collection(self, registered_name: str) -> str:
+        if not registered_name or any(c in registered_name for c in "/:"):
+            raise ValueError(
+                f"Invalid registered model name {registered_name!r}: a W&B Registry collection name "
+                "has no '/' or ':' (e.g. 'digits-classifier')."
+            )
+        return f"{REGISTRY_PREFIX}{self.registry}/{registered_name}"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _cause(exc: Exception) -> BaseException:
+    """The error inside a `wandb.errors.CommError` (`wandb.Api` wraps what its code raised), or `exc`."""
+    return getattr(exc, "exc", None) or exc
+
+
+def _no_answer(what: str, exc: Exception) -> TrackerError:
+    """A W&B read that failed without an answer (not "no such thing"): one line, and what to do."""
+    return TrackerError(f"Cannot read W&B {what}: {exc}. Try again once W&B answers.")
+
+
+def _not_found(exc: Exception) -> bool:
+    """Whether a W&B API error means "no such run".
+
+    W&B raises `RunNotFoundError` (0.31; a bare ValueError "Could not find run ..." in the
+    versions before it had the class), which `wandb.Api` wraps in a CommError. Other
+    ValueErrors (a garbled JSON answer) are not it.
+    """
+    cause = _cause(exc)
+    if _RunNotFoundError is not None:
+        return isinstance(cause, _RunNotFoundError)
+    return isinstance(cause, ValueError) and "Could not find run" in str(cause)
