@@ -46,8 +46,8 @@ from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt import callback as callback_module
 from tracked_ckpt import publisher as publisher_module
 from tracked_ckpt.files import sha256_file
-from tracked_ckpt.integrations import mlflow as mlflow_integration
 from tracked_ckpt.integrations.mlflow import MlflowTracker
+from tracked_ckpt.integrations.mlflow_store import model_id_from_source
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord
 from tracked_ckpt.registry import LoggedCheckpoint
 from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV
@@ -228,7 +228,7 @@ def resolve_from_version_tags(self, registered_name, *, alias, version):
         if alias is not None
         else client.get_model_version(registered_name, str(version))
     )
-    model_id = mlflow_integration._model_id_from_source(mv.source)
+    model_id = model_id_from_source(mv.source)
     tags = mv.tags or {}
     if model_id is None or TAG_PREFIX + "sha256" not in tags:
         return PROPOSED_FALLBACK(self, registered_name, alias=alias, version=version)

@@ -65,7 +65,6 @@ from tracked_ckpt.integrations.mlflow_store import (
     cached_experiment_id,
     check_tracking_uri,
     forget_experiment_id,
-    model_id_from_source,
     pages,
     quote,
     reachable,
@@ -103,8 +102,6 @@ UI_TRAINING_VIEW = "?workflowType=machine_learning"
 # Run tags the UI reads off a LoggedModel for "Created by" and "Logged from"; MLflow's fluent API
 # copies them from the context, `MlflowClient.create_logged_model` does not.
 RUN_CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
-# Read here by benchmarks/profile_paths.py, from before `mlflow_store` held it.
-_model_id_from_source = model_id_from_source
 
 
 class MlflowTracker(Tracker, MlflowRegistry):
