@@ -31,14 +31,15 @@ _EXPORTS = {
     "load_model": "tracked_ckpt.registry",
     "promote_best": "tracked_ckpt.registry",
     "registered_checkpoint": "tracked_ckpt.registry",
-    "sync_spool": "tracked_ckpt.session",
-    "wait": "tracked_ckpt.session",
+    "sync_spool": "tracked_ckpt.sync",
+    "wait": "tracked_ckpt.fits",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
+    from tracked_ckpt.fits import wait
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
     from tracked_ckpt.registry import (
         PromotionResult,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     )
     from tracked_ckpt.requirements import MissingRequirementError
     from tracked_ckpt.resume import JobLockedError
-    from tracked_ckpt.session import sync_spool, wait
+    from tracked_ckpt.sync import sync_spool
     from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint
 
 
