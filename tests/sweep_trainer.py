@@ -31,8 +31,8 @@ def main(cfg: dict) -> None:
 
     import tracked_ckpt
     from tracked_ckpt import TrackedModelCheckpoint
+    from tracked_ckpt.fits import last_destination
     from tracked_ckpt.integrations.mlflow import MlflowTracker
-    from tracked_ckpt.session import last_destination
 
     name = cfg["name"]
     x, y = make_data()

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from helpers import make_data, make_model
 
-from tracked_ckpt import TrackedModelCheckpoint, session
+from tracked_ckpt import TrackedModelCheckpoint, fits
 from tracked_ckpt.cli import in_cli_terms, main
 
 CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
@@ -66,7 +66,7 @@ def test_ls_with_no_flags_lists_the_most_recent_run(embedded_store, workdir):
 
 
 def test_ls_in_a_store_without_checkpoints_names_the_flags(embedded_store, workdir, monkeypatch, capsys):
-    monkeypatch.setattr(session, "_LAST_DESTINATIONS", {})  # as in a new process: no fit logged yet
+    monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})  # as in a new process: no fit logged yet
     assert main(["ls"]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"tracked-ckpt: error: No checkpoints logged at {embedded_store}: "), error

@@ -13,7 +13,7 @@ keras_tuner = pytest.importorskip("keras_tuner")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 import sweep_keras_tuner  # noqa: E402
 
-from tracked_ckpt.session import live_sessions  # noqa: E402
+from tracked_ckpt.fits import live_sessions  # noqa: E402
 
 TRIALS, EPOCHS = 3, 3
 

@@ -13,10 +13,10 @@ from helpers import InjectMetric, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.fits import last_destination
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.retention import Kept, to_evict
-from tracked_ckpt.session import last_destination
 
 # 20 epochs; the best three are epochs 7 (0.05), 13 (0.08) and 18 (0.1); epoch 20 is the latest.
 SCORES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.05, 0.3, 0.35, 0.45, 0.2, 0.25, 0.08, 0.5, 0.6, 0.7, 0.15, 0.1, 0.9, 0.95]

@@ -17,8 +17,8 @@ from helpers import InjectMetric, child, logged_models, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
+from tracked_ckpt.fits import live_sessions
 from tracked_ckpt.integrations.mlflow import MlflowTracker
-from tracked_ckpt.session import live_sessions
 
 TESTS = os.path.dirname(__file__)
 

@@ -37,8 +37,8 @@ _EXPORTS = {
     "load_model": "tracked_ckpt.registry",
     "promote_best": "tracked_ckpt.registry",
     "registered_checkpoint": "tracked_ckpt.registry",
-    "sync_spool": "tracked_ckpt.session",
-    "wait": "tracked_ckpt.session",
+    "sync_spool": "tracked_ckpt.sync",
+    "wait": "tracked_ckpt.fits",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         TrackerError,
         UnsupportedVersionError,
     )
+    from tracked_ckpt.fits import wait
     from tracked_ckpt.publisher import LoggedEntry, PublishReport
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
     from tracked_ckpt.registry import (
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
         promote_best,
         registered_checkpoint,
     )
-    from tracked_ckpt.session import sync_spool, wait
+    from tracked_ckpt.sync import sync_spool
     from tracked_ckpt.tracker import LoggedCheckpoint
 
 

@@ -10,12 +10,12 @@ logging setting and has no public equivalent; and finds the running `fit`'s
 `CallbackList` on the stack, whose end tells that a fit which raised is over.
 
 A fit's runtime (runs, uploads, lease, retention) is not here but in
-`tracked_ckpt.session`: this class is a Keras adapter and its configuration.
+`tracked_ckpt.session`, and what it prints in `tracked_ckpt.fit_messages`: this
+class is a Keras adapter and its configuration.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import logging
@@ -43,6 +43,7 @@ from keras.src.utils import io_utils
 
 from tracked_ckpt import git as git_provenance
 from tracked_ckpt.files import check_writable
+from tracked_ckpt.fit_messages import FitMessages
 from tracked_ckpt.publisher import PublishReport, stall_timeout_from
 from tracked_ckpt.record import (
     CheckpointRecord,
@@ -238,7 +239,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self._session: FitSession | None = None
         self._git: Callable[[], git_provenance.GitInfo] = git_provenance.GitInfo  # this fit's provenance, when asked
         self._saving: dict[str, Any] | None = None
-        self._messages: collections.deque[str] = collections.deque()  # appended on the upload thread
+        self._messages = FitMessages(io_utils.print_msg)
         self._warned_monitor = False
         self._chief, self._task_id = True, None
 
@@ -294,7 +295,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             if self.log_git
             else git_provenance.GitInfo
         )
-        self._messages = collections.deque()
+        self._messages = FitMessages(io_utils.print_msg)
         options = FitOptions(
             asynchronous=self.upload == "async",
             blocking=self.blocking,
@@ -338,7 +339,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
     @override
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_end(epoch, logs)
-        self._print_messages()
+        self._messages.show_queued()
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -423,7 +424,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             session.write_state(record, self.best_value, self.best_name, _scalar(self.best))
         session.submit(entry)
         if not session.asynchronous:
-            self._print_messages()
+            self._messages.show_queued()
 
     def _make_record(
         self, session: FitSession, filepath: str, epoch: int, batch: int | None, logs: dict[str, Any]
@@ -540,51 +541,14 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
 
     def _on_logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
         if self.verbose > 0 and self._session is not None:
-            display = self._session.trackers[tracker].display_name
-            self._messages.append(f"Epoch {entry.record.epoch}: logged {entry.record.name} to {display} ({ref})")
-
-    def _print_messages(self) -> None:
-        while True:
-            try:
-                message = self._messages.popleft()
-            except IndexError:  # another thread (an ending session's summary) printed the last one
-                return
-            io_utils.print_msg(message)
+            self._messages.logged(entry, self._session.trackers[tracker].display_name, ref)
 
     def _summarize(self, session: FitSession, report: PublishReport) -> None:
         """Say what the fit logged, where, and what waits in the spool (called as its session ends)."""
-        self._print_messages()
-        count = len({entry.id for entry, _, _ in report.logged})
-        links = [
-            url
-            for key, tracker in session.trackers.items()
-            if (url := tracker.run_url(session.destinations.get(key, {})))
-        ]
-        if report.failed:
-            logger.error(
-                "%d checkpoint(s) could not be logged (%s) and are kept in %s; after fixing the cause, "
-                "run `tracked-ckpt sync --retry-failed %s`.",
-                len(report.failed),
-                report.failed[0][1],
-                self.spool.directory,
-                self.spool.directory,
-            )
-        if report.pending:
-            logger.error(
-                "%d checkpoint(s) are not logged yet and wait in %s; run `tracked-ckpt sync %s` "
-                "(or start the next fit with the same spool) to log them.",
-                len(report.pending),
-                self.spool.directory,
-                self.spool.directory,
-            )
-        message = f"tracked-ckpt: logged {count} checkpoint(s)"
-        if self.best_value is not None:
-            message += f"; best {self.best_name or ''} ({self.monitor}={self.best_value:.5g})"
-        message += f"; run: {', '.join(links)}" if links else ""
-        if self.verbose > 0:
-            io_utils.print_msg(message)
-        else:
-            logger.info(message)
+        best = None if self.best_value is None else f"{self.best_name or ''} ({self.monitor}={self.best_value:.5g})"
+        self._messages.summarize(
+            report, session.trackers, session.destinations, self.spool.directory, best=best, verbose=self.verbose > 0
+        )
 
 
 def _scalar(value: Any) -> float | None:

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tracked_ckpt import registry
 from tracked_ckpt.record import SCHEMA_KEYS
-from tracked_ckpt.session import sync_spool
+from tracked_ckpt.sync import sync_spool
 
 if TYPE_CHECKING:
     from tracked_ckpt.publisher import PublishReport

@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracked_ckpt.cache import fetch_verified
+from tracked_ckpt.fits import last_destination, wait
 from tracked_ckpt.record import SCHEMA_KEYS, is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
-from tracked_ckpt.session import last_destination, wait
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of, resolve_tracker, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")

@@ -17,7 +17,7 @@ from helpers import make_model
 from wandb_fake import FakeServer
 
 import tracked_ckpt
-from tracked_ckpt import session as session_module
+from tracked_ckpt import fits as fits_module
 from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.integrations.wandb import WandbTracker
@@ -77,7 +77,7 @@ def on_mlflow(records, request):
 
 def on_wandb(records, request):
     monkeypatch = request.getfixturevalue("monkeypatch")
-    monkeypatch.delitem(session_module._LAST_DESTINATIONS, "wandb", raising=False)
+    monkeypatch.delitem(fits_module._LAST_DESTINATIONS, "wandb", raising=False)
     server = FakeServer(entity="team", project="proj")
     for record, path in records:
         with open(path, "rb") as f:

@@ -22,7 +22,7 @@ from wandb_fake import FakeApi, FakeArtifact, FakeServer
 
 import tracked_ckpt
 from tracked_ckpt import CheckpointRecord, ChecksumError
-from tracked_ckpt import session as session_module
+from tracked_ckpt import fits as fits_module
 from tracked_ckpt.integrations import wandb_schema as wb
 from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.tracker import Tracker, TrackerError
@@ -75,7 +75,7 @@ def server():
 @pytest.fixture
 def tracker(server, monkeypatch):
     """A tracker on the fake, with no last fit in this process."""
-    monkeypatch.delitem(session_module._LAST_DESTINATIONS, "wandb", raising=False)
+    monkeypatch.delitem(fits_module._LAST_DESTINATIONS, "wandb", raising=False)
     return WandbTracker(project="proj", api=server.api())
 
 
@@ -223,7 +223,7 @@ def test_a_run_costs_the_same_number_of_calls_whatever_its_length(server, tracke
 
 def test_default_scope_is_the_last_fit_and_offline_runs_are_refused(server, tracker, monkeypatch):
     log_run(server, "r1", [0.3, 0.2])
-    destinations = session_module._LAST_DESTINATIONS
+    destinations = fits_module._LAST_DESTINATIONS
     monkeypatch.setitem(destinations, "wandb", {"run_id": "r1", "project": "proj", "entity": "team", "mode": "online"})
     assert tracked_ckpt.promote_best("clf", tracker=WandbTracker(api=server.api())).checkpoint.record.epoch == 2
 
