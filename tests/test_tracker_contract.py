@@ -115,16 +115,22 @@ class WandbCase(Case):
 
     def __init__(self, request):
         self.root = request.getfixturevalue("wandb_env")
+        self.dirs: list[str] = []
 
     def tracker(self):
         from tracked_ckpt.integrations.wandb import WandbTracker
 
-        return WandbTracker(project=self.PROJECT)
+        # A folder per tracker: W&B names an offline run's folder and log by the second and the run id, so a
+        # run resumed within the same second would otherwise write over the first one's log.
+        folder = self.root / "wandb_dir" / f"tracker-{len(self.dirs)}"
+        folder.mkdir()
+        self.dirs.append(str(folder))
+        return WandbTracker(project=self.PROJECT, dir=folder)
 
     def _run_dirs(self, destination):
         from support.wandb_records import run_dirs
 
-        return [d for d in run_dirs(str(self.root / "wandb_dir")) if d.endswith("-" + destination["run_id"])]
+        return [d for folder in self.dirs for d in run_dirs(folder) if d.endswith("-" + destination["run_id"])]
 
     def held(self, destination):
         from support.wandb_records import logged_artifacts
