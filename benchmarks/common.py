@@ -27,7 +27,7 @@ HOOKS = (
 )
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
-from mlflow_server import MlflowServer, free_port  # noqa: E402,F401  (one server wrapper for tests and benchmarks)
+from support.mlflow_server import MlflowServer, free_port  # noqa: E402,F401  (one server wrapper for tests and benchmarks)
 
 # Dense stacks whose `.keras` checkpoint (weights + Adam's two moment slots, ~12 bytes/param)
 # is about the nominal size. Input dim 32, `layers` hidden Dense(width, relu), Dense(1).

@@ -1,6 +1,6 @@
 """HTTP requests per checkpoint, and per warm `load_model`, counted on the wire.
 
-A counting TCP proxy (`tests/tcp_proxy.py`) sits between the client and a real
+A counting TCP proxy (`tests/support/tcp_proxy.py`) sits between the client and a real
 local `mlflow server`; every request line going through is recorded. Measured:
 
 * a `fit` of `--epochs` epochs with `TrackedModelCheckpoint` (async) into an open
@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from common import MlflowServer, build_model, tiny_data  # noqa: E402
-from tcp_proxy import TcpProxy  # noqa: E402  (common.py puts tests/ on the path)
+from support.tcp_proxy import TcpProxy  # noqa: E402  (common.py puts tests/ on the path)
 
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"

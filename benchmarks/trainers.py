@@ -1,10 +1,10 @@
 """Many trainers on the production-shaped stack, and a multipart upload's memory.
 
-Stack (tests/production_stack.py): `mlflow server` (2 workers) on a private
+Stack (tests/support/production_stack.py): `mlflow server` (2 workers) on a private
 PostgreSQL cluster, artifacts proxied to an S3 bucket served by moto, all on
 this machine.
 
-1. Trainers: 1, 4 and 16 concurrent trainer processes (tests/sweep_trainer.py:
+1. Trainers: 1, 4 and 16 concurrent trainer processes (tests/support/sweep_trainer.py:
    a tiny Keras model, one checkpoint an epoch, `TrackedModelCheckpoint` with
    async upload), released together behind a barrier. Per configuration:
    checkpoints logged per second (all checkpoints / time from the barrier to the
@@ -45,8 +45,8 @@ from common import OUT, REPO, machine_busy_seconds, machine_info, median, other_
 from report import TRAINERS_SECTION, local_now, replace_section  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
-from production_stack import ARTIFACT_PREFIX, ProductionStack  # noqa: E402
-from sweep_trainer import TrainerFleet  # noqa: E402
+from support.production_stack import ARTIFACT_PREFIX, ProductionStack  # noqa: E402
+from support.sweep_trainer import TrainerFleet  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 SECTION_START, SECTION_END = TRAINERS_SECTION
@@ -214,8 +214,9 @@ def render(raw: dict) -> str:
         f"{raw['elapsed_min'] / max(raw['rounds'], 1):.0f} min "
         "here), configurations alternated (order rotated each round), medians (min–max).",
         "",
-        f"Each trainer: its own process (tests/sweep_trainer.py), a tiny Keras model, {args['epochs']} epochs, one "
-        "checkpoint (~22 KB `.keras`) per epoch, `TrackedModelCheckpoint` with async upload, released together behind "
+        "Each trainer: its own process (tests/support/sweep_trainer.py), a tiny Keras model, "
+        f"{args['epochs']} epochs, one checkpoint (~22 KB `.keras`) per epoch, `TrackedModelCheckpoint` with async "
+        "upload, released together behind "
         "a barrier after their imports. *checkpoints/s* = all checkpoints / time from the barrier to the last `fit` "
         "returning (each `fit` returns once its uploads are confirmed). CPU columns are seconds per checkpoint, "
         "from the barrier to the last trainer's exit: the MLflow server's processes, PostgreSQL, "

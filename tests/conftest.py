@@ -1,4 +1,8 @@
-"""Shared fixtures: a real MLflow server, the embedded sqlite store, tiny Keras models."""
+"""Shared fixtures: a real MLflow server, the embedded sqlite store, an isolated environment.
+
+Nothing here imports a tracker at import time: MLflow is imported by the fixtures that need it,
+so the core's tests run without the `[mlflow]` extra (tests/test_pure.py checks that).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,17 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import mlflow
 import pytest
-from mlflow_server import MlflowServer
-from production_stack import ProductionStack, StackUnavailable
+
+# Fixtures kept with their support code: `wandb_env` (imports W&B on use), `installed_folder_tracker`.
+pytest_plugins = ["support.wandb_env", "support.folder_plugin"]
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server shared by the session."""
+    from support.mlflow_server import MlflowServer
+
     server = MlflowServer(str(tmp_path_factory.mktemp("mlflow-server")))
     server.start()
     yield server
@@ -29,6 +35,8 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def production_stack(tmp_path_factory):
     """PostgreSQL + S3 (moto) + mlflow server, for the session; skipped only where it cannot exist."""
+    from support.production_stack import ProductionStack, StackUnavailable
+
     stack = ProductionStack(str(tmp_path_factory.mktemp("production-stack")))
     try:
         stack.start()
@@ -47,6 +55,9 @@ def workdir(tmp_path, monkeypatch):
     """Run the test from an empty directory (MLflow's ./mlruns, spools and checkpoints land here)."""
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:  # never imported: no fluent state to reset
+        return
     while mlflow.active_run() is not None:
         mlflow.end_run()
     # MLflow keeps the fluent experiment in a module global; don't let it leak into the next test.
@@ -55,6 +66,8 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _use_tracking_uri(monkeypatch, uri: str) -> None:
+    import mlflow
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
 
@@ -62,6 +75,8 @@ def _use_tracking_uri(monkeypatch, uri: str) -> None:
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory) -> str:
     """An empty MLflow database with its schema created once (migrations take seconds)."""
+    import mlflow
+
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
     mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return str(path)
@@ -76,7 +91,7 @@ def embedded_store(workdir, monkeypatch, migrated_db):
     uri = f"sqlite:///{workdir}/mlflow.db"
     _use_tracking_uri(monkeypatch, uri)
     yield uri
-    mlflow.set_tracking_uri(None)
+    sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture
@@ -86,7 +101,7 @@ def server_store(workdir, mlflow_server, monkeypatch):
     experiment = f"test-{os.getpid()}-{time.monotonic_ns()}"
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
     yield mlflow_server.url
-    mlflow.set_tracking_uri(None)
+    sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture(params=["server", "embedded"])

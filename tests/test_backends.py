@@ -15,7 +15,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import child, make_data, make_model
+from support.helpers import child, make_data, make_model
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint

@@ -7,7 +7,8 @@ import os
 import sys
 
 import pytest
-from helpers import fit, logged_models, make_data, make_model
+from support.helpers import fit, make_data, make_model
+from support.mlflow_runs import logged_models
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint

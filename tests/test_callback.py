@@ -12,7 +12,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, fit, git, head, logged_models, make_data, make_model, make_repo, sha256
+from support.helpers import InjectMetric, fit, git, head, make_data, make_model, make_repo, sha256
+from support.mlflow_runs import logged_models
 
 from tracked_ckpt import SCHEMA_KEYS, TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker

@@ -9,7 +9,8 @@ import sys
 
 import mlflow
 import pytest
-from helpers import child, logged_models, sha256, train_run
+from support.helpers import child, sha256
+from support.mlflow_runs import logged_models, train_run
 
 from tracked_ckpt.cli import main
 

@@ -8,7 +8,7 @@ import sys
 
 import mlflow
 import pytest
-from helpers import make_data, make_model
+from support.helpers import make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint, fits
 from tracked_ckpt.cli import in_cli_terms, main

@@ -1,7 +1,7 @@
 """Concurrency, production-shaped: many training processes logging at once to one MLflow server.
 
 Each stack gets one sweep (module-scoped, run once, asserted by several tests):
-real training subprocesses (tests/sweep_trainer.py), each its own run with
+real training subprocesses (tests/support/sweep_trainer.py), each its own run with
 scripted `score` values (so every run's best is known), started together behind
 a barrier so their fits, uploads and end-of-job promotions overlap. Half of them
 attach the way most users do (`MLFLOW_TRACKING_URI` + `MLFLOW_EXPERIMENT_NAME`,
@@ -11,7 +11,7 @@ Stacks:
 * "sqlite": the session's `mlflow server` from conftest (sqlite, local proxied
   artifacts), four trainers of 5 checkpoints.
 * "postgres-s3": `mlflow server` (2 workers) on a private PostgreSQL cluster with
-  artifacts in an S3 bucket served by moto (tests/production_stack.py), sixteen
+  artifacts in an S3 bucket served by moto (tests/support/production_stack.py), sixteen
   trainers of 10 checkpoints.
 """
 
@@ -27,10 +27,10 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import make_data, make_model, sha256
 from mlflow.entities import LoggedModelStatus
-from production_stack import ARTIFACT_PREFIX
-from sweep_trainer import TrainerFleet
+from support.helpers import make_data, make_model, sha256
+from support.production_stack import ARTIFACT_PREFIX
+from support.sweep_trainer import TrainerFleet
 
 import tracked_ckpt
 from tracked_ckpt.integrations.mlflow import MlflowTracker

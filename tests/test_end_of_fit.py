@@ -12,9 +12,10 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import child, logged_models, sha256
-from mlflow_server import MlflowServer
-from tcp_proxy import TcpProxy
+from support.helpers import child, sha256
+from support.mlflow_runs import logged_models
+from support.mlflow_server import MlflowServer
+from support.tcp_proxy import TcpProxy
 
 from tracked_ckpt import TrackedModelCheckpoint
 

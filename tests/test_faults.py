@@ -7,8 +7,9 @@ import logging
 import keras
 import mlflow
 import pytest
-from helpers import logged_models, make_data, make_model
-from mlflow_server import MlflowServer
+from support.helpers import make_data, make_model
+from support.mlflow_runs import logged_models
+from support.mlflow_server import MlflowServer
 
 from tracked_ckpt import TrackedModelCheckpoint
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import child, git, head, make_repo
+from support.helpers import child, git, head, make_repo
 
 from tracked_ckpt import git as tgit
 from tracked_ckpt.git import GitInfo, capture, redact_remote

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import CHILDREN, git, head, make_data, make_model, make_repo
+from support.helpers import CHILDREN, git, head, make_data, make_model, make_repo
 from test_git import pytestmark, warnings_from  # noqa: F401 (marks: git required, isolated_git)
 
 from tracked_ckpt.git import GitInfo, capture_for_job

@@ -7,7 +7,7 @@ import sys
 
 import mlflow
 import pytest
-from helpers import logged_models
+from support.mlflow_runs import logged_models
 
 keras_tuner = pytest.importorskip("keras_tuner")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))

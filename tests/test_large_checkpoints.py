@@ -20,8 +20,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import sha256
-from production_stack import ARTIFACT_PREFIX
+from support.helpers import sha256
+from support.production_stack import ARTIFACT_PREFIX
 
 import tracked_ckpt
 from tracked_ckpt.integrations.mlflow import MlflowTracker

@@ -19,7 +19,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import child, install_layer_package, make_data
+from support.helpers import child, install_layer_package, make_data
 
 import tracked_ckpt
 from tracked_ckpt import MissingRequirementError, TrackedModelCheckpoint

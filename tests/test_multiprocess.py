@@ -12,8 +12,9 @@ import subprocess
 
 import mlflow
 import pytest
-from helpers import child, logged_models
-from mlflow_server import free_port
+from support.helpers import child
+from support.mlflow_runs import logged_models
+from support.mlflow_server import free_port
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import struct
 import subprocess
 import termios
 
-from helpers import child
+from support.helpers import child
 
 from tracked_ckpt.progress import Progress, interactive
 

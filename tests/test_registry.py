@@ -12,7 +12,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import make_data, make_model, train_run
+from support.helpers import make_data, make_model
+from support.mlflow_runs import train_run
 
 import tracked_ckpt
 from tracked_ckpt import ChecksumError, TrackedModelCheckpoint

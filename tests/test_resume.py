@@ -8,7 +8,8 @@ import subprocess
 
 import mlflow
 import pytest
-from helpers import InjectMetric, child, logged_models, make_data, make_model
+from support.helpers import InjectMetric, child, make_data, make_model
+from support.mlflow_runs import logged_models
 
 from tracked_ckpt import TrackedModelCheckpoint
 

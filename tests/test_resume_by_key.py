@@ -13,7 +13,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, StopAfterEpoch, child, logged_models, make_data, make_model
+from support.helpers import InjectMetric, StopAfterEpoch, child, make_data, make_model
+from support.mlflow_runs import logged_models
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -264,7 +265,7 @@ def test_a_bad_lease_window_is_refused_with_the_fix(monkeypatch):
 
 
 def test_without_local_state_an_unreachable_tracker_stops_the_job_before_training(workdir):
-    from mlflow_server import free_port
+    from support.mlflow_server import free_port
 
     from tracked_ckpt.tracker import TrackerError
 

@@ -9,7 +9,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import InjectMetric, logged_models, make_data, make_model
+from support.helpers import InjectMetric, make_data, make_model
+from support.mlflow_runs import logged_models
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint

@@ -9,7 +9,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import git, make_data, make_repo
+from support.helpers import git, make_data, make_repo
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint

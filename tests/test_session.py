@@ -13,14 +13,15 @@ import time
 import keras
 import mlflow
 import pytest
-from helpers import InjectMetric, child, logged_models, make_data, make_model
+from support.helpers import InjectMetric, child, make_data, make_model
+from support.mlflow_runs import logged_models
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.fits import live_sessions
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 
-TESTS = os.path.dirname(__file__)
+SUPPORT = os.path.join(os.path.dirname(__file__), "support")
 
 
 class Pruned(Exception):
@@ -268,7 +269,7 @@ def test_sync_waits_for_a_live_process_holding_the_spool_and_names_it(embedded_s
 
 
 def test_a_fit_that_need_not_wait_returns_before_its_last_upload_and_promote_sees_it(embedded_store, workdir):
-    from no_wait_trainer import EPOCHS, GatedLastUpload, train
+    from support.no_wait_trainer import EPOCHS, GatedLastUpload, train
 
     GatedLastUpload.gate.clear()
     callback = train(str(workdir))
@@ -285,7 +286,7 @@ def test_a_fit_that_need_not_wait_returns_before_its_last_upload_and_promote_see
 
 
 def test_a_process_killed_right_after_a_fit_that_need_not_wait_loses_nothing(embedded_store, workdir):
-    trainer = os.path.join(TESTS, "no_wait_trainer.py")
+    trainer = os.path.join(SUPPORT, "no_wait_trainer.py")
     killed = subprocess.run(
         [sys.executable, trainer, str(workdir)],
         cwd=workdir,

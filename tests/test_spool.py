@@ -10,61 +10,14 @@ import tempfile
 import threading
 
 import pytest
+from support.fake_tracker import FakeTracker, entry_for
 
 from tracked_ckpt import publisher as publisher_module
 from tracked_ckpt.files import clone_file, link_or_copy, sha256_file
 from tracked_ckpt.publisher import Publisher
-from tracked_ckpt.record import CheckpointRecord
 from tracked_ckpt.settings import DEFAULT_UPLOAD_NICENESS
 from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV
-from tracked_ckpt.spool import Spool, SpoolEntry, release_path
-from tracked_ckpt.tracker import Tracker
-
-
-def entry_for(spool: Spool, path: str, epoch: int) -> SpoolEntry:
-    record = CheckpointRecord(
-        name=f"m-e{epoch:04d}",
-        epoch=epoch,
-        step=epoch,
-        monitor="loss",
-        mode="min",
-        is_best=False,
-        sha256="",
-        size_bytes=os.path.getsize(path),
-        format="keras",
-        filepath=path,
-        keras_version="3",
-        backend="tensorflow",
-    )
-    entry = SpoolEntry(id=spool.new_id(), record=record, staged_path=spool.stage(path), destinations={"t": {}})
-    spool.write(entry)
-    return entry
-
-
-class Recorder(Tracker):
-    name = display_name = "t"
-
-    def start(self, resume=None):
-        return {}
-
-    def __init__(self, fail_with=None, failures=None):
-        self.fail_with, self.logged, self.attempts = fail_with, [], []
-        self.failures = failures  # None: epoch 1 always fails; N: it fails N times, then works
-
-    def log_checkpoint(self, record, path, destination, first_attempt=False):
-        self.attempts.append(record.epoch)
-        if (
-            self.fail_with is not None
-            and record.epoch == 1
-            and (self.failures is None or self.attempts.count(1) <= self.failures)
-        ):
-            raise self.fail_with
-        with open(path, "rb") as f:
-            self.logged.append((record.epoch, f.read()))
-        return f"id-{record.epoch}"
-
-    def is_permanent(self, exc):
-        return isinstance(exc, ValueError)
+from tracked_ckpt.spool import Spool, release_path
 
 
 def test_a_rewritten_file_does_not_change_what_was_staged(tmp_path):
@@ -99,7 +52,7 @@ def test_permanent_failures_are_parked_and_the_rest_goes_on(tmp_path):
     for epoch in (1, 2):
         (tmp_path / f"{epoch}.keras").write_bytes(f"bytes {epoch}".encode())
     entries = [entry_for(spool, str(tmp_path / f"{e}.keras"), e) for e in (1, 2)]
-    tracker = Recorder(fail_with=ValueError("run was deleted"))
+    tracker = FakeTracker(fail_with=ValueError("run was deleted"))
     publisher = Publisher({"t": tracker}, spool, asynchronous=False)
     for entry in entries:
         publisher.submit(entry)
@@ -108,7 +61,7 @@ def test_permanent_failures_are_parked_and_the_rest_goes_on(tmp_path):
     assert [e.record.epoch for e, _ in report.failed] == [1] and not report.ok
     assert [e.record.epoch for e in spool.entries()] == []  # parked, not pending
     assert spool.unpark_all() == 1
-    retry = Publisher({"t": Recorder()}, spool, asynchronous=False)
+    retry = Publisher({"t": FakeTracker()}, spool, asynchronous=False)
     for entry in spool.entries():
         retry.submit(entry)
     assert retry.close(timeout=5).ok
@@ -118,7 +71,7 @@ def test_transient_failures_keep_order_and_are_retried(tmp_path):
     spool = Spool(tmp_path / "spool")
     for epoch in (1, 2):
         (tmp_path / f"{epoch}.keras").write_bytes(f"bytes {epoch}".encode())
-    tracker = Recorder(fail_with=ConnectionError("down"))
+    tracker = FakeTracker(fail_with=ConnectionError("down"))
     publisher = Publisher({"t": tracker}, spool, asynchronous=True, initial_backoff=0.01)
     for epoch in (1, 2):
         publisher.submit(entry_for(spool, str(tmp_path / f"{epoch}.keras"), epoch))
@@ -134,7 +87,7 @@ def test_a_transient_failure_is_retried_until_it_logs(tmp_path):
     spool = Spool(tmp_path / "spool")
     for epoch in (1, 2):
         (tmp_path / f"{epoch}.keras").write_bytes(f"bytes {epoch}".encode())
-    tracker = Recorder(fail_with=ConnectionError("down"), failures=3)
+    tracker = FakeTracker(fail_with=ConnectionError("down"), failures=3)
     publisher = Publisher({"t": tracker}, spool, asynchronous=True, initial_backoff=0.01)
     for epoch in (1, 2):
         publisher.submit(entry_for(spool, str(tmp_path / f"{epoch}.keras"), epoch))
@@ -150,21 +103,6 @@ def _nice_of(tid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of stat(5): nice
 
 
-class Gated(Recorder):
-    """Holds each upload until the test lets it go; notes the uploading thread and its nice value."""
-
-    def __init__(self):
-        super().__init__()
-        self.inside, self.release, self.seen = threading.Event(), threading.Event(), []
-
-    def log_checkpoint(self, record, path, destination, first_attempt=False):
-        tid = threading.get_native_id()
-        self.seen.append((record.epoch, tid, os.getpriority(os.PRIO_PROCESS, tid)))
-        self.inside.set()
-        assert self.release.wait(10)
-        return super().log_checkpoint(record, path, destination, first_attempt)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 @pytest.mark.parametrize("setting", [None, "0"])
 def test_the_upload_thread_yields_to_training_until_fit_waits(tmp_path, monkeypatch, setting):
@@ -175,11 +113,11 @@ def test_the_upload_thread_yields_to_training_until_fit_waits(tmp_path, monkeypa
     spool = Spool(tmp_path / "spool")
     for epoch in (1, 2):
         (tmp_path / f"{epoch}.keras").write_bytes(f"bytes {epoch}".encode())
-    tracker = Gated()
+    tracker = FakeTracker(hold=True)
     publisher = Publisher({"t": tracker}, spool, asynchronous=True)
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     publisher.submit(entry_for(spool, str(tmp_path / "1.keras"), 1))
-    assert tracker.inside.wait(10)
+    assert tracker.entered.wait(10)
     ((_, worker, nice_inside),) = tracker.seen
     lowered = min(19, base + DEFAULT_UPLOAD_NICENESS) if setting is None else base
     assert worker != threading.get_native_id()
@@ -221,7 +159,7 @@ def test_a_copied_snapshot_is_hashed_as_it_is_copied_and_not_read_again(tmp_path
             raise AssertionError("the publisher hashed a file whose hash the copy already gave")
 
         monkeypatch.setattr(publisher_module, "sha256_file", no_second_read)
-        tracker = Recorder()
+        tracker = FakeTracker()
         publisher = Publisher({"t": tracker}, spool, asynchronous=False)
         publisher.submit(entry)
         assert publisher.close(timeout=5).ok and tracker.logged == [(1, data)]
@@ -237,7 +175,7 @@ def test_a_linked_snapshot_is_hashed_by_the_publisher(tmp_path):
     assert os.stat(entry.staged_path).st_ino == os.stat(path).st_ino and entry.record.sha256 == ""
     release_path(str(path))
     path.write_bytes(b"epoch two")
-    tracker = Recorder()
+    tracker = FakeTracker()
     publisher = Publisher({"t": tracker}, spool, asynchronous=False)
     publisher.submit(entry)
     assert publisher.close(timeout=5).ok and tracker.logged == [(1, b"epoch one")]

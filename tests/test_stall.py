@@ -4,45 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
-import mlflow
 import pytest
-from helpers import save_trained_model, sha256
-from test_spool import entry_for
+from support.fake_tracker import FakeTracker, entry_for
 
-from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.publisher import Publisher, stall_timeout_from
 from tracked_ckpt.spool import Spool
-from tracked_ckpt.tracker import Tracker
-
-
-class Blocking(Tracker):
-    """A tracker whose call waits for `release`; `is_reachable` answers `reachable`."""
-
-    name = display_name = "t"
-
-    def __init__(self, reachable: bool):
-        self.reachable = reachable
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.probes = 0
-        self.first_attempts: list[bool] = []
-
-    def start(self, resume=None):
-        return {}
-
-    def log_checkpoint(self, record, path, destination, first_attempt=False):
-        self.first_attempts.append(first_attempt)
-        self.entered.set()
-        self.release.wait(60)
-        return f"id-{record.epoch}"
-
-    def is_reachable(self, destination):
-        self.probes += 1
-        if self.probes >= 3:
-            self.release.set()  # a slow upload that ends after several stall windows
-        return self.reachable
 
 
 def spooled(tmp_path, epochs=(1,)):
@@ -54,7 +21,7 @@ def spooled(tmp_path, epochs=(1,)):
 
 def test_a_call_to_a_tracker_that_answers_is_waited_for(tmp_path):
     spool, entries = spooled(tmp_path)
-    tracker = Blocking(reachable=True)
+    tracker = FakeTracker(hold=True, reachable=True, released_after_probes=3)
     publisher = Publisher({"t": tracker}, spool, stall_timeout=0.2)
     publisher.submit(entries[0])
     assert tracker.entered.wait(30)
@@ -66,7 +33,7 @@ def test_a_call_to_a_tracker_that_answers_is_waited_for(tmp_path):
 
 def test_a_call_to_a_tracker_that_does_not_answer_is_a_stall(tmp_path):
     spool, entries = spooled(tmp_path, epochs=(1, 2))
-    tracker = Blocking(reachable=False)
+    tracker = FakeTracker(hold=True, reachable=False, released_after_probes=3)
     publisher = Publisher({"t": tracker}, spool, stall_timeout=0.2)
     for entry in entries:
         publisher.submit(entry)
@@ -78,36 +45,22 @@ def test_a_call_to_a_tracker_that_does_not_answer_is_a_stall(tmp_path):
     assert len(list(spool.entries())) == 2
 
 
-class Failing(Tracker):
-    name = display_name = "t"
-
-    def __init__(self):
-        self.calls = 0
-
-    def start(self, resume=None):
-        return {}
-
-    def log_checkpoint(self, record, path, destination, first_attempt=False):
-        self.calls += 1
-        raise ConnectionError("down")
-
-
 def test_failed_attempts_are_a_stall_and_the_spool_counts_them(tmp_path):
     spool, entries = spooled(tmp_path)
-    tracker = Failing()
+    tracker = FakeTracker(fail_with=ConnectionError("down"))
     publisher = Publisher({"t": tracker}, spool, stall_timeout=0.3, initial_backoff=0.01, max_backoff=0.05)
     publisher.submit(entries[0])
     report = publisher.close(timeout=60)
     assert report.stalled and len(report.pending) == 1
     (left,) = spool.entries()
-    assert left.attempts == tracker.calls >= 1  # written before each call: any later one is a retry
+    assert left.attempts == len(tracker.attempts) >= 1  # written before each call: any later one is a retry
 
 
 def test_an_entry_logged_by_another_process_meanwhile_is_not_logged_again(tmp_path):
     spool, entries = spooled(tmp_path)
     stale = entries[0]
     spool.remove(stale)  # e.g. a `tracked-ckpt sync` finished it after this publisher queued it
-    tracker = Blocking(reachable=True)
+    tracker = FakeTracker(hold=True, reachable=True, released_after_probes=3)
     tracker.release.set()
     publisher = Publisher({"t": tracker}, spool, asynchronous=False)
     publisher.submit(stale)
@@ -142,42 +95,3 @@ def test_stall_timeout_default_and_environment(monkeypatch):
     monkeypatch.setenv("TRACKED_CKPT_STALL_TIMEOUT", "12")
     assert stall_timeout_from(None) == 12.0
     assert stall_timeout_from(5) == 5.0
-
-
-class CrashesAfterCreating(MlflowTracker):
-    """A first attempt that dies right after the model exists (files, metrics, outputs not logged)."""
-
-    def __init__(self):
-        super().__init__()
-        self.crash = True
-
-    def _build_artifacts(self, *args, **kwargs):
-        if self.crash:
-            self.crash = False
-            raise ConnectionError("killed mid-upload")
-        return super()._build_artifacts(*args, **kwargs)
-
-
-def test_a_first_attempt_that_died_midway_is_completed_by_the_retry(store, workdir):
-    _, x = save_trained_model("ckpt.keras")
-    tracker = CrashesAfterCreating()
-    destination = tracker.start()
-    spool = Spool(workdir / "spool")
-    entry = entry_for(spool, str(workdir / "ckpt.keras"), 1)
-    entry.destinations = {"mlflow": destination}
-    spool.write(entry)
-    publisher = Publisher({"mlflow": tracker}, spool, asynchronous=False, initial_backoff=0.01)
-    publisher.submit(entry)  # the first attempt: no look-up, and it leaves a PENDING model behind
-    assert entry.attempts == 1 and not entry.done
-    report = publisher.close(timeout=60)  # the retry finds that model and completes it
-    tracker.finish()
-    assert report.ok
-    client = mlflow.MlflowClient()
-    models = client.search_logged_models(
-        [destination["experiment_id"]], filter_string=f"source_run_id = '{destination['run_id']}'"
-    )
-    assert [m.model_id for m in models] == [report.logged[0][2]]
-    assert str(models[0].status) == "READY"
-    loaded = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}")
-    assert loaded.predict(x).shape == (len(x), 1)
-    assert models[0].tags["tracked_ckpt.sha256"] == sha256(workdir / "ckpt.keras")

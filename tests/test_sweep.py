@@ -20,7 +20,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import StopAfterEpoch, child, git, head, logged_models, make_data, make_model, make_repo, sha256
+from support.helpers import StopAfterEpoch, child, git, head, make_data, make_model, make_repo, sha256
+from support.mlflow_runs import logged_models
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint

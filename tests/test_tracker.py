@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-from pathlib import Path
 
 import pytest
-from helpers import make_data, make_model, sha256
+from support.helpers import make_data, make_model, sha256
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.tracker import Tracker, TrackerError, resolve_tracker, tracker_names
-
-# Only the two required methods: everything else comes from the base class's defaults.
-PLUGIN = Path(__file__).resolve().parent / "plugins" / "folder_tracker.py"
-
-
-@pytest.fixture
-def installed_folder_tracker(tmp_path_factory, monkeypatch):
-    """A package `folder_tracker` installed with an entry point, as `pip install` would leave it."""
-    site = tmp_path_factory.mktemp("site-packages")
-    shutil.copyfile(PLUGIN, site / "folder_tracker.py")
-    dist_info = site / "folder_tracker-1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: folder-tracker\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[tracked_ckpt.trackers]\nfolder = folder_tracker:FolderTracker\n")
-    monkeypatch.syspath_prepend(str(site))
-    yield
-    sys.modules.pop("folder_tracker", None)
 
 
 def test_a_minimal_third_party_tracker_logs_every_checkpoint_once(installed_folder_tracker, workdir):

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import logged_models, make_data, make_model
-from ui_setup import CHROMIUM_ARGS, ChromiumUnavailable, ensure_chromium
+from support.helpers import make_data, make_model
+from support.mlflow_runs import logged_models
+from support.ui_setup import CHROMIUM_ARGS, ChromiumUnavailable, ensure_chromium
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint

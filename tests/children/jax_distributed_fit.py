@@ -23,7 +23,7 @@ def main(process_id: int, port: str) -> None:
         keras.distribution.DataParallel(devices=keras.distribution.list_devices(), auto_shard_dataset=False)
     )
     logging.basicConfig(level=logging.INFO)
-    from helpers import make_data, make_model
+    from support.helpers import make_data, make_model
 
     from tracked_ckpt import TrackedModelCheckpoint
 

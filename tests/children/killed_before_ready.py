@@ -13,8 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import InjectMetric, make_data, make_model
 from mlflow import MlflowClient
+from support.helpers import InjectMetric, make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint
 

@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
-from helpers import make_data, make_model
+from support.helpers import make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker

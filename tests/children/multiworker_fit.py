@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf
-from helpers import make_data, make_model
+from support.helpers import make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint
 

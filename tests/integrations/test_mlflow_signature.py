@@ -15,8 +15,9 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import logged_models, make_data, make_model
-from mlflow_server import free_port
+from support.helpers import make_data, make_model
+from support.mlflow_runs import logged_models
+from support.mlflow_server import free_port
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint

@@ -13,8 +13,8 @@ import os
 
 import keras
 import pytest
-from helpers import make_model
-from wandb_fake import FakeServer
+from support.helpers import make_model
+from support.wandb_fake import FakeServer
 
 import tracked_ckpt
 from tracked_ckpt import fits as fits_module

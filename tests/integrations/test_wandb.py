@@ -29,8 +29,8 @@ import pytest
 import wandb
 import wandb.apis.public
 import wandb.errors
-from wandb_fake import FakeApi, FakeArtifact, FakeCollection, FakeRun, FakeServer
-from wandb_records import history_rows, logged_artifacts, run_dirs
+from support.wandb_fake import FakeApi, FakeArtifact, FakeCollection, FakeRun, FakeServer
+from support.wandb_records import history_rows, logged_artifacts, run_dirs
 
 import tracked_ckpt
 from tracked_ckpt import SCHEMA_KEYS, CheckpointRecord, TrackedModelCheckpoint
@@ -43,53 +43,6 @@ REGISTRY = "wandb-registry-model"
 
 # Scripted val_loss per epoch: epoch 2 does not improve, so `best` goes to epochs 1 and 3.
 VAL_LOSSES = [0.5, 0.7, 0.4]
-
-
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch):
-    """A hermetic W&B: offline, everything under tmp_path, nothing in $HOME, no network."""
-    for name in (
-        "WANDB_API_KEY",
-        "WANDB_ENTITY",
-        "WANDB_RUN_ID",
-        "WANDB_RESUME",
-        "WANDB_NAME",
-        "WANDB_RUN_GROUP",
-        "WANDB_JOB_TYPE",
-        "WANDB_TAGS",
-        "WANDB_NOTES",
-        "WANDB_BASE_URL",
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_EXPERIMENT_NAME",
-        "MLFLOW_EXPERIMENT_ID",
-        "MLFLOW_RUN_ID",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    dirs = {
-        "HOME": tmp_path / "home",
-        "WANDB_DIR": tmp_path / "wandb_dir",
-        "WANDB_DATA_DIR": tmp_path / "wandb_data",
-        "WANDB_CACHE_DIR": tmp_path / "wandb_cache",
-        "WANDB_CONFIG_DIR": tmp_path / "wandb_config",
-        "WANDB_ARTIFACT_DIR": tmp_path / "artifacts",
-    }
-    for name, path in dirs.items():
-        path.mkdir()
-        monkeypatch.setenv(name, str(path))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_PROJECT", "tracked-ckpt-test")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
-    monkeypatch.setenv("WANDB_X_DISABLE_STATS", "true")
-    monkeypatch.chdir(tmp_path)
-    # wandb caches its settings (and WANDB_* env) process-wide at the first init: reset it.
-    wandb.teardown()
-    yield tmp_path
-    if wandb.run is not None:
-        wandb.run.finish()
-    wandb.teardown()
 
 
 class ScriptedValLoss(keras.callbacks.Callback):
@@ -699,7 +652,7 @@ def test_fake_instances_hold_only_private_state(server):
 
 
 def test_a_fit_ended_by_an_exception_finishes_its_run_failed_and_the_next_fit_gets_its_own(wandb_env):
-    from wandb_records import finished_records
+    from support.wandb_records import finished_records
 
     class Pruned(Exception):
         pass

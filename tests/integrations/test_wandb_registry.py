@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import pytest
 import wandb.errors
-from test_wandb import the_run_dir, train, wandb_env  # noqa: F401  (wandb_env is a fixture)
-from wandb_fake import FakeApi, FakeArtifact, FakeServer
+from support.wandb_fake import FakeApi, FakeArtifact, FakeServer
+from test_wandb import the_run_dir, train
 
 import tracked_ckpt
 from tracked_ckpt import CheckpointRecord, ChecksumError
@@ -313,7 +313,7 @@ def test_delete_checkpoint_spares_protected_versions(server, tracker, caplog):
     assert [v.index for v in server.live_versions("team/proj/tiny-r1")] == [1, 2]
 
 
-def test_offline_training_synced_promoted_and_loaded_back(wandb_env):  # noqa: F811
+def test_offline_training_synced_promoted_and_loaded_back(wandb_env):
     """A real offline fit, uploaded into the fake as `wandb sync` would, then promoted and loaded."""
     checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}.keras"))  # val_loss 0.5, 0.7, 0.4
     run_id = checkpoint.session.destinations["wandb"]["run_id"]
@@ -386,14 +386,14 @@ def test_a_version_still_uploading_is_never_listed_or_promoted(server, tracker):
     assert result.promoted and result.checkpoint.record.epoch == 3
 
 
-def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_env, monkeypatch):  # noqa: F811
+def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_env, monkeypatch):
     """A model using an installed package: the W&B version records the same requirements as MLflow,
     loads back with custom objects, and refuses in one line where the package is missing."""
     import importlib
     import sys
 
-    from helpers import install_layer_package
-    from wandb_records import logged_artifacts
+    from support.helpers import install_layer_package
+    from support.wandb_records import logged_artifacts
 
     site = install_layer_package(wandb_env / "pkg", name="wbtinylayers", version="0.2.0", cls="WbTriple")
     monkeypatch.syspath_prepend(site)

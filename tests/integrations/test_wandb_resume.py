@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers import StopAfterEpoch
-from test_wandb import ScriptedValLoss, tiny_model, wandb_env  # noqa: F401  (the hermetic offline W&B fixture)
-from wandb_fake import FakeServer
-from wandb_records import run_dirs, run_summary
+from support.helpers import StopAfterEpoch
+from support.wandb_fake import FakeServer
+from support.wandb_records import run_dirs, run_summary
+from test_wandb import ScriptedValLoss, tiny_model
 
 from tracked_ckpt import TrackedModelCheckpoint, download_checkpoint
 from tracked_ckpt.integrations.wandb import WandbTracker
@@ -47,7 +47,7 @@ def fit(epochs: int, interrupt_after: int | None = None):
     return callback, history, model
 
 
-def test_job_key_names_the_run_and_a_restart_continues_it(wandb_env):  # noqa: F811
+def test_job_key_names_the_run_and_a_restart_continues_it(wandb_env):
     first, _, _ = fit(epochs=3, interrupt_after=2)
     run_id = first.session.destinations["wandb"]["run_id"]
     assert run_id == job_run_id(KEY) and run_id.startswith("digits-job-7-")
@@ -94,7 +94,7 @@ def refuse_to_start(previous):
     raise Started(previous)
 
 
-def test_the_lease_on_the_server_tells_a_live_holder_from_a_killed_one(wandb_env):  # noqa: F811
+def test_the_lease_on_the_server_tells_a_live_holder_from_a_killed_one(wandb_env):
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     run_id = job_run_id(KEY)
     server.runs.add(("team", "tracked-ckpt-test", run_id))

@@ -1,4 +1,4 @@
-"""A minimal third-party tracker: only the two required methods (tests/test_tracker.py installs it).
+"""A minimal third-party tracker: only the two required methods (tests/support/folder_plugin.py installs it).
 
 The test copies this file into a throwaway site-packages folder with a dist-info that
 registers `folder = folder_tracker:FolderTracker` in the `tracked_ckpt.trackers` group.

@@ -21,15 +21,14 @@ import sys
 import time
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for `support`
 
 BARRIER_TIMEOUT = 600.0
 
 
 def main(cfg: dict) -> None:
-    from helpers import InjectMetric, make_data, make_model
-
     import tracked_ckpt
+    from support.helpers import InjectMetric, make_data, make_model
     from tracked_ckpt import TrackedModelCheckpoint
     from tracked_ckpt.fits import last_destination
     from tracked_ckpt.integrations.mlflow import MlflowTracker

@@ -14,7 +14,7 @@ torn down (process groups) by `ProductionStack.stop()`:
   with `MLFLOW_S3_ENDPOINT_URL` pointing at moto and dummy AWS credentials, so
   every checkpoint goes through MLflow's real S3 upload and download code.
 
-Run `python tests/production_stack.py` to bring the stack up, smoke-test it and
+Run `python tests/support/production_stack.py` to bring the stack up, smoke-test it and
 tear it down (prints the timings).
 """
 
@@ -30,8 +30,10 @@ import tempfile
 import time
 import urllib.request
 
-from apt import apt_install
-from mlflow_server import free_port
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: `support` as a script too
+
+from support.apt import apt_install
+from support.mlflow_server import free_port
 
 BUCKET = "tracked-ckpt"
 ARTIFACT_PREFIX = "mlartifacts"

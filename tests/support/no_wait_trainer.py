@@ -11,10 +11,9 @@ import signal
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for `support`
 
-from helpers import make_data, make_model
-
+from support.helpers import make_data, make_model
 from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 

@@ -51,7 +51,7 @@ try:
 except ImportError:  # wandb before RunNotFoundError: a missing run was a bare ValueError
     RunNotFoundError = ValueError
 
-from wandb_records import logged_artifacts, run_summary
+from support.wandb_records import logged_artifacts, run_summary
 
 REGISTRY_PREFIX = "wandb-registry-"
 _SEP = ("/", ":")

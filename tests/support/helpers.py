@@ -1,4 +1,7 @@
-"""Test helpers shared by test modules (tiny models, data, fits, metric injection, queries, files, git)."""
+"""Test helpers shared by test modules (tiny models, data, fits, metric injection, files, git); no tracker.
+
+What reads MLflow back is in `support.mlflow_runs`, so tests of the core import no tracker.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,8 @@ import sys
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 
-from tracked_ckpt import TrackedModelCheckpoint
 from tracked_ckpt.files import sha256_file
 
 # -- tiny models and data -------------------------------------------------------------------
@@ -97,31 +98,6 @@ def fit(callback, epochs: int = 3, *, extra=(), batch_size: int = 8, model=None,
     return model, history
 
 
-def train_run(
-    scores,
-    path: str = "ckpt/{epoch}.keras",
-    *,
-    monitor: str = "score",
-    mode: str = "min",
-    weights: bool = False,
-    run_name: str | None = None,
-    folder_per_run: bool = False,
-) -> str:
-    """One MLflow run whose checkpoint metric `monitor` follows `scores` (one value or None an epoch).
-
-    `folder_per_run` puts the checkpoints under the run id's first 8 characters, so runs never share files.
-    Returns the run id.
-    """
-    with mlflow.start_run(run_name=run_name) as run:
-        filepath = f"{run.info.run_id[:8]}/{path}" if folder_per_run else path
-        callback = TrackedModelCheckpoint(filepath, monitor=monitor, mode=mode, save_weights_only=weights)
-        x, y = make_data()
-        make_model().fit(
-            x, y, epochs=len(scores), batch_size=8, verbose=0, callbacks=[InjectMetric(monitor, scores), callback]
-        )
-    return run.info.run_id
-
-
 def save_trained_model(path: str = "ckpt.keras"):
     """make_model() trained one epoch on make_data(), saved to `path`; returns (model, x)."""
     model = make_model()
@@ -131,20 +107,9 @@ def save_trained_model(path: str = "ckpt.keras"):
     return model, x
 
 
-def logged_models(run_id: str, experiment_id: str | None = None):
-    """The LoggedModels of a run, oldest first."""
-    client = mlflow.MlflowClient()
-    if experiment_id is None:
-        experiment_id = client.get_run(run_id).info.experiment_id
-    models = client.search_logged_models(
-        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1000
-    )
-    return sorted(models, key=lambda m: (int(m.tags["tracked_ckpt.step"]), m.creation_timestamp))
-
-
 # -- child processes ------------------------------------------------------------------------------
 
-CHILDREN = Path(__file__).resolve().parent / "children"
+CHILDREN = Path(__file__).resolve().parent.parent / "children"
 
 
 def child(name: str, *args) -> list[str]:

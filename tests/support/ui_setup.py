@@ -8,8 +8,11 @@ module installs with apt when it is missing and we are root.
 from __future__ import annotations
 
 import os
+import sys
 
-from apt import apt_install
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: `support` as a script too
+
+from support.apt import apt_install
 
 CHROMIUM = os.environ.get("TRACKED_CKPT_CHROMIUM", "/usr/bin/chromium")
 
