@@ -25,6 +25,7 @@ CORE_TESTS = [
     "test_git.py",
     "test_versions.py",
     "test_tracker.py",
+    "test_fits.py",
 ]
 
 

@@ -8,8 +8,9 @@ import pickle
 import pkgutil
 
 import pytest
-from helpers import make_data, make_model, train_run
-from mlflow_server import free_port
+from support.helpers import make_data, make_model
+from support.mlflow_runs import train_run
+from support.mlflow_server import free_port
 
 import tracked_ckpt
 from tracked_ckpt import TrackedCkptError, TrackedModelCheckpoint

@@ -18,7 +18,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import make_data
+from support.helpers import make_data
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
