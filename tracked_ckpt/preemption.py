@@ -29,15 +29,15 @@ import threading
 import time
 import types
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 logger = logging.getLogger("tracked_ckpt")
 
 #: What a preemption signal is caught as by default: Kubernetes, Docker, systemd, spot VMs' shutdown.
 DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM,)
 
-_Handler = Union[Callable[[int, Union[types.FrameType, None]], Any], int, signal.Handlers, None]
-_SignalArg = Union[int, str, signal.Signals]
+_Handler: TypeAlias = Callable[[int, types.FrameType | None], Any] | int | signal.Handlers | None
+_SignalArg: TypeAlias = int | str | signal.Signals
 
 
 def signals_arg(value: _SignalArg | Sequence[_SignalArg] | None) -> tuple[signal.Signals, ...]:
