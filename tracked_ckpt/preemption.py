@@ -106,13 +106,14 @@ class StopSignals:
         self.active = active
         self.received: signal.Signals | None = None
         self.received_at: float | None = None  # time.monotonic() when it arrived
-        self._previous: dict[signal.Signals, _Handler] = {}
+        self._previous: dict[signal.Signals, _Handler] = {}  # what each signal did before; kept for `deliver`
+        self._installed = False
         self._frame: types.FrameType | None = None
 
     @property
     def installed(self) -> bool:
         """Whether this fit's handlers are in place."""
-        return bool(self._previous)
+        return self._installed
 
     def install(self) -> bool:
         """Catch the signals (main thread only); False when nothing was installed, and why is logged."""
@@ -136,7 +137,8 @@ class StopSignals:
                 previous = stale._previous.pop(sig, signal.SIG_DFL)
             self._previous[sig] = previous
             signal.signal(sig, self._note)
-        return self.installed
+            self._installed = True
+        return self._installed
 
     def _note(self, signum: int, frame: types.FrameType | None) -> None:
         if not self.active():
@@ -157,11 +159,12 @@ class StopSignals:
 
     def restore(self) -> None:
         """Put the previous handlers back (main thread only; a no-op elsewhere or when not installed)."""
-        if threading.current_thread() is not threading.main_thread():
+        if not self._installed or threading.current_thread() is not threading.main_thread():
             return
         for sig, previous in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
+            if signal.getsignal(sig) == self._note:  # a later fit may have taken over: leave its handler
+                signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._installed = False
 
     def deliver(self) -> None:
         """End as the noted signal would have ended the process without tracked-ckpt.
