@@ -12,8 +12,9 @@ import time
 
 import mlflow
 import pytest
-from helpers import child, logged_models, make_data, make_model
-from mlflow_server import MlflowServer
+from support.helpers import child, make_data, make_model
+from support.mlflow_runs import logged_models
+from support.mlflow_server import MlflowServer
 
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint
@@ -82,10 +83,10 @@ def test_a_preempted_job_saves_drains_exits_as_signalled_and_resumes_where_it_st
     run = the_run()
     assert run.info.status == "KILLED"
     (preempted,) = preempted_models(run.info.run_id)
-    assert preempted.status.name == "READY" or str(preempted.status) == "READY"
+    assert str(preempted.status).endswith("READY")
     assert preempted.tags["tracked_ckpt.epoch"] == "2"
     assert int(preempted.tags["tracked_ckpt.batch"]) >= 2  # mid-epoch: at a batch boundary
-    assert preempted.name.startswith("p-e0002-b")
+    assert preempted.name.startswith("tiny-e0002-b")
 
     again = start_job(folder, signals=signals)
     out, _ = again.communicate(timeout=300)
@@ -100,7 +101,7 @@ def test_a_preempted_job_saves_drains_exits_as_signalled_and_resumes_where_it_st
     assert all(str(m.status).endswith("READY") for m in models)
     # The resumed epoch 2 started from the preempted weights and step, not from epoch 1's.
     steps = {m.name: int(m.tags["tracked_ckpt.step"]) for m in models}
-    assert steps["p-e0002"] > steps[preempted.name] > steps["p-e0001"]
+    assert steps["tiny-e0002"] > steps[preempted.name] > steps["tiny-e0001"]
     record = tracked_ckpt.list_checkpoints(run_id=run.info.run_id, where={"preempted": True})
     assert [c.record.name for c in record] == [preempted.name]
 
@@ -113,12 +114,14 @@ def test_a_handler_the_job_installed_still_runs(server_store, workdir):
     out, _ = job.communicate(timeout=120)
     assert job.returncode == 7, out[-3000:]  # the job's own handler decided how it ends
     assert (folder / "handler-ran").exists()
-    (preempted,) = preempted_models(the_run().info.run_id)  # saved and logged before the handler ran
+    assert len(preempted_models(the_run().info.run_id)) == 1  # saved and logged before the handler ran
     assert the_run().info.status == "KILLED"
 
 
 @pytest.mark.slow
-def test_with_the_tracker_down_the_job_still_exits_in_time_and_sync_logs_the_rest(workdir, tmp_path_factory, monkeypatch):
+def test_with_the_tracker_down_the_job_still_exits_in_time_and_sync_logs_the_rest(
+    workdir, tmp_path_factory, monkeypatch
+):
     server = MlflowServer(str(tmp_path_factory.mktemp("preempt-server"))).start()
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)

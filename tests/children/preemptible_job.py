@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
-from helpers import make_data, make_model
+from support.helpers import make_data, make_model
 
 from tracked_ckpt import TrackedModelCheckpoint
 
@@ -65,4 +65,5 @@ def main(epochs: int, resume: str, signals: str | None, handler: str | None) -> 
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], *(sys.argv[3:5] + [None, None])[:2])
+    signals, handler = (sys.argv[3:5] + ["", ""])[:2]  # noqa: RUF005
+    main(int(sys.argv[1]), sys.argv[2], signals or None, handler or None)
