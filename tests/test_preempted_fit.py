@@ -29,10 +29,10 @@ def short_grace(monkeypatch):
     monkeypatch.setenv(PREEMPTION_GRACE, str(GRACE))
 
 
-def start_job(folder, resume="true", signals="", handler="") -> subprocess.Popen:
+def start_job(folder, resume="true", signals="", handler="", keep_top_k="") -> subprocess.Popen:
     os.makedirs(folder, exist_ok=True)
     return subprocess.Popen(
-        child("preemptible_job", EPOCHS, resume, signals, handler),
+        child("preemptible_job", EPOCHS, resume, signals, handler, keep_top_k),
         cwd=folder,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -104,6 +104,23 @@ def test_a_preempted_job_saves_drains_exits_as_signalled_and_resumes_where_it_st
     assert steps["tiny-e0002"] > steps[preempted.name] > steps["tiny-e0001"]
     record = tracked_ckpt.list_checkpoints(run_id=run.info.run_id, where={"preempted": True})
     assert [c.record.name for c in record] == [preempted.name]
+
+
+@pytest.mark.slow
+def test_keep_top_k_ranks_the_whole_preempted_and_resumed_job(server_store, workdir):
+    folder = workdir / "job"
+    job = start_job(folder, keep_top_k=2)  # scores 0.5, 0.2, 0.4, 0.3 for epochs 1-4
+    signal_mid_epoch(job, folder, signal.SIGTERM)
+    out, _ = job.communicate(timeout=120)
+    assert job.returncode == -signal.SIGTERM, out[-3000:]
+    again = start_job(folder, keep_top_k=2)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out[-3000:]
+    # Epoch 1 and the preempted save (no score: worst) were logged by the first process; the
+    # resumed one ranks them too: the best two (epochs 2 and 4), 4 also the latest, remain.
+    remaining = logged_models(the_run().info.run_id)
+    assert [m.name for m in remaining] == ["tiny-e0002", "tiny-e0004"]
+    assert sorted(os.listdir(folder / "ckpt")) == ["p-2.keras", "p-4.keras"]
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from tracked_ckpt.record import CheckpointRecord, checkpoint_name
 from tracked_ckpt.resume import JobResume, LastCheckpoint, LocalState, ResumeState
 from tracked_ckpt.retention import Kept, Retention
 from tracked_ckpt.spool import Spool, SpoolEntry, SpoolHold
-from tracked_ckpt.tracker import Tracker, answers_after_wait, finish_run, tracker_key
+from tracked_ckpt.tracker import Tracker, TrackerJobKeys, answers_after_wait, finish_run, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -144,7 +144,25 @@ class FitSession:
         self._resubmit_leftovers()
         if state is not None and self.job is not None:
             self.job.seed_retention(self.retention)
+        elif state is not None and self.retention is not None:
+            self._seed_retention(base_name)
         return state
+
+    def _seed_retention(self, base_name: str) -> None:
+        """Let keep_top_k rank what the resumed run logged before this process (as resume by job key does)."""
+        if len(self.trackers) != 1:
+            return  # with several trackers, the other trackers' ids of those checkpoints are unknown
+        ((name, tracker),) = self.trackers.items()
+        if not isinstance(tracker, TrackerJobKeys) or not self.destinations.get(name):
+            return
+        destination = self.destinations[name]
+        try:
+            earlier = tracker.job_checkpoints(destination, base_name)
+        except Exception as exc:  # retention then ranks this process's checkpoints only
+            logger.warning("keep_top_k cannot see the checkpoints logged before this resume: %s", exc)
+            return
+        assert self.retention is not None
+        self.retention.seed([Kept(c.record, {name: c.id}, {name: destination}) for c in earlier])
 
     def _start(self, previous: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return {key: tracker.start(resume=previous.get(key)) for key, tracker in self.trackers.items()}
