@@ -91,6 +91,8 @@ def test_a_preempted_job_saves_drains_exits_as_signalled_and_resumes_where_it_st
     again = start_job(folder, signals=signals)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0 and "completed" in out, out[-3000:]
+    assert f"tracked-ckpt: resuming the job from {preempted.name}, epoch 2, step " in out
+    assert "(epoch 2 runs again from its start), in run http" in out
     run = the_run()  # still one run: the same one
     assert run.info.status == "FINISHED"
     models = logged_models(run.info.run_id)

@@ -48,6 +48,7 @@ from tracked_ckpt.preemption import DEFAULT_SIGNALS, signals_arg
 from tracked_ckpt.publisher import PublishReport, stall_timeout_from
 from tracked_ckpt.record import (
     CheckpointRecord,
+    checkpoint_name,
     clean_metrics,
     file_format,
     is_better,
@@ -596,13 +597,14 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             self.best = state.keras_best
         self.model._initial_epoch = initial_epoch  # Keras internal: fit starts its epoch loop here
         last = state.last
-        logger.info(
-            "Resumed from %s (epoch %d, step %d); best %s so far: %s.",
-            last.filepath,
-            last.epoch,
-            last.step,
-            self.monitor,
-            self.best_value,
+        self._messages.resumed(
+            job_key=self.resume if isinstance(self.resume, str) else None,
+            checkpoint=checkpoint_name(self._base_name(), last.epoch, last.batch),
+            epoch=last.epoch,
+            step=last.step,
+            rerun=last.batch is not None,
+            runs=self._session.run_links() if self._session is not None else [],
+            done=initial_epoch >= self.params.get("epochs", initial_epoch + 1),
         )
 
     # -- what the session reports --------------------------------------------------------

@@ -263,6 +263,14 @@ class FitSession:
         publisher = self._publisher
         return publisher.queued() if publisher is not None else []
 
+    def run_links(self) -> list[str]:
+        """Each tracker's run, as a person finds it: `run <UI link>`, or `run <id>` without one."""
+        links = []
+        for key, tracker in self.trackers.items():
+            destination = self.destinations.get(key, {})
+            links.append(f"run {tracker.run_url(destination) or destination.get('run_id', '?')}")
+        return links
+
     def current_destinations(self) -> dict[str, dict[str, Any]]:
         """Where each tracker logs now (a deferred start may have become a real run meanwhile)."""
         return {key: tracker.destination or self.destinations.get(key, {}) for key, tracker in self.trackers.items()}
