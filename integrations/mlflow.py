@@ -300,13 +300,24 @@ class MlflowTracker(Tracker, MlflowRegistry):
     @override
     def finish(self, success: bool = True) -> None:
         """End the run if `start` started it (after dropping unfinished duplicates of its checkpoints)."""
+        self._end_runs("FINISHED" if success else "FAILED", users_run=False)
+
+    @override
+    def finish_preempted(self, exit_code: int) -> None:
+        """End the run as KILLED, MLflow's status for a run stopped from outside; the user's own run too.
+
+        The process ends right after (as the signal would have made it), so nothing else
+        would end a run the user started; a resumed job sets it running again.
+        """
+        self._end_runs("KILLED", users_run=True)
+
+    def _end_runs(self, status: str, *, users_run: bool) -> None:
         self._drop_unfinished_twins(self._destination)
         started, self._started = self._started, None
-        status = "FINISHED" if success else "FAILED"
         for orphan in self._orphans:
             self.client(orphan["tracking_uri"]).set_terminated(orphan["run_id"], status=status)
         self._orphans.clear()
-        if started == "client":
+        if started == "client" or (users_run and self._destination.get("run_id")):
             self.client(self._destination["tracking_uri"]).set_terminated(self._destination["run_id"], status=status)
 
     def _drop_unfinished_twins(self, destination: Mapping[str, Any]) -> None:

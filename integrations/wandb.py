@@ -231,12 +231,28 @@ class WandbTracker(Tracker, WandbRegistry):
     @override
     def finish(self, success: bool = True) -> None:
         """Finish the runs this tracker started or resumed (waits for their uploads)."""
+        self._finish_owned(exit_code=0 if success else 1)
+
+    @override
+    def finish_preempted(self, exit_code: int) -> None:
+        """Mark the runs preempting (`Run.mark_preempting`), then finish the ones this tracker started.
+
+        W&B keeps a run marked so resumable and shows it as preempted rather than
+        crashed; the exit code is the one the process is about to end with (143 for SIGTERM).
+        """
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.mark_preempting()
+        self._finish_owned(exit_code=exit_code)
+
+    def _finish_owned(self, exit_code: int) -> None:
         with self._lock:
             owned, self._owned = self._owned, []
             for run in owned:
                 self._runs.pop(run.id, None)
         for run in owned:
-            run.finish(exit_code=0 if success else 1)
+            run.finish(exit_code=exit_code)
             with _STARTED_LOCK:
                 _STARTED.discard(run.id)
 

@@ -49,6 +49,20 @@ def test_monitor_missing_warns_once_and_logs_without_value(embedded_store, workd
     assert all("tracked_ckpt.value" not in m.tags and m.tags["tracked_ckpt.is_best"] == "false" for m in models)
 
 
+@pytest.mark.parametrize("mode", ["auto", "min", "max"])
+@pytest.mark.parametrize("save_freq", ["epoch", 4], ids=["epoch-level", "batch-level"])  # 4 batches an epoch
+def test_a_misspelt_monitor_never_costs_a_checkpoint(embedded_store, workdir, caplog, mode, save_freq):
+    # mode="auto" used to crash at the first save, inside Keras's direction inference.
+    callback = TrackedModelCheckpoint("ckpt/t-{epoch}.keras", monitor="val_los", mode=mode, save_freq=save_freq)
+    with caplog.at_level(logging.WARNING, logger="tracked_ckpt"):
+        fit(callback, epochs=3)
+    warnings = [r.getMessage() for r in caplog.records if "'val_los' is not in the" in r.getMessage()]
+    assert len(warnings) == 1
+    assert ("val_loss" if save_freq == "epoch" else "available: loss") in warnings[0]  # names what exists
+    assert callback.last_report.ok
+    assert len(logged_models(callback.session.destinations["mlflow"]["run_id"])) == 3
+
+
 def test_unwritable_checkpoint_folder_fails_before_training(embedded_store, workdir):
     if os.geteuid() == 0:
         target = "/proc/tracked-ckpt-test/x.keras"  # root ignores permissions; /proc refuses new folders

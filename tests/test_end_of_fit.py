@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import mlflow
@@ -130,3 +131,53 @@ def test_an_upload_slower_than_the_stall_window_completes_within_fit(
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), keras.saving.load_model(local).predict(x, verbose=0), rtol=1e-6
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["after-logging", "before-saving"])
+def test_exit_after_a_fit_that_raised_is_bounded_when_the_server_is_gone(tmp_path, when):
+    """Interpreter exit winds the fit down; with the server gone it gives up within the stall window."""
+    stall = 3
+    server = MlflowServer(str(tmp_path / "server")).start(timeout=300)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": server.url,
+        "MLFLOW_EXPERIMENT_NAME": f"gone-{when}",
+        "TRACKED_CKPT_STALL_TIMEOUT": str(stall),
+    }
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        env.pop(name, None)  # MLflow's defaults: retries backing off for about 4 minutes
+    mlflow.MlflowClient(tracking_uri=server.url).create_experiment(f"gone-{when}")
+    try:
+        job = subprocess.Popen(
+            child("raise_with_server_gone", when), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        )
+        while not (tmp_path / "down?").exists():
+            assert job.poll() is None, job.stderr.read()[-3000:]
+            time.sleep(0.05)
+        server.stop()
+        (tmp_path / "down").touch()
+        while not (tmp_path / "raising").exists():
+            assert job.poll() is None, job.stderr.read()[-3000:]
+            time.sleep(0.05)
+        raised = time.monotonic()
+        _, err = job.communicate(timeout=300)
+        took = time.monotonic() - raised
+        assert job.returncode == 1 and "the job failed at epoch 2" in err, err[-3000:]
+        # Not MLflow's minutes of retries: the stall window (for the upload), a probe, and the exit.
+        assert took < stall + 20, f"{took:.1f}s"
+        assert "run was not ended: the tracker does not answer" in err
+
+        server.start(timeout=300)
+        spool = tmp_path / "ckpt" / ".tracked_ckpt" / "spool"
+        assert spool.exists() == (when == "before-saving")  # epoch 2's checkpoint waits there
+        if spool.exists():
+            synced = sync_cli(str(spool), "120", tmp_path, env)
+            assert synced.returncode == 0, synced.stderr[-3000:]
+        client = mlflow.MlflowClient(tracking_uri=server.url)
+        experiment = client.get_experiment_by_name(f"gone-{when}")
+        models = client.search_logged_models([experiment.experiment_id], max_results=100)
+        assert sorted(int(m.tags["tracked_ckpt.epoch"]) for m in models) == [1, 2]  # each once
+        assert {str(m.status) for m in models} == {"READY"}
+    finally:
+        server.stop()

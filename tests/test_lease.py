@@ -131,6 +131,13 @@ def test_a_holder_that_stopped_beating_is_taken_over(run, caplog, silent_for):
     said = "went silent" if silent_for else "stopped refreshing its lease"
     assert f"Job {KEY!r}: its earlier holder node-a:41:abc {said}" in caplog.text
     assert second.previous["mlflow"] == killed
+    # Waiting is said, with how long, where a user sees it (a warning shows without logging set up).
+    waits = [r for r in caplog.records if "waiting up to" in r.getMessage()]
+    if silent_for:
+        assert waits == []  # long silent: taken over at once
+    else:
+        (wait,) = waits
+        assert wait.levelno == logging.WARNING and f"waiting up to {WINDOW:.0f}s" in wait.getMessage()
 
 
 def test_two_first_starts_keep_the_earliest_run_and_the_other_stops(embedded_store):

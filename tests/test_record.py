@@ -68,17 +68,33 @@ def test_schema_keys_are_unique_and_record_fields():
     assert FORMATS == ("keras", "h5", "weights.h5")
 
 
+#: Keys only some checkpoints have: a batch-level save's batch, a preemption save's flag.
+ONLY_SOME = ("batch", "preempted")
+EVERY_EPOCH_SAVE_KEY = [key for key in SCHEMA_KEYS if key not in ONLY_SOME]
+
+
 def test_metadata_full_record_has_every_key_in_order():
     record = make_record()
     meta = record.metadata()
-    assert list(meta) == list(SCHEMA_KEYS)
+    assert list(meta) == EVERY_EPOCH_SAVE_KEY
     assert meta["epoch"] == 3 and meta["step"] == 120
     assert meta["value"] == 0.1 + 0.2
     assert meta["is_best"] is True
     assert meta["git_dirty"] is False
     # Not part of the schema.
-    for key in ("name", "metrics", "batch"):
+    for key in ("name", "metrics", "batch", "preempted"):
         assert key not in meta
+
+
+def test_a_preempted_batch_save_reads_back_whole():
+    record = make_record(batch=45, preempted=True)
+    meta = record.metadata()
+    assert list(meta) == list(SCHEMA_KEYS)
+    assert meta["batch"] == 45 and meta["preempted"] is True
+    for stored in (meta, record.string_metadata()):
+        back = CheckpointRecord.from_metadata(stored)
+        assert (back.batch, back.preempted) == (45, True)
+    assert CheckpointRecord.from_metadata(make_record().metadata()).preempted is False
 
 
 def test_metadata_omits_none_values_and_keeps_falsy_ones():
@@ -94,6 +110,7 @@ def test_metadata_omits_none_values_and_keeps_falsy_ones():
         "git_dirty",
         "git_remote",
         "requirements",
+        *ONLY_SOME,
     }
     assert "requirements" not in make_record(requirements=()).metadata()  # none beyond Keras: left out
     assert None not in meta.values()
@@ -104,7 +121,7 @@ def test_metadata_omits_none_values_and_keeps_falsy_ones():
     assert meta["is_best"] is False
     assert meta["git_dirty"] is False
     assert meta["size_bytes"] == 0
-    assert list(meta) == list(SCHEMA_KEYS)
+    assert list(meta) == EVERY_EPOCH_SAVE_KEY
 
 
 def test_metadata_values_are_plain_types():
@@ -126,7 +143,7 @@ def test_requirements_as_one_string_and_back():
 
 def test_string_metadata_formats():
     meta = make_record(is_best=True, git_dirty=False).string_metadata()
-    assert list(meta) == list(SCHEMA_KEYS)
+    assert list(meta) == EVERY_EPOCH_SAVE_KEY
     assert all(type(v) is str for v in meta.values())
     assert meta["is_best"] == "true"
     assert meta["git_dirty"] == "false"

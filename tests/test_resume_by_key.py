@@ -117,6 +117,18 @@ def test_a_killed_job_finishes_in_a_new_folder_from_the_tracker(where, request, 
     assert not os.path.exists(second / "ckpt" / ".tracked_ckpt")  # completed: no local state left
 
 
+def test_a_completed_job_says_so_and_trains_nothing(server_store, workdir, monkeypatch, capsys):
+    _callback, history, _ = resume_here(workdir / "node-a", "done-job", monkeypatch)
+    assert history.epoch == list(range(EPOCHS))
+    capsys.readouterr()
+    _callback, history, _ = resume_here(workdir / "node-b", "done-job", monkeypatch)
+    assert history.epoch == []
+    out = capsys.readouterr().out
+    run = the_run("done-job")
+    assert f"tracked-ckpt: job 'done-job' already completed (tiny-e{EPOCHS:04d}, epoch {EPOCHS}, in run " in out
+    assert run.info.run_id in out and "another job key" in out
+
+
 def test_a_second_live_job_with_the_same_key_is_refused(server_store, workdir, monkeypatch):
     holder = start_job(workdir / "node-a", "busy-job", epochs=2)
     try:

@@ -144,3 +144,49 @@ def test_policy_keeps_top_k_and_latest_and_treats_missing_values_as_worst():
 def test_keep_top_k_below_one_is_refused(k):
     with pytest.raises(ValueError, match="keep_top_k"):
         TrackedModelCheckpoint("ckpt/x.keras", keep_top_k=k)
+
+
+def test_keep_top_k_ranks_every_fit_of_the_callback_in_the_run(embedded_store, workdir):
+    # A two-stage fine-tune in one run: epochs 1-4, then the same callback on to epoch 10.
+    scores = [0.9, 0.5, 0.3, 0.8, 0.6, 0.2, 0.7, 0.85, 0.95, 0.99]
+    callback = TrackedModelCheckpoint(
+        "ckpt/s-{epoch:02d}.keras", monitor="score", mode="min", keep_top_k=2, upload="sync"
+    )
+    model = make_model()
+    x, y = make_data()
+    with mlflow.start_run() as run:
+        model.fit(
+            x,
+            y,
+            epochs=4,
+            batch_size=8,
+            verbose=0,
+            callbacks=[InjectMetric("score", scores), callback, PromoteAt(0, "stage-one")],
+        )
+        model.fit(
+            x,
+            y,
+            initial_epoch=4,
+            epochs=10,
+            batch_size=8,
+            verbose=0,
+            callbacks=[InjectMetric("score", scores), callback],
+        )
+    # The best two of all ten (epochs 6 and 3), the latest (10) and the promoted one (1).
+    assert [int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(run.info.run_id)] == [1, 3, 6, 10]
+    assert sorted(os.listdir(workdir / "ckpt")) == ["s-01.keras", "s-03.keras", "s-06.keras", "s-10.keras"]
+
+
+def test_checkpoints_of_another_run_never_compete(embedded_store, workdir):
+    callback = TrackedModelCheckpoint("ckpt/o-{epoch}.keras", monitor="score", mode="min", keep_top_k=1, upload="sync")
+    x, y = make_data()
+    runs = []
+    for scores in ([0.1, 0.2], [0.5, 0.6]):  # the second run's values are all worse than the first's
+        with mlflow.start_run() as run:
+            make_model().fit(
+                x, y, epochs=2, batch_size=8, verbose=0, callbacks=[InjectMetric("score", scores), callback]
+            )
+        runs.append(run.info.run_id)
+    # Each run keeps its own best and latest. Ranked together, the first run's better values and
+    # later step would evict the second run's epoch 1.
+    assert [[int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(r)] for r in runs] == [[1, 2], [1, 2]]

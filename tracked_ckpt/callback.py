@@ -44,9 +44,11 @@ from keras.src.utils import io_utils
 from tracked_ckpt import git as git_provenance
 from tracked_ckpt.files import check_writable
 from tracked_ckpt.fit_messages import FitMessages
+from tracked_ckpt.preemption import DEFAULT_SIGNALS, signals_arg
 from tracked_ckpt.publisher import PublishReport, stall_timeout_from
 from tracked_ckpt.record import (
     CheckpointRecord,
+    checkpoint_name,
     clean_metrics,
     file_format,
     is_better,
@@ -55,7 +57,7 @@ from tracked_ckpt.record import (
 )
 from tracked_ckpt.requirements import code_paths_arg
 from tracked_ckpt.resume import LocalState, ResumeState, restore, validate_job_key
-from tracked_ckpt.retention import check_keep_top_k
+from tracked_ckpt.retention import Kept, check_keep_top_k
 from tracked_ckpt.roles import chief_role
 from tracked_ckpt.session import FitOptions, FitSession
 from tracked_ckpt.specs import io_specs
@@ -125,7 +127,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             the meantime loses nothing: `tracked-ckpt sync` logs what is left.
         keep_top_k: keep only the K best checkpoints by the monitored metric,
             plus the latest, on the tracker and on local disk; promoted or
-            aliased ones are never deleted. None (default) keeps everything.
+            aliased ones are never deleted. The ranking spans every checkpoint
+            this callback logged into the run, across fits and, with a job key,
+            across a resumed job. None (default) keeps everything.
         resume: continue an interrupted job: at the start of `fit`, reload the
             latest checkpoint this callback wrote (model and optimizer state),
             restore the best-so-far value, log into the same run again, and
@@ -145,6 +149,15 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             model's `code/` folder, imported by `mlflow.pyfunc.load_model` and
             `mlflow models serve`) so it loads on another machine. A config module
             that is neither installed nor listed here is named in one warning per fit.
+        preempt_on: the signals that announce preemption (default SIGTERM, what
+            Kubernetes, Docker and spot VMs send; add e.g. "SIGUSR1" for SLURM's
+            `--signal=USR1@90`; `()` catches none). During `fit` such a signal makes
+            the callback save a checkpoint at the next batch boundary (tagged
+            `preempted`), log what waits within `TRACKED_CKPT_PREEMPTION_GRACE`
+            seconds (default 25), end the runs as preempted (MLflow: KILLED), and
+            then end the process as the signal would have (exit status 143 for
+            SIGTERM), running a handler you installed before `fit` instead when
+            there is one. Main thread only (see `tracked_ckpt.preemption`).
 
     Example:
 
@@ -187,6 +200,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         keep_top_k: int | None = None,
         resume: bool | str = False,
         code_paths: Sequence[str | os.PathLike[str]] | None = None,
+        preempt_on: str | int | Sequence[str | int] | None = DEFAULT_SIGNALS,
     ):
         if mode not in _MODES:
             raise ValueError(f"Invalid mode {mode!r}: use 'auto', 'min' or 'max'.")
@@ -232,6 +246,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self._state = LocalState(os.path.join(os.path.dirname(self.spool.directory), "resume.json"))
         self.best_value: float | None = None  # best monitored value among logged checkpoints
         self.best_name: str | None = None
+        self.preempt_on = signals_arg(preempt_on)
+        self._retained: list[Kept] = []  # what keep_top_k ranks: this callback's checkpoints, across fits
         self._reset_fit_state()
 
     def _reset_fit_state(self) -> None:
@@ -239,6 +255,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self._session: FitSession | None = None
         self._git: Callable[[], git_provenance.GitInfo] = git_provenance.GitInfo  # this fit's provenance, when asked
         self._saving: dict[str, Any] | None = None
+        self._preempting = False  # the next save is the one a preemption signal asked for
+        self._last_saved_step: int | None = None
         self._messages = FitMessages(io_utils.print_msg)
         self._warned_monitor = False
         self._chief, self._task_id = True, None
@@ -253,6 +271,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         """
         state = dict(self.__dict__)
         for runtime in ("_session", "_git", "_saving", "_messages", "_warned_monitor", "_chief", "_task_id"):
+            state.pop(runtime, None)
+        for runtime in ("_preempting", "_last_saved_step"):
             state.pop(runtime, None)
         state["_model"] = None
         return state
@@ -281,9 +301,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             try:
                 # Keras sets this lazily at the first epoch end, which crashes batch-level
                 # save_best_only (3.15); resolve it now while the compiled metrics are known.
-                self._set_monitor_op()
+                super()._set_monitor_op()
             except ValueError:
-                pass  # auto mode not resolvable yet; Keras retries (and explains) at epoch end
+                pass  # metrics not built yet: resolved again at the first save (`_set_monitor_op`)
         if not self._chief:
             # Saving is collective under MultiWorkerMirroredStrategy, so this worker saves
             # too, into a private folder it deletes; only the chief talks to the tracker.
@@ -313,8 +333,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             fit=self.params,
             on_logged=self._on_logged,
             on_end=self._summarize,
+            retained=self._retained,
         )
         state = self._session.begin(self._base_name())
+        self._session.catch_stop_signals(self.preempt_on)
         fit_callbacks = self._fit_callbacks()
         if fit_callbacks is not None:
             self._session.end_when_gone(fit_callbacks)
@@ -337,19 +359,46 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         return None
 
     @override
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_batch_end(batch, logs)
+        if self._session is not None and self._session.open and self._session.preempted:
+            self._preempt(self._current_epoch, batch, logs or {})
+
+    @override
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_end(epoch, logs)
         self._messages.show_queued()
+        if self._session is not None and self._session.open and self._session.preempted:
+            self._preempt(epoch, None, logs or {})  # the signal came during validation
 
     @override
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_end(logs)
-        if self._session is None:
+        session = self._session
+        if session is None:
             return
-        if self.blocking or not self._session.asynchronous:
-            self._session.end(completed=True)
+        if session.preempted and session.stop is not None:  # the signal came after the last batch
+            session.end(completed=True)
+            session.stop.deliver()
+        elif self.blocking or not session.asynchronous:
+            session.end(completed=True)
         else:
-            self._session.end_in_background(completed=True)
+            session.end_in_background(completed=True)
+
+    def _preempt(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> None:
+        """Save now (unless this step is saved), log within the grace period, end as the signal would have."""
+        session = self._session
+        assert session is not None and session.stop is not None
+        if self._last_saved_step != self._global_step():
+            self._preempting = True
+            try:
+                self._save_model(epoch, batch, logs)
+            finally:
+                self._preempting = False
+        session.end_preempted()
+        session.stop.deliver()
+        # Only here when the handler you installed returned: this fit stops, its runs are ended.
+        self.model.stop_training = True
 
     @override
     def _get_file_path(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> str:
@@ -375,11 +424,21 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
     def _should_save_model(self, epoch: int, batch: int | None, logs: dict[str, Any] | None, filepath: str) -> bool:
         if self.save_best_only and self.monitor_op is None:
             self._set_monitor_op()  # see on_train_begin: the Keras 3.15 batch-level crash
-        decision: bool = super()._should_save_model(epoch, batch, logs, filepath)
+        # A preemption save is not a candidate for Keras's best: it is saved whatever its value.
+        decision: bool = self._preempting or super()._should_save_model(epoch, batch, logs, filepath)
         if decision:
             release_path(filepath)
-            self._saving = {"filepath": filepath}
+            self._saving = {"filepath": filepath, "preempted": self._preempting}
         return decision
+
+    @override
+    def _set_monitor_op(self) -> None:
+        try:
+            super()._set_monitor_op()
+        except ValueError:
+            # mode="auto" and the monitor is no metric of this model (a typo, or no validation data):
+            # rank as "min" and keep saving; `_make_record` names the available keys once.
+            self.monitor_op = keras.ops.less
 
     @override
     def _save_model(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> None:
@@ -403,15 +462,18 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
                 if not self._chief:
                     shutil.rmtree(os.path.dirname(saving["filepath"]), ignore_errors=True)
                     return
-                self._on_saved(saving["filepath"], epoch, batch, logs or {})
+                self._on_saved(saving["filepath"], epoch, batch, logs or {}, saving["preempted"])
 
     # -- after a save ---------------------------------------------------------------------
 
-    def _on_saved(self, filepath: str, epoch: int, batch: int | None, logs: dict[str, Any]) -> None:
+    def _on_saved(
+        self, filepath: str, epoch: int, batch: int | None, logs: dict[str, Any], preempted: bool = False
+    ) -> None:
         session = self._session
         if session is None or not session.open:  # saved outside fit (e.g. a direct call): nothing to log to
             return
-        record = self._make_record(session, filepath, epoch, batch, logs)
+        record = self._make_record(session, filepath, epoch, batch, logs, preempted)
+        self._last_saved_step = record.step
         staged = self.spool.stage(filepath)
         entry = SpoolEntry(
             id=self.spool.new_id(),
@@ -427,7 +489,13 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             self._messages.show_queued()
 
     def _make_record(
-        self, session: FitSession, filepath: str, epoch: int, batch: int | None, logs: dict[str, Any]
+        self,
+        session: FitSession,
+        filepath: str,
+        epoch: int,
+        batch: int | None,
+        logs: dict[str, Any],
+        preempted: bool = False,
     ) -> CheckpointRecord:
         value = _scalar(logs.get(self.monitor))
         if value is None and not self._warned_monitor:
@@ -468,6 +536,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             metrics=clean_metrics(logs),
             io_specs=io_specs(self.model) if self.format == "keras" else None,
             code_paths=self.code_paths,
+            preempted=preempted,
         )
 
     @property
@@ -528,13 +597,14 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             self.best = state.keras_best
         self.model._initial_epoch = initial_epoch  # Keras internal: fit starts its epoch loop here
         last = state.last
-        logger.info(
-            "Resumed from %s (epoch %d, step %d); best %s so far: %s.",
-            last.filepath,
-            last.epoch,
-            last.step,
-            self.monitor,
-            self.best_value,
+        self._messages.resumed(
+            job_key=self.resume if isinstance(self.resume, str) else None,
+            checkpoint=checkpoint_name(self._base_name(), last.epoch, last.batch),
+            epoch=last.epoch,
+            step=last.step,
+            rerun=last.batch is not None,
+            runs=self._session.run_links() if self._session is not None else [],
+            done=initial_epoch >= self.params.get("epochs", initial_epoch + 1),
         )
 
     # -- what the session reports --------------------------------------------------------

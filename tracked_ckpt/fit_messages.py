@@ -40,6 +40,27 @@ class FitMessages:
         """Queue the line saying `entry` was logged to `tracker` (its display name) as `ref`."""
         self._queued.append(f"Epoch {entry.record.epoch}: logged {entry.record.name} to {tracker} ({ref})")
 
+    def resumed(
+        self, *, job_key: str | None, checkpoint: str, epoch: int, step: int, rerun: bool, runs: list[str], done: bool
+    ) -> None:
+        """Say in one line where a resumed fit continues from, or that its job had already completed.
+
+        Example:
+            >>> FitMessages(print).resumed(job_key="job-7", checkpoint="net-e0003", epoch=3, step=45,
+            ...                            rerun=False, runs=["run abc"], done=False)
+            tracked-ckpt: resuming job 'job-7' from net-e0003, epoch 3, step 45, in run abc.
+        """
+        who = f"job {job_key!r}" if job_key else "the job"
+        where = f", in {', '.join(runs)}" if runs else ""
+        if done:
+            self._show(
+                f"tracked-ckpt: {who} already completed ({checkpoint}, epoch {epoch}{where}): nothing is left to "
+                "train. To train again, start with another job key (or resume=False), or ask fit for more epochs."
+            )
+            return
+        again = f" (epoch {epoch} runs again from its start)" if rerun else ""
+        self._show(f"tracked-ckpt: resuming {who} from {checkpoint}, epoch {epoch}, step {step}{again}{where}.")
+
     def show_queued(self) -> None:
         """Show the queued lines, oldest first."""
         while True:

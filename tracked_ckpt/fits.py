@@ -86,7 +86,14 @@ class LiveFit(Protocol):
 
     def queued(self) -> Sequence[SpoolEntry]: ...
 
-    def end(self, completed: bool, *, cut_off: bool = False) -> object:
+    def end(
+        self,
+        completed: bool,
+        *,
+        cut_off: bool = False,
+        timeout: float | None = None,
+        preempted_exit: int | None = None,
+    ) -> object:
         """End the session (idempotent, from any thread)."""
 
     def wait(self, timeout: float | None = None) -> bool:

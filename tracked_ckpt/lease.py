@@ -111,11 +111,14 @@ class JobLease:
             )
             return
         deadline = time.monotonic() + min(self.window, self.window - age + 1.0)
-        logger.info(
-            "Job %r: waiting up to %.0fs to see whether its holder %s is still alive.",
+        logger.warning(
+            "Job %r: its lease was refreshed by %s %.0fs ago; waiting up to %.0fs to see whether that process is "
+            "still alive (a preempted or killed one stops refreshing; %s sets the window).",
             self.key,
-            deadline - time.monotonic(),
             lease.holder,
+            age,
+            deadline - time.monotonic(),
+            settings.LEASE_SECONDS,
         )
         poll = max(0.2, self.window / 10)
         while time.monotonic() < deadline:

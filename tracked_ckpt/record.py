@@ -17,8 +17,9 @@ from typing import Any
 # The schema, in display order. Values are str, int, float or bool, except
 # `requirements`, a list of `name==version` strings (one comma-separated string
 # for string-only trackers); a key whose value is unknown (no git repo, monitored
-# metric missing from the logs, no requirements beyond Keras) is omitted rather
-# than stored as an empty string.
+# metric missing from the logs, no requirements beyond Keras, an epoch-level save's
+# `batch`) is omitted rather than stored as an empty string; so is `preempted` unless
+# true, so only the checkpoint a preemption signal saved carries that tag.
 SCHEMA_KEYS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -37,6 +38,8 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "git_branch",
     "git_dirty",
     "git_remote",
+    "batch",
+    "preempted",
 )
 
 # Prefix used where a tracker keeps metadata in a flat, shared namespace (MLflow tags).
@@ -160,6 +163,8 @@ class CheckpointRecord:
         code_paths: absolute paths of module files or package folders logged with a
             full-model checkpoint so that its custom classes load elsewhere (MLflow:
             the model's `code/` folder), or None. Not part of the schema's tags.
+        preempted: saved because a preemption signal arrived (`preempt_on`), at a batch
+            boundary, in the middle of an epoch; resuming from it runs that epoch again.
 
     Example (`tracked_ckpt.list_checkpoints()` gives the records of logged checkpoints;
     `from_metadata` rebuilds one from what a tracker stored):
@@ -196,6 +201,7 @@ class CheckpointRecord:
     io_specs: Mapping[str, Any] | None = None
     requirements: tuple[str, ...] | None = None
     code_paths: tuple[str, ...] | None = None
+    preempted: bool = False
 
     def __post_init__(self) -> None:
         # The spool's JSON gives lists back, MLflow tags one string: keep tuples.
@@ -230,7 +236,7 @@ class CheckpointRecord:
         out: dict[str, Any] = {}
         for key in SCHEMA_KEYS:
             value = getattr(self, key)
-            if value is None or (key == "requirements" and not value):
+            if value is None or (key in ("requirements", "preempted") and not value):
                 continue
             out[key] = list(value) if key == "requirements" else value
         return out
@@ -297,6 +303,8 @@ class CheckpointRecord:
             git_remote=_opt_str(metadata.get("git_remote")),
             metrics=dict(metrics or {}),
             requirements=tuple(_requirement_items(metadata.get("requirements"))) or None,
+            batch=None if metadata.get("batch") in (None, "") else int(metadata["batch"]),
+            preempted=_to_bool(metadata.get("preempted", False)),
         )
 
 

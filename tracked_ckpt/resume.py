@@ -336,8 +336,7 @@ class JobResume:
         if retention is None or len(self.trackers) != 1:
             return  # with several trackers, the other trackers' ids of these checkpoints are unknown
         (name,) = self.trackers
-        for checkpoint in self._checkpoints:
-            retention.kept.append(Kept(checkpoint.record, {name: checkpoint.id}, {name: self.destinations[name]}))
+        retention.seed([Kept(c.record, {name: c.id}, {name: self.destinations[name]}) for c in self._checkpoints])
 
     # -- while training --------------------------------------------------------------------
 

@@ -1,6 +1,9 @@
 """Retention: keep the K best checkpoints by the monitored metric, plus the latest.
 
 Pure policy (`to_evict`) plus the bookkeeping the callback uses (`Retention`).
+The ranking is a whole job's: every checkpoint one callback logged into a run,
+across its fits (a two-stage fine-tune) and, through resume by job key, across
+the processes of a preempted job; checkpoints of other runs never compete.
 Deleting is the trackers' job (`delete_checkpoint`), which refuses checkpoints
 that were promoted or aliased; those are kept and never asked about again.
 """
@@ -30,13 +33,24 @@ class Kept:
 
 
 def to_evict(kept: list[Kept], k: int, mode: str) -> list[Kept]:
-    """The checkpoints outside the K best (by value, missing values last) and the latest."""
+    """The checkpoints outside the K best (by value, missing values last) and the latest (of one run)."""
     if len(kept) <= k:
         return []
     latest = max(kept, key=lambda c: (c.record.step, c.record.epoch))
     ranked = sorted(kept, key=lambda c: best_first(c.record, mode=mode))
     keep = {id(c) for c in ranked[:k]} | {id(latest)}
     return [c for c in kept if id(c) not in keep and not c.protected]
+
+
+def same_runs(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether two checkpoints were logged into the same run of each tracker (whoever started it)."""
+
+    def runs(destinations: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        return {
+            name: str(d.get("run_id") or d.get("deferred") or sorted(d.items())) for name, d in destinations.items()
+        }
+
+    return runs(a) == runs(b)
 
 
 def check_keep_top_k(k: Any) -> int:
@@ -55,6 +69,8 @@ class Retention:
         in_use: local paths that checkpoints still waiting to be logged point at.
         file_lock: held by the training thread while Keras writes and the file is staged,
             so a local file is never deleted while a newer save of the same path happens.
+        kept: the checkpoints logged so far that retention may still delete, shared by the
+            fits of one callback (the callback keeps the list; each fit's session binds it).
     """
 
     def __init__(
@@ -63,12 +79,13 @@ class Retention:
         delete: Callable[[str, str, Mapping[str, Any]], bool],
         in_use: Callable[[], set[str]],
         file_lock: threading.RLock,
+        kept: list[Kept] | None = None,
     ):
         self.k = check_keep_top_k(k)
         self.delete = delete
         self.in_use = in_use
         self.file_lock = file_lock
-        self.kept: list[Kept] = []
+        self.kept: list[Kept] = [] if kept is None else kept
         self._lock = threading.Lock()
 
     def add(
@@ -76,9 +93,17 @@ class Retention:
     ) -> None:
         """Note a checkpoint every tracker confirmed, then delete what falls out of the top K."""
         with self._lock:
-            self.kept.append(Kept(record, dict(refs), dict(destinations)))
-            for victim in to_evict(self.kept, self.k, record.mode):
+            added = Kept(record, dict(refs), dict(destinations))
+            self.kept.append(added)
+            same_run = [c for c in self.kept if same_runs(c.destinations, added.destinations)]
+            for victim in to_evict(same_run, self.k, record.mode):
                 self._evict(victim)
+
+    def seed(self, earlier: list[Kept]) -> None:
+        """Rank checkpoints logged before this process (a resumed job's), unless already known."""
+        with self._lock:
+            known = {(c.record.name, tuple(sorted(c.refs.items()))) for c in self.kept}
+            self.kept.extend(c for c in earlier if (c.record.name, tuple(sorted(c.refs.items()))) not in known)
 
     def _evict(self, victim: Kept) -> None:
         refused = []

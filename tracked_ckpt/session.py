@@ -18,19 +18,22 @@ import copy
 import dataclasses
 import itertools
 import logging
+import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tracked_ckpt import fits
+from tracked_ckpt import fits, settings
 from tracked_ckpt.fits import LiveFit
+from tracked_ckpt.preemption import StopSignals
 from tracked_ckpt.publisher import LoggedHook, Publisher, PublishReport, stall_timeout_from
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name
 from tracked_ckpt.resume import JobResume, LastCheckpoint, LocalState, ResumeState
-from tracked_ckpt.retention import Retention
+from tracked_ckpt.retention import Kept, Retention
 from tracked_ckpt.spool import Spool, SpoolEntry, SpoolHold
-from tracked_ckpt.tracker import Tracker, answers_after_wait, finish_run, tracker_key
+from tracked_ckpt.tracker import Tracker, TrackerJobKeys, answers_after_wait, finish_run, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -62,6 +65,7 @@ class FitSession:
             dict): sessions of the same fit log into the same runs.
         on_logged: called on the logging thread after a tracker confirmed an entry.
         on_end: called once the session has ended (the callback's summary).
+        retained: the checkpoints `keep_top_k` ranks, kept by the callback across its fits.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class FitSession:
         fit: object | None = None,
         on_logged: LoggedHook | None = None,
         on_end: EndHook | None = None,
+        retained: list[Kept] | None = None,
     ):
         self.trackers: dict[str, Tracker] = {tracker_key(t): _fork(t) for t in trackers}
         self.spool = spool
@@ -88,7 +93,7 @@ class FitSession:
         self.job: JobResume | None = None
         self.file_lock = threading.RLock()  # a save and its staging vs. retention's local deletes
         self.retention = (
-            Retention(options.keep_top_k, self._delete, self._paths_in_flight, self.file_lock)
+            Retention(options.keep_top_k, self._delete, self._paths_in_flight, self.file_lock, retained)
             if options.keep_top_k is not None
             else None
         )
@@ -100,6 +105,7 @@ class FitSession:
         self._hold: SpoolHold | None = None
         self._ending = threading.Event()  # the fit is over; its end runs in the background
         self._done = threading.Event()  # the end is complete
+        self.stop: StopSignals | None = None  # the preemption signals caught while this fit trains
         self.id = fits.new_id()
 
     # -- the start of a fit ---------------------------------------------------------------
@@ -138,7 +144,25 @@ class FitSession:
         self._resubmit_leftovers()
         if state is not None and self.job is not None:
             self.job.seed_retention(self.retention)
+        elif state is not None and self.retention is not None:
+            self._seed_retention(base_name)
         return state
+
+    def _seed_retention(self, base_name: str) -> None:
+        """Let keep_top_k rank what the resumed run logged before this process (as resume by job key does)."""
+        if len(self.trackers) != 1:
+            return  # with several trackers, the other trackers' ids of those checkpoints are unknown
+        ((name, tracker),) = self.trackers.items()
+        if not isinstance(tracker, TrackerJobKeys) or not self.destinations.get(name):
+            return
+        destination = self.destinations[name]
+        try:
+            earlier = tracker.job_checkpoints(destination, base_name)
+        except Exception as exc:  # retention then ranks this process's checkpoints only
+            logger.warning("keep_top_k cannot see the checkpoints logged before this resume: %s", exc)
+            return
+        assert self.retention is not None
+        self.retention.seed([Kept(c.record, {name: c.id}, {name: destination}) for c in earlier])
 
     def _start(self, previous: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return {key: tracker.start(resume=previous.get(key)) for key, tracker in self.trackers.items()}
@@ -177,7 +201,17 @@ class FitSession:
         except TypeError:  # not weak-referenceable: the next fit or the exit hook ends it
             pass
 
+    def catch_stop_signals(self, signals: Sequence[signal.Signals]) -> None:
+        """Note a preemption signal while this fit trains (main thread only: `tracked_ckpt.preemption`)."""
+        self.stop = StopSignals(signals, active=lambda: self.open)
+        self.stop.install()
+
     # -- while training -------------------------------------------------------------------
+
+    @property
+    def preempted(self) -> bool:
+        """Whether a preemption signal arrived during this fit."""
+        return self.stop is not None and self.stop.received is not None
 
     @property
     def open(self) -> bool:
@@ -228,6 +262,14 @@ class FitSession:
         """Checkpoints submitted and not yet done with."""
         publisher = self._publisher
         return publisher.queued() if publisher is not None else []
+
+    def run_links(self) -> list[str]:
+        """Each tracker's run, as a person finds it: `run <UI link>`, or `run <id>` without one."""
+        links = []
+        for key, tracker in self.trackers.items():
+            destination = self.destinations.get(key, {})
+            links.append(f"run {tracker.run_url(destination) or destination.get('run_id', '?')}")
+        return links
 
     def current_destinations(self) -> dict[str, dict[str, Any]]:
         """Where each tracker logs now (a deferred start may have become a real run meanwhile)."""
@@ -281,7 +323,14 @@ class FitSession:
         """Wait until this session has ended; False if `timeout` passed first."""
         return self._done.wait(timeout)
 
-    def end(self, completed: bool, *, cut_off: bool = False) -> PublishReport:
+    def end(
+        self,
+        completed: bool,
+        *,
+        cut_off: bool = False,
+        timeout: float | None = None,
+        preempted_exit: int | None = None,
+    ) -> PublishReport:
         """Finish the uploads (up to `wait_timeout`), release the lease and end the runs this fit started.
 
         Idempotent and safe from any thread: `on_train_end`, the next fit, the thread
@@ -291,7 +340,17 @@ class FitSession:
             completed: the fit reached `on_train_end` (or its scheduler stopped it, with
                 `cut_off`): runs end FINISHED; otherwise FAILED.
             cut_off: the fit's thread ended without `on_train_end`; the resume state is kept.
+            timeout: wait this long for the uploads instead of `wait_timeout`.
+            preempted_exit: the fit was preempted and the process will end with this
+                status: the runs end as preempted and the resume state is kept.
         """
+        if preempted_exit is not None:
+            cut_off = True
+        elif self.stop is not None:
+            self.stop.restore()  # on the main thread; elsewhere the handler passes signals on by itself
+        # A fit that did not complete (it raised, is wound down at exit, was preempted) may have lost
+        # its server too: ask once before ending its runs, or the client's retries hold the process.
+        probe = not completed
         with self._end_lock:
             if self._ended:
                 return self.report or PublishReport()
@@ -299,9 +358,10 @@ class FitSession:
             try:
                 # Callbacks of the same fit that log into this session's runs finish their uploads first.
                 for other in fits.sessions_joined_to(self):
-                    other.end(completed, cut_off=cut_off)
+                    other.end(completed, cut_off=cut_off, timeout=timeout, preempted_exit=preempted_exit)
                 # The publisher stays reachable while it closes: `queued()` still names what it uploads.
-                report = close_publisher(self._publisher, self.trackers, self.destinations, self.options.wait_timeout)
+                wait = self.options.wait_timeout if timeout is None else timeout
+                report = close_publisher(self._publisher, self.trackers, self.destinations, wait, probe=probe)
                 if self.job is not None:
                     self.job.release(write=report.answering)
                 if completed and not cut_off and self.state is not None and self.options.resume:
@@ -311,7 +371,7 @@ class FitSession:
                     self.spool.remove_if_empty()
                 fits.remember(self.current_destinations())
                 for key, tracker in self.trackers.items():
-                    finish_run(tracker, completed, report.answering_by_tracker.get(key, True))
+                    finish_run(tracker, completed, report.answering_by_tracker.get(key, True), preempted_exit)
                 self.report = report
             finally:
                 self._publisher = None
@@ -322,19 +382,48 @@ class FitSession:
             self.on_end(self, report)
         return report
 
+    def end_preempted(self) -> PublishReport:
+        """Log what waits within the grace period, then end the runs as preempted.
+
+        The grace period (`TRACKED_CKPT_PREEMPTION_GRACE`) counts from the signal; a
+        few seconds of it are left for ending the runs and the process. What is not
+        logged by then stays in the spool for `tracked-ckpt sync` or the resumed job.
+        The caller then ends the process as the signal would have (`StopSignals.deliver`).
+        """
+        stop = self.stop
+        assert stop is not None and stop.received is not None
+        grace = settings.preemption_grace()
+        reserve = min(5.0, grace / 5)
+        started = time.monotonic()
+        report = self.end(
+            completed=False, timeout=max(0.0, stop.remaining(grace) - reserve), preempted_exit=128 + stop.received
+        )
+        logger.warning(
+            "%s: logged what waited in %.1f s of the %g s grace period%s; the runs end as preempted. "
+            "Start the same job again (resume=True or the same job key) to continue from here.",
+            stop.received.name,
+            time.monotonic() - started,
+            grace,
+            f"; {len(report.pending)} checkpoint(s) wait in {self.spool.directory}" if report.pending else "",
+        )
+        return report
+
 
 def close_publisher(
     publisher: Publisher | None,
     trackers: Mapping[str, Tracker],
     destinations: Mapping[str, Mapping[str, Any]],
     timeout: float | None,
+    *,
+    probe: bool = False,
 ) -> EndReport:
-    """Wait for the publisher; then ask each tracker once whether it answers (after a stalled wait)."""
+    """Wait for the publisher; then ask each tracker once whether it answers (after a stalled wait, or `probe`)."""
     report = EndReport()
     if publisher is not None:
         report.merge(publisher.close(timeout))
+    asked = report.stalled or probe
     report.answering_by_tracker = {
-        key: answers_after_wait(tracker, destinations.get(key, {}), report.stalled) for key, tracker in trackers.items()
+        key: answers_after_wait(tracker, destinations.get(key, {}), asked) for key, tracker in trackers.items()
     }
     return report
 

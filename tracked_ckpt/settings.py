@@ -5,6 +5,7 @@
 | `TRACKED_CKPT_CACHE` | the download cache folder (default `~/.cache/tracked_ckpt`) |
 | `TRACKED_CKPT_GIT_REPO` | the repository whose commit is recorded (default: found from the job's folders) |
 | `TRACKED_CKPT_LEASE_SECONDS` | the lease window of resume by job key (default 60) |
+| `TRACKED_CKPT_PREEMPTION_GRACE` | seconds a preempted fit has to save and log before it ends (default 25) |
 | `TRACKED_CKPT_PROGRESS` | `0` hides the end-of-fit progress bar on a terminal |
 | `TRACKED_CKPT_SKIP_VERSION_CHECK` | `1` lets an untested Keras / MLflow / W&B version through |
 | `TRACKED_CKPT_STALL_TIMEOUT` | the default `stall_timeout` (default 30 s) |
@@ -34,14 +35,26 @@ logger = logging.getLogger("tracked_ckpt")
 CACHE = "TRACKED_CKPT_CACHE"
 GIT_REPO = "TRACKED_CKPT_GIT_REPO"
 LEASE_SECONDS = "TRACKED_CKPT_LEASE_SECONDS"
+PREEMPTION_GRACE = "TRACKED_CKPT_PREEMPTION_GRACE"
 PROGRESS = "TRACKED_CKPT_PROGRESS"
 SKIP_VERSION_CHECK = "TRACKED_CKPT_SKIP_VERSION_CHECK"
 STALL_TIMEOUT = "TRACKED_CKPT_STALL_TIMEOUT"
 UPLOAD_NICENESS = "TRACKED_CKPT_UPLOAD_NICENESS"
-VARIABLES = (CACHE, GIT_REPO, LEASE_SECONDS, PROGRESS, SKIP_VERSION_CHECK, STALL_TIMEOUT, UPLOAD_NICENESS)
+VARIABLES = (
+    CACHE,
+    GIT_REPO,
+    LEASE_SECONDS,
+    PREEMPTION_GRACE,
+    PROGRESS,
+    SKIP_VERSION_CHECK,
+    STALL_TIMEOUT,
+    UPLOAD_NICENESS,
+)
 
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_STALL_TIMEOUT = 30.0
+# Below Kubernetes' default terminationGracePeriodSeconds (30 s), leaving the process time to exit.
+DEFAULT_PREEMPTION_GRACE = 25.0
 DEFAULT_UPLOAD_NICENESS = 10
 
 
@@ -82,6 +95,19 @@ def lease_seconds() -> float:
     """
     raw = _raw(LEASE_SECONDS)
     return seconds(raw, LEASE_SECONDS, "60") if raw else DEFAULT_LEASE_SECONDS
+
+
+def preemption_grace() -> float:
+    """Seconds from a preemption signal to the end of the process: `TRACKED_CKPT_PREEMPTION_GRACE`, else 25.
+
+    Set it a few seconds below what the platform allows: Kubernetes' `terminationGracePeriodSeconds`
+    (30 by default), SLURM's `--signal=USR1@<seconds>`, a spot VM's notice.
+
+    Raises:
+        ValueError: the variable is not a positive number of seconds.
+    """
+    raw = _raw(PREEMPTION_GRACE)
+    return seconds(raw, PREEMPTION_GRACE, "25") if raw else DEFAULT_PREEMPTION_GRACE
 
 
 def show_progress() -> bool:

@@ -137,6 +137,17 @@ class Tracker(abc.ABC):
     def finish(self, success: bool = True) -> None:  # noqa: B027  optional: a tracker may have no run to end
         """End the run if `start` started it. Default: nothing to end."""
 
+    def finish_preempted(self, exit_code: int) -> None:
+        """End the run as preempted: the job was told to stop and will be resumed (`preempt_on`).
+
+        Called instead of `finish` once a preempted fit's uploads are drained, just
+        before the process ends as the signal would have made it; `exit_code` is what
+        the process will report (143 for SIGTERM). Unlike `finish`, it also marks a
+        run the user started, since nothing else will end it. Default:
+        `finish(success=False)`.
+        """
+        self.finish(success=False)
+
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
         """A link to the run in the tracker's UI, if one can be formed. Default: None."""
         return None
@@ -357,12 +368,15 @@ def answers_after_wait(tracker: Tracker, destination: Mapping[str, Any], stalled
     return not stalled or not destination or tracker.is_reachable(destination)
 
 
-def finish_run(tracker: Tracker, success: bool, answering: bool) -> None:
-    """End the tracker's run, unless it does not answer (`answers_after_wait`)."""
+def finish_run(tracker: Tracker, success: bool, answering: bool, preempted_exit: int | None = None) -> None:
+    """End the tracker's run (as preempted when `preempted_exit` is set), unless it does not answer."""
     if not answering:
         logger.warning("The %s run was not ended: the tracker does not answer.", tracker.display_name)
         return
     try:
-        tracker.finish(success=success)
+        if preempted_exit is not None:
+            tracker.finish_preempted(preempted_exit)
+        else:
+            tracker.finish(success=success)
     except Exception as exc:
         logger.warning("Could not finish the %s run: %s", tracker.display_name, exc)
