@@ -17,7 +17,6 @@ class is a Keras adapter and its configuration.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -42,7 +41,7 @@ from keras.callbacks import ModelCheckpoint
 from keras.src.utils import io_utils
 
 from tracked_ckpt import git as git_provenance
-from tracked_ckpt.files import check_writable
+from tracked_ckpt.files import check_folders_writable, check_writable, checkpoint_write_error
 from tracked_ckpt.fit_messages import FitMessages
 from tracked_ckpt.preemption import DEFAULT_SIGNALS, signals_arg
 from tracked_ckpt.publisher import PublishReport, stall_timeout_from
@@ -53,6 +52,7 @@ from tracked_ckpt.record import (
     file_format,
     is_better,
     sanitize_name,
+    scalar,
     validate_name,
 )
 from tracked_ckpt.requirements import code_paths_arg
@@ -67,7 +67,6 @@ from tracked_ckpt.tracker import Tracker, resolve_trackers
 logger = logging.getLogger("tracked_ckpt")
 
 _UPLOAD_MODES = ("async", "sync")
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 _MODES = ("auto", "min", "max")
 
 
@@ -258,7 +257,6 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self._preempting = False  # the next save is the one a preemption signal asked for
         self._last_saved_step: int | None = None
         self._messages = FitMessages(io_utils.print_msg)
-        self._warned_monitor = False
         self._chief, self._task_id = True, None
 
     # -- a callback is its configuration ---------------------------------------------------
@@ -270,7 +268,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         with the original: no model, no run, no publisher; each fit makes its own.
         """
         state = dict(self.__dict__)
-        for runtime in ("_session", "_git", "_saving", "_messages", "_warned_monitor", "_chief", "_task_id"):
+        for runtime in ("_session", "_git", "_saving", "_messages", "_chief", "_task_id"):
             state.pop(runtime, None)
         for runtime in ("_preempting", "_last_saved_step"):
             state.pop(runtime, None)
@@ -448,15 +446,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             try:
                 super()._save_model(epoch, batch, logs)
             except OSError as exc:
-                if exc.errno not in _DISK_ERRORS:
+                said = checkpoint_write_error(exc, self._saving["filepath"] if self._saving else self.filepath)
+                if said is None:
                     raise
-                path = self._saving["filepath"] if self._saving else self.filepath
-                fix = "Free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "Fix the folder's permissions"
-                raise OSError(
-                    exc.errno,
-                    f"Could not write checkpoint {path}: {exc.strerror}. {fix} or choose another filepath; "
-                    "the checkpoints saved before this one are on disk and logged (or waiting in the spool).",
-                ) from exc
+                raise said from exc
             if self._saving is not None:  # Keras decided to save and the write returned
                 saving, self._saving = self._saving, None
                 if not self._chief:
@@ -474,17 +467,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             return
         record = self._make_record(session, filepath, epoch, batch, logs, preempted)
         self._last_saved_step = record.step
-        staged = self.spool.stage(filepath)
-        entry = SpoolEntry(
-            id=self.spool.new_id(),
-            record=record,
-            staged_path=staged,
-            destinations=dict(session.destinations),
+        session.log_saved(
+            record, filepath, resume_state=(self.best_value, self.best_name, scalar(self.best)) if self.resume else None
         )
-        self.spool.write(entry)
-        if self.resume:
-            session.write_state(record, self.best_value, self.best_name, _scalar(self.best))
-        session.submit(entry)
         if not session.asynchronous:
             self._messages.show_queued()
 
@@ -497,16 +482,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         logs: dict[str, Any],
         preempted: bool = False,
     ) -> CheckpointRecord:
-        value = _scalar(logs.get(self.monitor))
-        if value is None and not self._warned_monitor:
-            self._warned_monitor = True
-            logger.warning(
-                "monitor %r is not in the %s logs (available: %s): checkpoints are logged without a value "
-                "and never count as best. Pass validation data, or monitor one of the available keys.",
-                self.monitor,
-                "batch" if batch is not None else "epoch",
-                ", ".join(sorted(logs)) or "none",
-            )
+        value = scalar(logs.get(self.monitor))
+        if value is None and not preempted:  # a preemption save's batch logs lack epoch metrics by nature
+            self._messages.monitor_missing(self.monitor, "batch" if batch is not None else "epoch", logs)
         is_best = value is not None and (
             self.best_value is None or is_better(value, self.best_value, self.resolved_mode)
         )
@@ -568,18 +546,12 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
     def _check_writable(self) -> None:
         """Fail before the first epoch, not after it, when checkpoints cannot be written."""
         checkpoints = os.path.dirname(os.path.abspath(self.filepath))
-        checks: tuple[tuple[str, str, Callable[[], None]], ...] = (
-            (checkpoints, "filepath", lambda: check_writable(checkpoints)),
-            (self.spool.directory, "spool_dir", self.spool.check_writable),
+        check_folders_writable(
+            [
+                (checkpoints, "filepath", lambda: check_writable(checkpoints)),
+                (self.spool.directory, "spool_dir", self.spool.check_writable),
+            ]
         )
-        for folder, what, check in checks:
-            try:
-                check()
-            except OSError as exc:
-                raise OSError(
-                    f"Cannot write checkpoints to {folder}: {exc.strerror or exc}. "
-                    f"Free some space, fix the folder's permissions, or choose another {what}."
-                ) from exc
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -619,16 +591,3 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self._messages.summarize(
             report, session.trackers, session.destinations, self.spool.directory, best=best, verbose=self.verbose > 0
         )
-
-
-def _scalar(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        array = np.asarray(value)
-        if array.shape != ():
-            return None
-        number = float(array)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None

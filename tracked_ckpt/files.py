@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -10,6 +11,7 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 logger = logging.getLogger("tracked_ckpt")
@@ -113,6 +115,34 @@ def check_writable(folder: str) -> None:
     with create_in_folder(probe, "wb") as f:
         f.write(b"0" * 4096)
     os.remove(probe)
+
+
+#: Write errors a user fixes (space, quota, a read-only or forbidden folder), said in one line.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def checkpoint_write_error(exc: OSError, path: str) -> OSError | None:
+    """The one-line error for a checkpoint Keras could not write, or None for an error we leave as it is."""
+    if exc.errno not in DISK_ERRORS:
+        return None
+    fix = "Free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "Fix the folder's permissions"
+    return OSError(
+        exc.errno,
+        f"Could not write checkpoint {path}: {exc.strerror}. {fix} or choose another filepath; "
+        "the checkpoints saved before this one are on disk and logged (or waiting in the spool).",
+    )
+
+
+def check_folders_writable(checks: Sequence[tuple[str, str, Callable[[], None]]]) -> None:
+    """Run each (folder, argument that names it, check) and fail in one line naming the argument to change."""
+    for folder, argument, check in checks:
+        try:
+            check()
+        except OSError as exc:
+            raise OSError(
+                f"Cannot write checkpoints to {folder}: {exc.strerror or exc}. "
+                f"Free some space, fix the folder's permissions, or choose another {argument}."
+            ) from exc
 
 
 def safe_file_name(name: str) -> str:

@@ -35,10 +35,24 @@ class FitMessages:
     def __init__(self, show: Callable[[str], None]):
         self._show = show
         self._queued: collections.deque[str] = collections.deque()  # appended on the upload thread
+        self._warned_monitor = False
 
     def logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
         """Queue the line saying `entry` was logged to `tracker` (its display name) as `ref`."""
         self._queued.append(f"Epoch {entry.record.epoch}: logged {entry.record.name} to {tracker} ({ref})")
+
+    def monitor_missing(self, monitor: str, level: str, logs: Mapping[str, Any]) -> None:
+        """Warn once per fit that the monitored key is not in the `level` logs, naming the keys that are."""
+        if self._warned_monitor:
+            return
+        self._warned_monitor = True
+        logger.warning(
+            "monitor %r is not in the %s logs (available: %s): checkpoints are logged without a value "
+            "and never count as best. Pass validation data, or monitor one of the available keys.",
+            monitor,
+            level,
+            ", ".join(sorted(logs)) or "none",
+        )
 
     def resumed(
         self, *, job_key: str | None, checkpoint: str, epoch: int, step: int, rerun: bool, runs: list[str], done: bool

@@ -378,3 +378,19 @@ def _requirement_items(value: Any) -> list[str]:
     """Requirements from a stored value: a list, or a comma-separated string (MLflow tags)."""
     items = value.split(",") if isinstance(value, str) else (value or ())
     return [str(item).strip() for item in items if str(item).strip()]
+
+
+def scalar(value: Any) -> float | None:
+    """A finite number from a log value (a Python or NumPy number, a 0-d tensor), else None.
+
+    Example:
+        >>> scalar(0.25), scalar(float("nan")), scalar([1.0, 2.0]), scalar(None)
+        (0.25, None, None, None)
+    """
+    if value is None or tuple(getattr(value, "shape", ())) != ():
+        return None  # e.g. a per-class metric: not one number
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

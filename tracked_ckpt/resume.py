@@ -37,7 +37,7 @@ from tracked_ckpt.lease import JobLease, checkpoint_summary
 from tracked_ckpt.lease import Lease as Lease
 from tracked_ckpt.record import CheckpointRecord, best_first, split_checkpoint_name
 from tracked_ckpt.retention import Kept, Retention
-from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, job_keys_of
+from tracked_ckpt.tracker import LoggedCheckpoint, Tracker, TrackerError, TrackerJobKeys, job_keys_of
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -160,6 +160,30 @@ def restore(model: Any, state: ResumeState, state_path: str) -> int:
         optimizer.build(model.trainable_variables)  # so its state can be loaded too
     model.load_weights(path)
     return last.epoch if last.batch is None else last.epoch - 1
+
+
+def seed_retention_from_run(
+    retention: Retention,
+    trackers: Mapping[str, Tracker],
+    destinations: Mapping[str, Mapping[str, Any]],
+    base_name: str,
+) -> None:
+    """Let keep_top_k rank what a run resumed with `resume=True` logged before this process.
+
+    Resume by job key does the same from the checkpoints it found (`JobResume.seed_retention`).
+    """
+    if len(trackers) != 1:
+        return  # with several trackers, the other trackers' ids of those checkpoints are unknown
+    ((name, tracker),) = trackers.items()
+    destination = destinations.get(name)
+    if not isinstance(tracker, TrackerJobKeys) or not destination:
+        return
+    try:
+        earlier = tracker.job_checkpoints(destination, base_name)
+    except Exception as exc:  # retention then ranks this process's checkpoints only
+        logger.warning("keep_top_k cannot see the checkpoints logged before this resume: %s", exc)
+        return
+    retention.seed([Kept(c.record, {name: c.id}, {name: destination}) for c in earlier])
 
 
 def validate_job_key(key: Any) -> str:

@@ -30,10 +30,10 @@ from tracked_ckpt.fits import LiveFit
 from tracked_ckpt.preemption import StopSignals
 from tracked_ckpt.publisher import LoggedHook, Publisher, PublishReport, stall_timeout_from
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name
-from tracked_ckpt.resume import JobResume, LastCheckpoint, LocalState, ResumeState
+from tracked_ckpt.resume import JobResume, LastCheckpoint, LocalState, ResumeState, seed_retention_from_run
 from tracked_ckpt.retention import Kept, Retention
 from tracked_ckpt.spool import Spool, SpoolEntry, SpoolHold
-from tracked_ckpt.tracker import Tracker, TrackerJobKeys, answers_after_wait, finish_run, tracker_key
+from tracked_ckpt.tracker import Tracker, answers_after_wait, finish_run, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -145,24 +145,8 @@ class FitSession:
         if state is not None and self.job is not None:
             self.job.seed_retention(self.retention)
         elif state is not None and self.retention is not None:
-            self._seed_retention(base_name)
+            seed_retention_from_run(self.retention, self.trackers, self.destinations, base_name)
         return state
-
-    def _seed_retention(self, base_name: str) -> None:
-        """Let keep_top_k rank what the resumed run logged before this process (as resume by job key does)."""
-        if len(self.trackers) != 1:
-            return  # with several trackers, the other trackers' ids of those checkpoints are unknown
-        ((name, tracker),) = self.trackers.items()
-        if not isinstance(tracker, TrackerJobKeys) or not self.destinations.get(name):
-            return
-        destination = self.destinations[name]
-        try:
-            earlier = tracker.job_checkpoints(destination, base_name)
-        except Exception as exc:  # retention then ranks this process's checkpoints only
-            logger.warning("keep_top_k cannot see the checkpoints logged before this resume: %s", exc)
-            return
-        assert self.retention is not None
-        self.retention.seed([Kept(c.record, {name: c.id}, {name: destination}) for c in earlier])
 
     def _start(self, previous: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return {key: tracker.start(resume=previous.get(key)) for key, tracker in self.trackers.items()}
@@ -274,6 +258,30 @@ class FitSession:
     def current_destinations(self) -> dict[str, dict[str, Any]]:
         """Where each tracker logs now (a deferred start may have become a real run meanwhile)."""
         return {key: tracker.destination or self.destinations.get(key, {}) for key, tracker in self.trackers.items()}
+
+    def log_saved(
+        self,
+        record: CheckpointRecord,
+        filepath: str,
+        *,
+        resume_state: tuple[float | None, str | None, float | None] | None = None,
+    ) -> None:
+        """Freeze a file Keras just wrote into the spool (durable from here on) and queue it for logging.
+
+        Args:
+            resume_state: (best value, best name, Keras's own best) to record the file as the
+                job's latest checkpoint in the local resume state, when resuming is on.
+        """
+        entry = SpoolEntry(
+            id=self.spool.new_id(),
+            record=record,
+            staged_path=self.spool.stage(filepath),
+            destinations=dict(self.destinations),
+        )
+        self.spool.write(entry)
+        if resume_state is not None:
+            self.write_state(record, *resume_state)
+        self.submit(entry)
 
     def write_state(
         self, record: CheckpointRecord, best_value: float | None, best_name: str | None, keras_best: float | None
