@@ -64,15 +64,15 @@ def preempted_models(run_id):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("signals", "sig"),
-    [("", signal.SIGTERM), ("SIGTERM,SIGUSR1", signal.SIGUSR1)],
-    ids=["sigterm-by-default", "named-signal"],
+    ("signals", "sig", "resume"),
+    [("", signal.SIGTERM, "true"), ("SIGTERM,SIGUSR1", signal.SIGUSR1, "preempted-job")],
+    ids=["sigterm-by-default-resume-true", "named-signal-job-key"],
 )
 def test_a_preempted_job_saves_drains_exits_as_signalled_and_resumes_where_it_stopped(
-    server_store, workdir, signals, sig
+    server_store, workdir, signals, sig, resume
 ):
     folder = workdir / "job"
-    job = start_job(folder, signals=signals)
+    job = start_job(folder, resume=resume, signals=signals)
     sent = signal_mid_epoch(job, folder, sig)
     out, _ = job.communicate(timeout=120)
     took = time.monotonic() - sent
@@ -88,10 +88,11 @@ def test_a_preempted_job_saves_drains_exits_as_signalled_and_resumes_where_it_st
     assert int(preempted.tags["tracked_ckpt.batch"]) >= 2  # mid-epoch: at a batch boundary
     assert preempted.name.startswith("tiny-e0002-b")
 
-    again = start_job(folder, signals=signals)
+    again = start_job(folder, resume=resume, signals=signals)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0 and "completed" in out, out[-3000:]
-    assert f"tracked-ckpt: resuming the job from {preempted.name}, epoch 2, step " in out
+    job_name = "the job" if resume == "true" else f"job {resume!r}"
+    assert f"tracked-ckpt: resuming {job_name} from {preempted.name}, epoch 2, step " in out
     assert "(epoch 2 runs again from its start), in run http" in out
     run = the_run()  # still one run: the same one
     assert run.info.status == "FINISHED"
