@@ -333,16 +333,18 @@ class WandbTracker(Tracker, WandbRegistry):
         Args:
             ref: what `log_checkpoint` returned, e.g. "team/digits/digits-1a2b3c4d:v3".
             destination: the run's destination, as `start` returned it.
+
+        Raises:
+            TrackerError: W&B did not answer (an error is never taken for "already deleted").
         """
         mode = destination.get("mode")
         if mode != "online" or not ref or ref == "disabled":
             logger.debug("Not deleting W&B checkpoint %s: its run is %s, so no server holds it.", ref, mode)
             return False
-        api = self.api
-        if not api.artifact_exists(ref, type=ARTIFACT_TYPE):
+        artifact = self._artifact_or_none(ref)  # an error is not "already deleted"
+        if artifact is None:
             logger.debug("W&B checkpoint %s is already deleted.", ref)
             return True
-        artifact = api.artifact(ref, type=ARTIFACT_TYPE)
         if artifact.is_link:
             logger.debug("Keeping %s: it is a Registry link.", ref)
             return False
@@ -350,7 +352,7 @@ class WandbTracker(Tracker, WandbRegistry):
         if kept:
             logger.debug("Keeping W&B checkpoint %s: it holds the alias(es) %s.", ref, kept)
             return False
-        links = artifact.linked_artifacts
+        links = self._links_of(artifact)
         if links:
             logger.debug(
                 "Keeping W&B checkpoint %s: it is linked into %s.", ref, [f"{a.project}/{a.name}" for a in links]

@@ -25,13 +25,14 @@ through that module, which checks the installed W&B first.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 import os
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 if sys.version_info >= (3, 12):
@@ -62,6 +63,15 @@ logger = logging.getLogger("tracked_ckpt")
 # What `wandb.Api().run` raises for a run that does not exist (wrapped in a CommError); W&B
 # versions before the class raised a bare ValueError, recognised by its message.
 _RunNotFoundError: type[Exception] | None = getattr(wandb.apis.public, "RunNotFoundError", None)
+
+try:  # wandb 0.31's client error: unwrapped from a lazy listing being iterated, or with WANDB_DEBUG set
+    from wandb.sdk.lib.service.service_connection import WandbApiFailedError as _ApiFailedError
+except ImportError:  # W&B before its service API client: its errors are CommErrors
+    _ApiFailedError = wandb.errors.CommError  # type: ignore[misc,assignment]
+
+# What a W&B read raises when it does not answer with the thing asked for (ValueError: W&B's own
+# "not found" or an answer it could not parse, unwrapped when WANDB_DEBUG is set).
+_READ_ERRORS = (wandb.errors.CommError, ValueError, _ApiFailedError)
 
 #: Registry projects are named `wandb-registry-<registry>`.
 REGISTRY_PREFIX = "wandb-registry-"
@@ -196,11 +206,8 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
-        path = f"{self._registry_collection(registered_name)}:{alias}"
-        api = self.api
-        if not api.artifact_exists(path, type=ARTIFACT_TYPE):
-            return None
-        return self._linked_checkpoint(api.artifact(path, type=ARTIFACT_TYPE), registered_name)
+        linked = self._artifact_or_none(f"{self._registry_collection(registered_name)}:{alias}")
+        return None if linked is None else self._linked_checkpoint(linked, registered_name)
 
     @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
@@ -211,16 +218,15 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         """
         api = self.api
         target = self._registry_collection(registered_name)
-        source = api.artifact(checkpoint.id, type=ARTIFACT_TYPE)
+        with _reading(f"artifact {checkpoint.id}"):
+            source = api.artifact(checkpoint.id, type=ARTIFACT_TYPE)
+            links = list(source.linked_artifacts)
         project = REGISTRY_PREFIX + self.registry
-        existing = [
-            link
-            for link in source.linked_artifacts
-            if link.project == project and link.name.split(":")[0] == registered_name
-        ]
+        existing = [link for link in links if link.project == project and link.name.split(":")[0] == registered_name]
         if existing:
             version = min((link.version for link in existing), key=version_number)
-            linked = api.artifact(f"{target}:{version}", type=ARTIFACT_TYPE)
+            with _reading(f"artifact {target}:{version}"):
+                linked = api.artifact(f"{target}:{version}", type=ARTIFACT_TYPE)
             if alias not in linked.aliases:
                 # W&B takes the alias off the collection's version that held it.
                 linked.aliases = [*linked.aliases, alias]
@@ -235,6 +241,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         Raises:
             LookupError: the Registry collection, alias or version does not exist, or
                 its version was not logged by tracked-ckpt.
+            TrackerError: W&B did not answer (an error is never taken for "does not exist").
         """
         if alias is not None:
             ref, what = alias, f"alias {alias!r}"
@@ -243,14 +250,13 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         else:
             raise ValueError("Pass alias= or version=.")
         collection = self._registry_collection(registered_name)
-        api = self.api
-        if not api.artifact_exists(f"{collection}:{ref}", type=ARTIFACT_TYPE):
+        linked = self._artifact_or_none(f"{collection}:{ref}")
+        if linked is None:
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} in the W&B Registry ({collection}): "
                 f"promote a checkpoint first (tracked-ckpt promote {registered_name} --tracker wandb) "
                 "or check the name."
             )
-        linked = api.artifact(f"{collection}:{ref}", type=ARTIFACT_TYPE)
         found = self._linked_checkpoint(linked, registered_name)
         if found is None:
             raise LookupError(
@@ -263,7 +269,9 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint's file into `directory` (through its Registry link if it has one)."""
         ref = checkpoint.extra.get("registry_path") or checkpoint.id
-        return str(os.fspath(self.api.artifact(ref, type=ARTIFACT_TYPE).file(directory)))
+        with _reading(f"artifact {ref}"):
+            artifact = self.api.artifact(ref, type=ARTIFACT_TYPE)
+        return str(os.fspath(artifact.file(directory)))
 
     # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
     #
@@ -326,7 +334,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         path = "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p)
         try:
             return api.run(path)
-        except (wandb.errors.CommError, ValueError) as exc:  # ValueError: unwrapped when WANDB_DEBUG is set
+        except _READ_ERRORS as exc:
             if _not_found(exc):
                 return None
             # Not "no such run": answering "no run" would make a restarted job start over.
@@ -388,21 +396,22 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             path = f"{where}/{scope['run_id']}"
             try:
                 run = api.run(path)
-            except (wandb.errors.CommError, ValueError) as exc:  # ValueError: unwrapped when WANDB_DEBUG is set
+            except _READ_ERRORS as exc:
                 if not _not_found(exc):  # a server that is down is not a missing run
                     raise _no_answer(f"run {path}", exc) from exc
                 raise LookupError(
                     f"W&B run {path} not found ({exc}): check run_id, the project (experiment=) and "
                     "WANDB_ENTITY; an offline run needs `wandb sync` first."
                 ) from exc
-            return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE]
+            with _reading(f"run {path}"):  # the listing asks W&B while it is iterated
+                return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE]
         try:
             collections = [
                 c
                 for c in api.artifact_collections(where, ARTIFACT_TYPE)
                 if base is None or c.name.startswith(base + "-")
             ]
-        except (wandb.errors.CommError, ValueError) as exc:
+        except _READ_ERRORS as exc:  # raised while the listing is iterated, unwrapped
             # A ValueError is W&B's answer "no such project" (or no collection to parse); else it did not answer.
             if not isinstance(_cause(exc), ValueError):
                 raise _no_answer(f"project {where}", exc) from exc
@@ -411,10 +420,32 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 "name and WANDB_ENTITY."
             ) from exc
         versions = []
-        for collection in collections:
-            path = f"{collection.entity}/{collection.project}/{collection.name}"
-            versions.extend(api.artifacts(ARTIFACT_TYPE, path))
+        with _reading(f"project {where}"):
+            for collection in collections:
+                path = f"{collection.entity}/{collection.project}/{collection.name}"
+                versions.extend(api.artifacts(ARTIFACT_TYPE, path))
         return versions
+
+    def _artifact_or_none(self, path: str) -> Any:
+        """The version `path` names, or None when W&B answers that there is none.
+
+        Not `Api.artifact_exists`, which answers False for a server error too.
+
+        Raises:
+            TrackerError: W&B did not answer: an error is never taken for "no such version".
+        """
+        api = self.api
+        try:
+            return api.artifact(path, type=ARTIFACT_TYPE)
+        except _READ_ERRORS as exc:
+            if _absent(exc):
+                return None
+            raise _no_answer(f"artifact {path}", exc) from exc
+
+    def _links_of(self, artifact: Any) -> list[Any]:
+        """A version's Registry links (which W&B fetches on first read)."""
+        with _reading(f"artifact {artifact.qualified_name}"):
+            return list(artifact.linked_artifacts)
 
     def _checkpoint(self, artifact: Any, run_id: str | None = None) -> LoggedCheckpoint | None:
         """A logged version (or a Registry link, mapped to its source) as a checkpoint; None if not ours."""
@@ -463,6 +494,21 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Turn a W&B read that fails (a lazy listing included, while iterated) into `_no_answer`."""
+    try:
+        yield
+    except _READ_ERRORS as exc:
+        raise _no_answer(what, exc) from exc
+
+
+def _absent(exc: Exception) -> bool:
+    """Whether a W&B `Api.artifact` error means "no such version" (W&B: a ValueError "... not found ...")."""
+    cause = _cause(exc)
+    return isinstance(cause, ValueError) and "not found" in str(cause)
 
 
 def _cause(exc: Exception) -> BaseException:

@@ -687,3 +687,38 @@ def test_fits_that_need_not_wait_each_get_their_own_run(wandb_env):
     assert first.last_report.ok and second.last_report.ok
     assert first.session.destinations["wandb"]["run_id"] != second.session.destinations["wandb"]["run_id"]
     assert len(run_dirs(str(wandb_env / "wandb_dir"))) == 2
+
+
+class _FailingService(_ServiceKnowingOneEmptyProject):
+    """A stand-in for the wandb-core service whose every request fails as the fake's `failure` makes it."""
+
+    def __init__(self, server):
+        self._server = server
+
+    def execute_graphql(self, query, variables=None, parse=None, **kwargs):
+        self._server.request()
+
+
+@pytest.mark.parametrize("failure", ["http", "timeout"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda api: api.run("team/proj/r1"), id="run"),
+        pytest.param(lambda api: api.artifact("team/proj/tiny-r1:v0"), id="artifact"),
+        pytest.param(lambda api: api.artifact_exists("team/proj/tiny-r1:v0"), id="artifact_exists"),
+    ],
+)
+def test_fake_fails_as_wandb_fails(server, call, failure):
+    """A failing server, through the real Api's own code and through the fake: the same answer or error."""
+    real = _RealApiOnAStubService()
+    real._service_api = _FailingService(server)
+    server.failure = failure
+    try:
+        expected = call(real)
+    except wandb.errors.CommError as exc:
+        with pytest.raises(wandb.errors.CommError) as fake:
+            call(server.api())
+        assert type(fake.value.exc) is type(exc.exc) and str(fake.value) == str(exc)
+    else:
+        assert expected is False and failure == "http"  # artifact_exists: an HTTP error reads as absence
+        assert call(server.api()) is False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 
 import keras
 import numpy as np
@@ -370,8 +371,9 @@ def test_fake_names_versions_as_fetched_and_links_by_their_source(server):
     with pytest.raises(wandb.errors.CommError):
         api.artifact(paths[0], type="dataset")
     assert [c.name for c in api.artifact_collections("team/proj", "model")] == ["tiny-r1"]
+    listing = api.artifact_collections("team/empty", "model")  # W&B asks while it is iterated
     with pytest.raises(ValueError):
-        api.artifact_collections("team/empty", "model")
+        list(listing)
 
 
 def test_a_version_still_uploading_is_never_listed_or_promoted(server, tracker):
@@ -431,3 +433,105 @@ def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_en
         r"which is not installed: pip install 'wbtinylayers==0.2.0'$",
     ):
         tracked_ckpt.load_model(checkpoint=listed, tracker=tracker, custom_objects={"Negate": Negate})
+
+
+# -- a W&B server that fails is never "not found" and never a raw wandb error ---------------
+
+
+def _public_reads(tracker: WandbTracker, registered_name: str, logged: str):
+    """Every public read on W&B, each a call that asks the server (a lazy listing iterated included)."""
+    return {
+        "list_checkpoints(experiment=)": lambda: tracked_ckpt.list_checkpoints(tracker=tracker, experiment="team/proj"),
+        "list_checkpoints(run_id=)": lambda: tracked_ckpt.list_checkpoints(tracker=tracker, run_id="team/proj/r1"),
+        "promote_best": lambda: tracked_ckpt.promote_best(registered_name, tracker=tracker, experiment="team/proj"),
+        "load_model(alias=)": lambda: tracked_ckpt.load_model(registered_name, alias="champion", tracker=tracker),
+        "alias_holder": lambda: tracker.alias_holder(registered_name, "champion"),
+        "resolve": lambda: tracker.resolve(registered_name, alias="champion", version=None),
+        "delete_checkpoint": lambda: tracker.delete_checkpoint(logged, {"mode": "online", "run_id": "r1"}),
+    }
+
+
+READS = list(_public_reads(None, "", ""))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("failure", ["http", "timeout"])
+@pytest.mark.parametrize("registered_name", ["clf", "never-promoted"])
+@pytest.mark.parametrize("read", READS)
+def test_a_failing_server_is_one_line_naming_what_could_not_be_read(server, tracker, read, registered_name, failure):
+    """wandb 0.31 fails late (listings while iterated) and `artifact_exists` says False on errors: neither leaks."""
+    paths = log_run(server, "r1", [0.5, 0.4])
+    assert tracked_ckpt.promote_best("clf", tracker=tracker, run_id="r1").promoted
+    call = _public_reads(tracker, registered_name, paths[0])[read]
+    server.failure = failure
+    with pytest.raises(TrackerError) as raised:
+        call()
+    message = str(raised.value)
+    assert type(raised.value) is TrackerError and "\n" not in message
+    assert re.match(r"^Cannot read W&B (project team/proj|run team/proj/r1|artifact \S+): ", message), message
+    assert message.endswith("Try again once W&B answers."), message
+    assert "not found" not in message and "promote a checkpoint first" not in message
+    server.failure = None
+    assert [v.index for v in server.live_versions("team/proj/tiny-r1")] == [0, 1]  # nothing deleted on an error
+    if read in ("alias_holder", "resolve") and registered_name == "clf":
+        assert call().record.epoch == 2  # once W&B answers, the answer
+    if read == "alias_holder" and registered_name == "never-promoted":
+        assert call() is None
+
+
+def test_the_fake_fails_where_and_how_wandb_0_31_fails(server):
+    """Eager calls raise CommError; listings raise WandbApiFailedError only while iterated; exists says False."""
+    from wandb.sdk.lib.service.service_connection import WandbApiFailedError
+
+    paths = log_run(server, "r1", [0.5])
+    api = server.api()
+    run = api.run("team/proj/r1")
+    server.failure = "http"
+    listings = [api.artifact_collections("team/proj", "model"), api.artifacts("model", "team/proj/tiny-r1")]
+    listings.append(run.logged_artifacts())  # none of them has asked the server yet
+    for listing in listings:
+        with pytest.raises(WandbApiFailedError, match="HTTP 503"):
+            list(listing)
+    with pytest.raises(wandb.errors.CommError, match="HTTP 503"):
+        api.artifact(paths[0])
+    assert api.artifact_exists(paths[0]) is False  # wandb 0.31: an HTTP error reads as "does not exist"
+    server.failure = "timeout"
+    with pytest.raises(wandb.errors.CommError, match="did not respond in time"):
+        api.artifact_exists(paths[0])  # a transport failure is raised
+    server.failure = None
+    assert api.artifact_exists(paths[0]) and [a.version for a in run.logged_artifacts()] == ["v0"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls", "--tracker", "wandb", "--experiment", "team/proj"],
+        ["ls", "--tracker", "wandb", "--run-id", "team/proj/r1"],
+        ["promote", "clf", "--tracker", "wandb", "--experiment", "team/proj"],
+        ["show", "clf", "--tracker", "wandb"],
+        ["pull", "clf", "--tracker", "wandb"],
+    ],
+    ids=lambda argv: argv[0] + " " + argv[3],
+)
+def test_the_cli_says_a_failing_w_and_b_server_in_one_line(server, monkeypatch, capsys, argv):
+    """The CLI's W&B tracker builds `wandb.Api()`: here it gets a client on the failing fake."""
+    from tracked_ckpt import cli
+
+    log_run(server, "r1", [0.5, 0.4])
+    monkeypatch.delitem(fits_module._LAST_DESTINATIONS, "wandb", raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "proj")
+    monkeypatch.setattr(wandb, "Api", lambda overrides=None: server.api())
+    server.failure = "http"
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert re.match(r"^tracked-ckpt: error: Cannot read W&B \S+ \S+: HTTP 503.*Try again once W&B answers\.$", err)
+
+
+def test_a_run_s_listing_that_fails_while_iterated_is_no_answer(server, tracker, monkeypatch):
+    """The run answered, then its lazy `logged_artifacts` failed: not an empty run, not a raw error."""
+    log_run(server, "r1", [0.5])
+    run = server.api().run("team/proj/r1")
+    monkeypatch.setattr(FakeApi, "run", lambda self, path="": run)  # the server fails only after the run
+    server.failure = "http"
+    with pytest.raises(TrackerError, match=r"^Cannot read W&B run team/proj/r1: HTTP 503.*Try again once W&B answers"):
+        tracked_ckpt.list_checkpoints(tracker=tracker, run_id="team/proj/r1")

@@ -18,14 +18,22 @@
   (`team/proj/tiny-r1:v2`), also on a registry link;
 * `linked_artifacts` of a source version lists its registry links, each with
   its version index among its aliases (as W&B's own list does);
-* every failure of an `Api` call is a `wandb.errors.CommError`: the fake raises
+* a failing call of an `Api` method is a `wandb.errors.CommError`: the fake raises
   what W&B's own code raises inside the call (`RunNotFoundError` for no such run,
-  a `ValueError` for no such project, artifact or type) and W&B's own
-  `normalize_exceptions` wraps it, as on the real `Api` (so with WANDB_DEBUG set
-  the inner error comes out unwrapped); listings fail with `ValueError` while
-  being iterated. `test_fake_raises_what_wandb_raises` holds the errors and their
-  messages against the real `wandb.Api` on a stub server;
-* `FakeServer.unreachable` makes every `Api.run` fail as a network error does.
+  a `ValueError` for no such project, artifact or type, `WandbApiFailedError` for
+  a request the server failed) and W&B's own `normalize_exceptions` wraps it, as
+  on the real `Api` (so with WANDB_DEBUG set the inner error comes out unwrapped);
+* listings (`artifact_collections`, `artifacts`, `Run.logged_artifacts`) and
+  `Artifact.linked_artifacts` are lazy as W&B's paginators are: they ask the
+  server while being iterated (or read), and fail there with W&B's unwrapped
+  errors (`ValueError` for no such project or collection, `WandbApiFailedError`);
+* `Api.artifact_exists` answers False for any failed request except a transport
+  failure (a timeout, no HTTP response), which it raises, as wandb 0.31 does.
+  `test_fake_raises_what_wandb_raises` holds the errors and their messages
+  against the real `wandb.Api` on a stub server;
+* `FakeServer.failure` makes every request fail: "http" as a server answering
+  HTTP 503 does (`FakeServer.unreachable = True` is the same), "timeout" as a
+  request that got no answer in time.
 
 `FakeApi` and `FakeArtifact` expose only members the real `wandb.Api` and
 `wandb.Artifact` have, with the same parameter names (checked by
@@ -40,11 +48,14 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import wandb.errors
 from wandb.apis.normalize import normalize_exceptions
+from wandb.apis.public.api import _is_service_api_transport_error
+from wandb.proto import wandb_api_pb2
+from wandb.sdk.lib.service.service_connection import WandbApiFailedError
 
 try:
     from wandb.apis.public import RunNotFoundError
@@ -118,10 +129,31 @@ class FakeServer:
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
         self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
-        self.unreachable = False  # True: `Api.run` fails as on a network error
+        self.failure: str | None = None  # "http" or "timeout": every request fails so
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether every request fails (as with `failure = "http"`, a server answering HTTP 503)."""
+        return self.failure is not None
+
+    @unreachable.setter
+    def unreachable(self, value: bool) -> None:
+        self.failure = "http" if value else None
 
     def api(self) -> FakeApi:
         return FakeApi(self)
+
+    def request(self) -> None:
+        """One request to the server: raises what wandb-core's API client raises if it fails."""
+        if self.failure == "http":
+            message = "HTTP 503: service unavailable"
+            raise WandbApiFailedError(message, wandb_api_pb2.ApiErrorResponse(message=message, http_status=503))
+        if self.failure == "timeout":
+            raise WandbApiFailedError(
+                "Failed to execute API request: the service process is busy and did not respond in time."
+            )
+        if self.failure is not None:
+            raise ValueError(f"unknown failure {self.failure!r}: use 'http' or 'timeout'")
 
     # -- writing (what `run.log_artifact` + `wandb sync` do) -----------------------------
 
@@ -220,6 +252,7 @@ class FakeApi:
     @normalize_exceptions
     def artifact(self, name: str, type: str | None = None):
         server = self._server
+        server.request()
         try:
             version = server.resolve(name)
         except KeyError:
@@ -236,11 +269,13 @@ class FakeApi:
         ref = name.partition(":")[2] or "latest"
         return FakeArtifact(self._server, version, ref=ref)
 
-    @normalize_exceptions
     def artifact_exists(self, name: str, type: str | None = None) -> bool:
         try:
             self.artifact(name, type)
-        except wandb.errors.CommError:
+        except wandb.errors.CommError as exc:
+            # wandb 0.31: only a transport failure is raised; any other error answers False.
+            if _is_service_api_transport_error(exc.exc):
+                raise
             return False
         return True
 
@@ -252,15 +287,19 @@ class FakeApi:
         per_page: int = 50,
         tags: list[str] | None = None,
         start: str | None = None,
-    ) -> list[FakeArtifact]:
-        """Versions of a collection, newest first (as W&B lists them)."""
-        try:
-            collection = self._server.collection_of(name)
-        except KeyError as exc:
-            raise ValueError("Unable to parse 'Artifacts' response data") from exc
-        if collection.type != type_name:
-            return []
-        return [FakeArtifact(self._server, v) for v in reversed(collection.live())]
+    ) -> _Listing:
+        """Versions of a collection, newest first (as W&B lists them), read while iterated."""
+
+        def versions() -> list[FakeArtifact]:
+            try:
+                collection = self._server.collection_of(name)
+            except KeyError as exc:
+                raise ValueError("Unable to parse 'Artifacts' response data") from exc
+            if collection.type != type_name:
+                return []
+            return [FakeArtifact(self._server, v) for v in reversed(collection.live())]
+
+        return _Listing(self._server, versions)
 
     def artifact_collections(
         self,
@@ -269,22 +308,24 @@ class FakeApi:
         order: str | None = None,
         per_page: int = 50,
         start: str | None = None,
-    ) -> list[FakeCollection]:
-        """The collections of a type in a project ("entity/project" or "project")."""
+    ) -> _Listing:
+        """The collections of a type in a project ("entity/project" or "project"), read while iterated."""
         server = self._server
-        if server.unreachable:
-            raise wandb.errors.CommError("HTTP 503: service unavailable", ConnectionError("503"))
         entity, _, project = project_name.rpartition("/")
         entity = entity or (server.organization if project.startswith(REGISTRY_PREFIX) else server.entity)
-        found = [
-            FakeCollection(c)
-            for (e, p, _), c in server.collections.items()
-            if (e, p) == (entity, project) and c.type == type_name and c.live()
-        ]
-        if not found:
-            # W&B: no such project or no collection of that type -> the listing fails to parse.
-            raise ValueError("Unable to parse 'ArtifactCollections' response data")
-        return found
+
+        def collections() -> list[FakeCollection]:
+            found = [
+                FakeCollection(c)
+                for (e, p, _), c in server.collections.items()
+                if (e, p) == (entity, project) and c.type == type_name and c.live()
+            ]
+            if not found:
+                # W&B: no such project or no collection of that type -> the listing fails to parse.
+                raise ValueError("Unable to parse 'ArtifactCollections' response data")
+            return found
+
+        return _Listing(server, collections)
 
     def flush(self):
         """W&B's Api caches runs; the fake reads the server every time, so there is nothing to drop."""
@@ -300,8 +341,7 @@ class FakeApi:
             entity, (project, run_id) = server.entity, parts
         else:
             entity, project, run_id = server.entity, server.project, path
-        if server.unreachable:
-            raise wandb.errors.CommError("HTTP 503: service unavailable", ConnectionError("503"))
+        server.request()
         if (entity, project, run_id) not in server.runs:
             raise RunNotFoundError(f"Could not find run <Run {entity}/{project}/{run_id} (not found)>")
         return FakeRun(server, entity, project, run_id)
@@ -329,15 +369,36 @@ class FakeRun:
         """A copy of what the run last wrote to its summary (read-only here, as tracked-ckpt uses it)."""
         return dict(self._server.summaries.get((self._entity, self._project, self._id), {}))
 
-    def logged_artifacts(self, per_page: int = 100) -> list[FakeArtifact]:
-        """Every version this run logged (never registry links), in logging order."""
-        return [
-            FakeArtifact(self._server, v)
-            for (e, p, _), c in self._server.collections.items()
-            if (e, p) == (self._entity, self._project)
-            for v in c.live()
-            if v.run_id == self._id and v.source is None
-        ]
+    def logged_artifacts(self, per_page: int = 100) -> _Listing:
+        """Every version this run logged (never registry links), in logging order, read while iterated."""
+        return _Listing(
+            self._server,
+            lambda: [
+                FakeArtifact(self._server, v)
+                for (e, p, _), c in self._server.collections.items()
+                if (e, p) == (self._entity, self._project)
+                for v in c.live()
+                if v.run_id == self._id and v.source is None
+            ],
+        )
+
+
+class _Listing:
+    """W&B's paginators: nothing is asked until the first item is wanted; errors come out unwrapped then."""
+
+    def __init__(self, server: FakeServer, read: Callable[[], list[Any]]):
+        self._server = server
+        self._read = read
+        self._items: Iterator[Any] | None = None
+
+    def __iter__(self) -> _Listing:
+        return self
+
+    def __next__(self) -> Any:
+        if self._items is None:
+            self._server.request()
+            self._items = iter(self._read())
+        return next(self._items)
 
 
 class FakeCollection:
@@ -436,6 +497,7 @@ class FakeArtifact:
 
     @property
     def linked_artifacts(self) -> list[FakeArtifact]:
+        self._server.request()  # W&B fetches them on first read, unwrapped errors and all
         if self.is_link:
             return []
         return [
