@@ -55,9 +55,13 @@ def checkpoints(tmp_path_factory) -> dict[str, list[Path]]:
     for epoch in range(3):
         model.fit(x, y, epochs=1, verbose=0)
         for kind in files:
-            path = folder / f"epoch{epoch}.{kind}"
-            model.save_weights(path) if kind == "weights.h5" else model.save(path)
-            files[kind].append(path)
+            files[kind].append(folder / f"epoch{epoch}.{kind}")
+        model.save(files["keras"][-1])
+        model.save_weights(files["weights.h5"][-1])
+        # Keras's legacy `.h5` save drops the optimizer from the model's later `.keras` compile config: a copy saves it.
+        legacy = keras.models.clone_model(model)
+        legacy.set_weights(model.get_weights())
+        legacy.save(files["h5"][-1])
     return files
 
 
@@ -86,6 +90,7 @@ def test_the_second_version_of_a_frozen_base_model_costs_a_small_fraction(checkp
     assert 0 < stored2.new_bytes < 0.10 * stored2.total_bytes
     assert stored2.describe().startswith("incremental: ") and stored2.describe().endswith(" MB")
     assert stored1.packs_uploaded == stored2.packs_uploaded == 1
+    assert stored1.requests == 3 + 1 + 1  # list the store (packs, index, marks), put a pack and its index
     shared = set(stored1.manifest.packs) & set(stored2.manifest.packs)
     assert shared and len(stored2.manifest.packs) == 2
     # The store holds the two versions for little more than one.
@@ -131,6 +136,32 @@ def test_the_second_version_downloads_only_its_new_pack(checkpoints, store, tmp_
         _pack_path(store, pack).unlink()
     restore_file(manifest2, store, reader, tmp_path / "two.keras")
     assert (tmp_path / "two.keras").read_bytes() == second.read_bytes()
+
+
+def test_the_cache_stays_within_its_bound(checkpoints, store, tmp_path):
+    path = checkpoints["keras"][0]
+    bound = path.stat().st_size // 2
+    cache = PackCache(tmp_path / "cache", max_bytes=bound)
+    manifest = store_file(path, store, cache, pack_size=bound // 4).manifest
+    assert len(manifest.packs) >= 4
+
+    restore_file(manifest, store, cache, tmp_path / "restored.keras")
+
+    assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+    cached = sum(p.stat().st_size for p in (cache.root / "packs").iterdir())
+    assert 0 < cached <= bound
+
+
+def test_repeated_content_within_a_file_is_stored_once(store, tmp_path):
+    block = np.random.default_rng(2).bytes(1_000_000)
+    path = tmp_path / "twice.bin"
+    path.write_bytes(block + block + block)
+
+    stored = store_file(path, store, PackCache(tmp_path / "cache"))
+
+    assert stored.new_bytes < 1_200_000  # one copy, plus the chunks straddling the seams
+    restore_file(stored.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.bin")
+    assert (tmp_path / "restored.bin").read_bytes() == path.read_bytes()
 
 
 def test_a_corrupt_pack_fails_in_one_line_and_does_not_poison_the_cache(checkpoints, store, tmp_path):
@@ -326,5 +357,7 @@ def test_manifests_are_versioned_json(checkpoints, store, tmp_path):
     assert ChunkParams.from_json(data["chunking"]) == manifest.params
     with pytest.raises(ValueError, match="version 2 is not supported by this tracked-ckpt"):
         Manifest.from_json({**data, "version": 2})
+    with pytest.raises(ValueError, match="not a sha256 digest"):
+        Manifest.from_json({**data, "packs": ["../../elsewhere"]})
     with pytest.raises(ValueError, match="do not add up"):
         Manifest.from_json({**data, "size": manifest.size + 1})

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,6 +54,16 @@ DEFAULT_PACK_SIZE = 128 * 1024 * 1024
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024 * 1024
 _MANIFEST_FORMAT = "tracked-ckpt.manifest"
 _INDEX_FORMAT = "tracked-ckpt.pack-index"
+
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _digest(text: str) -> str:
+    """`text` if it is a sha256 in hex (as every pack, chunk and index name is), else ValueError."""
+    if not _HEX_DIGEST.fullmatch(text):
+        raise ValueError(f"not a sha256 digest: {text!r}")
+    return text
 
 
 class ChunkStoreError(ChecksumError):
@@ -121,8 +132,8 @@ class Manifest:
                 f"chunk manifest version {data.get('version')} is not supported by this tracked-ckpt "
                 f"(it reads version {FORMAT_VERSION}): upgrade tracked-ckpt"
             )
-        packs = data["packs"]
-        chunks = tuple(ChunkLocation(str(d), int(n), str(packs[p]), int(o)) for d, n, p, o in data["chunks"])
+        packs = [_digest(pack) for pack in data["packs"]]
+        chunks = tuple(ChunkLocation(_digest(d), int(n), packs[p], int(o)) for d, n, p, o in data["chunks"])
         manifest = cls(
             str(data["name"]), int(data["size"]), str(data["sha256"]), ChunkParams.from_json(data["chunking"]), chunks
         )
@@ -203,7 +214,8 @@ def _parse_index(data: bytes) -> list[ChunkLocation]:
     parsed = json.loads(data)
     if parsed.get("format") != _INDEX_FORMAT or parsed.get("version") != FORMAT_VERSION:
         raise ValueError("not a pack index this tracked-ckpt reads")
-    return [ChunkLocation(d, n, pack, o) for pack, rows in parsed["packs"].items() for d, o, n in rows]
+    table = parsed["packs"]
+    return [ChunkLocation(_digest(d), int(n), _digest(p), int(o)) for p, rows in table.items() for d, o, n in rows]
 
 
 class PackCache:
@@ -232,15 +244,15 @@ class PackCache:
 
     def adopt(self, pack: str, staged: Path) -> None:
         """Move a staged file holding pack `pack` into the cache."""
-        os.replace(staged, self._packs / pack)
+        os.replace(staged, self._packs / _digest(pack))
 
     def has(self, pack: str) -> bool:
         """Whether the cache holds `pack`."""
-        return (self._packs / pack).exists()
+        return (self._packs / _digest(pack)).exists()
 
     def discard(self, pack: str) -> None:
         """Drop `pack` from the cache (one of its chunks failed its digest)."""
-        (self._packs / pack).unlink(missing_ok=True)
+        (self._packs / _digest(pack)).unlink(missing_ok=True)
 
     def open_pack(self, store: BlobStore, pack: str) -> tuple[IO[bytes], bool]:
         """Open `pack` from the cache, downloading it first if the cache lacks it.
@@ -251,10 +263,11 @@ class PackCache:
         Raises:
             BlobNotFoundError: the store has no such pack.
         """
-        path = self._packs / pack
+        path = self._packs / _digest(pack)
         with contextlib.suppress(FileNotFoundError):
             handle = open(path, "rb")  # noqa: SIM115 (the caller closes it)
-            os.utime(path)  # most recently used
+            with contextlib.suppress(FileNotFoundError):  # evicted by another process: the open file still reads
+                os.utime(path)  # most recently used
             return handle, False
         staged = self.staging_file()
         try:
@@ -275,7 +288,7 @@ class PackCache:
         """
         if name in self._parsed:
             return self._parsed[name], False
-        digest = name.removeprefix(INDEXES).removesuffix(".json")
+        digest = _digest(name.removeprefix(INDEXES).removesuffix(".json"))
         cached = self._indexes / digest
         downloaded = not cached.exists()
         if downloaded:
