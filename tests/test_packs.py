@@ -257,6 +257,9 @@ def test_gc_keeps_shared_packs_and_removes_unreferenced_ones_after_grace(checkpo
         assert restored.read_bytes() == path.read_bytes()
     with pytest.raises(ChunkStoreError, match="is missing from the chunk store"):
         restore_file(middle, store, _cold_cache(tmp_path), tmp_path / "middle.keras")
+    assert collect_garbage(store, lambda: manifests, cache, grace_seconds=GRACE, now=T0 + GRACE).missing == (
+        only_middle,
+    )
     # Everything unreferenced goes, with the index files that list only deleted packs.
     collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0 + 2 * GRACE)
     collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0 + 3 * GRACE)

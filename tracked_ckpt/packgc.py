@@ -59,6 +59,8 @@ class Collected:
         deleted: packs deleted.
         waiting: condemned packs whose grace has not passed yet.
         indexes_deleted: index files removed because every pack they list is gone.
+        missing: packs a live manifest references that the store lacks (those checkpoints cannot be
+            restored; nothing the collector does causes this, see the module docstring).
     """
 
     live: int
@@ -67,6 +69,7 @@ class Collected:
     deleted: tuple[str, ...]
     waiting: tuple[str, ...]
     indexes_deleted: int
+    missing: tuple[str, ...] = ()
 
 
 def collect_garbage(
@@ -131,8 +134,11 @@ def collect_garbage(
         if chunks and not any(chunk.pack in remaining for chunk in chunks):
             store.delete(name)
             indexes_deleted += 1
+    missing = tuple(sorted(live - packs))
+    if missing:
+        logger.warning("chunk store gc: %d pack(s) that live checkpoints need are missing from the store", len(missing))
     result = Collected(
-        len(live & packs), tuple(condemned), tuple(rescued), tuple(deleted), tuple(waiting), indexes_deleted
+        len(live & packs), tuple(condemned), tuple(rescued), tuple(deleted), tuple(waiting), indexes_deleted, missing
     )
     logger.info(
         "chunk store gc: %d live pack(s); condemned %d, rescued %d, deleted %d, waiting %d; %d index file(s) removed",
