@@ -3,7 +3,7 @@
 * The one pass (`chunking.scan_file`: FastCDC boundaries, each chunk's sha256 and the file's
   sha256) over a file of random and repeated data, for each average chunk size: MB/s of wall
   time and of CPU time (the machine is shared; CPU time is what the upload thread costs), then
-  `packs.store_file` into a local folder store and `packs.restore_file` from a cold cache.
+  `pack_writer.store_file` into a local folder store and `pack_reader.restore_file` from a cold cache.
 * A frozen Dense base with a trainable Dense(10) head (Adam), one `.keras` file per epoch, each
   stored with the previous version's manifest: bytes new, manifest bytes and requests per epoch.
 
@@ -25,7 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tracked_ckpt.blobstore import LocalFolderStore
 from tracked_ckpt.chunking import ChunkParams, average_for_size, scan_file
-from tracked_ckpt.packs import Manifest, PackCache, restore_file, store_file
+from tracked_ckpt.pack_cache import PackCache
+from tracked_ckpt.pack_reader import restore_file
+from tracked_ckpt.pack_writer import store_file
+from tracked_ckpt.packs import Manifest
 
 
 def _timed(function, *args, **kwargs):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -83,3 +86,40 @@ def test_chunk_params_round_trip_and_refuse_another_algorithm():
         ChunkParams.from_json({**params.to_json(), "algorithm": "rabin"})
     with pytest.raises(ValueError, match="unsupported chunking"):
         ChunkParams.from_json({**params.to_json(), "min_size": 1024})
+
+
+_WITHOUT_PYFASTCDC = textwrap.dedent(
+    """
+    import importlib, importlib.abc, pkgutil, sys
+
+    class NoPyfastcdc(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname.partition(".")[0] == "pyfastcdc":
+                raise ImportError(f"{fullname} is blocked", name=fullname)
+            return None
+
+    sys.meta_path.insert(0, NoPyfastcdc())
+    import tracked_ckpt
+    for module in pkgutil.iter_modules(tracked_ckpt.__path__):
+        if not module.ispkg:
+            importlib.import_module(f"tracked_ckpt.{module.name}")
+    print("imported", sorted(name for name in sys.modules if name.startswith("tracked_ckpt.")))
+    from tracked_ckpt.chunking import scan_file
+    scan_file(sys.argv[1])
+    """
+)
+
+
+def test_without_pyfastcdc_every_module_imports_and_chunking_names_the_extra(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(_bytes(100_000, 3))
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PYFASTCDC, str(path)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    for module in ("tracked_ckpt.callback", "tracked_ckpt.packs", "tracked_ckpt.pack_reader", "tracked_ckpt.packgc"):
+        assert f"'{module}'" in result.stdout, result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ImportError: Chunking checkpoints needs the 'pyfastcdc' package, which is not installed: "
+        "pip install 'tracked-ckpt[incremental]'."
+    ), result.stderr

@@ -17,19 +17,12 @@ import pytest
 
 from tracked_ckpt.blobstore import LocalFolderStore
 from tracked_ckpt.chunking import ChunkParams
+from tracked_ckpt.errors import ChecksumError
+from tracked_ckpt.pack_cache import PackCache
+from tracked_ckpt.pack_reader import restore_file
+from tracked_ckpt.pack_writer import store_file
 from tracked_ckpt.packgc import collect_garbage
-from tracked_ckpt.packs import (
-    CONDEMNED,
-    INDEXES,
-    PACKS,
-    ChunkStoreError,
-    Manifest,
-    PackCache,
-    condemned_marker,
-    restore_file,
-    store_file,
-)
-from tracked_ckpt.tracker import ChecksumError
+from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkStoreError, Manifest, condemned_marker
 
 GRACE = 3600.0
 T0 = 1_800_000_000.0
@@ -302,7 +295,8 @@ _KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys
     from tracked_ckpt.blobstore import LocalFolderStore
-    from tracked_ckpt.packs import PackCache, store_file
+    from tracked_ckpt.pack_cache import PackCache
+    from tracked_ckpt.pack_writer import store_file
 
     class DiesAfterFirstPack(LocalFolderStore):
         def put(self, name, local_path):

@@ -9,6 +9,10 @@ The one pass costs two sha256 (each chunk's, and the whole file's for the record
 ~450 MB/s on this kind of machine (`benchmarks/chunk_store.py`), so the upload thread is not the
 bottleneck next to Keras's own save.
 
+`pyfastcdc` comes with the optional extra `tracked-ckpt[incremental]` and is imported by the first
+cut, here only: everything else (reading manifests, restoring files, collecting garbage) works
+without it.
+
 The average chunk size grows with the file (`average_for_size`): each version of a checkpoint
 costs its changed chunks plus a manifest line per chunk, and smaller chunks shrink the first and
 grow the second. Measured on frozen-base models (two epochs apart, bytes new + manifest):
@@ -24,9 +28,10 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyfastcdc import FastCDC
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
 
 ALGORITHM = "fastcdc2020"
 MIN_AVERAGE = 16 * 1024
@@ -87,6 +92,18 @@ def average_for_size(size: int, previous: int | None = None) -> int:
     return ideal
 
 
+def _fastcdc(params: ChunkParams) -> FastCDC:
+    """A FastCDC cutter for `params`; without `pyfastcdc`, an ImportError saying which extra has it."""
+    try:
+        from pyfastcdc import FastCDC
+    except ImportError:
+        raise ImportError(
+            "Chunking checkpoints needs the 'pyfastcdc' package, which is not installed: "
+            "pip install 'tracked-ckpt[incremental]'."
+        ) from None
+    return FastCDC(params.average, min_size=params.min_size, max_size=params.max_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class ChunkRef:
     """One chunk of a file: its sha256 (hex) and length."""
@@ -139,7 +156,7 @@ def scan_file(
     """
     if params is None:
         params = ChunkParams(average_for_size(os.path.getsize(path)))
-    cutter = FastCDC(params.average, min_size=params.min_size, max_size=params.max_size)
+    cutter = _fastcdc(params)
     whole = hashlib.sha256()
     chunks: list[ChunkRef] = []
     size = 0

@@ -9,7 +9,7 @@
    still unreferenced; a pack referenced again meanwhile is *rescued* (its marker removed).
 
 The guarantee: **no pack a live manifest references is ever deleted, provided every writer makes
-its manifest live within `grace` of listing the store** (`packs.store_file` lists the store
+its manifest live within `grace` of listing the store** (`pack_writer.store_file` lists the store
 first; a writer that retries after an outage lists it again). A writer that listed before a pack
 was condemned has that long to make the manifest referencing it live, and the run that deletes
 the pack reads the live manifests after it saw the marker was `grace` old. Packs a writer uploads
@@ -32,15 +32,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from tracked_ckpt.blobstore import BlobNotFoundError, BlobStore
-from tracked_ckpt.packs import (
-    CONDEMNED,
-    INDEXES,
-    PACKS,
-    Manifest,
-    PackCache,
-    condemned_marker,
-    parse_condemned,
-)
+from tracked_ckpt.pack_cache import PackCache
+from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, Manifest, condemned_marker, parse_condemned
 
 logger = logging.getLogger("tracked_ckpt")
 
