@@ -1,0 +1,360 @@
+"""The chunk store on a real folder store: dedup across versions, byte-identical restores, corrupt
+or missing packs, and garbage collection (its grace, rescue and kill-safety)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tracked_ckpt.blobstore import LocalFolderStore
+from tracked_ckpt.chunking import ChunkParams
+from tracked_ckpt.errors import ChecksumError
+from tracked_ckpt.pack_cache import PackCache
+from tracked_ckpt.pack_reader import restore_file
+from tracked_ckpt.pack_writer import store_file
+from tracked_ckpt.packgc import collect_garbage
+from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkStoreError, Manifest, condemned_marker
+
+GRACE = 3600.0
+T0 = 1_800_000_000.0
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, list[Path]]:
+    """Three epochs of a frozen-base model (4.4 MB frozen, a small trainable head, Adam), in each format."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(1024, activation="relu", trainable=False)(inputs)
+    hidden = keras.layers.Dense(1024, activation="relu", trainable=False)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(hidden))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).random((32, 64), dtype=np.float32)
+    y = np.arange(32) % 4
+    files: dict[str, list[Path]] = {"keras": [], "h5": [], "weights.h5": []}
+    for epoch in range(3):
+        model.fit(x, y, epochs=1, verbose=0)
+        for kind in files:
+            files[kind].append(folder / f"epoch{epoch}.{kind}")
+        model.save(files["keras"][-1])
+        model.save_weights(files["weights.h5"][-1])
+        # Keras's legacy `.h5` save drops the optimizer from the model's later `.keras` compile config: a copy saves it.
+        legacy = keras.models.clone_model(model)
+        legacy.set_weights(model.get_weights())
+        legacy.save(files["h5"][-1])
+    return files
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalFolderStore:
+    return LocalFolderStore(tmp_path / "store")
+
+
+def _cold_cache(tmp_path: Path, name: str = "cold") -> PackCache:
+    """A cache that holds nothing yet: a restore through it downloads every pack."""
+    return PackCache(tmp_path / name)
+
+
+def _pack_path(store: LocalFolderStore, pack: str) -> Path:
+    return store.root / PACKS / pack
+
+
+def test_the_second_version_of_a_frozen_base_model_costs_a_small_fraction(checkpoints, store, tmp_path):
+    cache = PackCache(tmp_path / "cache")
+    first, second = checkpoints["keras"][:2]
+
+    stored1 = store_file(first, store, cache)
+    stored2 = store_file(second, store, cache, previous=stored1.manifest)
+
+    assert stored1.new_bytes == stored1.total_bytes == first.stat().st_size  # nothing to share yet
+    assert 0 < stored2.new_bytes < 0.10 * stored2.total_bytes
+    assert stored2.describe().startswith("incremental: ") and stored2.describe().endswith(" MB")
+    assert stored1.packs_uploaded == stored2.packs_uploaded == 1
+    assert stored1.requests == 3 + 1 + 1  # list the store (packs, index, marks), put a pack and its index
+    shared = set(stored1.manifest.packs) & set(stored2.manifest.packs)
+    assert shared and len(stored2.manifest.packs) == 2
+    # The store holds the two versions for little more than one.
+    stored_bytes = sum(p.stat().st_size for p in (store.root / PACKS).iterdir())
+    assert stored_bytes == stored1.new_bytes + stored2.new_bytes < 1.10 * first.stat().st_size
+    # Storing the same file again uploads nothing.
+    again = store_file(second, store, cache, previous=stored2.manifest)
+    assert (again.new_bytes, again.packs_uploaded, again.manifest) == (0, 0, stored2.manifest)
+
+
+@pytest.mark.parametrize("kind", ["keras", "h5", "weights.h5"])
+def test_restores_are_byte_identical(kind, checkpoints, store, tmp_path):
+    writer_cache = PackCache(tmp_path / "writer")
+    manifests = []
+    previous = None
+    for path in checkpoints[kind][:2]:
+        previous = store_file(path, store, writer_cache, previous=previous).manifest
+        manifests.append(Manifest.from_bytes(previous.to_bytes()))  # as read back from the tracker
+    reader_cache = _cold_cache(tmp_path)
+    for path, manifest in zip(checkpoints[kind][:2], manifests, strict=True):
+        restored = restore_file(manifest, store, reader_cache, tmp_path / "restored" / path.name)
+        assert restored.read_bytes() == path.read_bytes()
+        assert manifest.sha256 == _sha256(path)
+
+
+def test_a_restored_model_predicts_like_the_original(checkpoints, store, tmp_path):
+    original = checkpoints["keras"][1]
+    manifest = store_file(original, store, PackCache(tmp_path / "writer")).manifest
+    restored = restore_file(manifest, store, _cold_cache(tmp_path), tmp_path / "restored.keras")
+    x = np.random.default_rng(1).random((5, 64), dtype=np.float32)
+    expected = keras.saving.load_model(original).predict(x, verbose=0)
+    np.testing.assert_array_equal(keras.saving.load_model(restored).predict(x, verbose=0), expected)
+
+
+def test_the_second_version_downloads_only_its_new_pack(checkpoints, store, tmp_path):
+    first, second = checkpoints["keras"][:2]
+    writer = PackCache(tmp_path / "writer")
+    manifest1 = store_file(first, store, writer).manifest
+    manifest2 = store_file(second, store, writer, previous=manifest1).manifest
+    reader = _cold_cache(tmp_path)
+    restore_file(manifest1, store, reader, tmp_path / "one.keras")
+    for pack in manifest1.packs:  # the store loses the first version's pack: the cache still has it
+        _pack_path(store, pack).unlink()
+    restore_file(manifest2, store, reader, tmp_path / "two.keras")
+    assert (tmp_path / "two.keras").read_bytes() == second.read_bytes()
+
+
+def test_the_cache_stays_within_its_bound(checkpoints, store, tmp_path):
+    path = checkpoints["keras"][0]
+    bound = path.stat().st_size // 2
+    cache = PackCache(tmp_path / "cache", max_bytes=bound)
+    manifest = store_file(path, store, cache, pack_size=bound // 4).manifest
+    assert len(manifest.packs) >= 4
+
+    restore_file(manifest, store, cache, tmp_path / "restored.keras")
+
+    assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+    cached = sum(p.stat().st_size for p in (cache.root / "packs").iterdir())
+    assert 0 < cached <= bound
+
+
+def test_repeated_content_within_a_file_is_stored_once(store, tmp_path):
+    block = np.random.default_rng(2).bytes(1_000_000)
+    path = tmp_path / "twice.bin"
+    path.write_bytes(block + block + block)
+
+    stored = store_file(path, store, PackCache(tmp_path / "cache"))
+
+    assert stored.new_bytes < 1_200_000  # one copy, plus the chunks straddling the seams
+    restore_file(stored.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.bin")
+    assert (tmp_path / "restored.bin").read_bytes() == path.read_bytes()
+
+
+def test_a_corrupt_pack_fails_in_one_line_and_does_not_poison_the_cache(checkpoints, store, tmp_path):
+    path = checkpoints["keras"][0]
+    manifest = store_file(path, store, PackCache(tmp_path / "writer")).manifest
+    (pack,) = manifest.packs
+    good = _pack_path(store, pack).read_bytes()
+    corrupt = bytearray(good)
+    corrupt[len(good) // 2] ^= 0xFF
+    _pack_path(store, pack).write_bytes(bytes(corrupt))
+    cache = _cold_cache(tmp_path)
+    destination = tmp_path / "restored.keras"
+
+    with pytest.raises(ChunkStoreError) as caught:
+        restore_file(manifest, store, cache, destination, label="digits-classifier v3")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("digits-classifier v3 cannot be rebuilt: ")
+    assert "corrupt" in message and pack in message and "load another version" in message
+    assert isinstance(caught.value, ChecksumError)
+    assert not cache.has(pack) and not destination.exists()
+    assert not [p for p in destination.parent.iterdir() if p.name.startswith(".restored.keras")]
+
+    # Once the store is repaired, the same cache restores the file: nothing bad was kept.
+    _pack_path(store, pack).write_bytes(good)
+    restore_file(manifest, store, cache, destination)
+    assert destination.read_bytes() == path.read_bytes()
+
+
+def test_a_corrupt_cached_pack_is_replaced_from_the_store(checkpoints, store, tmp_path):
+    path = checkpoints["keras"][0]
+    cache = PackCache(tmp_path / "cache")
+    manifest = store_file(path, store, cache).manifest  # the writer keeps its pack in the cache
+    (pack,) = manifest.packs
+    cached = cache.root / "packs" / pack
+    data = bytearray(cached.read_bytes())
+    data[100] ^= 0x01
+    cached.write_bytes(bytes(data))
+
+    restore_file(manifest, store, cache, tmp_path / "restored.keras")
+
+    assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+    assert cached.read_bytes() == _pack_path(store, pack).read_bytes()
+
+
+def test_a_missing_pack_fails_in_one_line(checkpoints, store, tmp_path):
+    manifest = store_file(checkpoints["h5"][0], store, PackCache(tmp_path / "writer")).manifest
+    _pack_path(store, manifest.packs[0]).unlink()
+    with pytest.raises(ChunkStoreError, match=r"^epoch0\.h5 cannot be rebuilt: pack \w+ is missing from the chunk"):
+        restore_file(manifest, store, _cold_cache(tmp_path), tmp_path / "restored.h5")
+
+
+def test_the_writer_trusts_the_listing_not_its_cache(checkpoints, store, tmp_path):
+    """Packs removed from the store behind the writer's back are uploaded again, not referenced."""
+    path = checkpoints["keras"][0]
+    cache = PackCache(tmp_path / "cache")
+    first = store_file(path, store, cache)
+    for pack in first.manifest.packs:
+        _pack_path(store, pack).unlink()
+
+    again = store_file(path, store, cache)
+
+    assert again.new_bytes == path.stat().st_size
+    restore_file(again.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.keras")
+    assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+
+
+def test_gc_keeps_shared_packs_and_removes_unreferenced_ones_after_grace(checkpoints, store, tmp_path):
+    cache = PackCache(tmp_path / "cache")
+    manifests: list[Manifest] = []
+    for path in checkpoints["keras"]:
+        manifests.append(store_file(path, store, cache, previous=manifests[-1] if manifests else None).manifest)
+    first, middle, last = manifests
+    (only_middle,) = set(middle.packs) - set(first.packs) - set(last.packs)
+    shared = set(first.packs) & set(middle.packs) & set(last.packs)
+    assert shared
+    kept = [first, last]  # retention removed the middle checkpoint
+
+    # Its own pack is condemned, not deleted yet; the shared one is untouched.
+    run1 = collect_garbage(store, lambda: kept, cache, grace_seconds=GRACE, now=T0)
+    assert (run1.condemned, run1.deleted) == ((only_middle,), ())
+    assert store.list(CONDEMNED) == [condemned_marker(only_middle, T0)]
+    run2 = collect_garbage(store, lambda: kept, cache, grace_seconds=GRACE, now=T0 + GRACE - 1)
+    assert (run2.waiting, run2.deleted) == ((only_middle,), ())
+    run3 = collect_garbage(store, lambda: kept, cache, grace_seconds=GRACE, now=T0 + GRACE)
+    assert run3.deleted == (only_middle,)
+    assert not _pack_path(store, only_middle).exists()
+    assert store.list(CONDEMNED) == []
+    assert {p.removeprefix(PACKS) for p in store.list(PACKS)} == set(first.packs) | set(last.packs)
+
+    for manifest, path in ((first, checkpoints["keras"][0]), (last, checkpoints["keras"][2])):
+        restored = restore_file(manifest, store, _cold_cache(tmp_path, path.name), tmp_path / "restored" / path.name)
+        assert restored.read_bytes() == path.read_bytes()
+    with pytest.raises(ChunkStoreError, match="is missing from the chunk store"):
+        restore_file(middle, store, _cold_cache(tmp_path), tmp_path / "middle.keras")
+    assert collect_garbage(store, lambda: manifests, cache, grace_seconds=GRACE, now=T0 + GRACE).missing == (
+        only_middle,
+    )
+    # Everything unreferenced goes, with the index files that list only deleted packs.
+    collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0 + 2 * GRACE)
+    collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0 + 3 * GRACE)
+    assert store.list("") == []
+
+
+def test_a_pack_referenced_again_before_grace_is_rescued(checkpoints, store, tmp_path):
+    """A writer that listed the store before the pack was condemned makes its manifest live in time."""
+    cache = PackCache(tmp_path / "cache")
+    manifest = store_file(checkpoints["keras"][0], store, cache).manifest  # not live yet
+    (pack,) = manifest.packs
+    assert collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0).condemned == (pack,)
+
+    rescue = collect_garbage(store, lambda: [manifest], cache, grace_seconds=GRACE, now=T0 + GRACE)
+
+    assert (rescue.rescued, rescue.deleted) == ((pack,), ())
+    assert store.list(CONDEMNED) == []
+    later = collect_garbage(store, lambda: [manifest], cache, grace_seconds=GRACE, now=T0 + 5 * GRACE)
+    assert (later.condemned, later.deleted) == ((), ())
+    assert _pack_path(store, pack).exists()
+
+
+def test_writers_do_not_reference_condemned_packs(checkpoints, store, tmp_path):
+    cache = PackCache(tmp_path / "cache")
+    path = checkpoints["keras"][0]
+    (pack,) = store_file(path, store, cache).manifest.packs
+    collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0)
+
+    again = store_file(path, store, cache)
+
+    (fresh,) = again.manifest.packs
+    assert fresh != pack and again.new_bytes == path.stat().st_size  # same chunks, a pack of its own
+    collect_garbage(store, lambda: [again.manifest], cache, grace_seconds=GRACE, now=T0 + GRACE)
+    assert {p.removeprefix(PACKS) for p in store.list(PACKS)} == {fresh}
+    restore_file(again.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.keras")
+    assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from tracked_ckpt.blobstore import LocalFolderStore
+    from tracked_ckpt.pack_cache import PackCache
+    from tracked_ckpt.pack_writer import store_file
+
+    class DiesAfterFirstPack(LocalFolderStore):
+        def put(self, name, local_path):
+            super().put(name, local_path)
+            if name.startswith("packs/"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    store = DiesAfterFirstPack(sys.argv[2])
+    store_file(sys.argv[1], store, PackCache(sys.argv[3]), pack_size=1 << 20)
+    """
+)
+
+
+def test_a_writer_killed_mid_upload_leaves_garbage_collected_only_after_grace(checkpoints, store, tmp_path):
+    path = checkpoints["keras"][0]
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), str(store.root), str(tmp_path / "child-cache")],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    (orphan,) = store.list(PACKS)
+    assert store.list(INDEXES) == []  # killed before the index: no writer will use the orphan
+    cache = PackCache(tmp_path / "cache")
+
+    stored = store_file(path, store, cache)  # the sync after the kill: everything uploaded again
+    assert stored.new_bytes == path.stat().st_size
+    assert orphan.removeprefix(PACKS) not in stored.manifest.packs
+
+    live = [stored.manifest]
+    assert collect_garbage(store, lambda: live, cache, grace_seconds=GRACE, now=T0).deleted == ()
+    assert collect_garbage(store, lambda: live, cache, grace_seconds=GRACE, now=T0 + GRACE / 2).deleted == ()
+    assert _pack_path(store, orphan.removeprefix(PACKS)).exists()
+    assert collect_garbage(store, lambda: live, cache, grace_seconds=GRACE, now=T0 + GRACE).deleted == (
+        orphan.removeprefix(PACKS),
+    )
+    restore_file(stored.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.keras")
+    assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+
+
+def test_gc_stopped_between_a_pack_and_its_marker_is_finished_by_the_next_run(store, tmp_path):
+    cache = PackCache(tmp_path / "cache")
+    (tmp_path / "empty").write_bytes(b"")
+    store.put(condemned_marker("f" * 64, T0), tmp_path / "empty")  # its pack is already deleted
+    collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0 + 1)
+    assert store.list("") == []
+
+
+def test_manifests_are_versioned_json(checkpoints, store, tmp_path):
+    manifest = store_file(checkpoints["weights.h5"][0], store, PackCache(tmp_path / "cache")).manifest
+    data = manifest.to_json()
+    assert (data["format"], data["version"], data["size"]) == ("tracked-ckpt.manifest", 1, manifest.size)
+    assert ChunkParams.from_json(data["chunking"]) == manifest.params
+    with pytest.raises(ValueError, match="version 2 is not supported by this tracked-ckpt"):
+        Manifest.from_json({**data, "version": 2})
+    with pytest.raises(ValueError, match="not a sha256 digest"):
+        Manifest.from_json({**data, "packs": ["../../elsewhere"]})
+    with pytest.raises(ValueError, match="do not add up"):
+        Manifest.from_json({**data, "size": manifest.size + 1})

@@ -1,0 +1,238 @@
+"""Writing to the chunk store: `store_file` uploads the chunks of a file the store lacks, in packs.
+
+What the store holds is read from its listing and index files (never assumed), new chunks are
+packed into staged files of about `DEFAULT_PACK_SIZE` and uploaded, then one index file lists
+them; the caller keeps the returned `Manifest`. Part of the chunk store of issue 25, not wired
+into the callback or the trackers yet (see `tracked_ckpt.packs` for the layout and the guarantees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+from tracked_ckpt.blobstore import BlobNotFoundError, BlobStore
+from tracked_ckpt.chunking import ChunkParams, ChunkRef, average_for_size, scan_file
+from tracked_ckpt.pack_cache import PackCache
+from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkLocation, Manifest, index_to_bytes, parse_condemned
+
+logger = logging.getLogger("tracked_ckpt")
+
+# A checkpoint whose bytes all changed costs about one request per 128 MiB; a pack is staged on
+# local disk, so this is also the most disk a write needs beyond the cache.
+DEFAULT_PACK_SIZE = 128 * 1024 * 1024
+
+
+def _size(n: int) -> str:
+    """A size for people, in decimal units like the issue's `2.4 MB new of 1.5 GB`."""
+    if n < 1000:
+        return f"{n} B"
+    value, unit = n / 1000, "KB"
+    for bigger in ("MB", "GB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:.1f} {unit}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFile:
+    """What `store_file` did.
+
+    Attributes:
+        manifest: the file's manifest, for the caller to keep (it makes the file's packs live).
+        new_bytes: the bytes of the chunks uploaded (the store lacked them).
+        packs_uploaded: how many packs were uploaded.
+        requests: how many store requests the write made (lists, gets, puts).
+    """
+
+    manifest: Manifest
+    new_bytes: int
+    packs_uploaded: int
+    requests: int
+
+    @property
+    def total_bytes(self) -> int:
+        """The file's size."""
+        return self.manifest.size
+
+    def describe(self) -> str:
+        """One line for a version's description, e.g. `incremental: 2.4 MB new of 1.5 GB`.
+
+        Example:
+            >>> params = ChunkParams(16384)
+            >>> manifest = Manifest("model.keras", 1_500_000_000, "0" * 64, params, ())
+            >>> StoredFile(manifest, 2_400_000, 1, 5).describe()
+            'incremental: 2.4 MB new of 1.5 GB'
+        """
+        return f"incremental: {_size(self.new_bytes)} new of {_size(self.total_bytes)}"
+
+
+@dataclasses.dataclass
+class _StoreView:
+    """What a store holds, as its listing confirms: usable chunks, condemned packs, requests made."""
+
+    held: dict[str, ChunkLocation]
+    condemned: set[str]
+    requests: int
+
+
+def _list_store(store: BlobStore, cache: PackCache) -> _StoreView:
+    """The chunks the store holds, confirmed by listing it (an index alone proves nothing)."""
+    indexes = store.list(INDEXES)  # before the packs: a listed index's packs were put before it
+    packs = {name.removeprefix(PACKS) for name in store.list(PACKS)}
+    condemned = {marked[0] for marked in map(parse_condemned, store.list(CONDEMNED)) if marked}
+    usable = packs - condemned
+    requests = 3
+    held: dict[str, ChunkLocation] = {}
+    for name in indexes:
+        try:
+            chunks, downloaded = cache.index(store, name)
+            requests += downloaded
+        except (ValueError, KeyError, TypeError, BlobNotFoundError) as exc:
+            # Only dedup is lost: the chunks it lists are uploaded again.
+            logger.warning("chunk store: ignoring index file %s: %s", name, exc)
+            continue
+        for chunk in chunks:
+            if chunk.pack in usable:
+                held.setdefault(chunk.digest, chunk)
+    return _StoreView(held, condemned, requests)
+
+
+class _PackWriter:
+    """Packs new chunks into staged files of about `target` bytes and uploads each when full."""
+
+    def __init__(self, store: BlobStore, cache: PackCache, target: int, condemned: set[str]):
+        self.store, self.cache, self.target, self.condemned = store, cache, target, condemned
+        self.sealed: dict[str, list[ChunkLocation]] = {}
+        self.new_bytes = 0
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._chunks: list[ChunkRef] = []
+        self._offset = 0
+        # Chunks of the open pack, by digest: their pack is named when it is sealed.
+        self.pending: dict[str, tuple[int, int]] = {}
+
+    def add(self, chunk: ChunkRef, data: memoryview) -> None:
+        if self._file is None:
+            self._path = self.cache.staging_file()
+            self._file = open(self._path, "wb")  # noqa: SIM115 (closed by seal)
+        self._file.write(data)
+        self.pending[chunk.digest] = (self._offset, chunk.length)
+        self._chunks.append(chunk)
+        self._offset += chunk.length
+        self.new_bytes += chunk.length
+
+    @property
+    def full(self) -> bool:
+        return self._offset >= self.target
+
+    def seal(self) -> dict[str, ChunkLocation]:
+        """Upload the open pack; returns where its chunks now are."""
+        if self._file is None or self._path is None:
+            return {}
+        self._file.close()
+        table = hashlib.sha256()
+        for chunk in self._chunks:
+            table.update(f"{chunk.digest} {chunk.length}\n".encode())
+        pack = table.hexdigest()
+        if pack in self.condemned:
+            # Same chunks as a pack the collector may be deleting right now: a fresh name, so the
+            # collector's grace runs from this upload (a pack's name need only be unique).
+            table.update(f"salt {os.urandom(16).hex()}\n".encode())
+            pack = table.hexdigest()
+        try:
+            self.store.put(PACKS + pack, self._path)
+            self.cache.adopt(pack, self._path)  # a later restore on this machine downloads nothing
+        finally:
+            self._path.unlink(missing_ok=True)
+        located = {digest: ChunkLocation(digest, n, pack, offset) for digest, (offset, n) in self.pending.items()}
+        self.sealed[pack] = list(located.values())
+        self._file, self._path, self._chunks, self._offset, self.pending = None, None, [], 0, {}
+        return located
+
+    def abandon(self) -> None:
+        if self._file is not None and self._path is not None:
+            self._file.close()
+            self._path.unlink(missing_ok=True)
+
+
+def store_file(
+    path: str | os.PathLike[str],
+    store: BlobStore,
+    cache: PackCache,
+    *,
+    name: str | None = None,
+    previous: Manifest | None = None,
+    pack_size: int = DEFAULT_PACK_SIZE,
+) -> StoredFile:
+    """Put a file in the chunk store: upload the chunks the store lacks, return its manifest.
+
+    What the store holds is read from its listing (and its index files, cached in `cache`), never
+    assumed: a chunk whose pack is gone or condemned is uploaded again. The file is read once.
+
+    Args:
+        path: the file; it must not change while it is stored.
+        store: the destination.
+        cache: the local cache; packs uploaded here are kept in it for later restores.
+        name: the file's name in the manifest (default: `path`'s).
+        previous: the manifest of the previous version of this file, if any: the file is cut the
+            same way when its size allows, so the two share their unchanged chunks.
+        pack_size: upload packs of about this many bytes.
+
+    Returns:
+        the manifest (the caller must keep it: until it does, the new packs are garbage that
+        `packgc.collect_garbage` may remove after its grace period) and what the write cost.
+    """
+    view = _list_store(store, cache)
+    held, requests = view.held, view.requests
+    size = os.path.getsize(path)
+    params = ChunkParams(average_for_size(size, previous.params.average if previous is not None else None))
+    writer = _PackWriter(store, cache, pack_size, view.condemned)
+    # Chunks are located as they are read; a chunk in the open pack is located when it is sealed.
+    order: list[ChunkRef] = []
+
+    def on_chunk(chunk: ChunkRef, data: memoryview) -> None:
+        order.append(chunk)
+        if chunk.digest not in held and chunk.digest not in writer.pending:
+            writer.add(chunk, data)
+            if writer.full:
+                held.update(writer.seal())
+
+    try:
+        scanned = scan_file(path, params, on_chunk)
+        held.update(writer.seal())
+    except BaseException:
+        writer.abandon()
+        raise
+    requests += len(writer.sealed)
+    if writer.sealed:
+        staged = cache.staging_file()
+        try:
+            data = index_to_bytes(writer.sealed)
+            staged.write_bytes(data)
+            store.put(f"{INDEXES}{hashlib.sha256(data).hexdigest()}.json", staged)
+            requests += 1
+        finally:
+            staged.unlink(missing_ok=True)
+    cache.trim()
+    manifest = Manifest(
+        name or Path(path).name,
+        scanned.size,
+        scanned.sha256,
+        scanned.params,
+        tuple(held[chunk.digest] for chunk in order),
+    )
+    stored = StoredFile(manifest, writer.new_bytes, len(writer.sealed), requests)
+    logger.debug(
+        "chunk store: %s: %s, %d pack(s), %d request(s)",
+        manifest.name,
+        stored.describe(),
+        stored.packs_uploaded,
+        requests,
+    )
+    return stored
