@@ -138,7 +138,10 @@ def modules_markdown() -> str:
     """A table of the package's modules (core, then integrations) and each docstring's first line."""
     root = Path(__file__).resolve().parent.parent
     rows = ["| module | what it is |", "|---|---|"]
-    for package, folder in (("tracked_ckpt", root / "tracked_ckpt"), ("tracked_ckpt.integrations", root / "integrations")):
+    for package, folder in (
+        ("tracked_ckpt", root / "tracked_ckpt"),
+        ("tracked_ckpt.integrations", root / "integrations"),
+    ):
         for path in sorted(folder.glob("*.py")):
             docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
             module = package if path.stem == "__init__" else f"{package}.{path.stem}"
