@@ -25,7 +25,29 @@ _MARKERS = {
 }
 
 
+ROOT = Path(__file__).resolve().parent.parent
+# The package as installed, for mkdocstrings to read: `tracked_ckpt/` with `integrations/` linked in as
+# `tracked_ckpt/integrations` (the source tree keeps them apart; the Makefile's mypy view does the same).
+API_VIEW = ROOT / "build" / "docs-api"
+
+
 def on_config(config: Any) -> Any:
+    """Lay out the package as installed for mkdocstrings, and read `Example:` sections as examples."""
+    package = API_VIEW / "tracked_ckpt"
+    if package.is_symlink() or package.is_file():
+        package.unlink()
+    package.mkdir(parents=True, exist_ok=True)
+    for link in package.iterdir():
+        link.unlink()
+    for source in sorted((ROOT / "tracked_ckpt").iterdir()):
+        if source.suffix in (".py", ".typed"):
+            (package / source.name).symlink_to(source)
+    (package / "integrations").symlink_to(ROOT / "integrations", target_is_directory=True)
+    _examples_as_examples()
+    return config
+
+
+def _examples_as_examples() -> None:
     """Read the package's `Example:` sections as examples (doctests become code), as `Examples:` are.
 
     The docstrings say `Example:` (Keras's and the standard library's spelling); griffe's Google
@@ -37,9 +59,8 @@ def on_config(config: Any) -> Any:
     try:
         from griffe._internal.docstrings import google
     except ImportError:  # another griffe layout: `Example:` stays an admonition
-        return config
+        return
     google._section_kind.setdefault("example", DocstringSectionKind.examples)
-    return config
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -136,7 +157,7 @@ def variables_markdown() -> str:
 
 def modules_markdown() -> str:
     """A table of the package's modules (core, then integrations) and each docstring's first line."""
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     rows = ["| module | what it is |", "|---|---|"]
     for package, folder in (
         ("tracked_ckpt", root / "tracked_ckpt"),
