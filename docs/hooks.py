@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,17 @@ API_VIEW = ROOT / "build" / "docs-api"
 
 def on_config(config: Any) -> Any:
     """Lay out the package as installed for mkdocstrings, and read `Example:` sections as examples."""
+    # Copies, not links: griffe follows a linked `__init__.py` back to the source tree, without integrations.
     package = API_VIEW / "tracked_ckpt"
-    if package.is_symlink() or package.is_file():
-        package.unlink()
-    package.mkdir(parents=True, exist_ok=True)
-    for link in package.iterdir():
-        link.unlink()
-    for source in sorted((ROOT / "tracked_ckpt").iterdir()):
-        if source.suffix in (".py", ".typed"):
-            (package / source.name).symlink_to(source)
-    (package / "integrations").symlink_to(ROOT / "integrations", target_is_directory=True)
+    shutil.rmtree(API_VIEW, ignore_errors=True)
+    shutil.copytree(ROOT / "tracked_ckpt", package, ignore=_not_source)
+    shutil.copytree(ROOT / "integrations", package / "integrations", ignore=_not_source)
     _examples_as_examples()
     return config
+
+
+def _not_source(folder: str, names: list[str]) -> list[str]:
+    return [name for name in names if not name.endswith((".py", ".typed"))]
 
 
 def _examples_as_examples() -> None:
