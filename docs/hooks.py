@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
+
 _MARKERS = {
     "<!-- generated: cli -->": "cli",
     "<!-- generated: schema-keys -->": "schema_keys",
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 API_VIEW = ROOT / "build" / "docs-api"
 
 
+@event_priority(100)  # before mkdocstrings' own on_config, which looks for its `paths`
 def on_config(config: Any) -> Any:
     """Lay out the package as installed for mkdocstrings, and read `Example:` sections as examples."""
     # Copies, not links: griffe follows a linked `__init__.py` back to the source tree, without integrations.
