@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench install clean
+.PHONY: demo test check docs bench install clean
 
 install: $(STAMP)
 
@@ -33,7 +33,7 @@ test: install
 	$(VENV)/bin/nox $(NOX_ARGS) || status=$$?; \
 	exit $$status
 
-# Lint, format, types and the docstring examples; every part runs, and `make check` fails if any does.
+# Lint, format, types, the docstring examples and the docs site; every part runs, and `make check` fails if any does.
 # mypy cannot follow the editable install's import hook, so it checks a view of the package as
 # installed: tracked_ckpt/ with integrations/ linked in as tracked_ckpt/integrations (its errors
 # name that path).
@@ -53,7 +53,13 @@ check: install
 		--cache-dir $(CURDIR)/.mypy_cache -p tracked_ckpt) || status=$$?; \
 	echo "== doctests =="; \
 	$(PY) -m pytest -q -p no:cacheprovider -o addopts= --doctest-modules tracked_ckpt integrations || status=$$?; \
+	echo "== mkdocs build --strict =="; \
+	$(VENV)/bin/mkdocs build --strict -q -d build/site || status=$$?; \
 	exit $$status
+
+# The documentation site (mkdocs.yml, docs/), served with live reload at http://127.0.0.1:8000.
+docs: install
+	$(VENV)/bin/mkdocs serve
 
 bench: install
 	$(PY) benchmarks/run.py

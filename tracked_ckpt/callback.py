@@ -89,9 +89,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         filepath: where to save, as in `ModelCheckpoint` (`.keras`, `.h5`, or
             `.weights.h5` with `save_weights_only=True`; may hold `{epoch}`,
             `{batch}` and log-key placeholders).
-        monitor, verbose, save_best_only, save_weights_only, mode, save_freq,
-            initial_value_threshold: as in `keras.callbacks.ModelCheckpoint`,
-            except that an unknown `mode` is an error rather than a warning.
+        monitor, verbose, save_best_only, save_weights_only, mode, save_freq, initial_value_threshold: as in
+            `keras.callbacks.ModelCheckpoint`, except that an unknown `mode` is an error rather than a warning.
             `verbose=1` also prints one line per logged checkpoint.
         tracker: "mlflow" (default), "wandb", any name registered under the
             `tracked_ckpt.trackers` entry point group, a tracker object

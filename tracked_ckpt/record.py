@@ -166,8 +166,10 @@ class CheckpointRecord:
         preempted: saved because a preemption signal arrived (`preempt_on`), at a batch
             boundary, in the middle of an epoch; resuming from it runs that epoch again.
 
-    Example (`tracked_ckpt.list_checkpoints()` gives the records of logged checkpoints;
-    `from_metadata` rebuilds one from what a tracker stored):
+    `tracked_ckpt.list_checkpoints()` gives the records of logged checkpoints;
+    `from_metadata` rebuilds one from what a tracker stored.
+
+    Example:
         >>> record = CheckpointRecord.from_metadata(
         ...     {"epoch": 7, "step": 126, "sha256": "ab" * 32, "monitor": "val_accuracy", "mode": "max",
         ...      "value": 0.95139, "git_commit": "9c1e4a7b" * 5, "git_dirty": False},
