@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import mlflow
 import pytest
 from support.helpers import child, make_data, make_model
@@ -200,3 +201,56 @@ def test_handlers_are_only_ours_during_fit(embedded_store, workdir):
         assert calls == []
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+class Preempted(Exception):
+    """What the job's own SIGUSR1 handler raises in the in-process tests below (the process lives on)."""
+
+
+class SignalMidEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 1:
+            signal.raise_signal(signal.SIGUSR1)
+
+
+@pytest.fixture
+def handler_that_raises():
+    def handler(signum, frame):
+        raise Preempted()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    yield handler
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_two_callbacks_of_one_fit_share_the_signal_and_the_run_ends_once(embedded_store, workdir, handler_that_raises):
+    every = TrackedModelCheckpoint("ckpt/a-{epoch}.keras", monitor="loss", preempt_on="SIGUSR1", name="every")
+    best = TrackedModelCheckpoint(
+        "ckpt/b.keras", monitor="loss", save_best_only=True, preempt_on="SIGUSR1", name="best"
+    )
+    x, y = make_data()
+    with pytest.raises(Preempted):
+        make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), every, best])
+    assert signal.getsignal(signal.SIGUSR1) is handler_that_raises
+    run = mlflow.get_run(every.session.destinations["mlflow"]["run_id"])
+    assert run.info.status == "KILLED"
+    assert best.session.destinations["mlflow"]["run_id"] == run.info.run_id  # one run for the fit
+    assert not best.session.open  # ended with the run it joined
+    assert [m.name for m in preempted_models(run.info.run_id)] == ["every-e0002-b000002"]
+
+
+def test_a_filepath_the_signal_cannot_fill_still_drains_and_ends(embedded_store, workdir, handler_that_raises, caplog):
+    # {val_loss} is not in batch logs: the preemption save cannot be named, the rest still happens.
+    callback = TrackedModelCheckpoint("ckpt/v-{val_loss:.3f}.keras", monitor="val_loss", preempt_on="SIGUSR1")
+    x, y = make_data()
+    with caplog.at_level("ERROR", logger="tracked_ckpt"), pytest.raises(Preempted):
+        make_model().fit(
+            x, y, validation_split=0.25, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback]
+        )
+    assert "Could not save a checkpoint at the preemption signal" in caplog.text
+    run = mlflow.get_run(callback.session.destinations["mlflow"]["run_id"])
+    assert run.info.status == "KILLED"
+    assert len(logged_models(run.info.run_id)) == 1  # epoch 1, logged before the signal

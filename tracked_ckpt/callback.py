@@ -390,6 +390,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             self._preempting = True
             try:
                 self._save_model(epoch, batch, logs)
+            except Exception as exc:  # e.g. a filepath naming an epoch metric: still log what waits, and end
+                logger.error("Could not save a checkpoint at the preemption signal: %s", exc)
             finally:
                 self._preempting = False
         session.end_preempted()

@@ -110,6 +110,20 @@ class StopSignals:
         self._installed = False
         self._frame: types.FrameType | None = None
 
+    @classmethod
+    def for_fit(cls, signals: Sequence[signal.Signals], active: Callable[[], bool]) -> StopSignals:
+        """The catcher of a fit's signals: installed now, or the one another callback of the same fit installed.
+
+        Two `TrackedModelCheckpoint`s in one `fit` share one catcher, so both see the signal.
+        """
+        for sig in signals:
+            owner = getattr(signal.getsignal(sig), "__self__", None)
+            if isinstance(owner, StopSignals) and owner.active() and owner.signals == tuple(signals):
+                return owner
+        stop = cls(signals, active)
+        stop.install()
+        return stop
+
     @property
     def installed(self) -> bool:
         """Whether this fit's handlers are in place."""

@@ -187,8 +187,7 @@ class FitSession:
 
     def catch_stop_signals(self, signals: Sequence[signal.Signals]) -> None:
         """Note a preemption signal while this fit trains (main thread only: `tracked_ckpt.preemption`)."""
-        self.stop = StopSignals(signals, active=lambda: self.open)
-        self.stop.install()
+        self.stop = StopSignals.for_fit(signals, active=lambda: self.open)
 
     # -- while training -------------------------------------------------------------------
 
@@ -403,9 +402,10 @@ class FitSession:
         grace = settings.preemption_grace()
         reserve = min(5.0, grace / 5)
         started = time.monotonic()
-        report = self.end(
-            completed=False, timeout=max(0.0, stop.remaining(grace) - reserve), preempted_exit=128 + stop.received
-        )
+        timeout, exit_status = max(0.0, stop.remaining(grace) - reserve), 128 + stop.received
+        if self.joined is not None:  # another callback of this fit owns the runs: end them too
+            self.joined.end(completed=False, timeout=timeout, preempted_exit=exit_status)
+        report = self.end(completed=False, timeout=timeout, preempted_exit=exit_status)
         logger.warning(
             "%s: logged what waited in %.1f s of the %g s grace period%s; the runs end as preempted. "
             "Start the same job again (resume=True or the same job key) to continue from here.",
