@@ -13,7 +13,7 @@ import time
 import keras
 import mlflow
 import pytest
-from support.helpers import child, make_data, make_model
+from support.helpers import Preempted, SignalMidEpoch, child, make_data, make_model
 from support.mlflow_runs import logged_models
 from support.mlflow_server import MlflowServer
 
@@ -189,7 +189,7 @@ def test_handlers_are_only_ours_during_fit(embedded_store, workdir):
     try:
         seen_during_fit = []
 
-        class Look(tracked_ckpt.TrackedModelCheckpoint.__mro__[-2]):  # keras.callbacks.Callback
+        class Look(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 seen_during_fit.append(signal.getsignal(signal.SIGUSR1))
 
@@ -201,19 +201,6 @@ def test_handlers_are_only_ours_during_fit(embedded_store, workdir):
         assert calls == []
     finally:
         signal.signal(signal.SIGUSR1, previous)
-
-
-class Preempted(Exception):
-    """What the job's own SIGUSR1 handler raises in the in-process tests below (the process lives on)."""
-
-
-class SignalMidEpoch(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == 1 and batch == 1:
-            signal.raise_signal(signal.SIGUSR1)
 
 
 @pytest.fixture
