@@ -13,7 +13,7 @@ import time
 import keras
 import mlflow
 import pytest
-from support.helpers import Preempted, SignalMidEpoch, child, make_data, make_model
+from support.helpers import Preempted, SignalMidEpoch, child, make_data, make_model, sha256
 from support.mlflow_runs import logged_models
 from support.mlflow_server import MlflowServer
 
@@ -229,15 +229,57 @@ def test_two_callbacks_of_one_fit_share_the_signal_and_the_run_ends_once(embedde
     assert [m.name for m in preempted_models(run.info.run_id)] == ["every-e0002-b000002"]
 
 
-def test_a_filepath_the_signal_cannot_fill_still_drains_and_ends(embedded_store, workdir, handler_that_raises, caplog):
-    # {val_loss} is not in batch logs: the preemption save cannot be named, the rest still happens.
+def test_a_filepath_naming_an_epoch_metric_still_gets_its_preemption_save(embedded_store, workdir, handler_that_raises):
+    # {val_loss} is not in batch logs: the preemption save has a name of its own, beside the checkpoints.
     callback = TrackedModelCheckpoint("ckpt/v-{val_loss:.3f}.keras", monitor="val_loss", preempt_on="SIGUSR1")
     x, y = make_data()
-    with caplog.at_level("ERROR", logger="tracked_ckpt"), pytest.raises(Preempted):
+    with pytest.raises(Preempted):
         make_model().fit(
             x, y, validation_split=0.25, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback]
         )
-    assert "Could not save a checkpoint at the preemption signal" in caplog.text
     run = mlflow.get_run(callback.session.destinations["mlflow"]["run_id"])
     assert run.info.status == "KILLED"
-    assert len(logged_models(run.info.run_id)) == 1  # epoch 1, logged before the signal
+    assert [m.name for m in preempted_models(run.info.run_id)] == ["tiny-e0002-b000002"]
+    assert os.path.exists(workdir / "ckpt" / "tiny-preempted-e0002-b000002.keras")
+    assert len(logged_models(run.info.run_id)) == 2  # epoch 1, and the save at the signal
+
+
+def test_the_preemption_save_never_touches_the_best_file_nor_the_best_value(
+    embedded_store, workdir, handler_that_raises
+):
+    callback = TrackedModelCheckpoint("ckpt/best.keras", monitor="loss", save_best_only=True, preempt_on="SIGUSR1")
+    x, y = make_data()
+    with pytest.raises(Preempted):
+        make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback])
+    run_id = callback.session.destinations["mlflow"]["run_id"]
+    models = logged_models(run_id)
+    (best,) = [m for m in models if m.tags.get("tracked_ckpt.preempted") != "true"]
+    (preempted,) = preempted_models(run_id)
+    assert sha256(workdir / "ckpt" / "best.keras") == best.tags["tracked_ckpt.sha256"]  # still epoch 1's bytes
+    assert preempted.tags["tracked_ckpt.is_best"] == "false" and "tracked_ckpt.value" not in preempted.tags
+    assert callback.best_name == best.name  # the best so far is still epoch 1
+    assert os.path.exists(workdir / "ckpt" / f"{preempted.name.replace('tiny-', 'tiny-preempted-')}.keras")
+
+
+def test_a_handler_that_returns_runs_once_and_the_fit_stops_there(embedded_store, workdir):
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    try:
+        callback = TrackedModelCheckpoint("ckpt/r-{epoch}.keras", monitor="loss", preempt_on="SIGUSR1")
+        x, y = make_data()
+        history = make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback])
+        assert calls == [signal.SIGUSR1]  # the job's handler, once
+        assert len(history.epoch) == 2  # the fit stopped in epoch 2, where the signal came
+        assert signal.getsignal(signal.SIGUSR1) is not callback.session.stop._note
+        assert mlflow.get_run(callback.session.destinations["mlflow"]["run_id"]).info.status == "KILLED"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_fit_that_need_not_wait_gives_the_handlers_back_when_it_returns(embedded_store, workdir):
+    previous = signal.getsignal(signal.SIGUSR1)
+    callback = TrackedModelCheckpoint("ckpt/n-{epoch}.keras", monitor="loss", preempt_on="SIGUSR1", blocking=False)
+    x, y = make_data()
+    make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    assert signal.getsignal(signal.SIGUSR1) is previous  # restored on the training thread, not the ending one
+    assert tracked_ckpt.wait(timeout=120)
