@@ -41,16 +41,23 @@ def start_job(folder, resume="true", signals="", handler="", keep_top_k="") -> s
     )
 
 
-def signal_mid_epoch(job: subprocess.Popen, folder, sig: int) -> float:
-    """Send `sig` once the job is in the middle of its second epoch; return when it was sent."""
+def wait_mid_epoch(job: subprocess.Popen, folder) -> None:
+    """Until the job holds in the middle of its second epoch (tests/children/preemptible_job.py)."""
     marker = folder / "at-1-1"
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert job.poll() is None, job.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "the job never reached epoch 2"
         time.sleep(0.05)
+
+
+def signal_mid_epoch(job: subprocess.Popen, folder, sig: int) -> float:
+    """Send `sig` while the job holds in its second epoch, then let it go; return when it was sent."""
+    wait_mid_epoch(job, folder)
     job.send_signal(sig)
-    return time.monotonic()
+    sent = time.monotonic()
+    (folder / "go").touch()
+    return sent
 
 
 def the_run():
@@ -151,13 +158,9 @@ def test_with_the_tracker_down_the_job_still_exits_in_time_and_sync_logs_the_res
         mlflow.set_experiment("preempted-offline")
         folder = workdir / "job"
         job = start_job(folder)
-        marker = folder / "at-1-1"
-        while not marker.exists():
-            assert job.poll() is None, job.stdout.read()[-3000:]
-            time.sleep(0.05)
+        wait_mid_epoch(job, folder)
         server.stop()
-        sent = time.monotonic()
-        job.send_signal(signal.SIGTERM)
+        sent = signal_mid_epoch(job, folder, signal.SIGTERM)
         out, _ = job.communicate(timeout=120)
         took = time.monotonic() - sent
         assert job.returncode == -signal.SIGTERM, out[-3000:]
