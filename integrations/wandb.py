@@ -237,8 +237,8 @@ class WandbTracker(Tracker, WandbRegistry):
     def finish_preempted(self, exit_code: int) -> None:
         """Mark the runs preempting (`Run.mark_preempting`), then finish the ones this tracker started.
 
-        W&B keeps a run marked so resumable and shows it as preempted rather than
-        crashed; the exit code is the one the process is about to end with (143 for SIGTERM).
+        W&B uses the mark to tell a preemption from a crash; the exit code is the one the
+        process is about to end with (143 for SIGTERM).
         """
         with self._lock:
             runs = list(self._runs.values())

@@ -7,7 +7,7 @@ import os
 import sys
 
 import pytest
-from support.helpers import fit, make_data, make_model
+from support.helpers import InjectMetric, fit, make_data, make_model
 from support.mlflow_runs import logged_models
 
 import tracked_ckpt
@@ -61,6 +61,13 @@ def test_a_misspelt_monitor_never_costs_a_checkpoint(embedded_store, workdir, ca
     assert ("val_loss" if save_freq == "epoch" else "available: loss") in warnings[0]  # names what exists
     assert callback.last_report.ok
     assert len(logged_models(callback.session.destinations["mlflow"]["run_id"])) == 3
+
+
+def test_a_logged_metric_of_unknown_direction_still_asks_for_mode(embedded_store, workdir):
+    # Not a typo: the key is in the logs, and only `mode=` can say which way is better (Keras's error).
+    callback = TrackedModelCheckpoint("ckpt/f-{epoch}.keras", monitor="val_f1", save_best_only=True)
+    with pytest.raises(ValueError, match="mode="):
+        fit(callback, epochs=2, extra=[InjectMetric("val_f1", [0.1, 0.9])])
 
 
 def test_unwritable_checkpoint_folder_fails_before_training(embedded_store, workdir):

@@ -18,7 +18,9 @@ from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 # The errors and the built-in base each had before the family existed (`except RuntimeError` keeps working).
 BUILT_IN_BASES = {
+    "BlobNotFoundError": FileNotFoundError,
     "ChecksumError": RuntimeError,
+    "ChunkStoreError": RuntimeError,
     "JobLockedError": RuntimeError,
     "MissingRequirementError": ImportError,
     "TrackerError": RuntimeError,

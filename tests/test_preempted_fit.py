@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 
+import keras
 import mlflow
 import pytest
-from support.helpers import child, make_data, make_model
+from support.helpers import Preempted, SignalMidEpoch, child, make_data, make_model, sha256
 from support.mlflow_runs import logged_models
 from support.mlflow_server import MlflowServer
 
@@ -40,16 +41,23 @@ def start_job(folder, resume="true", signals="", handler="", keep_top_k="") -> s
     )
 
 
-def signal_mid_epoch(job: subprocess.Popen, folder, sig: int) -> float:
-    """Send `sig` once the job is in the middle of its second epoch; return when it was sent."""
+def wait_mid_epoch(job: subprocess.Popen, folder) -> None:
+    """Until the job holds in the middle of its second epoch (tests/children/preemptible_job.py)."""
     marker = folder / "at-1-1"
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert job.poll() is None, job.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "the job never reached epoch 2"
         time.sleep(0.05)
+
+
+def signal_mid_epoch(job: subprocess.Popen, folder, sig: int) -> float:
+    """Send `sig` while the job holds in its second epoch, then let it go; return when it was sent."""
+    wait_mid_epoch(job, folder)
     job.send_signal(sig)
-    return time.monotonic()
+    sent = time.monotonic()
+    (folder / "go").touch()
+    return sent
 
 
 def the_run():
@@ -150,13 +158,9 @@ def test_with_the_tracker_down_the_job_still_exits_in_time_and_sync_logs_the_res
         mlflow.set_experiment("preempted-offline")
         folder = workdir / "job"
         job = start_job(folder)
-        marker = folder / "at-1-1"
-        while not marker.exists():
-            assert job.poll() is None, job.stdout.read()[-3000:]
-            time.sleep(0.05)
+        wait_mid_epoch(job, folder)
         server.stop()
-        sent = time.monotonic()
-        job.send_signal(signal.SIGTERM)
+        sent = signal_mid_epoch(job, folder, signal.SIGTERM)
         out, _ = job.communicate(timeout=120)
         took = time.monotonic() - sent
         assert job.returncode == -signal.SIGTERM, out[-3000:]
@@ -188,7 +192,7 @@ def test_handlers_are_only_ours_during_fit(embedded_store, workdir):
     try:
         seen_during_fit = []
 
-        class Look(tracked_ckpt.TrackedModelCheckpoint.__mro__[-2]):  # keras.callbacks.Callback
+        class Look(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 seen_during_fit.append(signal.getsignal(signal.SIGUSR1))
 
@@ -200,3 +204,85 @@ def test_handlers_are_only_ours_during_fit(embedded_store, workdir):
         assert calls == []
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.fixture
+def handler_that_raises():
+    def handler(signum, frame):
+        raise Preempted()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    yield handler
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_two_callbacks_of_one_fit_share_the_signal_and_the_run_ends_once(embedded_store, workdir, handler_that_raises):
+    every = TrackedModelCheckpoint("ckpt/a-{epoch}.keras", monitor="loss", preempt_on="SIGUSR1", name="every")
+    best = TrackedModelCheckpoint(
+        "ckpt/b.keras", monitor="loss", save_best_only=True, preempt_on="SIGUSR1", name="best"
+    )
+    x, y = make_data()
+    with pytest.raises(Preempted):
+        make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), every, best])
+    assert signal.getsignal(signal.SIGUSR1) is handler_that_raises
+    run = mlflow.get_run(every.session.destinations["mlflow"]["run_id"])
+    assert run.info.status == "KILLED"
+    assert best.session.destinations["mlflow"]["run_id"] == run.info.run_id  # one run for the fit
+    assert not best.session.open  # ended with the run it joined
+    assert [m.name for m in preempted_models(run.info.run_id)] == ["every-e0002-b000002"]
+
+
+def test_a_filepath_naming_an_epoch_metric_still_gets_its_preemption_save(embedded_store, workdir, handler_that_raises):
+    # {val_loss} is not in batch logs: the preemption save has a name of its own, beside the checkpoints.
+    callback = TrackedModelCheckpoint("ckpt/v-{val_loss:.3f}.keras", monitor="val_loss", preempt_on="SIGUSR1")
+    x, y = make_data()
+    with pytest.raises(Preempted):
+        make_model().fit(
+            x, y, validation_split=0.25, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback]
+        )
+    run = mlflow.get_run(callback.session.destinations["mlflow"]["run_id"])
+    assert run.info.status == "KILLED"
+    assert [m.name for m in preempted_models(run.info.run_id)] == ["tiny-e0002-b000002"]
+    assert os.path.exists(workdir / "ckpt" / "tiny-preempted-e0002-b000002.keras")
+    assert len(logged_models(run.info.run_id)) == 2  # epoch 1, and the save at the signal
+
+
+def test_the_preemption_save_never_touches_the_best_file_nor_the_best_value(
+    embedded_store, workdir, handler_that_raises
+):
+    callback = TrackedModelCheckpoint("ckpt/best.keras", monitor="loss", save_best_only=True, preempt_on="SIGUSR1")
+    x, y = make_data()
+    with pytest.raises(Preempted):
+        make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback])
+    run_id = callback.session.destinations["mlflow"]["run_id"]
+    models = logged_models(run_id)
+    (best,) = [m for m in models if m.tags.get("tracked_ckpt.preempted") != "true"]
+    (preempted,) = preempted_models(run_id)
+    assert sha256(workdir / "ckpt" / "best.keras") == best.tags["tracked_ckpt.sha256"]  # still epoch 1's bytes
+    assert preempted.tags["tracked_ckpt.is_best"] == "false" and "tracked_ckpt.value" not in preempted.tags
+    assert callback.best_name == best.name  # the best so far is still epoch 1
+    assert os.path.exists(workdir / "ckpt" / f"{preempted.name.replace('tiny-', 'tiny-preempted-')}.keras")
+
+
+def test_a_handler_that_returns_runs_once_and_the_fit_stops_there(embedded_store, workdir):
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    try:
+        callback = TrackedModelCheckpoint("ckpt/r-{epoch}.keras", monitor="loss", preempt_on="SIGUSR1")
+        x, y = make_data()
+        history = make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback])
+        assert calls == [signal.SIGUSR1]  # the job's handler, once
+        assert len(history.epoch) == 2  # the fit stopped in epoch 2, where the signal came
+        assert signal.getsignal(signal.SIGUSR1) is not callback.session.stop._note
+        assert mlflow.get_run(callback.session.destinations["mlflow"]["run_id"]).info.status == "KILLED"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_fit_that_need_not_wait_gives_the_handlers_back_when_it_returns(embedded_store, workdir):
+    previous = signal.getsignal(signal.SIGUSR1)
+    callback = TrackedModelCheckpoint("ckpt/n-{epoch}.keras", monitor="loss", preempt_on="SIGUSR1", blocking=False)
+    x, y = make_data()
+    make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    assert signal.getsignal(signal.SIGUSR1) is previous  # restored on the training thread, not the ending one
+    assert tracked_ckpt.wait(timeout=120)

@@ -190,3 +190,19 @@ def test_checkpoints_of_another_run_never_compete(embedded_store, workdir):
     # Each run keeps its own best and latest. Ranked together, the first run's better values and
     # later step would evict the second run's epoch 1.
     assert [[int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(r)] for r in runs] == [[1, 2], [1, 2]]
+
+
+def test_the_latest_is_the_last_logged_even_when_a_recompile_restarts_the_step_count(embedded_store, workdir):
+    # Stage two recompiles with a new optimizer: its steps start again at 0, below stage one's.
+    scores = [0.1, 0.5, 0.6, 0.7, 0.8]
+    callback = TrackedModelCheckpoint("ckpt/c-{epoch}.keras", monitor="score", mode="min", keep_top_k=1, upload="sync")
+    model = make_model()
+    x, y = make_data()
+    with mlflow.start_run() as run:
+        model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[InjectMetric("score", scores), callback])
+        model.compile(optimizer="adam", loss="mse")
+        extra = [InjectMetric("score", scores), callback]
+        model.fit(x, y, initial_epoch=3, epochs=5, batch_size=8, verbose=0, callbacks=extra)
+    # The best (epoch 1) and the latest (epoch 5, although its step is lower than epoch 3's).
+    assert [int(m.tags["tracked_ckpt.epoch"]) for m in logged_models(run.info.run_id)] == [1, 5]
+    assert sorted(os.listdir(workdir / "ckpt")) == ["c-1.keras", "c-5.keras"]

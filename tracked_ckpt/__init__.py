@@ -22,7 +22,9 @@ _EXPORTS = {
     "CheckpointRecord": "tracked_ckpt.record",
     "JobLockedError": "tracked_ckpt.errors",
     "SCHEMA_KEYS": "tracked_ckpt.record",
+    "BlobNotFoundError": "tracked_ckpt.errors",
     "ChecksumError": "tracked_ckpt.errors",
+    "ChunkStoreError": "tracked_ckpt.errors",
     "LoggedCheckpoint": "tracked_ckpt.tracker",
     "MissingRequirementError": "tracked_ckpt.errors",
     "TrackedCkptError": "tracked_ckpt.errors",
@@ -46,7 +48,9 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
     from tracked_ckpt.errors import (
+        BlobNotFoundError,
         ChecksumError,
+        ChunkStoreError,
         JobLockedError,
         MissingRequirementError,
         TrackedCkptError,

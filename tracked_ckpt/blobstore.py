@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from typing_extensions import override
+from tracked_ckpt.errors import BlobNotFoundError as BlobNotFoundError
 
-
-class BlobNotFoundError(FileNotFoundError):
-    """The store holds no blob of that name."""
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
 
 class BlobStore(Protocol):

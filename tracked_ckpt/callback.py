@@ -3,8 +3,9 @@
 This is the only module that touches Keras internals, since Keras 3 has no
 after-save hook. It overrides `ModelCheckpoint._get_file_path` (clearer errors,
 private folders for non-chief workers), `_should_save_model` and `_save_model`
-(to see what was written); calls `_set_monitor_op` (the 3.15 batch-level
-save_best_only crash); sets `Model._initial_epoch` when resuming; and prints
+(to see what was written; a preemption save gets a path of its own); calls
+`_set_monitor_op` early (the 3.15 batch-level save_best_only crash, and a
+misspelt monitor that would crash it at the first save); sets `Model._initial_epoch` when resuming; and prints
 through `keras.src.utils.io_utils.print_msg`, which follows Keras's interactive
 logging setting and has no public equivalent; and finds the running `fit`'s
 `CallbackList` on the stack, whose end tells that a fit which raised is over.
@@ -46,6 +47,7 @@ from tracked_ckpt.fit_messages import FitMessages
 from tracked_ckpt.preemption import DEFAULT_SIGNALS, signals_arg
 from tracked_ckpt.publisher import PublishReport, stall_timeout_from
 from tracked_ckpt.record import (
+    FORMAT_SUFFIXES,
     CheckpointRecord,
     checkpoint_name,
     clean_metrics,
@@ -57,7 +59,7 @@ from tracked_ckpt.record import (
 )
 from tracked_ckpt.requirements import code_paths_arg
 from tracked_ckpt.resume import LocalState, ResumeState, restore, validate_job_key
-from tracked_ckpt.retention import Kept, check_keep_top_k
+from tracked_ckpt.retention import Retained, check_keep_top_k
 from tracked_ckpt.roles import chief_role
 from tracked_ckpt.session import FitOptions, FitSession
 from tracked_ckpt.specs import io_specs
@@ -175,6 +177,8 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
     ```
     """
 
+    monitor_op: Any  # Keras's comparison for `monitor` (set by `_set_monitor_op`, lazily in Keras 3.11+)
+
     def __init__(
         self,
         filepath: str | os.PathLike[str],
@@ -245,7 +249,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self.best_value: float | None = None  # best monitored value among logged checkpoints
         self.best_name: str | None = None
         self.preempt_on = signals_arg(preempt_on)
-        self._retained: list[Kept] = []  # what keep_top_k ranks: this callback's checkpoints, across fits
+        self._retained = Retained()  # what keep_top_k ranks: this callback's checkpoints, across its fits
         self._reset_fit_state()
 
     def _reset_fit_state(self) -> None:
@@ -253,6 +257,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self._session: FitSession | None = None
         self._git: Callable[[], git_provenance.GitInfo] = git_provenance.GitInfo  # this fit's provenance, when asked
         self._saving: dict[str, Any] | None = None
+        self._warned_monitor = False
         self._preempting = False  # the next save is the one a preemption signal asked for
         self._last_saved_step: int | None = None
         self._messages = FitMessages(io_utils.print_msg)
@@ -267,7 +272,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         with the original: no model, no run, no publisher; each fit makes its own.
         """
         state = dict(self.__dict__)
-        for runtime in ("_session", "_git", "_saving", "_messages", "_chief", "_task_id"):
+        for runtime in ("_session", "_git", "_saving", "_messages", "_warned_monitor", "_chief", "_task_id"):
             state.pop(runtime, None)
         for runtime in ("_preempting", "_last_saved_step"):
             state.pop(runtime, None)
@@ -300,7 +305,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
                 # save_best_only (3.15); resolve it now while the compiled metrics are known.
                 super()._set_monitor_op()
             except ValueError:
-                pass  # metrics not built yet: resolved again at the first save (`_set_monitor_op`)
+                pass  # metrics not built yet: resolved again at the first save (`_resolve_monitor_op`)
         if not self._chief:
             # Saving is collective under MultiWorkerMirroredStrategy, so this worker saves
             # too, into a private folder it deletes; only the chief talks to the tracker.
@@ -363,6 +368,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
 
     @override
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._resolve_monitor_op(logs)
         super().on_epoch_end(epoch, logs)
         self._messages.show_queued()
         if self._session is not None and self._session.open and self._session.preempted:
@@ -374,10 +380,16 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         session = self._session
         if session is None:
             return
-        if session.preempted and session.stop is not None:  # the signal came after the last batch
-            session.end(completed=True)
-            session.stop.deliver()
-        elif self.blocking or not session.asynchronous:
+        stop = session.stop
+        if stop is not None and stop.received is not None and session.open:  # it came after the last batch
+            try:
+                session.end(completed=True, deadline=session.preemption_deadline())
+            finally:
+                stop.deliver()
+            return
+        if stop is not None:
+            stop.restore()  # here, on the training thread: an end in the background cannot
+        if self.blocking or not session.asynchronous:
             session.end(completed=True)
         else:
             session.end_in_background(completed=True)
@@ -386,19 +398,31 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         """Save now (unless this step is saved), log within the grace period, end as the signal would have."""
         session = self._session
         assert session is not None and session.stop is not None
-        if self._last_saved_step != self._global_step():
+        # Under a multi-worker strategy saving is collective: a save by the chief alone would hang.
+        if self._last_saved_step != self._global_step() and self._task_id is None:
             self._preempting = True
             try:
                 self._save_model(epoch, batch, logs)
+            except Exception as exc:  # e.g. a full disk: still log what waits, and end
+                logger.error("Could not save a checkpoint at the preemption signal: %s", exc)
             finally:
                 self._preempting = False
-        session.end_preempted()
-        session.stop.deliver()
+        try:
+            session.end_preempted()
+        finally:
+            session.stop.deliver()
         # Only here when the handler you installed returned: this fit stops, its runs are ended.
         self.model.stop_training = True
 
     @override
     def _get_file_path(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> str:
+        if self._preempting:
+            # A file of its own: never the user's best file, and no epoch metric to fill in.
+            name = checkpoint_name(f"{self._base_name()}-preempted", epoch + 1, None if batch is None else batch + 1)
+            folder = os.path.dirname(os.path.abspath(self.filepath))
+            if "{" in folder:  # a templated folder: the one above the spool's own
+                folder = os.path.dirname(os.path.dirname(self.spool.directory))
+            return os.path.join(folder, name + FORMAT_SUFFIXES[self.format])
         try:
             path: str = super()._get_file_path(epoch, batch, logs)
         except KeyError:
@@ -420,7 +444,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
     @override
     def _should_save_model(self, epoch: int, batch: int | None, logs: dict[str, Any] | None, filepath: str) -> bool:
         if self.save_best_only and self.monitor_op is None:
-            self._set_monitor_op()  # see on_train_begin: the Keras 3.15 batch-level crash
+            self._resolve_monitor_op(logs)  # see on_train_begin: the Keras 3.15 batch-level crash
         # A preemption save is not a candidate for Keras's best: it is saved whatever its value.
         decision: bool = self._preempting or super()._should_save_model(epoch, batch, logs, filepath)
         if decision:
@@ -428,13 +452,21 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             self._saving = {"filepath": filepath, "preempted": self._preempting}
         return decision
 
-    @override
-    def _set_monitor_op(self) -> None:
+    def _resolve_monitor_op(self, logs: dict[str, Any] | None) -> None:
+        """Keras's direction for mode="auto", resolved before Keras asks; a monitor not in the logs ranks as min.
+
+        Keras raises when it cannot tell the direction. For a key that is not in the logs at
+        all (a typo, no validation data) that would end the fit at its first save: rank as
+        "min" and keep saving (`_make_record` names the available keys once). A key that is
+        in the logs but of unknown direction still gets Keras's error, which asks for `mode=`.
+        """
+        if self.monitor_op is not None:
+            return
         try:
             super()._set_monitor_op()
         except ValueError:
-            # mode="auto" and the monitor is no metric of this model (a typo, or no validation data):
-            # rank as "min" and keep saving; `_make_record` names the available keys once.
+            if logs is not None and self.monitor in logs:
+                raise
             self.monitor_op = keras.ops.less
 
     @override
@@ -481,8 +513,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         logs: dict[str, Any],
         preempted: bool = False,
     ) -> CheckpointRecord:
-        value = scalar(logs.get(self.monitor))
-        if value is None and not preempted:  # a preemption save's batch logs lack epoch metrics by nature
+        # A preemption save is a partial epoch: it never ranks (no value), nor becomes the best.
+        value = None if preempted else scalar(logs.get(self.monitor))
+        if value is None and not preempted and not self._warned_monitor:
+            self._warned_monitor = True
             self._messages.monitor_missing(self.monitor, "batch" if batch is not None else "epoch", logs)
         is_best = value is not None and (
             self.best_value is None or is_better(value, self.best_value, self.resolved_mode)
@@ -576,6 +610,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             rerun=last.batch is not None,
             runs=self._session.run_links() if self._session is not None else [],
             done=initial_epoch >= self.params.get("epochs", initial_epoch + 1),
+            verbose=self.verbose > 0,
         )
 
     # -- what the session reports --------------------------------------------------------

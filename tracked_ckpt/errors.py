@@ -83,3 +83,15 @@ class UnsupportedVersionError(TrackedCkptError, RuntimeError):
     """An installed package is outside the range tracked-ckpt supports (one-line message)."""
 
     __module__ = "tracked_ckpt.versions"
+
+
+class ChunkStoreError(ChecksumError):
+    """A checkpoint cannot be rebuilt from its chunks: a pack is missing or a chunk is corrupt."""
+
+    __module__ = "tracked_ckpt.packs"
+
+
+class BlobNotFoundError(TrackedCkptError, FileNotFoundError):
+    """The chunk store holds no blob of that name."""
+
+    __module__ = "tracked_ckpt.blobstore"

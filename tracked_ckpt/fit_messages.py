@@ -35,17 +35,13 @@ class FitMessages:
     def __init__(self, show: Callable[[str], None]):
         self._show = show
         self._queued: collections.deque[str] = collections.deque()  # appended on the upload thread
-        self._warned_monitor = False
 
     def logged(self, entry: SpoolEntry, tracker: str, ref: str) -> None:
         """Queue the line saying `entry` was logged to `tracker` (its display name) as `ref`."""
         self._queued.append(f"Epoch {entry.record.epoch}: logged {entry.record.name} to {tracker} ({ref})")
 
     def monitor_missing(self, monitor: str, level: str, logs: Mapping[str, Any]) -> None:
-        """Warn once per fit that the monitored key is not in the `level` logs, naming the keys that are."""
-        if self._warned_monitor:
-            return
-        self._warned_monitor = True
+        """Warn that the monitored key is not in the `level` logs, naming the keys that are."""
         logger.warning(
             "monitor %r is not in the %s logs (available: %s): checkpoints are logged without a value "
             "and never count as best. Pass validation data, or monitor one of the available keys.",
@@ -55,9 +51,21 @@ class FitMessages:
         )
 
     def resumed(
-        self, *, job_key: str | None, checkpoint: str, epoch: int, step: int, rerun: bool, runs: list[str], done: bool
+        self,
+        *,
+        job_key: str | None,
+        checkpoint: str,
+        epoch: int,
+        step: int,
+        rerun: bool,
+        runs: list[str],
+        done: bool,
+        verbose: bool = True,
     ) -> None:
         """Say in one line where a resumed fit continues from, or that its job had already completed.
+
+        Shown with `verbose`, else a warning: either way a resume (which changes what `fit`
+        trains) is never silent.
 
         Example:
             >>> FitMessages(print).resumed(job_key="job-7", checkpoint="net-e0003", epoch=3, step=45,
@@ -67,13 +75,17 @@ class FitMessages:
         who = f"job {job_key!r}" if job_key else "the job"
         where = f", in {', '.join(runs)}" if runs else ""
         if done:
-            self._show(
+            line = (
                 f"tracked-ckpt: {who} already completed ({checkpoint}, epoch {epoch}{where}): nothing is left to "
                 "train. To train again, start with another job key (or resume=False), or ask fit for more epochs."
             )
-            return
-        again = f" (epoch {epoch} runs again from its start)" if rerun else ""
-        self._show(f"tracked-ckpt: resuming {who} from {checkpoint}, epoch {epoch}, step {step}{again}{where}.")
+        else:
+            again = f" (epoch {epoch} runs again from its start)" if rerun else ""
+            line = f"tracked-ckpt: resuming {who} from {checkpoint}, epoch {epoch}, step {step}{again}{where}."
+        if verbose:
+            self._show(line)
+        else:
+            logger.warning("%s", line)
 
     def show_queued(self) -> None:
         """Show the queued lines, oldest first."""

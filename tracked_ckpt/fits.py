@@ -91,7 +91,7 @@ class LiveFit(Protocol):
         completed: bool,
         *,
         cut_off: bool = False,
-        timeout: float | None = None,
+        deadline: float | None = None,
         preempted_exit: int | None = None,
     ) -> object:
         """End the session (idempotent, from any thread)."""

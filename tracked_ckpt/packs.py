@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tracked_ckpt.chunking import ChunkParams
-from tracked_ckpt.errors import ChecksumError
+from tracked_ckpt.errors import ChunkStoreError as ChunkStoreError
 
 FORMAT_VERSION = 1
 PACKS = "packs/"
@@ -61,10 +61,6 @@ def checked_digest(text: str) -> str:
     if not _HEX_DIGEST.fullmatch(text):
         raise ValueError(f"not a sha256 digest: {text!r}")
     return text
-
-
-class ChunkStoreError(ChecksumError):
-    """A checkpoint cannot be rebuilt from its chunks: a pack is missing or a chunk is corrupt."""
 
 
 @dataclasses.dataclass(frozen=True)

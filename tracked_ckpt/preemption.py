@@ -101,14 +101,39 @@ class StopSignals:
         True
     """
 
-    def __init__(self, signals: Sequence[signal.Signals], active: Callable[[], bool]):
+    def __init__(self, signals: Sequence[signal.Signals], active: Callable[[], bool], fit: object | None = None):
         self.signals = tuple(signals)
         self.active = active
+        self.fit = fit  # what identifies the fit (Keras's `params` dict), for `for_fit`
+        self._delivered = False
         self.received: signal.Signals | None = None
         self.received_at: float | None = None  # time.monotonic() when it arrived
         self._previous: dict[signal.Signals, _Handler] = {}  # what each signal did before; kept for `deliver`
         self._installed = False
         self._frame: types.FrameType | None = None
+
+    @classmethod
+    def for_fit(
+        cls, signals: Sequence[signal.Signals], active: Callable[[], bool], fit: object | None = None
+    ) -> StopSignals:
+        """The catcher of a fit's signals: installed now, or the one another callback of the same fit installed.
+
+        Two `TrackedModelCheckpoint`s in one `fit` (the same `fit` object: Keras's `params`)
+        share one catcher, so both see the signal and their runs end together.
+        """
+        for sig in signals:
+            owner = getattr(signal.getsignal(sig), "__self__", None)
+            if (
+                isinstance(owner, StopSignals)
+                and fit is not None
+                and owner.fit is fit
+                and owner.active()
+                and owner.signals == tuple(signals)
+            ):
+                return owner
+        stop = cls(signals, active, fit=fit)
+        stop.install()
+        return stop
 
     @property
     def installed(self) -> bool:
@@ -141,15 +166,15 @@ class StopSignals:
         return self._installed
 
     def _note(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.received is not None:
+            return  # a second signal changes nothing: the first one's grace period is the one that runs
         if not self.active():
             # The fit that installed this is over (it raised): behave as if we were never here.
             self._pass_on(signal.Signals(signum), frame)
             return
-        if self.received is None:
-            self.received = signal.Signals(signum)
-            self.received_at = time.monotonic()
-            self._frame = frame
-        # A second signal changes nothing: the first one's grace period is the one that runs.
+        self.received = signal.Signals(signum)
+        self.received_at = time.monotonic()
+        self._frame = frame
 
     def remaining(self, grace: float) -> float:
         """Seconds left of `grace`, counted from the signal's arrival."""
@@ -173,8 +198,9 @@ class StopSignals:
         applies the default action (for SIGTERM and SIGUSR1: the process ends, killed by the
         signal). Returns only when that handler returned or the signal was ignored.
         """
-        if self.received is None:
+        if self.received is None or self._delivered:
             return
+        self._delivered = True
         self._pass_on(self.received, self._frame)
 
     def _pass_on(self, sig: signal.Signals, frame: types.FrameType | None) -> None:
@@ -186,9 +212,10 @@ class StopSignals:
         if previous == signal.SIG_IGN:
             return
         # The default action (or a handler installed outside Python, which we cannot call).
-        for handler in logging.getLogger().handlers + logger.handlers:
-            handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in [*logging.getLogger().handlers, *logger.handlers, sys.stdout, sys.stderr]:
+            try:
+                stream.flush()
+            except Exception:  # e.g. the signal interrupted a write to it: end anyway
+                pass
         signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)

@@ -33,10 +33,14 @@ class Kept:
 
 
 def to_evict(kept: list[Kept], k: int, mode: str) -> list[Kept]:
-    """The checkpoints outside the K best (by value, missing values last) and the latest (of one run)."""
+    """The checkpoints outside the K best (by value, missing values last) and the latest (of one run).
+
+    `kept` is in the order the checkpoints were logged: the latest is the last one, whatever its
+    step (a second fit that recompiles the model starts its optimizer's step count again).
+    """
     if len(kept) <= k:
         return []
-    latest = max(kept, key=lambda c: (c.record.step, c.record.epoch))
+    latest = kept[-1]
     ranked = sorted(kept, key=lambda c: best_first(c.record, mode=mode))
     keep = {id(c) for c in ranked[:k]} | {id(latest)}
     return [c for c in kept if id(c) not in keep and not c.protected]
@@ -60,6 +64,25 @@ def check_keep_top_k(k: Any) -> int:
     return k
 
 
+class Retained:
+    """The checkpoints `keep_top_k` may still delete: one callback's, across its fits (a lock of its own).
+
+    A copy of the callback (KerasTuner's deepcopy, Ray's pickle) starts with none: it logs into
+    runs of its own, and a resumed job finds the run's earlier checkpoints on the tracker.
+    """
+
+    def __init__(self) -> None:
+        self.kept: list[Kept] = []
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.kept = []
+        self.lock = threading.Lock()
+
+
 class Retention:
     """Applies `keep_top_k` after each fully logged checkpoint, on the tracker and on disk.
 
@@ -69,8 +92,8 @@ class Retention:
         in_use: local paths that checkpoints still waiting to be logged point at.
         file_lock: held by the training thread while Keras writes and the file is staged,
             so a local file is never deleted while a newer save of the same path happens.
-        kept: the checkpoints logged so far that retention may still delete, shared by the
-            fits of one callback (the callback keeps the list; each fit's session binds it).
+        retained: the checkpoints logged so far that retention may still delete, shared by
+            the fits of one callback (the callback keeps it; each fit's session binds it).
     """
 
     def __init__(
@@ -79,14 +102,15 @@ class Retention:
         delete: Callable[[str, str, Mapping[str, Any]], bool],
         in_use: Callable[[], set[str]],
         file_lock: threading.RLock,
-        kept: list[Kept] | None = None,
+        retained: Retained | None = None,
     ):
         self.k = check_keep_top_k(k)
         self.delete = delete
         self.in_use = in_use
         self.file_lock = file_lock
-        self.kept: list[Kept] = [] if kept is None else kept
-        self._lock = threading.Lock()
+        retained = retained if retained is not None else Retained()
+        self.kept = retained.kept
+        self._lock = retained.lock  # two fits of one callback (one still ending) share the list
 
     def add(
         self, record: CheckpointRecord, refs: Mapping[str, str], destinations: Mapping[str, Mapping[str, Any]]

@@ -31,7 +31,7 @@ from tracked_ckpt.preemption import StopSignals
 from tracked_ckpt.publisher import LoggedHook, Publisher, PublishReport, stall_timeout_from
 from tracked_ckpt.record import CheckpointRecord, checkpoint_name
 from tracked_ckpt.resume import JobResume, LastCheckpoint, LocalState, ResumeState, seed_retention_from_run
-from tracked_ckpt.retention import Kept, Retention
+from tracked_ckpt.retention import Retained, Retention
 from tracked_ckpt.spool import Spool, SpoolEntry, SpoolHold
 from tracked_ckpt.tracker import Tracker, answers_after_wait, finish_run, tracker_key
 
@@ -78,7 +78,7 @@ class FitSession:
         fit: object | None = None,
         on_logged: LoggedHook | None = None,
         on_end: EndHook | None = None,
-        retained: list[Kept] | None = None,
+        retained: Retained | None = None,
     ):
         self.trackers: dict[str, Tracker] = {tracker_key(t): _fork(t) for t in trackers}
         self.spool = spool
@@ -187,8 +187,7 @@ class FitSession:
 
     def catch_stop_signals(self, signals: Sequence[signal.Signals]) -> None:
         """Note a preemption signal while this fit trains (main thread only: `tracked_ckpt.preemption`)."""
-        self.stop = StopSignals(signals, active=lambda: self.open)
-        self.stop.install()
+        self.stop = StopSignals.for_fit(signals, active=lambda: self.open, fit=self.fit)
 
     # -- while training -------------------------------------------------------------------
 
@@ -336,7 +335,7 @@ class FitSession:
         completed: bool,
         *,
         cut_off: bool = False,
-        timeout: float | None = None,
+        deadline: float | None = None,
         preempted_exit: int | None = None,
     ) -> PublishReport:
         """Finish the uploads (up to `wait_timeout`), release the lease and end the runs this fit started.
@@ -348,7 +347,8 @@ class FitSession:
             completed: the fit reached `on_train_end` (or its scheduler stopped it, with
                 `cut_off`): runs end FINISHED; otherwise FAILED.
             cut_off: the fit's thread ended without `on_train_end`; the resume state is kept.
-            timeout: wait this long for the uploads instead of `wait_timeout`.
+            deadline: wait for the uploads until this `time.monotonic()` instead of `wait_timeout`
+                (one deadline for this session and those joined to it: a preemption's grace period).
             preempted_exit: the fit was preempted and the process will end with this
                 status: the runs end as preempted and the resume state is kept.
         """
@@ -366,9 +366,9 @@ class FitSession:
             try:
                 # Callbacks of the same fit that log into this session's runs finish their uploads first.
                 for other in fits.sessions_joined_to(self):
-                    other.end(completed, cut_off=cut_off, timeout=timeout, preempted_exit=preempted_exit)
+                    other.end(completed, cut_off=cut_off, deadline=deadline, preempted_exit=preempted_exit)
                 # The publisher stays reachable while it closes: `queued()` still names what it uploads.
-                wait = self.options.wait_timeout if timeout is None else timeout
+                wait = self.options.wait_timeout if deadline is None else max(0.0, deadline - time.monotonic())
                 report = close_publisher(self._publisher, self.trackers, self.destinations, wait, probe=probe)
                 if self.job is not None:
                     self.job.release(write=report.answering)
@@ -390,28 +390,52 @@ class FitSession:
             self.on_end(self, report)
         return report
 
+    def preemption_deadline(self) -> float | None:
+        """When a preempted fit must be done logging (`time.monotonic()`): the grace period from the signal,
+        less a few seconds for ending the runs and the process. None without a signal."""
+        stop = self.stop
+        if stop is None or stop.received_at is None:
+            return None
+        grace = settings.preemption_grace()
+        return stop.received_at + grace - min(5.0, grace / 5)
+
     def end_preempted(self) -> PublishReport:
         """Log what waits within the grace period, then end the runs as preempted.
 
-        The grace period (`TRACKED_CKPT_PREEMPTION_GRACE`) counts from the signal; a
-        few seconds of it are left for ending the runs and the process. What is not
-        logged by then stays in the spool for `tracked-ckpt sync` or the resumed job.
-        The caller then ends the process as the signal would have (`StopSignals.deliver`).
+        The grace period (`TRACKED_CKPT_PREEMPTION_GRACE`) counts from the signal. Every
+        fit of this process that caught the same signal (another tracked callback of the
+        same `fit` with runs of its own) ends with this one, in parallel, by one deadline.
+        What is not logged by then stays in the spool for `tracked-ckpt sync` or the
+        resumed job. The caller then ends the process as the signal would have
+        (`StopSignals.deliver`).
         """
         stop = self.stop
         assert stop is not None and stop.received is not None
-        grace = settings.preemption_grace()
-        reserve = min(5.0, grace / 5)
+        deadline, exit_status = self.preemption_deadline(), 128 + stop.received
         started = time.monotonic()
-        report = self.end(
-            completed=False, timeout=max(0.0, stop.remaining(grace) - reserve), preempted_exit=128 + stop.received
-        )
+        others = [s for s in fits.live_sessions() if s is not self and getattr(s, "stop", None) is stop]
+        if self.joined is not None and self.joined not in others:
+            others.append(self.joined)  # the callback of this fit that owns the runs
+        threads = [
+            threading.Thread(
+                target=other.end,
+                kwargs={"completed": False, "deadline": deadline, "preempted_exit": exit_status},
+                name="tracked-ckpt-preempted",
+                daemon=True,
+            )
+            for other in others
+        ]
+        for thread in threads:
+            thread.start()
+        report = self.end(completed=False, deadline=deadline, preempted_exit=exit_status)
+        for thread in threads:
+            thread.join(max(0.0, (deadline or 0.0) + 5.0 - time.monotonic()))
         logger.warning(
             "%s: logged what waited in %.1f s of the %g s grace period%s; the runs end as preempted. "
             "Start the same job again (resume=True or the same job key) to continue from here.",
             stop.received.name,
             time.monotonic() - started,
-            grace,
+            settings.preemption_grace(),
             f"; {len(report.pending)} checkpoint(s) wait in {self.spool.directory}" if report.pending else "",
         )
         return report

@@ -8,22 +8,10 @@ import signal
 import keras
 import numpy as np
 import pytest
+from support.helpers import Preempted, SignalMidEpoch
 from support.wandb_records import finished_records, logged_artifacts, run_dirs
 
 from tracked_ckpt import TrackedModelCheckpoint
-
-
-class Preempted(Exception):
-    """What the job's own SIGUSR1 handler raises (so the test process lives on)."""
-
-
-class SignalMidEpoch(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == 1 and batch == 1:
-            signal.raise_signal(signal.SIGUSR1)
 
 
 def test_a_preempted_fit_marks_its_run_preempting(wandb_env):

@@ -79,6 +79,25 @@ class KillAtEpochEnd(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Preempted(Exception):
+    """What a test's own signal handler raises, so that a preempted fit ends and the test process lives on."""
+
+
+class SignalMidEpoch(keras.callbacks.Callback):
+    """Send this process `sig` after the second batch of the second epoch (a preemption mid-epoch)."""
+
+    def __init__(self, sig: int = signal.SIGUSR1):
+        super().__init__()
+        self.sig = sig
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 1:
+            signal.raise_signal(self.sig)
+
+
 def fit(callback, epochs: int = 3, *, extra=(), batch_size: int = 8, model=None, validation: bool = True):
     """Fit `model` (a new make_model() by default) on make_data() with `extra` callbacks, then `callback`.
 
