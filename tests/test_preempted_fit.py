@@ -286,3 +286,15 @@ def test_a_fit_that_need_not_wait_gives_the_handlers_back_when_it_returns(embedd
     make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
     assert signal.getsignal(signal.SIGUSR1) is previous  # restored on the training thread, not the ending one
     assert tracked_ckpt.wait(timeout=120)
+
+
+def test_with_sync_uploads_the_preemption_save_is_logged_by_the_bounded_end(
+    embedded_store, workdir, handler_that_raises
+):
+    callback = TrackedModelCheckpoint("ckpt/s-{epoch}.keras", monitor="loss", upload="sync", preempt_on="SIGUSR1")
+    x, y = make_data()
+    with pytest.raises(Preempted):
+        make_model().fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[SignalMidEpoch(), callback])
+    run_id = callback.session.destinations["mlflow"]["run_id"]
+    assert [m.name for m in preempted_models(run_id)] == ["tiny-e0002-b000002"]
+    assert callback.last_report.ok and not callback.last_report.pending

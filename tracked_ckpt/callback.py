@@ -499,7 +499,10 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         record = self._make_record(session, filepath, epoch, batch, logs, preempted)
         self._last_saved_step = record.step
         session.log_saved(
-            record, filepath, resume_state=(self.best_value, self.best_name, scalar(self.best)) if self.resume else None
+            record,
+            filepath,
+            resume_state=(self.best_value, self.best_name, scalar(self.best)) if self.resume else None,
+            defer=preempted,
         )
         if not session.asynchronous:
             self._messages.show_queued()

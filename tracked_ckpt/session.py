@@ -264,12 +264,15 @@ class FitSession:
         filepath: str,
         *,
         resume_state: tuple[float | None, str | None, float | None] | None = None,
+        defer: bool = False,
     ) -> None:
         """Freeze a file Keras just wrote into the spool (durable from here on) and queue it for logging.
 
         Args:
             resume_state: (best value, best name, Keras's own best) to record the file as the
                 job's latest checkpoint in the local resume state, when resuming is on.
+            defer: only queue it, even with `upload="sync"`: the end that follows logs it by its
+                deadline (a preemption's grace period), not an upload with none.
         """
         entry = SpoolEntry(
             id=self.spool.new_id(),
@@ -280,7 +283,10 @@ class FitSession:
         self.spool.write(entry)
         if resume_state is not None:
             self.write_state(record, *resume_state)
-        self.submit(entry)
+        if defer and self._publisher is not None and not self._ended:
+            self._publisher.enqueue([entry])
+        else:
+            self.submit(entry)
 
     def write_state(
         self, record: CheckpointRecord, best_value: float | None, best_name: str | None, keras_best: float | None
