@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracked_ckpt.cache import fetch_verified
+from tracked_ckpt.errors import UnknownKeyError
 from tracked_ckpt.fits import last_destination, wait
 from tracked_ckpt.record import SCHEMA_KEYS, is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
@@ -35,6 +36,12 @@ from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, regis
 logger = logging.getLogger("tracked_ckpt")
 
 DEFAULT_ALIAS = "champion"
+#: `experiment=` for every experiment of the store (MLflow).
+ALL_EXPERIMENTS = "*"
+_BOOLEAN_KEYS = ("is_best", "git_dirty", "preempted")
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_COMMIT_PREFIX_RE = re.compile(r"^[0-9a-f]{7,39}$")
+_TRIAL_RE = re.compile(r"\btrial[ _-]?#?([A-Za-z0-9]+)", re.IGNORECASE)
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
@@ -49,6 +56,8 @@ class PromotionResult:
         registered_name, alias, version: where the alias points now.
         checkpoint: the best checkpoint of the scope (the challenger).
         previous: the checkpoint the alias pointed at before, if any.
+        run_name: the name of the challenger's run ("" when unnamed or unknown).
+        trial: the trial the run name says the challenger's run is (`trial-03` -> "03"), if any.
 
     Example:
         ```python
@@ -64,6 +73,8 @@ class PromotionResult:
     version: str | None
     checkpoint: LoggedCheckpoint | None
     previous: LoggedCheckpoint | None = None
+    run_name: str = ""
+    trial: str | None = None
 
 
 def validate_alias(alias: str) -> str:
@@ -98,13 +109,18 @@ def list_checkpoints(
     Args:
         run_id: the run to list; default: the run of the last `fit` in this
             process, or with `experiment`, every run of that experiment.
-        experiment: an experiment (MLflow) or project (W&B) name.
+        experiment: an experiment (MLflow) or project (W&B) name; `"*"`
+            (`ALL_EXPERIMENTS`): every experiment of the MLflow store.
         tracker: the tracker name or object.
-        where: schema keys to match exactly, e.g. `{"git_commit": "3f2a..."}`,
-            `{"epoch": 3}` or `{"is_best": True}`.
+        where: schema keys to match, e.g. `{"epoch": 3}`; `git_commit` also
+            matches a prefix of 7 or more hex digits (`{"git_commit": "82dd0ef"}`),
+            booleans may be written as users do (`True`, "yes", "no", "1", "0").
 
     Returns:
-        The matching checkpoints, oldest first.
+        The matching checkpoints, oldest first (by when they were logged, across runs).
+
+    Raises:
+        UnknownKeyError: a `where` key is not a schema key (the message lists them).
 
     Example:
         ```python
@@ -112,8 +128,11 @@ def list_checkpoints(
         ```
     """
     tracker = resolve_tracker(tracker)
-    found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=_where(where))
-    return sorted(found, key=lambda c: (c.run_id, c.record.step, c.record.epoch))
+    exact, commit_prefix = _where(where)
+    found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=exact)
+    if commit_prefix is not None:
+        found = [c for c in found if (c.record.git_commit or "").lower().startswith(commit_prefix)]
+    return sorted(found, key=_oldest_first)
 
 
 def best_checkpoint(
@@ -127,7 +146,12 @@ def best_checkpoint(
     """The best checkpoint of a scope by its monitored metric, chosen on the tracker's side.
 
     The monitor and mode default to those recorded with the checkpoints.
-    Checkpoints whose metric was missing are never chosen.
+    Checkpoints whose metric was missing are never chosen. None when the scope
+    holds no checkpoint.
+
+    Raises:
+        UnknownKeyError: no checkpoint of the scope has a value for `monitor`
+            (the message lists the metrics they have).
 
     Example:
         ```python
@@ -136,7 +160,10 @@ def best_checkpoint(
         ```
     """
     tracker = resolve_tracker(tracker)
-    ranked = _rank(tracker, _scope(tracker, run_id, experiment), None, monitor, mode)
+    scope = _scope(tracker, run_id, experiment)
+    ranked = _rank(tracker, scope, None, monitor, mode)
+    if ranked is not None and ranked.best is None:
+        raise _no_value(tracker, scope, None, ranked.monitor)
     return ranked.best if ranked is not None else None
 
 
@@ -169,8 +196,13 @@ def promote_best(
             challenger is strictly better by the same monitor and mode.
 
     Returns:
-        A `PromotionResult` saying what happened. Promoting the same checkpoint
-        twice creates no second version.
+        A `PromotionResult` saying what happened, naming the champion's run (and
+        trial). Promoting the same checkpoint twice creates no second version.
+
+    Raises:
+        UnknownKeyError: no checkpoint of the scope has a value for `monitor`
+            (a typo, say): the message lists the metrics they have.
+        LookupError: the scope holds no checkpoint.
 
     Example:
         ```python
@@ -189,24 +221,20 @@ def promote_best(
     challenger, monitor, mode = ranked.best, ranked.monitor, ranked.mode
     challenger_value = challenger.record.metric(monitor) if challenger else None
     if challenger is None or challenger_value is None:
-        return PromotionResult(
-            False,
-            f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}.",
-            registered_name,
-            alias,
-            None,
-            None,
-        )
+        raise _no_value(tracker, scope, {"name": name} if name else None, monitor)
+    run_name, trial = _run_name(challenger), _trial(challenger)
     previous = registry_of(tracker).alias_holder(registered_name, alias)
     if previous is not None and previous.id == challenger.id:
         return PromotionResult(
             False,
-            f"{alias!r} already points at {challenger.record.name}.",
+            f"{alias!r} already points at {challenger.record.name} of {_run_text(challenger)}.",
             registered_name,
             alias,
             previous.extra.get("version"),
             challenger,
             previous,
+            run_name,
+            trial,
         )
     if only_if_better and previous is not None:
         held = previous.record.metric(monitor)
@@ -214,18 +242,22 @@ def promote_best(
         if held is not None and comparable and not is_better(challenger_value, held, mode):
             return PromotionResult(
                 False,
-                f"Kept {previous.record.name} ({monitor}={held:.6g}) as {alias!r}: "
-                f"{challenger.record.name} ({monitor}={challenger_value:.6g}) is not better.",
+                f"Kept {previous.record.name} of {_run_text(previous)} ({monitor}={held:.6g}) as {alias!r}: "
+                f"{challenger.record.name} of {_run_text(challenger)} ({monitor}={challenger_value:.6g}) "
+                "is not better.",
                 registered_name,
                 alias,
                 previous.extra.get("version"),
                 challenger,
                 previous,
+                run_name,
+                trial,
             )
     version = registry_of(tracker, "register checkpoints").register(registered_name, challenger, alias)
     logger.info(
-        "Promoted %s (%s=%.6g) to %s@%s (version %s).",
+        "Promoted %s of %s (%s=%.6g) to %s@%s (version %s).",
         challenger.record.name,
+        _run_text(challenger),
         monitor,
         challenger_value,
         registered_name,
@@ -234,12 +266,15 @@ def promote_best(
     )
     return PromotionResult(
         True,
-        f"{alias!r} now points at {challenger.record.name} ({monitor}={challenger_value:.6g}).",
+        f"{alias!r} now points at {challenger.record.name} of {_run_text(challenger)} "
+        f"({monitor}={challenger_value:.6g}).",
         registered_name,
         alias,
         version,
         challenger,
         previous,
+        run_name,
+        trial,
     )
 
 
@@ -417,13 +452,82 @@ def _scope(tracker: Tracker, run_id: str | None, experiment: str | None) -> dict
     return registry_of(tracker).scope(run_id, experiment, last=last_destination(tracker_key(tracker)))
 
 
-def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _where(where: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
+    """`where` as the tracker matches it exactly, and a git commit prefix to match here (or None).
+
+    Booleans are read as users write them; a `git_commit` of 7 to 39 hex digits is a prefix
+    (what `ls` prints is 8), which no tracker's exact match would find.
+    """
     if not where:
-        return None
+        return None, None
     unknown = [k for k in where if k not in SCHEMA_KEYS and k != "name"]
     if unknown:
-        raise ValueError(f"Cannot filter on {unknown}: use schema keys {list(SCHEMA_KEYS)} or 'name'.")
-    return dict(where)
+        raise UnknownKeyError(f"Cannot filter on {unknown}: use schema keys {list(SCHEMA_KEYS)} or 'name'.")
+    exact: dict[str, Any] = {}
+    prefix = None
+    for key, value in where.items():
+        if key in _BOOLEAN_KEYS and not isinstance(value, bool):
+            word = str(value).strip().lower()
+            if word not in _BOOLEANS:
+                raise ValueError(f"{key}={value!r} is not a boolean: use true/false, yes/no or 1/0.")
+            value = _BOOLEANS[word]
+        if key == "git_commit" and _COMMIT_PREFIX_RE.match(str(value).strip().lower()):
+            prefix = str(value).strip().lower()
+            continue
+        exact[key] = value
+    return exact or None, prefix
+
+
+def _oldest_first(checkpoint: LoggedCheckpoint) -> tuple[float, str, int, int]:
+    """By when it was logged (`extra["created"]`, where the tracker says), then step and epoch.
+
+    Two fits that count steps from 0 (stages of a fine-tune, trials) do not interleave;
+    without a creation time, each run's checkpoints stay together.
+    """
+    created = checkpoint.extra.get("created")
+    if isinstance(created, (int, float)):
+        return float(created), "", checkpoint.record.step, checkpoint.record.epoch
+    return 0.0, checkpoint.run_id, checkpoint.record.step, checkpoint.record.epoch
+
+
+def _no_value(
+    tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] | None, monitor: str
+) -> UnknownKeyError:
+    """The error for a monitor no checkpoint of the scope has a value for, listing the metrics they have."""
+    sample = registry_of(tracker).search_checkpoints(scope, where=where, max_results=20)
+    metrics = sorted({key for c in sample for key, value in c.record.metrics.items() if value is not None})
+    have = ", ".join(metrics) if metrics else "no metrics"
+    return UnknownKeyError(
+        f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}: they have {have}. "
+        "Pass one of those as monitor= (--monitor)."
+    )
+
+
+def _run_name(checkpoint: LoggedCheckpoint) -> str:
+    return str(checkpoint.extra.get("run_name") or "")
+
+
+def _trial(checkpoint: LoggedCheckpoint) -> str | None:
+    """The trial a run's name says it is: `tuner-trial-03` -> "03"."""
+    found = _TRIAL_RE.search(_run_name(checkpoint))
+    return found.group(1) if found else None
+
+
+def _run_text(checkpoint: LoggedCheckpoint) -> str:
+    """A run as people tell runs apart: its name (and trial) and its id.
+
+    Example:
+        >>> from tracked_ckpt.record import CheckpointRecord
+        >>> record = CheckpointRecord.from_metadata({"epoch": 3, "step": 30, "sha256": "0" * 64}, name="net-e0003")
+        >>> _run_text(LoggedCheckpoint("m-1", "1a2b", record, "mlflow", extra={"run_name": "tune-trial-02"}))
+        "run 'tune-trial-02' (1a2b, trial 02)"
+        >>> _run_text(LoggedCheckpoint("m-1", "1a2b", record, "mlflow"))
+        'run 1a2b'
+    """
+    name, trial = _run_name(checkpoint), _trial(checkpoint)
+    if not name:
+        return f"run {checkpoint.run_id}"
+    return f"run {name!r} ({checkpoint.run_id}{f', trial {trial}' if trial else ''})"
 
 
 def _scope_text(scope: Mapping[str, Any]) -> str:
@@ -431,10 +535,12 @@ def _scope_text(scope: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "ALL_EXPERIMENTS",
     "ChecksumError",
     "LoggedCheckpoint",
     "MissingRequirementError",
     "PromotionResult",
+    "UnknownKeyError",
     "best_checkpoint",
     "download_checkpoint",
     "list_checkpoints",
