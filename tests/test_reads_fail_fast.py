@@ -1,0 +1,126 @@
+"""Reads against a dead server or a missing store answer in one line, fast, and create nothing.
+
+The timings are bounds, not benchmarks: the failure they catch took minutes (MLflow's retries).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from support.mlflow_runs import train_run
+from support.mlflow_server import free_port
+
+import tracked_ckpt
+from tracked_ckpt import TrackerError, fits
+from tracked_ckpt.integrations.mlflow import MlflowTracker
+
+CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
+API_BOUND = 15.0  # seconds; the probe gives up after 5
+CLI_BOUND = 45.0  # the same plus starting Python and importing MLflow on a busy machine
+
+
+def cli(cwd, *args) -> tuple[subprocess.CompletedProcess, float]:
+    """The command in a new process with no MLFLOW_* variables; returns it and how long it took."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    started = time.monotonic()
+    done = subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return done, time.monotonic() - started
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no retry warnings, no traceback
+    assert lines[0].startswith("tracked-ckpt: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls"],
+        ["ls", "--experiment", "digits"],
+        ["ls", "--all-experiments"],
+        ["ls", "--run-id", "0123456789abcdef0123456789abcdef"],
+        ["show", "digits-classifier"],
+        ["promote", "digits-classifier", "--experiment", "digits"],
+        ["pull", "digits-classifier", "--alias", "champion"],
+    ],
+)
+def test_cli_against_a_dead_port_says_so_in_one_line(workdir, args):
+    dead = f"http://127.0.0.1:{free_port()}"
+    done, seconds = cli(workdir, *args, "--tracking-uri", dead)
+    line = one_error_line(done)
+    assert dead in line and "does not answer" in line and "--tracking-uri" in line, line
+    assert seconds < CLI_BOUND, f"{args} took {seconds:.1f}s"
+    assert not (workdir / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda t: tracked_ckpt.list_checkpoints(tracker=t),
+        lambda t: tracked_ckpt.list_checkpoints(tracker=t, experiment="digits"),
+        lambda t: tracked_ckpt.list_checkpoints(tracker=t, run_id="0123456789abcdef0123456789abcdef"),
+        lambda t: tracked_ckpt.best_checkpoint(tracker=t, experiment="digits"),
+        lambda t: tracked_ckpt.promote_best("digits-classifier", tracker=t, experiment="digits"),
+        lambda t: tracked_ckpt.registered_checkpoint("digits-classifier", tracker=t),
+        lambda t: tracked_ckpt.download_checkpoint("digits-classifier", tracker=t),
+        lambda t: tracked_ckpt.load_model("digits-classifier", tracker=t),
+    ],
+    ids=["list", "list-experiment", "list-run", "best", "promote", "registered", "download", "load"],
+)
+@pytest.mark.parametrize("configured", ["tracker", "environment"])
+def test_api_against_a_dead_port_raises_one_line(workdir, monkeypatch, read, configured):
+    monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})  # as in a new process
+    dead = f"http://127.0.0.1:{free_port()}"
+    if configured == "tracker":
+        tracker: str | MlflowTracker = MlflowTracker(tracking_uri=dead)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+        mlflow.set_tracking_uri(dead)
+        tracker = "mlflow"
+    started = time.monotonic()
+    try:
+        with pytest.raises(TrackerError, match="does not answer") as raised:
+            read(tracker)
+    finally:
+        mlflow.set_tracking_uri(None)
+    seconds = time.monotonic() - started
+    message = str(raised.value)
+    assert dead in message and "MLFLOW_TRACKING_URI" in message and "\n" not in message
+    assert seconds < API_BOUND, f"took {seconds:.1f}s"
+
+
+def test_reading_in_a_folder_without_a_store_creates_none(workdir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})
+    mlflow.set_tracking_uri(None)
+    for read in (
+        lambda: tracked_ckpt.list_checkpoints(),
+        lambda: tracked_ckpt.promote_best("digits-classifier"),
+        lambda: tracked_ckpt.load_model("digits-classifier"),
+    ):
+        with pytest.raises(TrackerError, match="No MLflow store here: .*mlflow.db does not exist"):
+            read()
+    assert not (workdir / "mlflow.db").exists()
+    for args in (["ls"], ["show", "digits-classifier"], ["promote", "digits-classifier"]):
+        done, _ = cli(workdir, *args)
+        line = one_error_line(done)
+        assert "No MLflow store here" in line and "--tracking-uri" in line, line
+        assert not (workdir / "mlflow.db").exists()
+
+
+def test_cli_against_the_real_server_still_reads(server_store, workdir):
+    run_id = train_run([0.3, 0.2], run_name="on-the-server")
+    done, _ = cli(workdir, "ls", "--tracking-uri", server_store, "--run-id", run_id)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.strip().splitlines()[1:]
+    assert len(rows) == 2 and all("on-the-server" in row and run_id in row for row in rows)
+    done, _ = cli(workdir, "promote", f"fast-{run_id[:8]}", "--tracking-uri", server_store, "--run-id", run_id)
+    assert done.returncode == 0 and "of run 'on-the-server'" in done.stdout, done.stderr
