@@ -27,10 +27,12 @@ HEADER = ["name", "run", "run_id", "epoch", "step", "monitor", "value", "best", 
 
 
 def table(out: str) -> list[dict[str, str]]:
-    """The rows of `ls` as dicts by column (run names here have no spaces)."""
+    """The rows of `ls` as dicts by column, cut where the header's columns start (a size has a space)."""
     lines = out.strip().splitlines()
     assert lines[0].split() == HEADER
-    return [dict(zip(HEADER, line.split(), strict=True)) for line in lines[1:]]
+    starts = [lines[0].index(f"{name} ") if name != "id" else lines[0].rindex("id") for name in HEADER]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return [{name: line[a:b].strip() for name, (a, b) in zip(HEADER, bounds, strict=True)} for line in lines[1:]]
 
 
 def test_ls_show_promote_pull(embedded_store, workdir, capsys):
