@@ -53,6 +53,16 @@ logger = logging.getLogger("tracked_ckpt")
 JOB_KEY_TAG = "tracked_ckpt.job_key"  # run tags of resume="<job key>" (tracked_ckpt.resume)
 JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
 ALL_EXPERIMENTS = "*"  # experiment= that scopes a read to every experiment of the store
+# What MLflow says of an absent registered model, alias or version; any other error is a failure.
+_ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _failed(client: MlflowClient, exc: MlflowException) -> TrackerError:
+    """A registry read that failed (not "absent"), in one line naming the store."""
+    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
+    uri = client.tracking_uri
+    shown = without_credentials(uri) if uri.startswith(("http://", "https://")) else uri
+    return TrackerError(f"MLflow at {shown} failed to answer: {first}")
 
 
 class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
@@ -230,9 +240,9 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         try:
             version = client.get_model_version_by_alias(registered_name, alias)
         except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if exc.error_code in _ABSENT:
                 return None
-            raise
+            raise _failed(client, exc) from exc
         return self._version_checkpoint(client, version)
 
     @override
@@ -288,6 +298,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             else:
                 raise ValueError("Pass alias= or version=.")
         except MlflowException as exc:
+            if exc.error_code not in _ABSENT:
+                raise _failed(client, exc) from exc
             what = f"alias {alias!r}" if alias is not None else f"version {version}"
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} at {client.tracking_uri}: "

@@ -93,11 +93,26 @@ def check_readable(uri: str, timeout: float = 5.0) -> None:
         return
     if time.monotonic() - _ANSWERED.get(uri, -_ANSWERED_FOR) < _ANSWERED_FOR:
         return
-    if not reachable(uri, timeout=timeout):
+    shown = without_credentials(uri)
+    try:
+        urllib.request.urlopen(shown + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # every MLflow server answers /health: this is something else
+            raise TrackerError(
+                f"{shown} answers but is not an MLflow tracking server (GET /health: 404): check the host, "
+                "port and path of MLFLOW_TRACKING_URI (--tracking-uri)."
+            ) from exc
+        if exc.code >= 500:  # e.g. a proxy whose MLflow is down: MLflow would retry for minutes
+            raise TrackerError(
+                f"MLflow at {shown} fails (GET /health: HTTP {exc.code}): check the server behind that URI, "
+                "or point MLFLOW_TRACKING_URI (--tracking-uri) at one that runs."
+            ) from exc
+        # Something answered (authentication, say): MLflow reports the details.
+    except (OSError, ValueError) as exc:
         raise TrackerError(
-            f"MLflow at {without_credentials(uri)} does not answer: start the server there, or point "
+            f"MLflow at {shown} does not answer: start the server there, or point "
             "MLFLOW_TRACKING_URI (--tracking-uri) at one that runs."
-        )
+        ) from exc
     _ANSWERED[uri] = time.monotonic()
 
 

@@ -5,9 +5,12 @@ The timings are bounds, not benchmarks: the failure they catch took minutes (MLf
 
 from __future__ import annotations
 
+import http.server
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
@@ -124,3 +127,48 @@ def test_cli_against_the_real_server_still_reads(server_store, workdir):
     assert len(rows) == 2 and all("on-the-server" in row and run_id in row for row in rows)
     done, _ = cli(workdir, "promote", f"fast-{run_id[:8]}", "--tracking-uri", server_store, "--run-id", run_id)
     assert done.returncode == 0 and "of run 'on-the-server'" in done.stdout, done.stderr
+
+
+class NotFound(http.server.BaseHTTPRequestHandler):
+    """Any web server that is not MLflow: 404 for every GET (and 501 for other methods)."""
+
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+class BadGateway(NotFound):
+    """A proxy whose MLflow behind it is down: 502 for every GET."""
+
+    def do_GET(self):
+        self.send_error(502)
+
+
+@pytest.fixture(params=[NotFound, BadGateway])
+def not_mlflow(request):
+    """An HTTP server on a free port that answers, but is not (or no longer reaches) MLflow."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_is_not_mlflow_is_named_as_such(workdir, monkeypatch, not_mlflow):
+    monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})
+    tracker = MlflowTracker(tracking_uri=not_mlflow)
+    expected = f"{not_mlflow} (answers but is not an MLflow tracking server|fails \\(GET /health: HTTP 502\\))"
+    for read in (
+        lambda: tracked_ckpt.list_checkpoints(tracker=tracker, experiment="digits"),
+        lambda: tracked_ckpt.load_model("digits-classifier", tracker=tracker),  # not "no alias": the server is wrong
+    ):
+        started = time.monotonic()
+        with pytest.raises(TrackerError, match=expected):
+            read()
+        assert time.monotonic() - started < API_BOUND
+    done, seconds = cli(workdir, "show", "digits-classifier", "--tracking-uri", not_mlflow)
+    assert re.search(expected, one_error_line(done))
+    assert seconds < CLI_BOUND
