@@ -15,11 +15,12 @@ import time
 
 import mlflow
 import pytest
+from support.helpers import make_data, make_model
 from support.mlflow_runs import train_run
 from support.mlflow_server import free_port
 
 import tracked_ckpt
-from tracked_ckpt import TrackerError, fits
+from tracked_ckpt import TrackedModelCheckpoint, TrackerError, fits
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
@@ -172,3 +173,21 @@ def test_a_server_that_is_not_mlflow_is_named_as_such(workdir, monkeypatch, not_
     done, seconds = cli(workdir, "show", "digits-classifier", "--tracking-uri", not_mlflow)
     assert re.search(expected, one_error_line(done))
     assert seconds < CLI_BOUND
+
+
+def test_sync_against_a_dead_port_says_so_in_one_line_and_keeps_the_spool(workdir):
+    dead = f"http://127.0.0.1:{free_port()}"
+    callback = TrackedModelCheckpoint(
+        "ckpt/{epoch}.keras", monitor="loss", tracker=MlflowTracker(tracking_uri=dead), wait_timeout=1
+    )
+    x, y = make_data()
+    make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    spool = workdir / "ckpt" / ".tracked_ckpt" / "spool"
+    waiting = sorted(f for f in os.listdir(spool) if f.endswith(".json"))
+    assert len(waiting) == 2
+    done, seconds = cli(workdir, "sync")
+    line = one_error_line(done)
+    assert f"MLflow at {dead} does not answer, so 2 checkpoint(s) still wait" in line, line
+    assert "2 still pending" in done.stdout
+    assert seconds < CLI_BOUND, f"sync took {seconds:.1f}s"
+    assert sorted(f for f in os.listdir(spool) if f.endswith(".json")) == waiting

@@ -312,6 +312,11 @@ def _sync(args: argparse.Namespace) -> int:
             "checkpoints. Let it finish (or stop it), then run sync again."
         )
     pending = len(report.pending) + len(report.failed)
+    if report.unreachable:
+        raise RuntimeError(
+            f"{' and '.join(report.unreachable)} does not answer, so {pending} checkpoint(s) still wait: start "
+            "the server (or fix the URI the fit logged to), then run sync again."
+        )
     if pending:
         raise RuntimeError(f"{pending} checkpoint(s) could not be logged: is the tracker reachable? Run sync again.")
     return 0
