@@ -62,7 +62,7 @@ def _failed(client: MlflowClient, exc: MlflowException) -> TrackerError:
     first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
     uri = client.tracking_uri
     shown = without_credentials(uri) if uri.startswith(("http://", "https://")) else uri
-    return TrackerError(f"MLflow at {shown} failed to answer: {first}")
+    return TrackerError(f"MLflow at {shown} failed: {first}")
 
 
 class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
