@@ -75,9 +75,11 @@ _ANSWERED_FOR = 30.0
 def check_readable(uri: str, timeout: float = 5.0) -> None:
     """Refuse, in one line naming the URI and the fix, a store a read cannot use.
 
-    A server that cannot be connected to fails here within `timeout`, instead of
-    after minutes of MLflow's retries (which stay as configured for the user's
-    own calls); a sqlite store whose file does not exist is refused before
+    A server that cannot be connected to, or whose `/health` answers 5xx (a proxy
+    whose MLflow is down), fails here within `timeout`, instead of after minutes
+    of MLflow's retries (which stay as configured for the user's own calls); any
+    other answer, 404 included (a proxy serving MLflow under a path prefix or not
+    forwarding `/health`), lets MLflow speak for itself. A sqlite store whose file does not exist is refused before
     MLflow would create an empty one as a side effect of reading.
     """
     check_tracking_uri(uri)
@@ -97,17 +99,13 @@ def check_readable(uri: str, timeout: float = 5.0) -> None:
     try:
         urllib.request.urlopen(shown + "/health", timeout=timeout).close()
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:  # every MLflow server answers /health: this is something else
-            raise TrackerError(
-                f"{shown} answers but is not an MLflow tracking server (GET /health: 404): check the host, "
-                "port and path of MLFLOW_TRACKING_URI (--tracking-uri)."
-            ) from exc
+        # Any other answer (404 from a proxy serving MLflow under a path prefix or not
+        # forwarding /health, authentication, ...) means something listens: MLflow reports the details.
         if exc.code >= 500:  # e.g. a proxy whose MLflow is down: MLflow would retry for minutes
             raise TrackerError(
                 f"MLflow at {shown} fails (GET /health: HTTP {exc.code}): check the server behind that URI, "
                 "or point MLFLOW_TRACKING_URI (--tracking-uri) at one that runs."
             ) from exc
-        # Something answered (authentication, say): MLflow reports the details.
     except (OSError, ValueError) as exc:
         raise TrackerError(
             f"MLflow at {shown} does not answer: start the server there, or point "

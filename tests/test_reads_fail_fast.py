@@ -15,6 +15,7 @@ import time
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from support.helpers import make_data, make_model
 from support.mlflow_runs import train_run
 from support.mlflow_server import free_port
@@ -22,6 +23,7 @@ from support.mlflow_server import free_port
 import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint, TrackerError, fits
 from tracked_ckpt.integrations.mlflow import MlflowTracker
+from tracked_ckpt.integrations.mlflow_store import check_readable
 
 CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
 API_BOUND = 15.0  # seconds; the probe gives up after 5
@@ -131,48 +133,86 @@ def test_cli_against_the_real_server_still_reads(server_store, workdir):
 
 
 class NotFound(http.server.BaseHTTPRequestHandler):
-    """Any web server that is not MLflow: 404 for every GET (and 501 for other methods)."""
+    """A web server without MLflow at this path (or a proxy not forwarding /health): 404 for every request."""
 
     def do_GET(self):
         self.send_error(404)
+
+    do_POST = do_GET
 
     def log_message(self, *args):
         pass
 
 
 class BadGateway(NotFound):
-    """A proxy whose MLflow behind it is down: 502 for every GET."""
+    """A proxy whose MLflow behind it is down: 502 for every request."""
 
     def do_GET(self):
         self.send_error(502)
 
+    do_POST = do_GET
 
-@pytest.fixture(params=[NotFound, BadGateway])
-def not_mlflow(request):
-    """An HTTP server on a free port that answers, but is not (or no longer reaches) MLflow."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), request.param)
+
+def serving(handler):
+    """An HTTP server on a free port answering with `handler`; yields its URI."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-def test_a_server_that_is_not_mlflow_is_named_as_such(workdir, monkeypatch, not_mlflow):
+@pytest.fixture
+def not_found():
+    yield from serving(NotFound)
+
+
+@pytest.fixture
+def bad_gateway():
+    yield from serving(BadGateway)
+
+
+def test_a_proxy_whose_mlflow_is_down_is_named_as_such(workdir, monkeypatch, bad_gateway):
     monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})
-    tracker = MlflowTracker(tracking_uri=not_mlflow)
-    expected = f"{not_mlflow} (answers but is not an MLflow tracking server|fails \\(GET /health: HTTP 502\\))"
+    tracker = MlflowTracker(tracking_uri=bad_gateway)
+    expected = f"MLflow at {bad_gateway} fails \\(GET /health: HTTP 502\\)"
     for read in (
         lambda: tracked_ckpt.list_checkpoints(tracker=tracker, experiment="digits"),
-        lambda: tracked_ckpt.load_model("digits-classifier", tracker=tracker),  # not "no alias": the server is wrong
+        lambda: tracked_ckpt.load_model("digits-classifier", tracker=tracker),  # not "no alias": the server fails
     ):
         started = time.monotonic()
         with pytest.raises(TrackerError, match=expected):
             read()
         assert time.monotonic() - started < API_BOUND
-    done, seconds = cli(workdir, "show", "digits-classifier", "--tracking-uri", not_mlflow)
+    done, seconds = cli(workdir, "show", "digits-classifier", "--tracking-uri", bad_gateway)
     assert re.search(expected, one_error_line(done))
     assert seconds < CLI_BOUND
+
+
+def test_a_404_on_health_is_not_refused_mlflow_answers_for_itself(workdir, monkeypatch, not_found):
+    """A reverse proxy may serve MLflow under a path prefix or not forward /health: the probe lets
+    it through, and what MLflow then says about the 404s comes back in one line, without retries."""
+    monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})
+    check_readable(not_found)  # the probe does not refuse it
+    check_readable(not_found + "/mlflow")
+    tracker = MlflowTracker(tracking_uri=not_found)
+    started = time.monotonic()
+    with pytest.raises(MlflowException, match="experiments/get-by-name failed with error code 404"):
+        tracked_ckpt.list_checkpoints(tracker=tracker, experiment="digits")
+    assert time.monotonic() - started < API_BOUND
+    started = time.monotonic()
+    # A registry read's failure is never taken for an absent alias.
+    with pytest.raises(TrackerError, match=f"MLflow at {not_found} failed: .*registered-models/alias.* 404"):
+        tracked_ckpt.load_model("digits-classifier", tracker=tracker)
+    assert time.monotonic() - started < API_BOUND
+    for args, endpoint in ((["show", "digits-classifier"], "registered-models/alias"), (["ls"], "experiments/search")):
+        done, seconds = cli(workdir, *args, "--tracking-uri", not_found)
+        line = one_error_line(done)
+        assert "not an MLflow tracking server" not in line and endpoint in line and "404" in line, line
+        assert seconds < CLI_BOUND
 
 
 def test_sync_against_a_dead_port_says_so_in_one_line_and_keeps_the_spool(workdir):
