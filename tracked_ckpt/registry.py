@@ -1,9 +1,10 @@
 """The registry helper: list checkpoints, promote the best one, load it back by alias or tag.
 
-Tracker-agnostic: the selection rules (which checkpoint is best, whether a
-challenger beats the current champion) live here; trackers only answer
-narrow questions (`tracked_ckpt.tracker.TrackerRegistry`) with a constant number of calls each, so
-promoting over a run of 1,000 checkpoints costs the same as over 10.
+Tracker-agnostic: the promotion rule (whether a challenger beats the current
+champion) lives here, which checkpoints a read selects (`where`, ranking, order)
+in `tracked_ckpt.selection`; trackers only answer narrow questions
+(`tracked_ckpt.tracker.TrackerRegistry`) with a constant number of calls each,
+so promoting over a run of 1,000 checkpoints costs the same as over 10.
 
 Example:
 
@@ -29,8 +30,19 @@ from typing import Any
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.errors import UnknownKeyError
 from tracked_ckpt.fits import last_destination, wait
-from tracked_ckpt.record import SCHEMA_KEYS, is_better
+from tracked_ckpt.record import is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
+from tracked_ckpt.selection import (
+    no_value_error,
+    oldest_first,
+    parse_where,
+    rank,
+    run_name,
+    run_text,
+    scope_text,
+    trial_of,
+    with_commit_prefix,
+)
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of, resolve_tracker, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
@@ -38,10 +50,6 @@ logger = logging.getLogger("tracked_ckpt")
 DEFAULT_ALIAS = "champion"
 #: `experiment=` for every experiment of the store (MLflow).
 ALL_EXPERIMENTS = "*"
-_BOOLEAN_KEYS = ("is_best", "git_dirty", "preempted")
-_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-_COMMIT_PREFIX_RE = re.compile(r"^[0-9a-f]{7,39}$")
-_TRIAL_RE = re.compile(r"\btrial[ _-]?#?([A-Za-z0-9]+)", re.IGNORECASE)
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
@@ -128,11 +136,9 @@ def list_checkpoints(
         ```
     """
     tracker = resolve_tracker(tracker)
-    exact, commit_prefix = _where(where)
+    exact, commit_prefix = parse_where(where)
     found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=exact)
-    if commit_prefix is not None:
-        found = [c for c in found if (c.record.git_commit or "").lower().startswith(commit_prefix)]
-    return sorted(found, key=_oldest_first)
+    return sorted(with_commit_prefix(found, commit_prefix), key=oldest_first)
 
 
 def best_checkpoint(
@@ -161,9 +167,9 @@ def best_checkpoint(
     """
     tracker = resolve_tracker(tracker)
     scope = _scope(tracker, run_id, experiment)
-    ranked = _rank(tracker, scope, None, monitor, mode)
+    ranked = rank(tracker, scope, None, monitor, mode)
     if ranked is not None and ranked.best is None:
-        raise _no_value(tracker, scope, None, ranked.monitor)
+        raise no_value_error(tracker, scope, None, ranked.monitor)
     return ranked.best if ranked is not None else None
 
 
@@ -213,27 +219,27 @@ def promote_best(
     validate_alias(alias)
     tracker = resolve_tracker(tracker)
     scope = _scope(tracker, run_id, experiment)
-    ranked = _rank(tracker, scope, {"name": name} if name else None, monitor, mode)
+    ranked = rank(tracker, scope, {"name": name} if name else None, monitor, mode)
     if ranked is None:
         raise LookupError(
-            f"No tracked checkpoints found in {_scope_text(scope)}: train with TrackedModelCheckpoint first."
+            f"No tracked checkpoints found in {scope_text(scope)}: train with TrackedModelCheckpoint first."
         )
     challenger, monitor, mode = ranked.best, ranked.monitor, ranked.mode
     challenger_value = challenger.record.metric(monitor) if challenger else None
     if challenger is None or challenger_value is None:
-        raise _no_value(tracker, scope, {"name": name} if name else None, monitor)
-    run_name, trial = _run_name(challenger), _trial(challenger)
+        raise no_value_error(tracker, scope, {"name": name} if name else None, monitor)
+    challenger_run, trial = run_name(challenger), trial_of(challenger)
     previous = registry_of(tracker).alias_holder(registered_name, alias)
     if previous is not None and previous.id == challenger.id:
         return PromotionResult(
             False,
-            f"{alias!r} already points at {challenger.record.name} of {_run_text(challenger)}.",
+            f"{alias!r} already points at {challenger.record.name} of {run_text(challenger)}.",
             registered_name,
             alias,
             previous.extra.get("version"),
             challenger,
             previous,
-            run_name,
+            challenger_run,
             trial,
         )
     if only_if_better and previous is not None:
@@ -242,22 +248,22 @@ def promote_best(
         if held is not None and comparable and not is_better(challenger_value, held, mode):
             return PromotionResult(
                 False,
-                f"Kept {previous.record.name} of {_run_text(previous)} ({monitor}={held:.6g}) as {alias!r}: "
-                f"{challenger.record.name} of {_run_text(challenger)} ({monitor}={challenger_value:.6g}) "
+                f"Kept {previous.record.name} of {run_text(previous)} ({monitor}={held:.6g}) as {alias!r}: "
+                f"{challenger.record.name} of {run_text(challenger)} ({monitor}={challenger_value:.6g}) "
                 "is not better.",
                 registered_name,
                 alias,
                 previous.extra.get("version"),
                 challenger,
                 previous,
-                run_name,
+                challenger_run,
                 trial,
             )
     version = registry_of(tracker, "register checkpoints").register(registered_name, challenger, alias)
     logger.info(
         "Promoted %s of %s (%s=%.6g) to %s@%s (version %s).",
         challenger.record.name,
-        _run_text(challenger),
+        run_text(challenger),
         monitor,
         challenger_value,
         registered_name,
@@ -266,14 +272,14 @@ def promote_best(
     )
     return PromotionResult(
         True,
-        f"{alias!r} now points at {challenger.record.name} of {_run_text(challenger)} "
+        f"{alias!r} now points at {challenger.record.name} of {run_text(challenger)} "
         f"({monitor}={challenger_value:.6g}).",
         registered_name,
         alias,
         version,
         challenger,
         previous,
-        run_name,
+        challenger_run,
         trial,
     )
 
@@ -418,120 +424,10 @@ def _checkpoint_meant(
     return registry_of(tracker, "download checkpoints").resolve_for_load(registered_name, alias=alias, version=version)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Ranked:
-    best: LoggedCheckpoint | None  # None: no checkpoint of the scope has a value for `monitor`
-    monitor: str
-    mode: str
-
-
-def _rank(
-    tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] | None, monitor: str | None, mode: str | None
-) -> _Ranked | None:
-    """The best checkpoint of a scope, ranked on the tracker's side by `monitor` and `mode`.
-
-    Both default to those recorded with the checkpoints (one sampled); None when
-    they are needed and the scope holds no checkpoint at all.
-    """
-    if monitor is None or mode is None:
-        sample = registry_of(tracker).search_checkpoints(scope, where=where, max_results=1)
-        if not sample:
-            return None
-        monitor = monitor or sample[0].record.monitor
-        mode = mode or sample[0].record.mode
-    if mode not in ("min", "max"):
-        raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
-    ranked = registry_of(tracker).search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
-    best = ranked[0] if ranked and ranked[0].record.metric(monitor) is not None else None
-    return _Ranked(best, monitor, mode)
-
-
 def _scope(tracker: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
     """The tracker's scope; with neither given, it defaults to where this process's last fit logged."""
     wait()  # fits that returned with uploads still running (blocking=False): their checkpoints count
     return registry_of(tracker).scope(run_id, experiment, last=last_destination(tracker_key(tracker)))
-
-
-def _where(where: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
-    """`where` as the tracker matches it exactly, and a git commit prefix to match here (or None).
-
-    Booleans are read as users write them; a `git_commit` of 7 to 39 hex digits is a prefix
-    (what `ls` prints is 8), which no tracker's exact match would find.
-    """
-    if not where:
-        return None, None
-    unknown = [k for k in where if k not in SCHEMA_KEYS and k != "name"]
-    if unknown:
-        raise UnknownKeyError(f"Cannot filter on {unknown}: use schema keys {list(SCHEMA_KEYS)} or 'name'.")
-    exact: dict[str, Any] = {}
-    prefix = None
-    for key, value in where.items():
-        if key in _BOOLEAN_KEYS and not isinstance(value, bool):
-            word = str(value).strip().lower()
-            if word not in _BOOLEANS:
-                raise ValueError(f"{key}={value!r} is not a boolean: use true/false, yes/no or 1/0.")
-            value = _BOOLEANS[word]
-        if key == "git_commit" and _COMMIT_PREFIX_RE.match(str(value).strip().lower()):
-            prefix = str(value).strip().lower()
-            continue
-        exact[key] = value
-    return exact or None, prefix
-
-
-def _oldest_first(checkpoint: LoggedCheckpoint) -> tuple[float, str, int, int]:
-    """By when it was logged (`extra["created"]`, where the tracker says), then step and epoch.
-
-    Two fits that count steps from 0 (stages of a fine-tune, trials) do not interleave;
-    without a creation time, each run's checkpoints stay together.
-    """
-    created = checkpoint.extra.get("created")
-    if isinstance(created, (int, float)):
-        return float(created), "", checkpoint.record.step, checkpoint.record.epoch
-    return 0.0, checkpoint.run_id, checkpoint.record.step, checkpoint.record.epoch
-
-
-def _no_value(
-    tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] | None, monitor: str
-) -> UnknownKeyError:
-    """The error for a monitor no checkpoint of the scope has a value for, listing the metrics they have."""
-    sample = registry_of(tracker).search_checkpoints(scope, where=where, max_results=20)
-    metrics = sorted({key for c in sample for key, value in c.record.metrics.items() if value is not None})
-    have = ", ".join(metrics) if metrics else "no metrics"
-    return UnknownKeyError(
-        f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}: they have {have}. "
-        "Pass one of those as monitor= (--monitor)."
-    )
-
-
-def _run_name(checkpoint: LoggedCheckpoint) -> str:
-    return str(checkpoint.extra.get("run_name") or "")
-
-
-def _trial(checkpoint: LoggedCheckpoint) -> str | None:
-    """The trial a run's name says it is: `tuner-trial-03` -> "03"."""
-    found = _TRIAL_RE.search(_run_name(checkpoint))
-    return found.group(1) if found else None
-
-
-def _run_text(checkpoint: LoggedCheckpoint) -> str:
-    """A run as people tell runs apart: its name (and trial) and its id.
-
-    Example:
-        >>> from tracked_ckpt.record import CheckpointRecord
-        >>> record = CheckpointRecord.from_metadata({"epoch": 3, "step": 30, "sha256": "0" * 64}, name="net-e0003")
-        >>> _run_text(LoggedCheckpoint("m-1", "1a2b", record, "mlflow", extra={"run_name": "tune-trial-02"}))
-        "run 'tune-trial-02' (1a2b, trial 02)"
-        >>> _run_text(LoggedCheckpoint("m-1", "1a2b", record, "mlflow"))
-        'run 1a2b'
-    """
-    name, trial = _run_name(checkpoint), _trial(checkpoint)
-    if not name:
-        return f"run {checkpoint.run_id}"
-    return f"run {name!r} ({checkpoint.run_id}{f', trial {trial}' if trial else ''})"
-
-
-def _scope_text(scope: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in scope.items() if k not in ("tracking_uri",)) or "scope"
 
 
 __all__ = [
