@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient
 from tracked_ckpt.files import safe_file_name
 from tracked_ckpt.integrations.mlflow_model import KERAS_DATA_DIR, schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
+    check_readable,
     check_tracking_uri,
     model_id_from_source,
     pages,
@@ -51,6 +52,17 @@ logger = logging.getLogger("tracked_ckpt")
 
 JOB_KEY_TAG = "tracked_ckpt.job_key"  # run tags of resume="<job key>" (tracked_ckpt.resume)
 JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
+ALL_EXPERIMENTS = "*"  # experiment= that scopes a read to every experiment of the store
+# What MLflow says of an absent registered model, alias or version; any other error is a failure.
+_ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _failed(client: MlflowClient, exc: MlflowException) -> TrackerError:
+    """A registry read that failed (not "absent"), in one line naming the store."""
+    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
+    uri = client.tracking_uri
+    shown = without_credentials(uri) if uri.startswith(("http://", "https://")) else uri
+    return TrackerError(f"MLflow at {shown} failed: {first}")
 
 
 class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
@@ -75,6 +87,10 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
     def _experiment_id(self, client: MlflowClient) -> str:
         """The id of the experiment the tracker's new runs go to."""
 
+    @abc.abstractmethod
+    def run_url(self, destination: Mapping[str, Any]) -> str | None:
+        """A link to a run in the MLflow UI (`tracked_ckpt.tracker.Tracker.run_url`)."""
+
     # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
 
     @override
@@ -91,8 +107,16 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
     def _scope(
         self, uri: str, run_id: str | None, experiment: str | None, last: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        client = self.client(uri)
         run_id = run_id or self.run_id
+        experiment = experiment or self.experiment
+        if not run_id and not experiment and last is not None and "run_id" in last:
+            check_readable(last["tracking_uri"])
+            return {
+                "tracking_uri": last["tracking_uri"],
+                "experiment_ids": [last["experiment_id"]],
+                "run_id": last["run_id"],
+            }
+        client = self._read_client(uri)
         if run_id:
             try:
                 run = client.get_run(run_id)
@@ -101,7 +125,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                     f"MLflow run {run_id!r} not found at {uri}: check --run-id / MLFLOW_TRACKING_URI."
                 ) from exc
             return {"tracking_uri": uri, "experiment_ids": [run.info.experiment_id], "run_id": run_id}
-        experiment = experiment or self.experiment
+        if experiment == ALL_EXPERIMENTS:
+            return {"tracking_uri": uri, "experiment_ids": self._experiment_ids(client)}
         if experiment:
             found = client.get_experiment_by_name(experiment)
             if found is None:
@@ -109,17 +134,11 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                     f"MLflow experiment {experiment!r} not found at {uri}: check the name or MLFLOW_TRACKING_URI."
                 )
             return {"tracking_uri": uri, "experiment_ids": [found.experiment_id]}
-        if last is not None and "run_id" not in last:
+        if last is not None:
             raise LookupError(
                 "The last fit could not reach MLflow, so its checkpoints wait in the spool: run "
                 "`tracked-ckpt sync`, then pass run_id= or experiment=."
             )
-        if last is not None:
-            return {
-                "tracking_uri": last["tracking_uri"],
-                "experiment_ids": [last["experiment_id"]],
-                "run_id": last["run_id"],
-            }
         latest = self._latest_checkpoint_run(client)
         if latest is None:
             raise LookupError(
@@ -130,9 +149,19 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         return self._scope(uri, latest, None)
 
     @staticmethod
-    def _latest_checkpoint_run(client: MlflowClient) -> str | None:
+    def _experiment_ids(client: MlflowClient) -> list[str]:
+        """The ids of every (active) experiment of the store."""
+        return [e.experiment_id for page in pages(client.search_experiments) for e in page]
+
+    def _read_client(self, uri: str) -> MlflowClient:
+        """The client of a store a read may use: one that answers and exists (see `check_readable`)."""
+        check_readable(uri)
+        return self.client(uri)
+
+    @classmethod
+    def _latest_checkpoint_run(cls, client: MlflowClient) -> str | None:
         """The run that logged the store's most recent tracked checkpoint (two requests, for up to 1000 experiments)."""
-        experiment_ids = [e.experiment_id for page in pages(client.search_experiments) for e in page]
+        experiment_ids = cls._experiment_ids(client)
         if not experiment_ids:
             return None
         found = client.search_logged_models(
@@ -184,25 +213,43 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             found.extend(m for m in page if m.status == LoggedModelStatus.READY)
             if max_results is not None and len(found) >= max_results:
                 break
-        return [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
+        return self._with_run_names(
+            client, [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
+        )
+
+    @staticmethod
+    def _with_run_names(client: MlflowClient, checkpoints: list[LoggedCheckpoint]) -> list[LoggedCheckpoint]:
+        """The checkpoints with their run's name in `extra["run_name"]`: one request per 100 runs."""
+        experiments = {c.run_id: str(c.extra.get("experiment_id", "")) for c in checkpoints if c.run_id}
+        run_ids = sorted(experiments)
+        names: dict[str, str] = {}
+        for start in range(0, len(run_ids), 100):
+            part = run_ids[start : start + 100]
+            for run in client.search_runs(
+                sorted({experiments[r] for r in part}),
+                filter_string="attributes.run_id IN (" + ", ".join(f"'{quote(r)}'" for r in part) + ")",
+                max_results=len(part),
+            ):
+                names[run.info.run_id] = run.info.run_name or ""
+        return [dataclasses.replace(c, extra={**c.extra, "run_name": names.get(c.run_id, "")}) for c in checkpoints]
 
     @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `registered_name@alias` points at, or None."""
-        client = self.client(self._registry_uri())
+        client = self._read_client(self._registry_uri())
         try:
             version = client.get_model_version_by_alias(registered_name, alias)
         except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if exc.error_code in _ABSENT:
                 return None
-            raise
+            raise _failed(client, exc) from exc
         return self._version_checkpoint(client, version)
 
     @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
         """Register the checkpoint's LoggedModel (once) and move `alias` onto that version."""
         # In the registry of the store the checkpoint lives in (the last fit's server, say).
-        client = self.client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
+        client = self._read_client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
         source = f"models:/{checkpoint.id}"
         try:
             client.create_registered_model(registered_name, description="Promoted by tracked-ckpt")
@@ -242,7 +289,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
     @override
     def resolve(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
         """The checkpoint behind `registered_name@alias` or `registered_name/version`."""
-        client = self.client(self._registry_uri())
+        client = self._read_client(self._registry_uri())
         try:
             if alias is not None:
                 mv = client.get_model_version_by_alias(registered_name, alias)
@@ -251,6 +298,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             else:
                 raise ValueError("Pass alias= or version=.")
         except MlflowException as exc:
+            if exc.error_code not in _ABSENT:
+                raise _failed(client, exc) from exc
             what = f"alias {alias!r}" if alias is not None else f"version {version}"
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} at {client.tracking_uri}: "
@@ -272,7 +321,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         is read only on a cache miss, by `fetch`. The downloaded bytes are still
         checked against the recorded sha256.
         """
-        client = self.client(self._registry_uri())
+        client = self._read_client(self._registry_uri())
         try:
             mv = (
                 client.get_model_version_by_alias(registered_name, alias)
@@ -303,6 +352,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download just the checkpoint file of a LoggedModel into `directory`."""
         tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
+        check_readable(tracking_uri)
         location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
         relative = (
             f"{KERAS_DATA_DIR}/model.keras"
@@ -337,10 +387,19 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         except MlflowException:
             return None
         found = self._checkpoint(model, tracking_uri=client.tracking_uri)
+        try:
+            run_name = client.get_run(found.run_id).info.run_name or "" if found.run_id else ""
+        except MlflowException:
+            run_name = ""  # the run was deleted: the checkpoint still loads
         return dataclasses.replace(
             found,
             aliases=tuple(version.aliases or ()),
-            extra={**found.extra, "version": str(version.version), "registered_name": version.name},
+            extra={
+                **found.extra,
+                "version": str(version.version),
+                "registered_name": version.name,
+                "run_name": run_name,
+            },
         )
 
     def _checkpoint(self, model: LoggedModel, tracking_uri: str | None = None) -> LoggedCheckpoint:
@@ -349,15 +408,22 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
             metrics[metric.key] = metric.value  # the latest value wins, as in MLflow's ordering
         record = CheckpointRecord.from_metadata(metadata, name=model.name, metrics=metrics)
+        uri = tracking_uri or self.tracking_uri or mlflow.get_tracking_uri()
+        run_id = model.source_run_id or ""
         return LoggedCheckpoint(
             id=model.model_id,
-            run_id=model.source_run_id or "",
+            run_id=run_id,
             record=record,
             tracker=self.name,
             location=model.artifact_location,
             extra={
-                "tracking_uri": tracking_uri or self.tracking_uri or mlflow.get_tracking_uri(),
+                "tracking_uri": uri,
                 "status": str(model.status),
+                "experiment_id": model.experiment_id,
+                "created": model.creation_timestamp,
+                "run_url": self.run_url({"tracking_uri": uri, "experiment_id": model.experiment_id, "run_id": run_id})
+                if run_id
+                else None,
             },
         )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -64,6 +65,53 @@ def reachable(uri: str, timeout: float = 5.0) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+# Stores a read found answering, by URI: when (time.monotonic()); one probe serves a command's reads.
+_ANSWERED: dict[str, float] = {}
+_ANSWERED_FOR = 30.0
+
+
+def check_readable(uri: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line naming the URI and the fix, a store a read cannot use.
+
+    A server that cannot be connected to, or whose `/health` answers 5xx (a proxy
+    whose MLflow is down), fails here within `timeout`, instead of after minutes
+    of MLflow's retries (which stay as configured for the user's own calls); any
+    other answer, 404 included (a proxy serving MLflow under a path prefix or not
+    forwarding `/health`), lets MLflow speak for itself. A sqlite store whose file does not exist is refused before
+    MLflow would create an empty one as a side effect of reading.
+    """
+    check_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :].partition("?")[0]
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise TrackerError(
+                f"No MLflow store here: {os.path.abspath(path)} does not exist ({uri}). Run from the folder "
+                "holding your mlflow.db, or point MLFLOW_TRACKING_URI (--tracking-uri) at your store."
+            )
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    if time.monotonic() - _ANSWERED.get(uri, -_ANSWERED_FOR) < _ANSWERED_FOR:
+        return
+    shown = without_credentials(uri)
+    try:
+        urllib.request.urlopen(shown + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        # Any other answer (404 from a proxy serving MLflow under a path prefix or not
+        # forwarding /health, authentication, ...) means something listens: MLflow reports the details.
+        if exc.code >= 500:  # e.g. a proxy whose MLflow is down: MLflow would retry for minutes
+            raise TrackerError(
+                f"MLflow at {shown} fails (GET /health: HTTP {exc.code}): check the server behind that URI, "
+                "or point MLFLOW_TRACKING_URI (--tracking-uri) at one that runs."
+            ) from exc
+    except (OSError, ValueError) as exc:
+        raise TrackerError(
+            f"MLflow at {shown} does not answer: start the server there, or point "
+            "MLFLOW_TRACKING_URI (--tracking-uri) at one that runs."
+        ) from exc
+    _ANSWERED[uri] = time.monotonic()
 
 
 # -- artifacts --------------------------------------------------------------------------------

@@ -23,24 +23,41 @@ def run_cli(capsys, *args):
     return code, out, err
 
 
-def test_ls_show_promote_pull(embedded_store, workdir, capsys):
-    run_id = train_run([0.4, 0.2, 0.3], "ckpt/c-{epoch}.keras")
-    code, out, _ = run_cli(capsys, "ls", "--run-id", run_id)
+HEADER = ["name", "run", "run_id", "epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id"]
+
+
+def table(out: str) -> list[dict[str, str]]:
+    """The rows of `ls` as dicts by column, cut where the header's columns start (a size has a space)."""
     lines = out.strip().splitlines()
+    assert lines[0].split() == HEADER
+    starts = [lines[0].index(f"{name} ") if name != "id" else lines[0].rindex("id") for name in HEADER]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return [{name: line[a:b].strip() for name, (a, b) in zip(HEADER, bounds, strict=True)} for line in lines[1:]]
+
+
+def test_ls_show_promote_pull(embedded_store, workdir, capsys):
+    run_id = train_run([0.4, 0.2, 0.3], "ckpt/c-{epoch}.keras", run_name="first-try")
+    code, out, _ = run_cli(capsys, "ls", "--run-id", run_id)
     assert code == 0
-    assert lines[0].split() == ["epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id"]
-    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"]
-    assert "0.2" in lines[2] and "*" in lines[2]
+    rows = table(out)
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert rows[1]["value"] == "0.2" and rows[1]["best"] == "*"
+    assert {(row["run"], row["run_id"]) for row in rows} == {("first-try", run_id)}
+    assert [row["name"] for row in rows] == ["tiny-e0001", "tiny-e0002", "tiny-e0003"]
 
     code, out, _ = run_cli(capsys, "ls", "--run-id", run_id, "--where", "is_best=true", "--json")
     assert [json.loads(line)["epoch"] for line in out.strip().splitlines()] == [1, 2]
 
     code, out, _ = run_cli(capsys, "promote", "cli-model", "--run-id", run_id)
     assert code == 0 and "cli-model@champion -> version 1" in out
+    assert f"tiny-e0002 of run 'first-try' ({run_id})" in out
 
     code, out, _ = run_cli(capsys, "show", "cli-model")
     assert code == 0 and "c-e0002" not in out  # named after the model, not the file
     assert "tiny-e0002" in out and "epoch: 2" in out and "aliases: champion" in out
+    assert f"run: first-try ({run_id})" in out
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    assert f"ui: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}" in out
 
     code, out, _ = run_cli(capsys, "pull", "cli-model", "--alias", "champion", "-o", str(workdir / "pulled"))
     pulled = out.strip()

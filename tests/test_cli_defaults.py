@@ -47,7 +47,7 @@ def test_ls_with_no_flags_lists_the_most_recent_run(embedded_store, workdir):
     done = cli(workdir, "ls")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0].split()[:2] == ["epoch", "step"]
+    assert lines[0].split()[:5] == ["name", "run", "run_id", "epoch", "step"]
     ids = [line.split()[-1] for line in lines[1:]]
     client = mlflow.MlflowClient()
     newest = client.search_logged_models(
@@ -55,7 +55,8 @@ def test_ls_with_no_flags_lists_the_most_recent_run(embedded_store, workdir):
         filter_string=f"source_run_id = '{newer}'",
     )
     assert sorted(ids) == sorted(m.model_id for m in newest) and len(ids) == 2
-    assert [line.split()[0] for line in lines[1:]] == ["1", "2"]
+    assert [line.split()[3] for line in lines[1:]] == ["1", "2"]
+    assert {line.split()[2] for line in lines[1:]} == {newer}
     assert not set(ids) & {
         m.model_id
         for m in client.search_logged_models(

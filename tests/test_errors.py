@@ -24,6 +24,7 @@ BUILT_IN_BASES = {
     "JobLockedError": RuntimeError,
     "MissingRequirementError": ImportError,
     "TrackerError": RuntimeError,
+    "UnknownKeyError": ValueError,
     "UnsupportedVersionError": RuntimeError,
 }
 

@@ -12,11 +12,12 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from support.helpers import make_data, make_model
+from support.helpers import head, make_data, make_model, make_repo
 from support.mlflow_runs import train_run
 
 import tracked_ckpt
 from tracked_ckpt import ChecksumError, TrackedModelCheckpoint
+from tracked_ckpt.cli import main
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 
@@ -189,7 +190,7 @@ def test_list_checkpoints_filters_by_schema_fields(store, workdir):
     assert tracked_ckpt.list_checkpoints(run_id=run_id, where={"git_commit": "0" * 40}) == []
     # Default scope: the run the last fit in this process logged to.
     assert [c.id for c in tracked_ckpt.list_checkpoints()] == [c.id for c in everything]
-    with pytest.raises(ValueError, match="Cannot filter on"):
+    with pytest.raises(tracked_ckpt.UnknownKeyError, match="Cannot filter on"):
         tracked_ckpt.list_checkpoints(run_id=run_id, where={"colour": "red"})
 
 
@@ -243,3 +244,64 @@ def test_a_tie_goes_to_the_checkpoint_that_reached_the_value_first(store, workdi
     result = tracked_ckpt.promote_best(unique("reg-tie"), run_id=run_id)
     assert result.checkpoint.record.epoch == 2
     assert result.checkpoint.record.is_best  # the same one the is_best flag names
+
+
+def test_a_monitor_no_checkpoint_has_is_an_error_listing_the_metrics(embedded_store, workdir):
+    run_id = train([0.3, 0.2])
+    with pytest.raises(tracked_ckpt.UnknownKeyError, match=r"'scor'.*score") as raised:
+        tracked_ckpt.promote_best("reg-typo", run_id=run_id, monitor="scor", mode="min")
+    assert isinstance(raised.value, (tracked_ckpt.TrackedCkptError, ValueError))
+    with pytest.raises(tracked_ckpt.UnknownKeyError, match=r"'scor'.*score"):
+        tracked_ckpt.best_checkpoint(run_id=run_id, monitor="scor", mode="min")
+    assert mlflow.MlflowClient().search_registered_models("name = 'reg-typo'") == []
+    code = main(["promote", "reg-typo", "--run-id", run_id, "--monitor", "val_los"])
+    assert code == 1  # a CI step fails
+
+
+def test_where_reads_booleans_and_commit_prefixes_as_users_write_them(embedded_store, workdir, isolated_git):
+    make_repo(workdir)
+    run_id = train([0.5, 0.6, 0.2])
+    commit = head(workdir)
+    for word in ("yes", "true", "1", True):
+        assert [c.record.epoch for c in tracked_ckpt.list_checkpoints(run_id=run_id, where={"is_best": word})] == [1, 3]
+    for word in ("no", "False", "0"):
+        assert [c.record.epoch for c in tracked_ckpt.list_checkpoints(run_id=run_id, where={"is_best": word})] == [2]
+    with pytest.raises(ValueError, match="not a boolean"):
+        tracked_ckpt.list_checkpoints(run_id=run_id, where={"is_best": "maybe"})
+    for prefix in (commit[:7], commit[:8], commit.upper()[:12], commit):
+        assert len(tracked_ckpt.list_checkpoints(run_id=run_id, where={"git_commit": prefix})) == 3, prefix
+    assert tracked_ckpt.list_checkpoints(run_id=run_id, where={"git_commit": "0000000"}) == []
+    with pytest.raises(tracked_ckpt.UnknownKeyError, match="Cannot filter on.*git_commit"):
+        tracked_ckpt.list_checkpoints(run_id=run_id, where={"commit": commit[:8]})
+
+
+def test_listing_is_oldest_first_across_fits_and_runs(embedded_store, workdir, capsys):
+    mlflow.set_experiment("stages")
+    x, y = make_data()
+    with mlflow.start_run(run_name="two-stages") as run:
+        for stage in ("digits", "digits-2"):  # a fine-tune's second stage counts steps from 0 again
+            callback = TrackedModelCheckpoint(f"ckpt/{stage}-{{epoch}}.keras", name=stage, monitor="loss")
+            make_model().fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    later = train([0.3], run_name="later")
+    listed = tracked_ckpt.list_checkpoints(experiment="stages")
+    names = [c.record.name for c in listed]
+    assert names == ["digits-e0001", "digits-e0002", "digits-2-e0001", "digits-2-e0002", "tiny-e0001"]
+    assert [c.run_id for c in listed] == [run.info.run_id] * 4 + [later]
+    assert [c.record.name for c in tracked_ckpt.list_checkpoints(run_id=run.info.run_id)] == names[:4]
+    # Every experiment, grouped by run: another experiment's run is listed too.
+    mlflow.set_experiment("elsewhere")
+    other = train([0.4], run_name="other")
+    assert main(["ls", "--all-experiments"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert [row[1] for row in rows] == ["two-stages"] * 4 + ["later", "other"]
+    assert [row[2] for row in rows][-1] == other
+
+
+def test_the_promotion_names_the_champions_run_and_trial(embedded_store, workdir):
+    mlflow.set_experiment("tuning")
+    train([0.5], run_name="tune-trial-01")
+    best = train([0.4, 0.1], run_name="tune-trial-02")
+    result = tracked_ckpt.promote_best("reg-trial", experiment="tuning")
+    assert result.checkpoint.run_id == best
+    assert (result.run_name, result.trial) == ("tune-trial-02", "02")
+    assert result.reason.startswith(f"'champion' now points at tiny-e0002 of run 'tune-trial-02' ({best}, trial 02)")

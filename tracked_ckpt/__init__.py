@@ -29,6 +29,7 @@ _EXPORTS = {
     "MissingRequirementError": "tracked_ckpt.errors",
     "TrackedCkptError": "tracked_ckpt.errors",
     "TrackerError": "tracked_ckpt.errors",
+    "UnknownKeyError": "tracked_ckpt.errors",
     "UnsupportedVersionError": "tracked_ckpt.errors",
     "LoggedEntry": "tracked_ckpt.publisher",
     "PublishReport": "tracked_ckpt.publisher",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         MissingRequirementError,
         TrackedCkptError,
         TrackerError,
+        UnknownKeyError,
         UnsupportedVersionError,
     )
     from tracked_ckpt.fits import wait

@@ -97,15 +97,19 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--run-id", help="the run to look in")
         p.add_argument("--experiment", help="look in every run of this experiment (W&B: project)")
 
-    ls = commands.add_parser("ls", help="list the checkpoints of a run or experiment as a table")
+    ls = commands.add_parser(
+        "ls", help="list the checkpoints of a run, an experiment or every experiment as a table, grouped by run"
+    )
     common(ls)
     scope(ls)
+    ls.add_argument("--all-experiments", action="store_true", help="look in every experiment of the store (MLflow)")
     ls.add_argument(
         "--where",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"keep checkpoints whose schema field matches (repeatable); keys: {', '.join(SCHEMA_KEYS)}",
+        help="keep checkpoints whose schema field matches (repeatable; git_commit takes a prefix of 7+ "
+        f"hex digits, booleans yes/no, true/false or 1/0); keys: {', '.join(SCHEMA_KEYS)}",
     )
     ls.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     ls.set_defaults(func=_ls)
@@ -168,18 +172,37 @@ def _ls(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--where {item!r} is not KEY=VALUE, e.g. --where epoch=3")
         where[key] = value
+    if args.all_experiments and args.experiment:
+        raise ValueError("Pass --experiment NAME or --all-experiments, not both.")
     found = registry.list_checkpoints(
-        run_id=args.run_id, experiment=args.experiment, tracker=args.tracker, where=where or None
+        run_id=args.run_id,
+        experiment=registry.ALL_EXPERIMENTS if args.all_experiments else args.experiment,
+        tracker=args.tracker,
+        where=where or None,
     )
+    found = _grouped_by_run(found)
     if args.json:
         for c in found:
-            print(json.dumps({"id": c.id, "run_id": c.run_id, "name": c.record.name, **c.record.metadata()}))
+            print(
+                json.dumps(
+                    {
+                        "id": c.id,
+                        "run_id": c.run_id,
+                        "run_name": c.extra.get("run_name") or "",
+                        "name": c.record.name,
+                        **c.record.metadata(),
+                    }
+                )
+            )
         return 0
-    rows = [("epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id")]
+    rows = [("name", "run", "run_id", "epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id")]
     for c in found:
         r = c.record
         rows.append(
             (
+                r.name or "-",
+                str(c.extra.get("run_name") or "-"),
+                c.run_id or "-",
                 str(r.epoch),
                 str(r.step),
                 r.monitor,
@@ -193,8 +216,17 @@ def _ls(args: argparse.Namespace) -> int:
         )
     _table(rows)
     if not found:
-        print("(no checkpoints)", file=sys.stderr)
+        hint = f" match --where {' '.join(args.where)}: drop it to see them all" if args.where else ""
+        print(f"(no checkpoints{hint})", file=sys.stderr)
     return 0
+
+
+def _grouped_by_run(found: Sequence[registry.LoggedCheckpoint]) -> list[registry.LoggedCheckpoint]:
+    """The checkpoints with each run's together, runs in the order their first checkpoint comes."""
+    runs: dict[str, list[registry.LoggedCheckpoint]] = {}
+    for c in found:
+        runs.setdefault(c.run_id, []).append(c)
+    return [c for group in runs.values() for c in group]
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -206,7 +238,10 @@ def _show(args: argparse.Namespace) -> int:
         f"  registered: {args.registered_name} version {c.extra.get('version', '?')}"
         f"{'  aliases: ' + ', '.join(c.aliases) if c.aliases else ''}"
     )
-    print(f"  run: {c.run_id}")
+    run_name = c.extra.get("run_name")
+    print(f"  run: {f'{run_name} ({c.run_id})' if run_name else c.run_id}")
+    if c.extra.get("run_url"):
+        print(f"  ui: {c.extra['run_url']}")
     print(f"  location: {c.location}")
     for key, value in c.record.metadata().items():
         print(f"  {key}: {value}")
@@ -277,6 +312,11 @@ def _sync(args: argparse.Namespace) -> int:
             "checkpoints. Let it finish (or stop it), then run sync again."
         )
     pending = len(report.pending) + len(report.failed)
+    if report.unreachable:
+        raise RuntimeError(
+            f"{' and '.join(report.unreachable)} does not answer, so {pending} checkpoint(s) still wait: start "
+            "the server (or fix the URI the fit logged to), then run sync again."
+        )
     if pending:
         raise RuntimeError(f"{pending} checkpoint(s) could not be logged: is the tracker reachable? Run sync again.")
     return 0

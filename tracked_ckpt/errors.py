@@ -79,6 +79,24 @@ class MissingRequirementError(TrackedCkptError, ImportError):
     __module__ = "tracked_ckpt.requirements"
 
 
+class UnknownKeyError(TrackedCkptError, ValueError):
+    """A metric (`monitor=`) or schema key (`where=`) that no checkpoint of the scope has.
+
+    The message lists the ones that exist. It is also a `ValueError`, so code
+    catching invalid arguments goes on catching it.
+
+    Example:
+        ```python
+        try:
+            tracked_ckpt.promote_best("digits-classifier", monitor="val_los")
+        except UnknownKeyError as exc:
+            print(exc)  # No checkpoint in run=... has a value for 'val_los': ... have loss, val_loss.
+        ```
+    """
+
+    __module__ = "tracked_ckpt.registry"
+
+
 class UnsupportedVersionError(TrackedCkptError, RuntimeError):
     """An installed package is outside the range tracked-ckpt supports (one-line message)."""
 

@@ -105,6 +105,8 @@ class PublishReport:
     stalled: bool = False
     #: Live processes ("host:pid") still using the spool when a sync ended: it may not be complete.
     held: list[str] = dataclasses.field(default_factory=list)
+    #: Trackers a sync found not answering, so it tried nothing ("MLflow at http://host:5000").
+    unreachable: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +120,7 @@ class PublishReport:
         self.errors.extend(other.errors)
         self.stalled = self.stalled or other.stalled
         self.held.extend(h for h in other.held if h not in self.held)
+        self.unreachable.extend(u for u in other.unreachable if u not in self.unreachable)
 
 
 class Publisher:

@@ -1,9 +1,10 @@
 """The registry helper: list checkpoints, promote the best one, load it back by alias or tag.
 
-Tracker-agnostic: the selection rules (which checkpoint is best, whether a
-challenger beats the current champion) live here; trackers only answer
-narrow questions (`tracked_ckpt.tracker.TrackerRegistry`) with a constant number of calls each, so
-promoting over a run of 1,000 checkpoints costs the same as over 10.
+Tracker-agnostic: the promotion rule (whether a challenger beats the current
+champion) lives here, which checkpoints a read selects (`where`, ranking, order)
+in `tracked_ckpt.selection`; trackers only answer narrow questions
+(`tracked_ckpt.tracker.TrackerRegistry`) with a constant number of calls each,
+so promoting over a run of 1,000 checkpoints costs the same as over 10.
 
 Example:
 
@@ -27,14 +28,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracked_ckpt.cache import fetch_verified
+from tracked_ckpt.errors import UnknownKeyError
 from tracked_ckpt.fits import last_destination, wait
-from tracked_ckpt.record import SCHEMA_KEYS, is_better
+from tracked_ckpt.record import is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
+from tracked_ckpt.selection import (
+    no_value_error,
+    oldest_first,
+    parse_where,
+    rank,
+    run_name,
+    run_text,
+    scope_text,
+    trial_of,
+    with_commit_prefix,
+)
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of, resolve_tracker, tracker_key
 
 logger = logging.getLogger("tracked_ckpt")
 
 DEFAULT_ALIAS = "champion"
+#: `experiment=` for every experiment of the store (MLflow).
+ALL_EXPERIMENTS = "*"
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
@@ -49,6 +64,8 @@ class PromotionResult:
         registered_name, alias, version: where the alias points now.
         checkpoint: the best checkpoint of the scope (the challenger).
         previous: the checkpoint the alias pointed at before, if any.
+        run_name: the name of the challenger's run ("" when unnamed or unknown).
+        trial: the trial the run name says the challenger's run is (`trial-03` -> "03"), if any.
 
     Example:
         ```python
@@ -64,6 +81,8 @@ class PromotionResult:
     version: str | None
     checkpoint: LoggedCheckpoint | None
     previous: LoggedCheckpoint | None = None
+    run_name: str = ""
+    trial: str | None = None
 
 
 def validate_alias(alias: str) -> str:
@@ -98,13 +117,18 @@ def list_checkpoints(
     Args:
         run_id: the run to list; default: the run of the last `fit` in this
             process, or with `experiment`, every run of that experiment.
-        experiment: an experiment (MLflow) or project (W&B) name.
+        experiment: an experiment (MLflow) or project (W&B) name; `"*"`
+            (`ALL_EXPERIMENTS`): every experiment of the MLflow store.
         tracker: the tracker name or object.
-        where: schema keys to match exactly, e.g. `{"git_commit": "3f2a..."}`,
-            `{"epoch": 3}` or `{"is_best": True}`.
+        where: schema keys to match, e.g. `{"epoch": 3}`; `git_commit` also
+            matches a prefix of 7 or more hex digits (`{"git_commit": "82dd0ef"}`),
+            booleans may be written as users do (`True`, "yes", "no", "1", "0").
 
     Returns:
-        The matching checkpoints, oldest first.
+        The matching checkpoints, oldest first (by when they were logged, across runs).
+
+    Raises:
+        UnknownKeyError: a `where` key is not a schema key (the message lists them).
 
     Example:
         ```python
@@ -112,8 +136,9 @@ def list_checkpoints(
         ```
     """
     tracker = resolve_tracker(tracker)
-    found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=_where(where))
-    return sorted(found, key=lambda c: (c.run_id, c.record.step, c.record.epoch))
+    exact, commit_prefix = parse_where(where)
+    found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=exact)
+    return sorted(with_commit_prefix(found, commit_prefix), key=oldest_first)
 
 
 def best_checkpoint(
@@ -127,7 +152,12 @@ def best_checkpoint(
     """The best checkpoint of a scope by its monitored metric, chosen on the tracker's side.
 
     The monitor and mode default to those recorded with the checkpoints.
-    Checkpoints whose metric was missing are never chosen.
+    Checkpoints whose metric was missing are never chosen. None when the scope
+    holds no checkpoint.
+
+    Raises:
+        UnknownKeyError: no checkpoint of the scope has a value for `monitor`
+            (the message lists the metrics they have).
 
     Example:
         ```python
@@ -136,7 +166,10 @@ def best_checkpoint(
         ```
     """
     tracker = resolve_tracker(tracker)
-    ranked = _rank(tracker, _scope(tracker, run_id, experiment), None, monitor, mode)
+    scope = _scope(tracker, run_id, experiment)
+    ranked = rank(tracker, scope, None, monitor, mode)
+    if ranked is not None and ranked.best is None:
+        raise no_value_error(tracker, scope, None, ranked.monitor)
     return ranked.best if ranked is not None else None
 
 
@@ -169,8 +202,13 @@ def promote_best(
             challenger is strictly better by the same monitor and mode.
 
     Returns:
-        A `PromotionResult` saying what happened. Promoting the same checkpoint
-        twice creates no second version.
+        A `PromotionResult` saying what happened, naming the champion's run (and
+        trial). Promoting the same checkpoint twice creates no second version.
+
+    Raises:
+        UnknownKeyError: no checkpoint of the scope has a value for `monitor`
+            (a typo, say): the message lists the metrics they have.
+        LookupError: the scope holds no checkpoint.
 
     Example:
         ```python
@@ -181,32 +219,28 @@ def promote_best(
     validate_alias(alias)
     tracker = resolve_tracker(tracker)
     scope = _scope(tracker, run_id, experiment)
-    ranked = _rank(tracker, scope, {"name": name} if name else None, monitor, mode)
+    ranked = rank(tracker, scope, {"name": name} if name else None, monitor, mode)
     if ranked is None:
         raise LookupError(
-            f"No tracked checkpoints found in {_scope_text(scope)}: train with TrackedModelCheckpoint first."
+            f"No tracked checkpoints found in {scope_text(scope)}: train with TrackedModelCheckpoint first."
         )
     challenger, monitor, mode = ranked.best, ranked.monitor, ranked.mode
     challenger_value = challenger.record.metric(monitor) if challenger else None
     if challenger is None or challenger_value is None:
-        return PromotionResult(
-            False,
-            f"No checkpoint in {_scope_text(scope)} has a value for {monitor!r}.",
-            registered_name,
-            alias,
-            None,
-            None,
-        )
+        raise no_value_error(tracker, scope, {"name": name} if name else None, monitor)
+    challenger_run, trial = run_name(challenger), trial_of(challenger)
     previous = registry_of(tracker).alias_holder(registered_name, alias)
     if previous is not None and previous.id == challenger.id:
         return PromotionResult(
             False,
-            f"{alias!r} already points at {challenger.record.name}.",
+            f"{alias!r} already points at {challenger.record.name} of {run_text(challenger)}.",
             registered_name,
             alias,
             previous.extra.get("version"),
             challenger,
             previous,
+            challenger_run,
+            trial,
         )
     if only_if_better and previous is not None:
         held = previous.record.metric(monitor)
@@ -214,18 +248,22 @@ def promote_best(
         if held is not None and comparable and not is_better(challenger_value, held, mode):
             return PromotionResult(
                 False,
-                f"Kept {previous.record.name} ({monitor}={held:.6g}) as {alias!r}: "
-                f"{challenger.record.name} ({monitor}={challenger_value:.6g}) is not better.",
+                f"Kept {previous.record.name} of {run_text(previous)} ({monitor}={held:.6g}) as {alias!r}: "
+                f"{challenger.record.name} of {run_text(challenger)} ({monitor}={challenger_value:.6g}) "
+                "is not better.",
                 registered_name,
                 alias,
                 previous.extra.get("version"),
                 challenger,
                 previous,
+                challenger_run,
+                trial,
             )
     version = registry_of(tracker, "register checkpoints").register(registered_name, challenger, alias)
     logger.info(
-        "Promoted %s (%s=%.6g) to %s@%s (version %s).",
+        "Promoted %s of %s (%s=%.6g) to %s@%s (version %s).",
         challenger.record.name,
+        run_text(challenger),
         monitor,
         challenger_value,
         registered_name,
@@ -234,12 +272,15 @@ def promote_best(
     )
     return PromotionResult(
         True,
-        f"{alias!r} now points at {challenger.record.name} ({monitor}={challenger_value:.6g}).",
+        f"{alias!r} now points at {challenger.record.name} of {run_text(challenger)} "
+        f"({monitor}={challenger_value:.6g}).",
         registered_name,
         alias,
         version,
         challenger,
         previous,
+        challenger_run,
+        trial,
     )
 
 
@@ -383,58 +424,19 @@ def _checkpoint_meant(
     return registry_of(tracker, "download checkpoints").resolve_for_load(registered_name, alias=alias, version=version)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Ranked:
-    best: LoggedCheckpoint | None  # None: no checkpoint of the scope has a value for `monitor`
-    monitor: str
-    mode: str
-
-
-def _rank(
-    tracker: Tracker, scope: Mapping[str, Any], where: Mapping[str, Any] | None, monitor: str | None, mode: str | None
-) -> _Ranked | None:
-    """The best checkpoint of a scope, ranked on the tracker's side by `monitor` and `mode`.
-
-    Both default to those recorded with the checkpoints (one sampled); None when
-    they are needed and the scope holds no checkpoint at all.
-    """
-    if monitor is None or mode is None:
-        sample = registry_of(tracker).search_checkpoints(scope, where=where, max_results=1)
-        if not sample:
-            return None
-        monitor = monitor or sample[0].record.monitor
-        mode = mode or sample[0].record.mode
-    if mode not in ("min", "max"):
-        raise ValueError(f"Invalid mode {mode!r}: use 'min' or 'max'.")
-    ranked = registry_of(tracker).search_checkpoints(scope, where=where, order_by=(monitor, mode), max_results=1)
-    best = ranked[0] if ranked and ranked[0].record.metric(monitor) is not None else None
-    return _Ranked(best, monitor, mode)
-
-
 def _scope(tracker: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
     """The tracker's scope; with neither given, it defaults to where this process's last fit logged."""
     wait()  # fits that returned with uploads still running (blocking=False): their checkpoints count
     return registry_of(tracker).scope(run_id, experiment, last=last_destination(tracker_key(tracker)))
 
 
-def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not where:
-        return None
-    unknown = [k for k in where if k not in SCHEMA_KEYS and k != "name"]
-    if unknown:
-        raise ValueError(f"Cannot filter on {unknown}: use schema keys {list(SCHEMA_KEYS)} or 'name'.")
-    return dict(where)
-
-
-def _scope_text(scope: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in scope.items() if k not in ("tracking_uri",)) or "scope"
-
-
 __all__ = [
+    "ALL_EXPERIMENTS",
     "ChecksumError",
     "LoggedCheckpoint",
     "MissingRequirementError",
     "PromotionResult",
+    "UnknownKeyError",
     "best_checkpoint",
     "download_checkpoint",
     "list_checkpoints",

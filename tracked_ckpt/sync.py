@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -98,6 +99,13 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
                 if name not in trackers:
                     trackers[name] = tracker_class(name)()
                     destinations[name] = entry.destinations[name]
+        silent = _not_answering(trackers, destinations)
+        if silent:
+            # Each attempt would hang in the tracker's own retries (minutes, for MLflow) to fail anyway.
+            report.pending, report.stalled, report.held = entries, True, spool.holders()
+            report.answering_by_tracker = {name: name not in silent for name in trackers}
+            report.unreachable = silent
+            break
         # A single attempt per pass, then backoff until `timeout` or a stall: the same loop as during fit.
         publisher = Publisher(
             {n: trackers[n] for n in trackers}, spool, asynchronous=False, stall_timeout=stall_timeout_from(None)
@@ -123,6 +131,19 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
     if report.ok:
         spool.remove_if_empty()
     return report
+
+
+def _not_answering(trackers: Mapping[str, Tracker], destinations: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Where the trackers that do not answer a quick probe log to, e.g. "MLflow at http://host:5000"."""
+    silent = []
+    for name, tracker in trackers.items():
+        if not tracker.is_reachable(destinations[name]):
+            uri = str(destinations[name].get("tracking_uri") or "")
+            parts = urllib.parse.urlsplit(uri)
+            if parts.netloc:  # never print a password or a token
+                uri = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+            silent.append(f"{tracker.display_name} at {uri}" if uri else tracker.display_name)
+    return silent
 
 
 def _remaining(deadline: float | None) -> float | None:

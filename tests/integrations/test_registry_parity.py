@@ -105,6 +105,7 @@ def test_listed_checkpoints_read_back_as_written(logged):
     assert [c.record.name for c in listed] == [r.name for r in records]  # -bNNNNNN kept for batch saves
     for checkpoint, record in zip(listed, records):
         assert (checkpoint.record.epoch, checkpoint.record.step) == (record.epoch, record.step)
+        assert checkpoint.record.batch == record.batch  # a batch save reads back whole
         assert checkpoint.record.sha256 == record.sha256
         assert checkpoint.record.metric("mae") == pytest.approx(record.metrics["mae"])
 
@@ -116,7 +117,8 @@ def test_best_by_the_recorded_monitor_and_by_another_logged_metric(logged):
     assert by_mae is not None and by_mae.record.name == "tiny-e0002-b000003"
     by_loss_max = tracked_ckpt.best_checkpoint(tracker=tracker, run_id=run_id, monitor="loss", mode="max")
     assert by_loss_max.record.name == "tiny-e0001"
-    assert tracked_ckpt.best_checkpoint(tracker=tracker, run_id=run_id, monitor="nope", mode="min") is None
+    with pytest.raises(tracked_ckpt.UnknownKeyError, match="'nope'.*mae"):  # a typo fails loudly, listing metrics
+        tracked_ckpt.best_checkpoint(tracker=tracker, run_id=run_id, monitor="nope", mode="min")
 
 
 def test_promote_by_another_metric_then_by_the_monitor(logged):
