@@ -62,6 +62,7 @@ from common import (  # noqa: E402
     versions,
     wait_for_quiet,
 )
+from instruments import EpochMarker  # noqa: E402
 from report import COST_SECTION, local_now, replace_section  # noqa: E402
 from targets import target_table  # noqa: E402
 
@@ -198,15 +199,6 @@ def instrument(callback, meter: Meter):
 
         setattr(callback, hook, wrapped)
     return callback
-
-
-class EpochMarker(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.last_epoch_end = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.last_epoch_end = time.perf_counter()
 
 
 # -- the benchmark -----------------------------------------------------------------------------------
