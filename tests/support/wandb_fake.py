@@ -53,9 +53,15 @@ from typing import Any
 
 import wandb.errors
 from wandb.apis.normalize import normalize_exceptions
-from wandb.apis.public.api import _is_service_api_transport_error
-from wandb.proto import wandb_api_pb2
-from wandb.sdk.lib.service.service_connection import WandbApiFailedError
+
+try:  # wandb 0.31's service API client, whose failures this fake reproduces
+    from wandb.apis.public.api import _is_service_api_transport_error
+    from wandb.proto import wandb_api_pb2
+    from wandb.sdk.lib.service.service_connection import WandbApiFailedError
+except ImportError:  # older wandb (the floor session): its API failures are CommErrors
+    _is_service_api_transport_error = None
+    wandb_api_pb2 = None
+    WandbApiFailedError = None
 
 try:
     from wandb.apis.public import RunNotFoundError
@@ -145,6 +151,8 @@ class FakeServer:
 
     def request(self) -> None:
         """One request to the server: raises what wandb-core's API client raises if it fails."""
+        if self.failure in ("http", "timeout") and WandbApiFailedError is None:
+            raise wandb.errors.CommError(f"W&B does not answer ({self.failure})")  # wandb before 0.31
         if self.failure == "http":
             message = "HTTP 503: service unavailable"
             raise WandbApiFailedError(message, wandb_api_pb2.ApiErrorResponse(message=message, http_status=503))
@@ -274,7 +282,7 @@ class FakeApi:
             self.artifact(name, type)
         except wandb.errors.CommError as exc:
             # wandb 0.31: only a transport failure is raised; any other error answers False.
-            if _is_service_api_transport_error(exc.exc):
+            if _is_service_api_transport_error is not None and _is_service_api_transport_error(exc.exc):
                 raise
             return False
         return True
