@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tracked_ckpt.fits import sessions_of_spool
+from tracked_ckpt.git import redact_remote
 from tracked_ckpt.publisher import Publisher, PublishReport, stall_timeout_from
 from tracked_ckpt.session import EndReport, close_publisher
 from tracked_ckpt.spool import Spool, find_spools
@@ -138,10 +139,9 @@ def _not_answering(trackers: Mapping[str, Tracker], destinations: Mapping[str, M
     silent = []
     for name, tracker in trackers.items():
         if not tracker.is_reachable(destinations[name]):
-            uri = str(destinations[name].get("tracking_uri") or "")
-            parts = urllib.parse.urlsplit(uri)
-            if parts.netloc:  # never print a password or a token
-                uri = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+            uri: str | None = str(destinations[name].get("tracking_uri") or "")
+            if uri and urllib.parse.urlsplit(uri).netloc:
+                uri = redact_remote(uri)  # never print a password or a token
             silent.append(f"{tracker.display_name} at {uri}" if uri else tracker.display_name)
     return silent
 
