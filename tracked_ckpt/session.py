@@ -403,7 +403,7 @@ class FitSession:
         if stop is None or stop.received_at is None:
             return None
         grace = settings.preemption_grace()
-        return stop.received_at + grace - min(5.0, grace / 5)
+        return time.monotonic() + stop.remaining(grace) - min(5.0, grace / 5)
 
     def end_preempted(self) -> PublishReport:
         """Log what waits within the grace period, then end the runs as preempted.
