@@ -44,6 +44,7 @@ from tracked_ckpt.integrations.mlflow_store import (
     reachable,
     relocated,
     without_credentials,
+    without_progress_bar,
 )
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
 from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError, TrackerJobKeys, TrackerRegistry
@@ -359,20 +360,12 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             if checkpoint.record.format == "keras"
             else safe_file_name(os.path.basename(checkpoint.record.filepath))
         )
-        # tracked-ckpt shows its own bar (only on a terminal); MLflow's would print into logs too.
-        previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        try:
+        with without_progress_bar():
             return mlflow.artifacts.download_artifacts(
                 artifact_uri=f"{relocated(location, tracking_uri).rstrip('/')}/{relative}",
                 dst_path=directory,
                 tracking_uri=tracking_uri,
             )
-        finally:
-            if previous is None:
-                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-            else:
-                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
     def _registry_uri(self) -> str:
         """This tracker's URI, else the store `scope()` last looked in, else MLflow's default."""

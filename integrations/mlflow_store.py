@@ -13,6 +13,7 @@ MLflow before anything imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -115,6 +116,21 @@ def check_readable(uri: str, timeout: float = 5.0) -> None:
 
 
 # -- artifacts --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def without_progress_bar() -> Iterator[None]:
+    """MLflow's download progress bar off for the block: tracked-ckpt shows its own (only on a
+    terminal), and MLflow's would print into logs too."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def artifact_repository(client: MlflowClient, artifact_location: str) -> ArtifactRepository:

@@ -69,7 +69,7 @@ def test_schema_keys_are_unique_and_record_fields():
 
 
 #: Keys only some checkpoints have: a batch-level save's batch, a preemption save's flag.
-ONLY_SOME = ("batch", "preempted")
+ONLY_SOME = ("batch", "preempted", "storage")
 EVERY_EPOCH_SAVE_KEY = [key for key in SCHEMA_KEYS if key not in ONLY_SOME]
 
 
@@ -82,12 +82,12 @@ def test_metadata_full_record_has_every_key_in_order():
     assert meta["is_best"] is True
     assert meta["git_dirty"] is False
     # Not part of the schema.
-    for key in ("name", "metrics", "batch", "preempted"):
+    for key in ("name", "metrics", "batch", "preempted", "storage"):
         assert key not in meta
 
 
 def test_a_preempted_batch_save_reads_back_whole():
-    record = make_record(batch=45, preempted=True)
+    record = make_record(batch=45, preempted=True, storage="incremental")
     meta = record.metadata()
     assert list(meta) == list(SCHEMA_KEYS)
     assert meta["batch"] == 45 and meta["preempted"] is True
@@ -95,6 +95,14 @@ def test_a_preempted_batch_save_reads_back_whole():
         back = CheckpointRecord.from_metadata(stored)
         assert (back.batch, back.preempted) == (45, True)
     assert CheckpointRecord.from_metadata(make_record().metadata()).preempted is False
+
+
+def test_storage_is_stored_only_when_incremental():
+    assert "storage" not in make_record().metadata()
+    assert CheckpointRecord.from_metadata(make_record().metadata()).storage == "full"
+    incremental = make_record(storage="incremental")
+    assert incremental.metadata()["storage"] == "incremental"
+    assert CheckpointRecord.from_metadata(incremental.string_metadata()).storage == "incremental"
 
 
 def test_metadata_omits_none_values_and_keeps_falsy_ones():

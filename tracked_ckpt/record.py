@@ -19,7 +19,8 @@ from typing import Any
 # for string-only trackers); a key whose value is unknown (no git repo, monitored
 # metric missing from the logs, no requirements beyond Keras, an epoch-level save's
 # `batch`) is omitted rather than stored as an empty string; so is `preempted` unless
-# true, so only the checkpoint a preemption signal saved carries that tag.
+# true, so only the checkpoint a preemption signal saved carries that tag, and `storage`
+# unless "incremental" (records from before it existed are full copies).
 SCHEMA_KEYS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -40,12 +41,18 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "git_remote",
     "batch",
     "preempted",
+    "storage",
 )
 
 # Prefix used where a tracker keeps metadata in a flat, shared namespace (MLflow tags).
 TAG_PREFIX = "tracked_ckpt."
 
 FORMATS = ("keras", "h5", "weights.h5")
+
+#: The record's `storage`: a full copy of the file, or a manifest of chunks (issue 25's chunk store).
+STORAGE_FULL = "full"
+STORAGE_INCREMENTAL = "incremental"
+STORAGES = (STORAGE_FULL, STORAGE_INCREMENTAL)
 
 # Safe for every tracker: MLflow rejects / : . % " ' in LoggedModel names and
 # W&B artifact names allow only alphanumerics, dashes, underscores and dots.
@@ -165,6 +172,9 @@ class CheckpointRecord:
             the model's `code/` folder), or None. Not part of the schema's tags.
         preempted: saved because a preemption signal arrived (`preempt_on`), at a batch
             boundary, in the middle of an epoch; resuming from it runs that epoch again.
+        storage: how the tracker keeps the file: "full" (a copy of the file) or "incremental"
+            (a manifest of content-defined chunks in the destination's chunk store, see
+            `tracked_ckpt.packs`). A tracker that cannot store incrementally stores "full".
 
     `tracked_ckpt.list_checkpoints()` gives the records of logged checkpoints;
     `from_metadata` rebuilds one from what a tracker stored.
@@ -204,6 +214,7 @@ class CheckpointRecord:
     requirements: tuple[str, ...] | None = None
     code_paths: tuple[str, ...] | None = None
     preempted: bool = False
+    storage: str = "full"
 
     def __post_init__(self) -> None:
         # The spool's JSON gives lists back, MLflow tags one string: keep tuples.
@@ -238,7 +249,11 @@ class CheckpointRecord:
         out: dict[str, Any] = {}
         for key in SCHEMA_KEYS:
             value = getattr(self, key)
-            if value is None or (key in ("requirements", "preempted") and not value):
+            if (
+                value is None
+                or (key in ("requirements", "preempted") and not value)
+                or (key == "storage" and value == STORAGE_FULL)
+            ):
                 continue
             out[key] = list(value) if key == "requirements" else value
         return out
@@ -307,6 +322,7 @@ class CheckpointRecord:
             requirements=tuple(_requirement_items(metadata.get("requirements"))) or None,
             batch=None if metadata.get("batch") in (None, "") else int(metadata["batch"]),
             preempted=_to_bool(metadata.get("preempted", False)),
+            storage=str(metadata.get("storage") or STORAGE_FULL),
         )
 
 
