@@ -27,6 +27,7 @@ class TcpProxy:
     Attributes:
         url: the proxy's URL, to use as the tracking URI.
         requests: (method, path) of every HTTP request seen, in order.
+        bytes_up: bytes forwarded from clients to the server (requests and uploads).
         longest_upload_s: the longest time one connection spent throttled while uploading.
     """
 
@@ -35,6 +36,7 @@ class TcpProxy:
         self.target = (parts.hostname, parts.port)
         self.upload_rate = upload_rate
         self.requests: list[tuple[str, str]] = []
+        self.bytes_up = 0
         self.longest_upload_s = 0.0
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -59,6 +61,7 @@ class TcpProxy:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.bytes_up = 0
             self.longest_upload_s = 0.0
 
     def _accept(self) -> None:
@@ -91,9 +94,9 @@ class TcpProxy:
                         if m.end() > len(tail)
                     ]
                     tail = seen[-256:]
-                    if found:
-                        with self._lock:
-                            self.requests.extend(found)
+                    with self._lock:
+                        self.requests.extend(found)
+                        self.bytes_up += len(chunk)
                 dst.sendall(chunk)
                 if upstream and self.upload_rate is not None:
                     pause = len(chunk) / self.upload_rate
