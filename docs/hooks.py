@@ -6,7 +6,8 @@ A page asks with a marker comment on a line of its own:
   (`tracked_ckpt.cli`), so the page cannot drift from `--help`;
 - `<!-- generated: schema-keys -->`: the keys of the metadata schema, in order (`record.SCHEMA_KEYS`);
 - `<!-- generated: variables -->`: every `TRACKED_CKPT_*` variable (`settings.VARIABLES`);
-- `<!-- generated: modules -->`: each module of the package and its docstring's first line.
+- `<!-- generated: modules -->`: each module of the package and its docstring's first line;
+- `<!-- generated: floors -->`: the package floor by floor, from the modules' own imports.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _MARKERS = {
     "<!-- generated: schema-keys -->": "schema_keys",
     "<!-- generated: variables -->": "variables",
     "<!-- generated: modules -->": "modules",
+    "<!-- generated: floors -->": "floors",
 }
 
 
@@ -172,3 +174,60 @@ def modules_markdown() -> str:
             first = docstring.strip().splitlines()[0] if docstring.strip() else ""
             rows.append(f"| `{module}` | {_escape(first)} |")
     return "\n".join(rows)
+
+
+def floors_markdown() -> str:
+    """The core's modules floor by floor (each imports only floors below it), and what integrations import.
+
+    A module's floor is one above the highest floor it imports from (at run time: imports made only
+    for type checkers do not count). `__init__.py` names the public API lazily and is left out.
+    """
+    core = {path.stem: path for path in (ROOT / "tracked_ckpt").glob("*.py") if path.stem != "__init__"}
+    imports = {name: _package_imports(path, core) - {name} for name, path in core.items()}
+    floors: dict[str, int] = {}
+
+    def floor(name: str, below: tuple[str, ...] = ()) -> int:
+        if name not in floors:
+            if name in below:
+                raise ValueError(f"import cycle: {' -> '.join((*below, name))}")
+            floors[name] = 1 + max((floor(other, (*below, name)) for other in imports[name]), default=0)
+        return floors[name]
+
+    for name in sorted(core):
+        floor(name)
+    integrations = sorted((ROOT / "integrations").glob("*.py"))
+    used = {other for path in integrations for other in _package_imports(path, core)}
+    lines = ["```text"]
+    for level in sorted(set(floors.values()), reverse=True):
+        lines.append(f"{level}  " + "  ".join(f"{name}.py" for name in sorted(floors) if floors[name] == level))
+    lines += [
+        "",
+        f"integrations/  (tracked_ckpt.integrations) imports floors 1-{max(floors[name] for name in used)} only:",
+        "   " + "  ".join(path.name for path in integrations if path.stem != "__init__"),
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def _package_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that `path` imports at run time (anywhere in it, outside `if TYPE_CHECKING`)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "tracked_ckpt" and len(parts) == 1:
+                found |= {alias.name for alias in node.names}
+            elif parts[0] == "tracked_ckpt":
+                found.add(parts[1])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("tracked_ckpt.")}
+    return found & set(modules)

@@ -93,7 +93,8 @@ def test_help_documents_every_command_and_option():
     options = {"--run-id", "--experiment", "--tracker", "--tracking-uri", "--alias", "--monitor", "--mode", "--force"}
     assert options <= help_entries("promote")
     assert {"--run-id", "--experiment", "--where", "--json"} <= help_entries("ls")
-    assert {"--timeout", "--retry-failed"} <= help_entries("sync")
+    assert {"--timeout", "--retry-failed", "--tracking-uri"} <= help_entries("sync")
+    assert "--tracker" not in help_entries("sync")  # sync logs to the trackers the spool names
 
 
 @pytest.mark.slow
@@ -123,3 +124,24 @@ def test_sync_logs_what_a_killed_job_left_none_twice(embedded_store, workdir):
     again = subprocess.run([*CLI, "sync"], cwd=workdir, capture_output=True, text=True)
     assert again.returncode == 0 and "Nothing to sync" in again.stdout
     assert len(logged_models(run.info.run_id)) == 4
+
+
+@pytest.mark.slow
+def test_sync_logs_to_a_store_that_moved(embedded_store, workdir):
+    died = subprocess.run(child("killed_while_uploading"), cwd=workdir, capture_output=True, text=True)
+    assert died.returncode == -9, died.stderr[-2000:]
+    (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
+    mlflow.set_tracking_uri(None)
+    os.rename(workdir / "mlflow.db", workdir / "moved.db")  # the URI the spool recorded no longer holds the runs
+    moved = f"sqlite:///{workdir}/moved.db"
+
+    synced = subprocess.run([*CLI, "sync", "--tracking-uri", moved], cwd=workdir, capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    assert "logged 4 checkpoint(s), 0 still pending" in synced.stdout
+    client = mlflow.MlflowClient(moved)
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert sorted(m.name for m in models) == [f"tiny-e000{i}" for i in range(1, 5)]
+    assert {str(m.status) for m in models} == {"READY"}
+    assert not (workdir / "ckpt" / ".tracked_ckpt" / "spool").exists()

@@ -55,7 +55,7 @@ def test_planted_secrets_never_reach_the_store(mlflow_server, workdir, monkeypat
     assert files_containing(mlflow_server.root, SECRET.encode()) == []
     assert SECRET not in caplog.text
     # MLflow itself prints "View run at <tracking URI>" verbatim when a run ends (its own
-    # output, documented in the README); every line tracked-ckpt prints is clean.
+    # output, documented in docs/how-to/production-server.md); every line tracked-ckpt prints is clean.
     ours = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(("🏃", "🧪"))]
     assert ours and not [line for line in ours if SECRET in line]
 

@@ -1,4 +1,4 @@
-"""Every `TRACKED_CKPT_*` variable is read in `tracked_ckpt.settings` and listed in the README."""
+"""Every `TRACKED_CKPT_*` variable is read in `tracked_ckpt.settings` and listed in the configuration page."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAME = re.compile(r"TRACKED_CKPT_[A-Z_]+")
 
 
-def test_the_readme_lists_every_variable_and_no_other():
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Configuration") :]
+def test_the_configuration_page_lists_every_variable_and_no_other():
+    page = (ROOT / "docs" / "reference" / "configuration.md").read_text()
+    table = page[page.index("## tracked-ckpt's variables") :]
     table = table[: table.index("\n## ", 1)]
     assert sorted(set(NAME.findall(table))) == sorted(settings.VARIABLES)
 

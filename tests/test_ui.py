@@ -8,7 +8,7 @@ and registry link, and the registry pages show version 1 with the alias
 `champion` and the checkpoint's schema tags.
 
 Screenshots land in the test's tmp dir; with TRACKED_CKPT_UPDATE_SCREENSHOTS=1
-the Models view is also written to docs/models-view.png for the README.
+the Models view is also written to docs/models-view.png for the tutorial.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def page(chromium, tmp_path):
 def fresh_names() -> tuple[str, str]:
     """An experiment and a registered-model name not used yet on the (shared) server.
 
-    Plain names when they are free, as in the README screenshot; suffixed otherwise.
+    Plain names when they are free, as in the tutorial's screenshot; suffixed otherwise.
     """
     client = mlflow.MlflowClient()
     suffix = ""
@@ -182,7 +182,7 @@ def screenshot(page, path: Path) -> Path:
 
 
 def screenshot_models_view(page, path: Path) -> Path:
-    """The Models view as the README shows it: the metric columns in sight.
+    """The Models view as the tutorial shows it: the metric columns in sight.
 
     Cosmetic only, and best effort: the sidebar collapsed and the constant
     Status / Logged from / Dataset columns hidden, so the epoch metrics fit in
@@ -220,7 +220,7 @@ def test_checkpoints_and_champion_in_the_mlflow_ui(page, server_store, workdir, 
     champion = result.checkpoint
     base = server_store.rstrip("/")
 
-    # -- the experiment's Models view, by the link the README gives ------------------------
+    # -- the experiment's Models view, by the link the docs give ---------------------------
     page.goto(f"{base}/#/experiments/{experiment_id}/models{UI_TRAINING_VIEW}")
     page.get_by_role("heading", name="Models").first.wait_for()  # "Agent versions" in GenAI mode
     metric_keys = sorted({m.key for model in models for m in model.metrics})

@@ -151,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
     sync.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI to log to instead of the one each fit recorded in its spool (a server that "
+        "moved, with the same store); there is no --tracker: sync logs to the trackers the spool names",
+    )
+    sync.add_argument(
         "--retry-failed",
         action="store_true",
         help="also retry checkpoints set aside after an error retrying could not fix",
@@ -300,7 +305,9 @@ def _sync(args: argparse.Namespace) -> int:
         for _, reason in report.failed:
             print(f"  failed: {reason}")
 
-    report = sync_spool(folders, timeout=args.timeout, retry_failed=args.retry_failed, on_spool=show)
+    report = sync_spool(
+        folders, timeout=args.timeout, retry_failed=args.retry_failed, on_spool=show, tracking_uri=args.tracking_uri
+    )
     if not found:
         print(
             f"Nothing to sync: no checkpoints wait in a spool under {', '.join(args.spools) or 'the current folder'}."
@@ -315,7 +322,7 @@ def _sync(args: argparse.Namespace) -> int:
     if report.unreachable:
         raise RuntimeError(
             f"{' and '.join(report.unreachable)} does not answer, so {pending} checkpoint(s) still wait: start "
-            "the server (or fix the URI the fit logged to), then run sync again."
+            "the server (or pass --tracking-uri where it answers now), then run sync again."
         )
     if pending:
         raise RuntimeError(f"{pending} checkpoint(s) could not be logged: is the tracker reachable? Run sync again.")

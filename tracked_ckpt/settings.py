@@ -11,7 +11,7 @@
 | `TRACKED_CKPT_STALL_TIMEOUT` | the default `stall_timeout` (default 30 s) |
 | `TRACKED_CKPT_UPLOAD_NICENESS` | how far the upload thread lowers its priority while training runs (default 10) |
 
-The README's table lists the same variables; `tests/test_settings.py` checks that it does.
+The documentation's configuration page lists the same variables; `tests/test_settings.py` checks that it does.
 
 Example:
     >>> import os

@@ -22,7 +22,7 @@ from tracked_ckpt.fits import sessions_of_spool
 from tracked_ckpt.git import redact_remote
 from tracked_ckpt.publisher import Publisher, PublishReport, stall_timeout_from
 from tracked_ckpt.session import EndReport, close_publisher
-from tracked_ckpt.spool import Spool, find_spools
+from tracked_ckpt.spool import Spool, SpoolEntry, find_spools
 from tracked_ckpt.tracker import Tracker, finish_run, tracker_class
 
 logger = logging.getLogger("tracked_ckpt")
@@ -37,6 +37,7 @@ def sync_spool(
     timeout: float | None = None,
     retry_failed: bool = False,
     on_spool: Callable[[str, PublishReport], None] | None = None,
+    tracking_uri: str | None = None,
 ) -> PublishReport:
     """Log every checkpoint waiting in a spool, or in every spool beneath a folder (`tracked-ckpt sync`).
 
@@ -52,11 +53,18 @@ def sync_spool(
     a report that is `ok` means every checkpoint beneath `directory` is logged.
     `timeout` bounds the whole call; the report covers every spool found.
 
+    Each checkpoint goes to the trackers its fit logged to, at the address the
+    fit recorded in the spool; `tracking_uri` replaces that address (the
+    `tracking_uri` of each recorded destination, MLflow's) for a server that
+    moved since, whose store holds the same runs. The spool remembers it for
+    what is still left afterwards.
+
     Args:
         directory: a spool, or a folder above spools, or several.
         timeout: seconds for the whole call (None: no limit).
         retry_failed: put parked entries (set aside after a permanent error) back in line.
         on_spool: called with each spool's folder and report as it is done (the CLI prints it).
+        tracking_uri: where the tracker answers now, instead of the URI the fit recorded.
 
     Example (a folder without spools has nothing to log):
         >>> import tempfile
@@ -71,14 +79,14 @@ def sync_spool(
     report = PublishReport()
     for spool_dir in spools:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        one = _sync_one(Spool(spool_dir), remaining, retry_failed)
+        one = _sync_one(Spool(spool_dir), remaining, retry_failed, tracking_uri)
         if on_spool is not None:
             on_spool(spool_dir, one)
         report.merge(one)
     return report
 
 
-def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> PublishReport:
+def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool, tracking_uri: str | None) -> PublishReport:
     deadline = None if timeout is None else time.monotonic() + timeout
     # Fits of this process on this spool that are over (their thread is this one, or gone) but were never
     # ended still hold it: end them now, rather than wait for ourselves.
@@ -95,6 +103,8 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
     report = EndReport()
     while True:
         entries = list(spool.entries())
+        if tracking_uri:
+            _redirect(entries, tracking_uri)
         for entry in entries:
             for name in entry.pending_trackers:
                 if name not in trackers:
@@ -132,6 +142,14 @@ def _sync_one(spool: Spool, timeout: float | None, retry_failed: bool) -> Publis
     if report.ok:
         spool.remove_if_empty()
     return report
+
+
+def _redirect(entries: Sequence[SpoolEntry], tracking_uri: str) -> None:
+    """Point every recorded destination that names a tracking URI at `tracking_uri` instead."""
+    for entry in entries:
+        for destination in entry.destinations.values():
+            if "tracking_uri" in destination:
+                destination["tracking_uri"] = tracking_uri
 
 
 def _not_answering(trackers: Mapping[str, Tracker], destinations: Mapping[str, Mapping[str, Any]]) -> list[str]:
