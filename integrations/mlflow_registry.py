@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.files import safe_file_name
-from tracked_ckpt.integrations.mlflow_model import KERAS_DATA_DIR, schema_from_tags
+from tracked_ckpt.integrations.mlflow_model import CODE_DIR, CODE_LOADER, KERAS_DATA_DIR, schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
     check_readable,
     check_tracking_uri,
@@ -351,22 +351,42 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
     @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download just the checkpoint file of a LoggedModel into `directory`."""
-        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
-        check_readable(tracking_uri)
-        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
         relative = (
             f"{KERAS_DATA_DIR}/model.keras"
             if checkpoint.record.format == "keras"
             else safe_file_name(os.path.basename(checkpoint.record.filepath))
         )
+        return self._download(*self._artifacts_of(checkpoint), relative, directory)
+
+    @override
+    def fetch_code(self, checkpoint: LoggedCheckpoint, directory: str) -> str | None:
+        """The model's `code/` folder (`code_paths`) without its pyfunc loader, or None: one listing, one download."""
+        if checkpoint.record.format != "keras":
+            return None  # only a keras-flavor model folder carries code
+        tracking_uri, location = self._artifacts_of(checkpoint)
+        if not mlflow.artifacts.list_artifacts(artifact_uri=f"{location}/{CODE_DIR}", tracking_uri=tracking_uri):
+            return None
+        folder = self._download(tracking_uri, location, CODE_DIR, directory)
+        # The loader is for mlflow.pyfunc; what it would import is imported by the caller.
+        os.remove(os.path.join(folder, CODE_LOADER + ".py"))
+        return folder
+
+    def _artifacts_of(self, checkpoint: LoggedCheckpoint) -> tuple[str, str]:
+        """(tracking URI, artifact location) of a checkpoint's LoggedModel, checked readable."""
+        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
+        check_readable(tracking_uri)
+        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
+        return tracking_uri, relocated(location, tracking_uri).rstrip("/")
+
+    @staticmethod
+    def _download(tracking_uri: str, location: str, relative: str, directory: str) -> str:
+        """Download a file or folder of the LoggedModel at `location` into `directory`; return its path."""
         # tracked-ckpt shows its own bar (only on a terminal); MLflow's would print into logs too.
         previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
             return mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{relocated(location, tracking_uri).rstrip('/')}/{relative}",
-                dst_path=directory,
-                tracking_uri=tracking_uri,
+                artifact_uri=f"{location}/{relative}", dst_path=directory, tracking_uri=tracking_uri
             )
         finally:
             if previous is None:
