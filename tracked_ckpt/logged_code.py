@@ -93,7 +93,8 @@ def missing_object(exc: BaseException) -> MissingObject | None:
     if found is None:
         return None
     module = _MODULE_RE.search(text, found.end())
-    return MissingObject(found.group(1), found.group(2), module.group(1) if module else None)
+    named = module.group(1) if module and module.group(1) not in ("", "builtins") else None  # builtins: says nothing
+    return MissingObject(found.group(1), found.group(2), named)
 
 
 def load_keras_file(
