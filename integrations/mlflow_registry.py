@@ -15,11 +15,13 @@ Imported through that module, which checks the installed MLflow first.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 if sys.version_info >= (3, 12):
@@ -34,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.files import safe_file_name
-from tracked_ckpt.integrations.mlflow_model import KERAS_DATA_DIR, schema_from_tags
+from tracked_ckpt.integrations.mlflow_model import CODE_DIR, CODE_LOADER, KERAS_DATA_DIR, schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
     check_readable,
     check_tracking_uri,
@@ -58,12 +60,26 @@ ALL_EXPERIMENTS = "*"  # experiment= that scopes a read to every experiment of t
 _ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-def _failed(client: MlflowClient, exc: MlflowException) -> TrackerError:
-    """A registry read that failed (not "absent"), in one line naming the store."""
-    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
-    uri = client.tracking_uri
+def _failed(uri: str, exc: MlflowException) -> TrackerError:
+    """A read that failed (not "absent"), in one line naming the store (and, for a 404, the fix)."""
     shown = without_credentials(uri) if uri.startswith(("http://", "https://")) else uri
+    endpoint = re.search(r"endpoint (\S+) failed", str(exc.message))
+    if exc.error_code == "ENDPOINT_NOT_FOUND":  # the URL answers, but not with MLflow's API (wrong URL or prefix)
+        return TrackerError(
+            f"MLflow at {shown} answers HTTP 404 to {endpoint.group(1) if endpoint else 'its API'}: point "
+            "MLFLOW_TRACKING_URI (or tracking_uri=) at the MLflow server's URL, with its path prefix if it has one."
+        )
+    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
     return TrackerError(f"MLflow at {shown} failed: {first}")
+
+
+@contextlib.contextmanager
+def _reading(uri: str) -> Iterator[None]:
+    """MLflow's failures of a read, as one-line `TrackerError`s naming the store."""
+    try:
+        yield
+    except MlflowException as exc:
+        raise _failed(uri, exc) from exc
 
 
 class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
@@ -101,7 +117,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         """A run or a whole experiment; default: `last`, the run the last `fit` in this process logged
         to, else the run that logged the store's most recent checkpoint."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
-        found = self._scope(uri, run_id, experiment, last)
+        with _reading(uri):
+            found = self._scope(uri, run_id, experiment, last)
         self._scope_uri = found["tracking_uri"]
         return found
 
@@ -122,8 +139,10 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             try:
                 run = client.get_run(run_id)
             except MlflowException as exc:
+                if exc.error_code not in _ABSENT:
+                    raise
                 raise LookupError(
-                    f"MLflow run {run_id!r} not found at {uri}: check --run-id / MLFLOW_TRACKING_URI."
+                    f"MLflow run {run_id!r} not found at {uri}: check run_id= and MLFLOW_TRACKING_URI."
                 ) from exc
             return {"tracking_uri": uri, "experiment_ids": [run.info.experiment_id], "run_id": run_id}
         if experiment == ALL_EXPERIMENTS:
@@ -204,19 +223,20 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 {"field_name": "creation_timestamp", "ascending": True},
             ]
         found: list[LoggedModel] = []
-        for page in pages(
-            client.search_logged_models,
-            experiment_ids=list(scope["experiment_ids"]),
-            filter_string=" AND ".join(clauses),
-            order_by=order,
-            max_results=max_results or 1000,
-        ):
-            found.extend(m for m in page if m.status == LoggedModelStatus.READY)
-            if max_results is not None and len(found) >= max_results:
-                break
-        return self._with_run_names(
-            client, [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
-        )
+        with _reading(scope["tracking_uri"]):  # e.g. a URL that is no MLflow server: one line, not MLflow's dump
+            for page in pages(
+                client.search_logged_models,
+                experiment_ids=list(scope["experiment_ids"]),
+                filter_string=" AND ".join(clauses),
+                order_by=order,
+                max_results=max_results or 1000,
+            ):
+                found.extend(m for m in page if m.status == LoggedModelStatus.READY)
+                if max_results is not None and len(found) >= max_results:
+                    break
+            return self._with_run_names(
+                client, [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
+            )
 
     @staticmethod
     def _with_run_names(client: MlflowClient, checkpoints: list[LoggedCheckpoint]) -> list[LoggedCheckpoint]:
@@ -243,7 +263,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         except MlflowException as exc:
             if exc.error_code in _ABSENT:
                 return None
-            raise _failed(client, exc) from exc
+            raise _failed(client.tracking_uri, exc) from exc
         return self._version_checkpoint(client, version)
 
     @override
@@ -300,11 +320,11 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 raise ValueError("Pass alias= or version=.")
         except MlflowException as exc:
             if exc.error_code not in _ABSENT:
-                raise _failed(client, exc) from exc
+                raise _failed(client.tracking_uri, exc) from exc
             what = f"alias {alias!r}" if alias is not None else f"version {version}"
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} at {client.tracking_uri}: "
-                f"promote a checkpoint first (tracked-ckpt promote {registered_name}) or check the name."
+                f"promote a checkpoint first (promote_best({registered_name!r})) or check the name."
             ) from exc
         found = self._version_checkpoint(client, mv)
         if found is None:
@@ -352,19 +372,39 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
     @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download just the checkpoint file of a LoggedModel into `directory`."""
-        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
-        check_readable(tracking_uri)
-        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
         relative = (
             f"{KERAS_DATA_DIR}/model.keras"
             if checkpoint.record.format == "keras"
             else safe_file_name(os.path.basename(checkpoint.record.filepath))
         )
+        return self._download(*self._artifacts_of(checkpoint), relative, directory)
+
+    @override
+    def fetch_code(self, checkpoint: LoggedCheckpoint, directory: str) -> str | None:
+        """The model's `code/` folder (`code_paths`) without its pyfunc loader, or None: one listing, one download."""
+        if checkpoint.record.format != "keras":
+            return None  # only a keras-flavor model folder carries code
+        tracking_uri, location = self._artifacts_of(checkpoint)
+        if not mlflow.artifacts.list_artifacts(artifact_uri=f"{location}/{CODE_DIR}", tracking_uri=tracking_uri):
+            return None
+        folder = self._download(tracking_uri, location, CODE_DIR, directory)
+        # The loader is for mlflow.pyfunc; what it would import is imported by the caller.
+        os.remove(os.path.join(folder, CODE_LOADER + ".py"))
+        return folder
+
+    def _artifacts_of(self, checkpoint: LoggedCheckpoint) -> tuple[str, str]:
+        """(tracking URI, artifact location) of a checkpoint's LoggedModel, checked readable."""
+        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
+        check_readable(tracking_uri)
+        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
+        return tracking_uri, relocated(location, tracking_uri).rstrip("/")
+
+    @staticmethod
+    def _download(tracking_uri: str, location: str, relative: str, directory: str) -> str:
+        """Download a file or folder of the LoggedModel at `location` into `directory`; return its path."""
         with without_progress_bar():
             return mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{relocated(location, tracking_uri).rstrip('/')}/{relative}",
-                dst_path=directory,
-                tracking_uri=tracking_uri,
+                artifact_uri=f"{location}/{relative}", dst_path=directory, tracking_uri=tracking_uri
             )
 
     def _registry_uri(self) -> str:

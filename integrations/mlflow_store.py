@@ -89,7 +89,7 @@ def check_readable(uri: str, timeout: float = 5.0) -> None:
         if path and path != ":memory:" and not os.path.exists(path):
             raise TrackerError(
                 f"No MLflow store here: {os.path.abspath(path)} does not exist ({uri}). Run from the folder "
-                "holding your mlflow.db, or point MLFLOW_TRACKING_URI (--tracking-uri) at your store."
+                "holding your mlflow.db, or point MLFLOW_TRACKING_URI (or tracking_uri=) at your store."
             )
         return
     if not uri.startswith(("http://", "https://")):
@@ -105,12 +105,12 @@ def check_readable(uri: str, timeout: float = 5.0) -> None:
         if exc.code >= 500:  # e.g. a proxy whose MLflow is down: MLflow would retry for minutes
             raise TrackerError(
                 f"MLflow at {shown} fails (GET /health: HTTP {exc.code}): check the server behind that URI, "
-                "or point MLFLOW_TRACKING_URI (--tracking-uri) at one that runs."
+                "or point MLFLOW_TRACKING_URI (or tracking_uri=) at one that runs."
             ) from exc
     except (OSError, ValueError) as exc:
         raise TrackerError(
             f"MLflow at {shown} does not answer: start the server there, or point "
-            "MLFLOW_TRACKING_URI (--tracking-uri) at one that runs."
+            "MLFLOW_TRACKING_URI (or tracking_uri=) at one that runs."
         ) from exc
     _ANSWERED[uri] = time.monotonic()
 

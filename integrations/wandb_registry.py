@@ -254,7 +254,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         if linked is None:
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} in the W&B Registry ({collection}): "
-                f"promote a checkpoint first (tracked-ckpt promote {registered_name} --tracker wandb) "
+                f"promote a checkpoint first (promote_best({registered_name!r}, tracker='wandb')) "
                 "or check the name."
             )
         found = self._linked_checkpoint(linked, registered_name)

@@ -116,6 +116,10 @@ def _isolated_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")
     # Downloads must not land in (or be served from) the real ~/.cache.
     monkeypatch.setenv("TRACKED_CKPT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # Each test sees its own first warning about missing git provenance (once per process, per reason).
+    from tracked_ckpt import git as git_provenance
+
+    monkeypatch.setattr(git_provenance, "_WARNED", set())
 
 
 @pytest.fixture

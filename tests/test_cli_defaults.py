@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tokenize
 
 import mlflow
 import pytest
 from support.helpers import make_data, make_model
 
+import tracked_ckpt
 from tracked_ckpt import TrackedModelCheckpoint, fits
 from tracked_ckpt.cli import in_cli_terms, main
 
@@ -94,7 +97,54 @@ def test_ls_in_a_store_without_checkpoints_names_the_flags(embedded_store, workd
             "W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server",
             "W&B is in offline mode (WANDB_MODE or mode=), and listing needs the server",
         ),
+        (
+            "MLflow run 'x' not found at sqlite:///mlflow.db: check run_id= and MLFLOW_TRACKING_URI.",
+            "MLflow run 'x' not found at sqlite:///mlflow.db: check --run-id and MLFLOW_TRACKING_URI.",
+        ),
+        (
+            "point MLFLOW_TRACKING_URI (or tracking_uri=) at your store. Pass one of those as monitor=.",
+            "point MLFLOW_TRACKING_URI (or --tracking-uri) at your store. Pass one of those as --monitor.",
+        ),
+        (
+            "promote a checkpoint first (promote_best('digits', tracker='wandb')) or check the name.",
+            "promote a checkpoint first (tracked-ckpt promote digits --tracker wandb) or check the name.",
+        ),
+        ("(promote_best('digits'))", "(tracked-ckpt promote digits)"),
     ],
 )
 def test_library_messages_speak_in_flags_on_the_command_line(message, expected):
     assert in_cli_terms(message) == expected
+
+
+# The flags of options that are keyword arguments in Python: a library message names the keyword.
+_FLAG = re.compile(r"--(run-id|experiment|alias|version|monitor|mode|tracker|tracking-uri|name|all-experiments)\b")
+
+
+def test_library_messages_name_keywords_not_flags():
+    package = os.path.dirname(tracked_ckpt.__file__)
+    sources = [os.path.join(package, f) for f in os.listdir(package) if f.endswith(".py") and f != "cli.py"]
+    sources += [os.path.join(package, "integrations", f) for f in os.listdir(os.path.join(package, "integrations"))]
+    flagged = []
+    for path in sorted(s for s in sources if s.endswith(".py")):
+        with open(path) as f:
+            tokens = list(tokenize.generate_tokens(f.readline))
+        strings = [t for t in tokens if t.type in (tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", -1))]
+        flagged += [f"{os.path.basename(path)}:{t.start[0]}" for t in strings if _FLAG.search(t.string)]
+    assert flagged == []
+
+
+def test_the_api_speaks_python_and_the_cli_flags(embedded_store, workdir, monkeypatch, capsys):
+    monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})
+    missing = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(LookupError) as caught:
+        tracked_ckpt.list_checkpoints(run_id=missing)
+    assert "check run_id= and MLFLOW_TRACKING_URI" in str(caught.value) and "--" not in str(caught.value)
+    assert main(["ls", "--run-id", missing]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "check --run-id and MLFLOW_TRACKING_URI" in error and "run_id=" not in error, error
+    with pytest.raises(LookupError) as caught:
+        tracked_ckpt.load_model("never-promoted")
+    assert "(promote_best('never-promoted'))" in str(caught.value)
+    assert main(["show", "never-promoted"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "(tracked-ckpt promote never-promoted)" in error and "promote_best" not in error, error

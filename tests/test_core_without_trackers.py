@@ -1,7 +1,7 @@
 """The core's own tests run where no tracker SDK can be imported: they need neither extra.
 
 Each listed file tests the core alone (schema, settings, spool and publisher with the fake
-tracker, progress, git capture, version checks, a third-party tracker). It runs in a pytest
+tracker, progress, git capture, version checks, a third-party tracker, logged code). It runs in a pytest
 subprocess whose `support.no_trackers` plugin makes `import mlflow` and `import wandb` fail,
 so a module-level tracker import in conftest, the support code, a test or the package shows
 up as a failure here, and one the package caught and went on from shows up in the summary.
@@ -26,6 +26,7 @@ CORE_TESTS = [
     "test_versions.py",
     "test_tracker.py",
     "test_fits.py",
+    "test_logged_code.py",
 ]
 
 

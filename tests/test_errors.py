@@ -22,6 +22,7 @@ BUILT_IN_BASES = {
     "ChecksumError": RuntimeError,
     "ChunkStoreError": RuntimeError,
     "JobLockedError": RuntimeError,
+    "MissingCodeError": TypeError,
     "MissingRequirementError": ImportError,
     "TrackerError": RuntimeError,
     "UnknownKeyError": ValueError,

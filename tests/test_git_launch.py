@@ -103,3 +103,20 @@ def test_callback_records_the_repository_it_was_made_in_after_a_chdir(repo, else
         make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
         (checkpoint,) = list_checkpoints()
         assert (checkpoint.record.git_commit, checkpoint.record.git_branch) == (head(repo), "sweep")
+
+
+def test_a_study_warns_once_per_process_and_reason_then_logs_at_debug_level(elsewhere, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="tracked_ckpt")
+    for _ in range(3):  # three trials of a study, in one process
+        assert capture_for_job() == GitInfo()
+    assert capture_for_job(repo=tmp_path / "not-a-repo") == GitInfo()  # another reason: warned about once too
+    assert capture_for_job(repo=tmp_path / "not-a-repo") == GitInfo()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "Git provenance" in r.getMessage()]
+    assert [level for level, _ in said] == [
+        logging.WARNING,
+        logging.DEBUG,
+        logging.DEBUG,
+        logging.WARNING,
+        logging.DEBUG,
+    ]
+    assert "git_repo=" in said[0][1] and said[1][1] == said[0][1]

@@ -66,8 +66,11 @@ def test_unregistered_custom_layer_loads_with_custom_objects(embedded_store, wor
     assert "\n" not in warnings[0]
 
     tracked_ckpt.promote_best("custom-clf", run_id=run_id)
-    with pytest.raises(TypeError, match="Doubling"):
-        tracked_ckpt.load_model("custom-clf")  # Keras cannot find the class on its own
+    # Keras cannot find the class on its own, and no code was logged: one line with both fixes.
+    with pytest.raises(TypeError, match=r"needs class 'Doubling' of module '[\w.]*test_loads_anywhere'") as caught:
+        tracked_ckpt.load_model("custom-clf")
+    assert isinstance(caught.value, tracked_ckpt.MissingCodeError) and "\n" not in str(caught.value)
+    assert "custom_objects={'Doubling': Doubling})" in str(caught.value) and "code_paths=[" in str(caught.value)
     restored = tracked_ckpt.load_model("custom-clf", custom_objects={"Doubling": Doubling}, compile=False)
     np.testing.assert_allclose(restored.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-6)
     with pytest.raises(TypeError, match=r"custom_objects=\{'Scale': Scale\}"):
@@ -160,6 +163,64 @@ def test_local_module_passed_as_code_loads_with_pyfunc_in_a_fresh_process(embedd
     assert done.returncode == 0, done.stderr[-3000:]
     predicted = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(predicted, model.predict(X, verbose=0), rtol=1e-5)
+
+
+def test_load_model_uses_the_logged_code_in_a_fresh_process_and_leaves_its_imports_as_they_were(
+    embedded_store, workdir, monkeypatch
+):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "my_layers.py").write_text(LOCAL_MODULE)
+    monkeypatch.syspath_prepend(str(src))
+    import my_layers
+
+    layer = keras.Sequential([my_layers.Halve(), my_layers.Shift()])
+    with_code, run_id = fit(layer, name="local", code_paths=[os.path.join("src", "my_layers.py")])
+    tracked_ckpt.promote_best("with-code", run_id=run_id)
+    _, run_id = fit(keras.Sequential([my_layers.Halve(), my_layers.Shift()]), name="bare")
+    promoted = tracked_ckpt.promote_best("without-code", run_id=run_id).checkpoint.record.name
+
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    # This tracked_ckpt (a checkout's, not an installed one), and JAX (see above).
+    package_root = os.path.dirname(os.path.dirname(tracked_ckpt.__file__))
+    env = {**os.environ, "PYTHONPATH": package_root, "MLFLOW_TRACKING_URI": embedded_store}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="jax")
+    done = subprocess.run(
+        child("load_with_logged_code", "with-code", "without-code"),
+        input=json.dumps(X.tolist()),
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded, refused = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert "error" not in loaded, loaded["error"]
+    np.testing.assert_allclose(np.array(loaded["predictions"]), with_code.predict(X, verbose=0), rtol=1e-5)
+    assert refused["error"] == (
+        f"MissingCodeError: {promoted} needs class 'Shift' of module 'my_layers', which Keras cannot find and no "
+        "code was logged with the checkpoint: pass load_model(..., custom_objects={'Shift': Shift}), or log the "
+        "module with TrackedModelCheckpoint(..., code_paths=['my_layers.py'])."
+    )
+    for result in (loaded, refused):  # the logged code was importable for the call only
+        assert result["sys_path_unchanged"] and result["modules_left"] == [], result
+        assert result["importable_after"] is False, result
+
+    # Here, where the user imported their own my_layers: the logged copy loads, theirs is back after.
+    mine = sys.modules["my_layers"]
+    path_before = list(sys.path)
+    restored = tracked_ckpt.load_model("with-code", compile=False)
+    assert sys.modules["my_layers"] is mine and sys.path == path_before
+    shift = restored.layers[-2].layers[-1]
+    assert type(shift).__module__ == "my_layers" and type(shift) is not mine.Shift  # the logged copy's, still working
+    assert keras.saving.get_registered_object("Custom>Halve") is mine.Halve  # the user's registration holds
+    np.testing.assert_allclose(restored.predict(X, verbose=0), with_code.predict(X, verbose=0), rtol=1e-5)
+    with pytest.raises(tracked_ckpt.MissingCodeError, match=r"logged_code=False\): pass load_model\(") as caught:
+        tracked_ckpt.load_model("with-code", logged_code=False)
+    assert "\n" not in str(caught.value) and isinstance(caught.value, TypeError)
+    assert tracked_ckpt.load_model("without-code", custom_objects={"Shift": my_layers.Shift}, compile=False)
 
 
 def test_model_needs_reads_modules_and_registered_packages():

@@ -15,7 +15,6 @@ import time
 
 import mlflow
 import pytest
-from mlflow.exceptions import MlflowException
 from support.helpers import make_data, make_model
 from support.mlflow_runs import train_run
 from support.mlflow_server import free_port
@@ -100,6 +99,7 @@ def test_api_against_a_dead_port_raises_one_line(workdir, monkeypatch, read, con
     seconds = time.monotonic() - started
     message = str(raised.value)
     assert dead in message and "MLFLOW_TRACKING_URI" in message and "\n" not in message
+    assert "tracking_uri=" in message and "--tracking-uri" not in message  # Python's words; the CLI says flags
     assert seconds < API_BOUND, f"took {seconds:.1f}s"
 
 
@@ -192,26 +192,36 @@ def test_a_proxy_whose_mlflow_is_down_is_named_as_such(workdir, monkeypatch, bad
     assert seconds < CLI_BOUND
 
 
-def test_a_404_on_health_is_not_refused_mlflow_answers_for_itself(workdir, monkeypatch, not_found):
+def test_a_404_on_health_is_not_refused_and_a_404_from_the_api_is_one_line_naming_the_fix(
+    workdir, monkeypatch, not_found
+):
     """A reverse proxy may serve MLflow under a path prefix or not forward /health: the probe lets
-    it through, and what MLflow then says about the 404s comes back in one line, without retries."""
+    it through; a URL whose API answers 404 (a plain web server, a missing prefix) is then named in
+    one line with the fix, without retries, and never taken for an absent run, experiment or alias."""
     monkeypatch.setattr(fits, "_LAST_DESTINATIONS", {})
     check_readable(not_found)  # the probe does not refuse it
     check_readable(not_found + "/mlflow")
     tracker = MlflowTracker(tracking_uri=not_found)
-    started = time.monotonic()
-    with pytest.raises(MlflowException, match="experiments/get-by-name failed with error code 404"):
-        tracked_ckpt.list_checkpoints(tracker=tracker, experiment="digits")
-    assert time.monotonic() - started < API_BOUND
-    started = time.monotonic()
-    # A registry read's failure is never taken for an absent alias.
-    with pytest.raises(TrackerError, match=f"MLflow at {not_found} failed: .*registered-models/alias.* 404"):
-        tracked_ckpt.load_model("digits-classifier", tracker=tracker)
-    assert time.monotonic() - started < API_BOUND
+    fix = "point MLFLOW_TRACKING_URI (or tracking_uri=) at the MLflow server's URL, with its path prefix if it has one."
+    for read, endpoint in (
+        (lambda: tracked_ckpt.list_checkpoints(tracker=tracker, experiment="digits"), "experiments/get-by-name"),
+        (lambda: tracked_ckpt.list_checkpoints(tracker=tracker, run_id="0" * 32), "runs/get"),
+        (lambda: tracked_ckpt.list_checkpoints(tracker=tracker), "experiments/search"),
+        (lambda: tracked_ckpt.load_model("digits-classifier", tracker=tracker), "registered-models/alias"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(TrackerError) as raised:
+            read()
+        assert time.monotonic() - started < API_BOUND
+        assert re.fullmatch(
+            rf"MLflow at {not_found} answers HTTP 404 to /api/2.0/mlflow/{endpoint}: {re.escape(fix)}",
+            str(raised.value),
+        )
     for args, endpoint in ((["show", "digits-classifier"], "registered-models/alias"), (["ls"], "experiments/search")):
         done, seconds = cli(workdir, *args, "--tracking-uri", not_found)
         line = one_error_line(done)
         assert "not an MLflow tracking server" not in line and endpoint in line and "404" in line, line
+        assert "(or --tracking-uri) at the MLflow server's URL" in line, line
         assert seconds < CLI_BOUND
 
 

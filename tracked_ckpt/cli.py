@@ -57,17 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-# The library's messages name keyword arguments and "this process"; a command line has flags.
-_KEYWORD = re.compile(r"\b(run_id|experiment|alias|version)=(?:'([^']*)'|\"([^\"]*)\")?")
+# The library's messages name keyword arguments, calls and "this process"; a command line has flags and commands.
+_KEYWORD = re.compile(r"\b(run_id|experiment|alias|version|monitor|tracker|tracking_uri)=(?:'([^']*)'|\"([^\"]*)\")?")
+_PROMOTE = re.compile(r"\bpromote_best\('([^']*)'((?:, \w+='[^']*')*)\)")
 _THIS_PROCESS = re.compile(r"\s*\([^()]*\bthis process\)|,?\s*\b(?:in|from) this process\b")
 
 
 def in_cli_terms(message: str) -> str:
-    """A library error message as the command line says it: flags for keywords, no "this process".
+    """A library error message as the command line says it: flags for keywords, commands for calls, no "this process".
 
     Example:
         >>> in_cli_terms("pass run_id='proj/1a2b' or experiment= (no fit has logged in this process).")
         'pass --run-id proj/1a2b or --experiment.'
+        >>> in_cli_terms("promote a checkpoint first (promote_best('digits', tracker='wandb'))")
+        'promote a checkpoint first (tracked-ckpt promote digits --tracker wandb)'
     """
 
     def flag(match: re.Match[str]) -> str:
@@ -76,6 +79,7 @@ def in_cli_terms(message: str) -> str:
         return f"{name} {value}" if value else name
 
     message = _THIS_PROCESS.sub("", message)
+    message = _PROMOTE.sub(lambda m: f"tracked-ckpt promote {m.group(1)}{m.group(2).replace(',', '')}", message)
     return _KEYWORD.sub(flag, message)
 
 

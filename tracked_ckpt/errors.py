@@ -2,8 +2,8 @@
 
 Each derives from `TrackedCkptError`, so one `except TrackedCkptError` catches
 every failure of the library's own (a tracker that cannot do what was asked, a
-checksum mismatch, a job key held elsewhere, a missing package, an unsupported
-version); an invalid argument stays a plain `ValueError` or `TypeError`, as in
+checksum mismatch, a job key held elsewhere, a missing package or class, an
+unsupported version); an invalid argument stays a plain `ValueError` or `TypeError`, as in
 Keras. Each also keeps the built-in base that says what kind of failure it is
 (`RuntimeError`, `ImportError`), so code catching those goes on catching them.
 
@@ -77,6 +77,25 @@ class MissingRequirementError(TrackedCkptError, ImportError):
     """
 
     __module__ = "tracked_ckpt.requirements"
+
+
+class MissingCodeError(TrackedCkptError, TypeError):
+    """A checkpoint's config names a class or function that neither Keras nor the code logged with it defines.
+
+    The message names the class, its module and both fixes (`custom_objects=`,
+    `code_paths=`). It is also the `TypeError` Keras raises for the same failure,
+    so code catching that goes on catching it.
+
+    Example:
+        ```python
+        try:
+            tracked_ckpt.load_model("digits-classifier")
+        except MissingCodeError as exc:
+            print(exc)  # digits-e0007 needs class 'Scale' of module 'my_layers', ...: pass ...
+        ```
+    """
+
+    __module__ = "tracked_ckpt.logged_code"
 
 
 class UnknownKeyError(TrackedCkptError, ValueError):

@@ -27,6 +27,10 @@ logger = logging.getLogger("tracked_ckpt")
 #: Working directories launchers record before moving a job elsewhere (Ray Tune's driver CWD).
 LAUNCH_DIR_ENVS = ("TUNE_ORIG_WORKING_DIR",)
 
+# Why provenance was missing, for each reason warned about in this process (`_not_recorded`).
+_WARNED: set[str] = set()
+_WARNED_LOCK = threading.Lock()
+
 # scp-like syntax: [user@]host:path (no scheme, no "//" after the colon).
 _SCP_RE = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>[A-Za-z0-9.\-_]+):(?!//)(?P<path>[^\s]+)$")
 
@@ -85,7 +89,8 @@ def capture(path: str | os.PathLike[str] | None = None) -> GitInfo:
     """Describe the git repository containing `path` (default: the CWD), searching upwards.
 
     Never raises: outside a repository, without git, or on an empty repository it
-    logs one warning and returns the fields it could determine.
+    logs one warning (once per process for each reason; later ones at debug level)
+    and returns the fields it could determine.
 
     Example (in a clone, `info.commit, info.branch, info.dirty, info.remote` is e.g.
     `('9c1e4a7b…', 'main', False, 'https://github.com/org/repo.git')`; outside one, nothing):
@@ -98,15 +103,15 @@ def capture(path: str | os.PathLike[str] | None = None) -> GitInfo:
     try:
         import git  # GitPython; imports fail when the git executable is absent
     except Exception as exc:  # ImportError, or git.exc.GitError raised at import time
-        logger.warning("Git provenance not recorded: git is not available (%s).", _first_line(exc))
+        _not_recorded("no git", "Git provenance not recorded: git is not available (%s).", _first_line(exc))
         return GitInfo()
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        logger.warning("Git provenance not recorded: %s is not inside a git repository.", path)
+        _not_recorded("no repository", "Git provenance not recorded: %s is not inside a git repository.", path)
         return GitInfo()
     except Exception as exc:
-        logger.warning("Git provenance not recorded: %s", _first_line(exc))
+        _not_recorded("git failed", "Git provenance not recorded: %s", _first_line(exc))
         return GitInfo()
     try:
         return _info_of(repo)
@@ -143,13 +148,26 @@ def capture_for_job(repo: str | os.PathLike[str] | None = None, started_in: str 
     for path in candidates:
         if path and _inside_repository(path):
             return capture(path)
-    logger.warning(
+    _not_recorded(
+        "no repository for the job",
         "Git provenance not recorded: %s is not inside a git repository (nor the folder the job started "
         "in); pass git_repo= or set %s to the repository of the training code.",
         _cwd() or "the CWD",
         settings.GIT_REPO,
     )
     return GitInfo()
+
+
+def _not_recorded(reason: str, message: str, *args: object) -> None:
+    """Warn about missing provenance once per process and reason, then at debug level.
+
+    A study runs many fits in one process (KerasTuner's trials, a loop of fits):
+    one warning says it; the same one for every trial would bury the others.
+    """
+    with _WARNED_LOCK:  # captures run on background threads (`capture_in_background`)
+        first = reason not in _WARNED
+        _WARNED.add(reason)
+    logger.log(logging.WARNING if first else logging.DEBUG, message, *args)
 
 
 def _inside_repository(path: str) -> bool:
@@ -185,10 +203,10 @@ def _info_of(repo: git.Repo) -> GitInfo:
     try:
         commit = repo.head.commit.hexsha
     except ValueError:  # no commits yet: HEAD points at an unborn branch
-        logger.warning("Git provenance incomplete: the repository at %s has no commits.", repo.working_dir)
+        _not_recorded("no commits", "Git provenance incomplete: the repository at %s has no commits.", repo.working_dir)
         return GitInfo(branch=_branch(repo), dirty=_dirty(repo), remote=_remote(repo))
     except Exception as exc:
-        logger.warning("Git provenance not recorded: %s", _first_line(exc))
+        _not_recorded("git failed", "Git provenance not recorded: %s", _first_line(exc))
         return GitInfo()
     return GitInfo(commit=commit, branch=_branch(repo), dirty=_dirty(repo), remote=_remote(repo))
 

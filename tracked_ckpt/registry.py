@@ -30,6 +30,7 @@ from typing import Any
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.errors import UnknownKeyError
 from tracked_ckpt.fits import last_destination, wait
+from tracked_ckpt.logged_code import MissingCodeError, load_keras_file
 from tracked_ckpt.record import is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
 from tracked_ckpt.selection import (
@@ -352,8 +353,9 @@ def load_model(
     safe_mode: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
+    logged_code: bool = True,
 ) -> Any:
-    """Load a checkpoint back as a `keras.Model`.
+    """Load a checkpoint back as a `keras.Model`, with the code logged with it (`code_paths`) if it needs it.
 
     Args:
         registered_name, alias, version: which registered checkpoint (alias wins
@@ -367,8 +369,12 @@ def load_model(
         compile, safe_mode: passed to `keras.saving.load_model`. `safe_mode`
             stays on unless you trust the checkpoint's source.
         cache_dir, verify: the download cache and its checks (see `download_checkpoint`).
+        logged_code: import the code logged with the checkpoint (`code_paths`; MLflow)
+            for this call when Keras cannot find a class otherwise; False never runs it.
 
     Raises:
+        MissingCodeError: the config names a class or function that neither Keras,
+            `custom_objects` nor the logged code defines (one line with both fixes).
         MissingRequirementError: a package the checkpoint's recorded requirements
             name is not installed (one line with the `pip install` command).
 
@@ -378,8 +384,6 @@ def load_model(
         model = load_model("digits-classifier", custom_objects={"Scale": Scale})
         ```
     """
-    import keras
-
     if custom_objects is not None and not isinstance(custom_objects, Mapping):
         raise TypeError(
             f"custom_objects must map names to classes or functions, e.g. custom_objects={{'Scale': Scale}}; "
@@ -399,8 +403,15 @@ def load_model(
     if checkpoint.record.format == "weights.h5":
         model.load_weights(path)
         return model
-    return keras.saving.load_model(
-        path, custom_objects=dict(custom_objects) if custom_objects else None, compile=compile, safe_mode=safe_mode
+    return load_keras_file(
+        path,
+        checkpoint,
+        registry_of(tracker, "download checkpoints"),
+        custom_objects=custom_objects,
+        compile=compile,
+        safe_mode=safe_mode,
+        cache_dir=cache_dir,
+        logged_code=logged_code,
     )
 
 
@@ -434,6 +445,7 @@ __all__ = [
     "ALL_EXPERIMENTS",
     "ChecksumError",
     "LoggedCheckpoint",
+    "MissingCodeError",
     "MissingRequirementError",
     "PromotionResult",
     "UnknownKeyError",

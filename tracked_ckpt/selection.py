@@ -126,7 +126,7 @@ def no_value_error(
     have = ", ".join(metrics) if metrics else "no metrics"
     return UnknownKeyError(
         f"No checkpoint in {scope_text(scope)} has a value for {monitor!r}: they have {have}. "
-        "Pass one of those as monitor= (--monitor)."
+        "Pass one of those as monitor=."
     )
 
 

@@ -233,6 +233,16 @@ class TrackerRegistry(abc.ABC):
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint file into `directory`; return its path (the caller verifies it)."""
 
+    def fetch_code(self, checkpoint: LoggedCheckpoint, directory: str) -> str | None:
+        """Download the code logged with the checkpoint (`code_paths`) into `directory`, or None if none was.
+
+        Returns the folder to make importable: the logged module files and package
+        folders at its top, nothing else. Asked only when Keras cannot find a class
+        the checkpoint's config names (`tracked_ckpt.logged_code`). Default: None, a
+        tracker that logs no code with its checkpoints (W&B versions carry the file alone).
+        """
+        return None
+
 
 class TrackerJobKeys(abc.ABC):
     """Resume by job key (`resume="<job key>"`), optional.

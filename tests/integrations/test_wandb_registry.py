@@ -259,7 +259,9 @@ def test_the_default_api_needs_online_mode(monkeypatch):
 
 
 def test_missing_registered_model_alias_or_version(server, tracker, tmp_path):
-    with pytest.raises(LookupError, match=r"'nope' has no alias 'champion'.*tracked-ckpt promote nope"):
+    with pytest.raises(
+        LookupError, match=r"'nope' has no alias 'champion'.*\(promote_best\('nope', tracker='wandb'\)\)"
+    ):
         tracked_ckpt.load_model("nope", tracker=tracker)
     log_run(server, "r1", [0.3, 0.2])
     tracked_ckpt.promote_best("clf", tracker=tracker, run_id="r1")
