@@ -19,6 +19,8 @@ staging copy: online, `log_checkpoint` waits until the version is committed
 before the spool may drop the file; offline, the file is first linked (or
 copied) into the offline run's own directory, so `wandb sync <run dir>`
 uploads it later. With `WANDB_MODE=disabled` nothing is copied or logged.
+An incremental record (`storage="incremental"`) becomes a version holding a manifest and the
+content-addressed packs it references, which W&B stores once per collection (`wandb_chunks`).
 
 How a record is named, aliased and described on W&B is in `wandb_schema`.
 The registry side (list, promote, load, job keys, all through `wandb.Api`) is
