@@ -18,9 +18,9 @@ the run's local directory (`<run dir>/tracked_ckpt/chunks/<collection>/`), whose
 links of the ones the pack cache keeps (no second copy). Offline, the artifact records point at
 those files until `wandb sync <run dir>`, so the run directory stays self-contained; online, the
 packs the newest version no longer lists are dropped once it is committed, and the folder goes
-when the tracker finishes. A process that starts without the folder (a resumed run, `tracked-ckpt
-sync` elsewhere) packs the file afresh: correct, and W&B still stores packs that come out
-identical once.
+when the tracker finishes. A resumed run (a new run directory) starts from the folder an earlier
+process left beside it, if any (offline runs keep theirs until synced); without one, the file is
+packed afresh: correct, and W&B still stores packs that come out identical once.
 
 W&B computes an MD5 of every file added to a version; a pack's is computed once (when it is first
 added) and its entry reused for later versions, so a version hashes its new bytes only.
@@ -37,6 +37,8 @@ project that share a frozen base each store it once.
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import logging
 import os
@@ -54,7 +56,7 @@ from tracked_ckpt.errors import ChunkStoreError
 from tracked_ckpt.files import link_or_copy, safe_file_name
 from tracked_ckpt.pack_cache import PackCache, default_pack_cache
 from tracked_ckpt.pack_writer import StoredFile, store_file
-from tracked_ckpt.packs import PACKS, Manifest
+from tracked_ckpt.packs import INDEXES, PACKS, ChunkLocation, Manifest, index_to_bytes
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -151,7 +153,8 @@ class IncrementalWriter:
         with self._lock:
             if not run.offline:
                 self._online_folders.add(folder.root)
-            stored = store_file(path, folder, self.cache, name=file_name, previous=folder.latest())
+            previous = folder.latest() or _seed_from_earlier_process(folder, run, collection)
+            stored = store_file(path, folder, self.cache, name=file_name, previous=previous)
             manifest = stored.manifest
             kept = folder.keep_manifest(manifest, f"{key}.json")
             artifact.description = stored.describe()
@@ -184,6 +187,41 @@ class IncrementalWriter:
             return
         entry = artifact.add_file(os.fspath(local), name=name, policy="immutable", skip_cache=True)
         self._entries[pack] = entry.model_copy()
+
+
+def _seed_from_earlier_process(folder: PackFolder, run: Any, collection: str) -> Manifest | None:
+    """Give a run's new local folder the packs of its newest version an earlier process logged here.
+
+    A resumed run (`resume=`, `tracked-ckpt sync` after a crash) has a run directory of its own
+    beside the earlier ones (`<wandb dir>/{offline-,}run-<time>-<run id>`); an earlier one still
+    holding the collection's folder (offline: until synced and removed) gives this one its newest
+    manifest, its packs (hard links) and where their chunks are, so the next version shares them
+    instead of packing the whole file again. Returns that manifest, or None.
+    """
+    runs = Path(run.settings.sync_dir).parent
+    earlier = [
+        PackFolder(found.parent)
+        for found in runs.glob(os.path.join(f"*run-*-{glob.escape(run.id)}", CHUNKS_DIR, collection, _LATEST))
+        if found.parent != folder.root
+    ]
+    for source in sorted(earlier, key=lambda f: (f.root / _LATEST).stat().st_mtime, reverse=True):
+        manifest = source.latest()
+        if manifest is None or not all(source.pack_path(p).is_file() for p in manifest.packs):
+            continue
+        for pack in manifest.packs:
+            folder.put(PACKS + pack, source.pack_path(pack))
+        where: dict[str, dict[str, ChunkLocation]] = {}
+        for chunk in manifest.chunks:
+            where.setdefault(chunk.pack, {})[chunk.digest] = chunk
+        index = index_to_bytes({pack: list(chunks.values()) for pack, chunks in where.items()})
+        folder.root.mkdir(parents=True, exist_ok=True)
+        staged = folder.root / ".seed-index"
+        staged.write_bytes(index)
+        folder.put(f"{INDEXES}{hashlib.sha256(index).hexdigest()}.json", staged)
+        staged.unlink()
+        logger.debug("W&B %s: sharing %d pack(s) with %s", collection, len(manifest.packs), source.root)
+        return manifest
+    return None
 
 
 class ArtifactPackStore(BlobStore):

@@ -208,11 +208,42 @@ def test_a_missing_or_corrupt_pack_fails_in_one_line_and_never_poisons_the_cache
         assert f.read() == contents[2]
 
 
+def test_a_resumed_offline_run_shares_the_packs_an_earlier_process_logged(wandb_env):
+    """`tracked-ckpt sync` after a crash resumes the run in a new run dir: its versions still share the base."""
+    first_dir, _ = log_epochs(wandb_env, {1: content(1)})
+    destination = {"run_id": os.path.basename(first_dir).rsplit("-", 1)[1], "project": "", "entity": ""}
+    destination["mode"] = "offline"
+    path = wandb_env / "m-02.keras"
+    path.write_bytes(content(2))
+    later = WandbTracker()  # another process: nothing in memory
+    later.log_checkpoint(record_for(str(path), 2, content(2)), str(path), destination)
+    later.finish()
+
+    first_run, resumed_run = run_dirs(str(wandb_env / "wandb_dir"))
+    (first,) = logged_artifacts(first_run)
+    (resumed,) = logged_artifacts(resumed_run)
+    assert packs_of(first).items() < packs_of(resumed).items()
+    assert all(f.local_path.startswith(resumed_run + os.sep) for f in resumed.files)  # syncable alone
+    assert re.fullmatch(r"incremental: \d+\.\d KB new of 3\.2 MB", resumed.description), resumed.description
+    server, tracker = synced(first_run)
+    sent = server.uploaded_bytes
+    server.sync(resumed_run)
+    assert server.uploaded_bytes - sent < 2 * HEAD
+    (checkpoint,) = [
+        c for c in tracker.search_checkpoints(tracker.scope(destination["run_id"], None)) if c.record.epoch == 2
+    ]
+    drop_pack_cache()
+    path = tracked_ckpt.download_checkpoint(checkpoint=checkpoint, tracker=tracker, cache_dir=wandb_env / "dl")
+    with open(path, "rb") as f:
+        assert f.read() == content(2)
+
+
 def test_online_run_folder_keeps_only_the_newest_version_s_packs(wandb_env, monkeypatch):
     """Online, once a version is committed, the packs only older versions list leave the run's folder."""
     from tracked_ckpt.integrations.wandb_chunks import IncrementalWriter, PackFolder
 
     class OnlineRun:
+        id = "r1"
         offline = False
 
         class settings:
