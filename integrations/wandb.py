@@ -19,6 +19,8 @@ staging copy: online, `log_checkpoint` waits until the version is committed
 before the spool may drop the file; offline, the file is first linked (or
 copied) into the offline run's own directory, so `wandb sync <run dir>`
 uploads it later. With `WANDB_MODE=disabled` nothing is copied or logged.
+An incremental record (`storage="incremental"`) becomes a version holding a manifest and the
+content-addressed packs it references, which W&B stores once per collection (`wandb_chunks`).
 
 How a record is named, aliased and described on W&B is in `wandb_schema`.
 The registry side (list, promote, load, job keys, all through `wandb.Api`) is
@@ -49,6 +51,7 @@ check_supported("wandb", extra="wandb")  # before importing it
 import wandb
 
 from tracked_ckpt.files import link_or_copy
+from tracked_ckpt.integrations.wandb_chunks import IncrementalWriter
 from tracked_ckpt.integrations.wandb_registry import JOB_SUMMARY_KEYS, REGISTRY_PREFIX, WandbRegistry
 from tracked_ckpt.integrations.wandb_schema import (
     ARTIFACT_TYPE,
@@ -61,7 +64,7 @@ from tracked_ckpt.integrations.wandb_schema import (
     history_row,
     identifying_alias,
 )
-from tracked_ckpt.record import CheckpointRecord
+from tracked_ckpt.record import STORAGE_INCREMENTAL, CheckpointRecord
 from tracked_ckpt.tracker import Tracker
 
 __all__ = ["JOB_SUMMARY_KEYS", "OFFLINE_FILES_DIR", "REGISTRY_PREFIX", "WandbTracker"]
@@ -162,7 +165,7 @@ class WandbTracker(Tracker, WandbRegistry):
         self._reset_runtime()
 
     #: What a tracker holds while it serves one fit; never copied (see `__deepcopy__`).
-    _RUNTIME = ("_api", "_runs", "_owned", "_logged", "_history", "_lock")
+    _RUNTIME = ("_api", "_runs", "_owned", "_logged", "_history", "_lock", "_chunks")
 
     def _reset_runtime(self) -> None:
         self._api = self._given_api
@@ -171,6 +174,7 @@ class WandbTracker(Tracker, WandbRegistry):
         self._logged: dict[tuple[str, str], str] = {}  # (run id, record key) -> version ref
         self._history: set[tuple[str, str]] = set()  # (run id, record key) whose logs are in history
         self._lock = threading.RLock()
+        self._chunks = IncrementalWriter()
 
     # A copy is the configuration (a subclass's attributes too): no run, no lock. KerasTuner deep-copies
     # callbacks per trial, Ray pickles them; the values are shared, never mutated, and so is the `api`
@@ -255,6 +259,7 @@ class WandbTracker(Tracker, WandbRegistry):
             run.finish(exit_code=exit_code)
             with _STARTED_LOCK:
                 _STARTED.discard(run.id)
+        self._chunks.finish()
 
     @override
     def run_url(self, destination: Mapping[str, Any]) -> str | None:
@@ -297,16 +302,23 @@ class WandbTracker(Tracker, WandbRegistry):
 
     def _log_artifact(self, run: Any, record: CheckpointRecord, path: str, destination: Mapping[str, Any]) -> str:
         collection = collection_name(record, run.id)
-        if run.offline:
-            # The artifact record points at this file until `wandb sync`; keep it with the run.
-            path = _keep_for_sync(path, run.settings.sync_dir, record)
         artifact = wandb.Artifact(collection, type=ARTIFACT_TYPE, metadata=artifact_metadata(record, run.id))
-        artifact.add_file(
-            path,
-            name=os.path.basename(record.filepath),
-            policy="immutable",  # no staging copy: the spool (or the run dir) holds the file
-            skip_cache=not self.cache,
-        )
+        incremental = None
+        if record.storage == STORAGE_INCREMENTAL:
+            # A manifest and the packs it references, kept in the run's directory (`wandb_chunks`).
+            incremental = self._chunks.build(
+                run, collection, artifact, path, os.path.basename(record.filepath), record.key
+            )
+        else:
+            if run.offline:
+                # The artifact record points at this file until `wandb sync`; keep it with the run.
+                path = _keep_for_sync(path, run.settings.sync_dir, record)
+            artifact.add_file(
+                path,
+                name=os.path.basename(record.filepath),
+                policy="immutable",  # no staging copy: the spool (or the run dir) holds the file
+                skip_cache=not self.cache,
+            )
         aliases = checkpoint_aliases(record)
         logged = run.log_artifact(artifact, aliases=aliases)
         if run.offline:
@@ -316,6 +328,9 @@ class WandbTracker(Tracker, WandbRegistry):
             return f"{where}:{identifying_alias(record)}"
         # Online: return only once W&B committed the version, so the spool may drop the file.
         logged.wait(timeout=self.upload_timeout)
+        if incremental is not None:
+            folder, stored = incremental
+            self._chunks.committed(run, folder, stored.manifest)
         return str(logged.qualified_name)
 
     # -- retention ----------------------------------------------------------------------

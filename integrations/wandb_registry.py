@@ -44,6 +44,7 @@ import wandb
 import wandb.apis.public
 import wandb.errors
 
+from tracked_ckpt.integrations.wandb_chunks import fetch_incremental
 from tracked_ckpt.integrations.wandb_schema import (
     ARTIFACT_TYPE,
     base_of_collection,
@@ -55,7 +56,7 @@ from tracked_ckpt.integrations.wandb_schema import (
     version_number,
     version_ref,
 )
-from tracked_ckpt.record import best_first
+from tracked_ckpt.record import STORAGE_INCREMENTAL, best_first
 from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
@@ -267,10 +268,16 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
 
     @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
-        """Download the checkpoint's file into `directory` (through its Registry link if it has one)."""
+        """Download the checkpoint's file into `directory` (through its Registry link if it has one).
+
+        An incremental version (a manifest and packs, `wandb_chunks`) is rebuilt from the packs
+        the local pack cache lacks, every chunk and the whole file verified.
+        """
         ref = checkpoint.extra.get("registry_path") or checkpoint.id
         with _reading(f"artifact {ref}"):
             artifact = self.api.artifact(ref, type=ARTIFACT_TYPE)
+            if checkpoint.record.storage == STORAGE_INCREMENTAL:
+                return fetch_incremental(artifact, f"W&B checkpoint {checkpoint.id}", directory)
         return str(os.fspath(artifact.file(directory)))
 
     # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------

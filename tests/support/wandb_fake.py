@@ -31,6 +31,10 @@
   failure (a timeout, no HTTP response), which it raises, as wandb 0.31 does.
   `test_fake_raises_what_wandb_raises` holds the errors and their messages
   against the real `wandb.Api` on a stub server;
+* a file is stored once per collection while its digest (MD5) stays the same across versions
+  ("only files that change between two artifact versions incur storage costs"):
+  `FakeServer.uploaded_bytes` counts the bytes a sync or log had to send, and
+  `downloaded_bytes` those `Artifact.download` / `file` wrote;
 * `FakeServer.failure` makes every request fail: "http" as a server answering
   HTTP 503 does (`FakeServer.unreachable = True` is the same), "timeout" as a
   request that got no answer in time.
@@ -98,6 +102,7 @@ class _Collection:
     type: str
     versions: list[_Version] = dataclasses.field(default_factory=list)
     aliases: dict[str, _Version] = dataclasses.field(default_factory=dict)
+    stored: set[str] = dataclasses.field(default_factory=set)  # digests of the files W&B holds for it
 
     def live(self) -> list[_Version]:
         return [v for v in self.versions if v in self._alive]
@@ -136,6 +141,8 @@ class FakeServer:
         self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
         self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
         self.failure: str | None = None  # "http" or "timeout": every request fails so
+        self.uploaded_bytes = 0  # what logging sent: files the collection did not hold yet
+        self.downloaded_bytes = 0  # what downloads wrote
 
     @property
     def unreachable(self) -> bool:
@@ -179,6 +186,11 @@ class FakeServer:
         collection = self._collection(self.entity, project or self.project, name, type, create=True)
         if run_id:
             self.runs.add((collection.entity, collection.project, run_id))
+        for data in files.values():
+            file_digest = _md5_b64(data)
+            if file_digest not in collection.stored:
+                collection.stored.add(file_digest)
+                self.uploaded_bytes += len(data)
         digest = _digest(files)
         version = next((v for v in collection.live() if v.digest == digest), None)
         if version is None:
@@ -589,7 +601,8 @@ class FakeArtifact:
     ) -> str:
         root = root or os.path.join(".", "artifacts", self.name)
         for name, data in self._version.files.items():
-            self._write(root, name, data)
+            if path_prefix is None or name.startswith(str(path_prefix)):
+                self._write(root, name, data)
         return root
 
     def _write(self, root: str | None, name: str, data: bytes) -> str:
@@ -598,10 +611,16 @@ class FakeArtifact:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
+        self._server.downloaded_bytes += len(data)
         return path
+
+
+def _md5_b64(data: bytes) -> str:
+    """A file's digest as W&B's manifests hold it: base64 of its MD5."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 def _digest(files: dict[str, bytes]) -> str:
     """W&B's artifact digest idea: a hash over (name, content md5) of every file."""
-    entries = {name: base64.b64encode(hashlib.md5(data).digest()).decode() for name, data in files.items()}
+    entries = {name: _md5_b64(data) for name, data in files.items()}
     return hashlib.md5(json.dumps(sorted(entries.items())).encode()).hexdigest()

@@ -78,6 +78,7 @@ class LoggedArtifact:
     aliases: list[str]
     metadata: dict[str, Any]
     files: list[LoggedFile]
+    description: str = ""
 
 
 def run_dirs(wandb_dir: str) -> list[str]:
@@ -124,6 +125,7 @@ def logged_artifacts(run_dir: str) -> list[LoggedArtifact]:
                 aliases=list(art.aliases),
                 metadata=json.loads(art.metadata) if art.metadata else {},
                 files=[LoggedFile(e.path, e.digest, e.local_path, e.size) for e in art.manifest.contents],
+                description=art.description,
             )
         )
     return out
