@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from tracked_ckpt import settings
 from tracked_ckpt.blobstore import BlobStore
 from tracked_ckpt.packs import INDEXES, PACKS, ChunkLocation, checked_digest, index_from_bytes
 
@@ -118,3 +119,8 @@ class PackCache:
                 break
             path.unlink(missing_ok=True)
             total -= size
+
+
+def default_pack_cache() -> PackCache:
+    """This machine's pack cache: `chunks/` in the download cache folder (`TRACKED_CKPT_CACHE`)."""
+    return PackCache(os.path.join(settings.cache_dir(), "chunks"))

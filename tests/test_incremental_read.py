@@ -1,0 +1,188 @@
+"""Incremental checkpoints read back from MLflow: rebuilt byte for byte, promoted as complete models,
+collected without losing a shared chunk (issue 25, the read side).
+
+The checkpoints are logged by `support.incremental.log_incremental_stand_in`, which makes what
+`storage="incremental"` will make (swap it for such a fit once the write side lands). Real Keras
+files, the real `mlflow server` and the embedded store; a second process logging while `gc` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from support.helpers import child, sha256
+from support.incremental import incremental_record, log_incremental_stand_in
+
+import tracked_ckpt
+from tracked_ckpt import ChunkStoreError
+from tracked_ckpt.integrations.mlflow import MlflowTracker
+from tracked_ckpt.integrations.mlflow_chunks import experiment_chunk_store
+from tracked_ckpt.integrations.mlflow_manifests import materialize
+from tracked_ckpt.pack_cache import PackCache, default_pack_cache
+from tracked_ckpt.packs import CONDEMNED, PACKS, parse_condemned
+
+X = np.random.default_rng(3).random((5, 64), dtype=np.float32)
+KINDS = ("keras", "h5", "weights.h5")
+
+
+def frozen_base_model() -> keras.Model:
+    """4.4 MB of frozen Dense kernels under a small trainable head (Adam): most bytes stay the same."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(1024, activation="relu", trainable=False)(inputs)
+    hidden = keras.layers.Dense(1024, activation="relu", trainable=False)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(hidden), name="frozen")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.fixture(scope="module")
+def epochs(tmp_path_factory) -> dict[str, list[Path]]:
+    """Three epochs of the frozen-base model, saved in each format."""
+    folder = tmp_path_factory.mktemp("epochs")
+    model = frozen_base_model()
+    x = np.random.default_rng(0).random((32, 64), dtype=np.float32)
+    y = np.arange(32) % 4
+    files: dict[str, list[Path]] = {kind: [] for kind in KINDS}
+    for epoch in range(3):
+        model.fit(x, y, epochs=1, verbose=0)
+        for kind in KINDS:
+            files[kind].append(folder / f"epoch{epoch}.{kind}")
+        model.save(files["keras"][-1])
+        model.save_weights(files["weights.h5"][-1])
+        legacy = keras.models.clone_model(model)  # the legacy `.h5` save needs its own compiled copy
+        legacy.set_weights(model.get_weights())
+        legacy.compile("adam", "sparse_categorical_crossentropy")
+        legacy.save(files["h5"][-1])
+    return files
+
+
+def new_run(client: mlflow.MlflowClient, experiment: str) -> tuple[str, str]:
+    """A run in `experiment` (created if needed): (experiment id, run id)."""
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    return experiment_id, client.create_run(experiment_id).info.run_id
+
+
+def log(client, run_id: str, path: Path, epoch: int, writer_cache: PackCache, **kwargs) -> str:
+    """Log one epoch's file as an incremental checkpoint (the write side's stand-in); its model id."""
+    record = incremental_record(str(path), epoch=epoch + 1, loss=1.0 / (epoch + 1), **kwargs)
+    model_id, _ = log_incremental_stand_in(client, run_id, str(path), record, writer_cache)
+    return model_id
+
+
+def checkpoint(run_id: str, model_id: str) -> tracked_ckpt.LoggedCheckpoint:
+    (found,) = [c for c in tracked_ckpt.list_checkpoints(run_id=run_id) if c.id == model_id]
+    assert found.record.storage == "incremental"
+    return found
+
+
+def manifest_packs(client: mlflow.MlflowClient, model_id: str, folder: Path) -> set[str]:
+    """The packs the manifest of LoggedModel `model_id` references, read from the store."""
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{client.get_logged_model(model_id).artifact_location}/checkpoint.manifest.json",
+        dst_path=str(folder / model_id),
+    )
+    return set(json.loads(Path(path).read_text())["packs"])
+
+
+def predictions(model: keras.Model) -> np.ndarray:
+    return np.asarray(model.predict(X, verbose=0))
+
+
+def cached_packs() -> set[str]:
+    """The packs this machine's pack cache holds (what the store served it)."""
+    return {path.name for path in (Path(default_pack_cache().root) / "packs").iterdir()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_format_is_rebuilt_byte_identical_and_loads_like_the_file(store, workdir, epochs, kind):
+    client = mlflow.MlflowClient()
+    _, run_id = new_run(client, f"incremental-{kind}")
+    path = epochs[kind][0]
+    model_id = log(client, run_id, path, 0, PackCache(workdir / "writer-cache"))
+    found = checkpoint(run_id, model_id)
+    # The LoggedModel holds the manifest, not the file.
+    location = client.get_logged_model(model_id).artifact_location
+    assert [a.path for a in client.list_logged_model_artifacts(model_id)] == ["checkpoint.manifest.json"], location
+
+    downloaded = tracked_ckpt.download_checkpoint(checkpoint=found)
+    assert sha256(downloaded) == sha256(path) and os.path.getsize(downloaded) == os.path.getsize(path)
+    assert Path(downloaded).name == path.name
+
+    if kind == "weights.h5":
+        loaded = tracked_ckpt.load_model(checkpoint=found, model=frozen_base_model())
+        original = frozen_base_model()
+        original.load_weights(path)
+    else:
+        loaded = tracked_ckpt.load_model(checkpoint=found)
+        original = keras.saving.load_model(path)
+    np.testing.assert_allclose(predictions(loaded), predictions(original), rtol=1e-6)
+
+
+def test_a_second_version_of_the_run_downloads_only_its_new_packs(server_store, workdir, epochs):
+    client = mlflow.MlflowClient()
+    _, run_id = new_run(client, "incremental-versions")
+    writer_cache = PackCache(workdir / "writer-cache")
+    first, second = (log(client, run_id, epochs["keras"][e], e, writer_cache) for e in (0, 1))
+    store = experiment_chunk_store(client, client.get_run(run_id).info.experiment_id)
+    packs = {model_id: manifest_packs(client, model_id, workdir) for model_id in (first, second)}
+    shared, new = packs[second] & packs[first], packs[second] - packs[first]
+    assert shared and new, packs  # the second version shares the frozen base's chunks
+
+    assert cached_packs() == set()
+    tracked_ckpt.download_checkpoint(checkpoint=checkpoint(run_id, first))
+    assert cached_packs() == packs[first]
+    path = tracked_ckpt.download_checkpoint(checkpoint=checkpoint(run_id, second))
+    assert sha256(path) == sha256(epochs["keras"][1])
+    # The store served the second version its new packs only, far fewer bytes than the file.
+    assert cached_packs() - packs[first] == new
+    new_bytes = sum(os.path.getsize(Path(default_pack_cache().root, "packs", pack)) for pack in new)
+    assert new_bytes < os.path.getsize(epochs["keras"][1]) / 4
+    assert {name.removeprefix(PACKS) for name in store.list(PACKS)} == packs[first] | new
+
+
+def test_a_corrupt_or_missing_pack_fails_in_one_line_and_never_poisons_the_cache(embedded_store, workdir, epochs):
+    client = mlflow.MlflowClient()
+    experiment_id, run_id = new_run(client, "incremental-damage")
+    model_id = log(client, run_id, epochs["keras"][0], 0, PackCache(workdir / "writer-cache"))
+    found = checkpoint(run_id, model_id)
+    store = experiment_chunk_store(client, experiment_id)
+    (pack,) = (name.removeprefix(PACKS) for name in store.list(PACKS))
+    on_disk = Path(store.label, "packs", pack)
+    intact = on_disk.read_bytes()
+
+    on_disk.write_bytes(intact[:1000] + bytes([intact[1000] ^ 0xFF]) + intact[1001:])
+    with pytest.raises(ChunkStoreError) as failed:
+        tracked_ckpt.load_model(checkpoint=found)
+    message = str(failed.value)
+    assert "\n" not in message and found.record.name in message and model_id in message
+    assert "corrupt" in message and "load another version" in message
+    assert not default_pack_cache().has(pack)  # the bad bytes were not kept
+
+    on_disk.write_bytes(intact)
+    np.testing.assert_allclose(
+        predictions(tracked_ckpt.load_model(checkpoint=found)),
+        predictions(keras.saving.load_model(epochs["keras"][0])),
+        rtol=1e-6,
+    )
+
+    on_disk.unlink()  # gone from the store: the cache (and the download cache) still serve it
+    tracked_ckpt.load_model(checkpoint=found)
+    for item in Path(os.environ["TRACKED_CKPT_CACHE"]).iterdir():  # the download cache, not the pack cache
+        if item.name != "chunks":
+            shutil.rmtree(item)
+    default_pack_cache().discard(pack)
+    with pytest.raises(
+        ChunkStoreError, match=rf"^{found.record.name} \({model_id}\) cannot be rebuilt: pack {pack} is"
+    ):
+        tracked_ckpt.load_model(checkpoint=found)
