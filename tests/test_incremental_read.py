@@ -10,25 +10,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
+from mlflow.entities import LoggedModelStatus
 from support.helpers import child, sha256
 from support.incremental import incremental_record, log_incremental_stand_in
 
 import tracked_ckpt
-from tracked_ckpt import ChunkStoreError
+from tracked_ckpt import ChunkStoreError, cli
 from tracked_ckpt.integrations.mlflow import MlflowTracker
 from tracked_ckpt.integrations.mlflow_chunks import experiment_chunk_store
 from tracked_ckpt.integrations.mlflow_manifests import materialize
 from tracked_ckpt.pack_cache import PackCache, default_pack_cache
-from tracked_ckpt.packs import CONDEMNED, PACKS, parse_condemned
+from tracked_ckpt.packs import PACKS
 
 X = np.random.default_rng(3).random((5, 64), dtype=np.float32)
 KINDS = ("keras", "h5", "weights.h5")
@@ -186,3 +189,202 @@ def test_a_corrupt_or_missing_pack_fails_in_one_line_and_never_poisons_the_cache
         ChunkStoreError, match=rf"^{found.record.name} \({model_id}\) cannot be rebuilt: pack {pack} is"
     ):
         tracked_ckpt.load_model(checkpoint=found)
+
+
+# -- promotion -------------------------------------------------------------------------------------
+
+LAYERS = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="incremental")
+class Halve(keras.layers.Layer):
+    def call(self, x):
+        return x * 0.5
+"""
+
+
+def pyfunc_in_a_fresh_process(model_uri: str, workdir: Path) -> np.ndarray:
+    """`mlflow.pyfunc.load_model(model_uri).predict(X)` in another process and folder (no PYTHONPATH)."""
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="jax")  # a .keras file loads on either backend
+    done = subprocess.run(
+        child("pyfunc_predict", model_uri, json.dumps(X.tolist())),
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def artifact_sizes(client: mlflow.MlflowClient, model_id: str, folder: str | None = None) -> dict[str, int | None]:
+    return {a.path: a.file_size for a in client.list_logged_model_artifacts(model_id, folder)}
+
+
+def model_text(client: mlflow.MlflowClient, model_id: str, name: str) -> str:
+    """The text of one file of a LoggedModel's artifacts."""
+    location = client.get_logged_model(model_id).artifact_location
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{name}")).read_text()
+
+
+def test_promotion_writes_the_complete_model_into_the_same_logged_model_once(server_store, workdir, epochs):
+    client = mlflow.MlflowClient()
+    _, run_id = new_run(client, "incremental-promote")
+    path = epochs["keras"][1]
+    model_id = log(client, run_id, path, 1, PackCache(workdir / "writer-cache"))
+
+    result = tracked_ckpt.promote_best("incremental-clf", run_id=run_id)
+    assert result.promoted and result.checkpoint.id == model_id
+    version = client.get_model_version_by_alias("incremental-clf", "champion")
+    assert version.source == f"models:/{model_id}"  # the same checkpoint, now a complete model
+    assert {"MLmodel", "requirements.txt", "python_env.yaml", "checkpoint.manifest.json"} <= set(
+        artifact_sizes(client, model_id)
+    )
+    assert artifact_sizes(client, model_id, "data") == {"data/model.keras": os.path.getsize(path)}
+    mlmodel = model_text(client, model_id, "MLmodel")
+    assert "keras:" in mlmodel and "storage: incremental" in mlmodel
+
+    expected = predictions(keras.saving.load_model(path))
+    np.testing.assert_allclose(
+        predictions(mlflow.keras.load_model("models:/incremental-clf@champion")), expected, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        pyfunc_in_a_fresh_process("models:/incremental-clf@champion", workdir), expected, rtol=1e-5
+    )
+
+    # Once: a second registration reuses the version, and the model is not written again.
+    assert not materialize(client, checkpoint(run_id, model_id), None)
+    again = tracked_ckpt.promote_best("incremental-clf", run_id=run_id, alias="staging")
+    assert again.version == result.version
+    # Loading by name still rebuilds from the chunks, verified (also through `tracked-ckpt pull`).
+    assert cli.main(["pull", "incremental-clf", "-o", str(workdir / "pulled")]) == 0
+    assert sha256(workdir / "pulled" / path.name) == sha256(path)
+
+
+def test_a_checkpoint_logged_with_its_description_keeps_signature_and_code_when_promoted(
+    embedded_store, workdir, monkeypatch
+):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "incremental_layers.py").write_text(LAYERS)
+    monkeypatch.syspath_prepend(str(src))
+    import incremental_layers
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(3), incremental_layers.Halve(), keras.layers.Dense(1)]
+    )
+    model.compile("adam", "mse")
+    path = workdir / "custom.keras"
+    model.save(path)
+    client = mlflow.MlflowClient()
+    _, run_id = new_run(client, "incremental-described")
+    record = incremental_record(str(path), base="custom", model=model, code_paths=(str(src / "incremental_layers.py"),))
+    model_id, _ = log_incremental_stand_in(client, run_id, str(path), record, PackCache(workdir / "wc"), described=True)
+    assert "data" not in artifact_sizes(client, model_id)  # the description, without the file
+
+    tracked_ckpt.promote_best("incremental-custom", run_id=run_id)
+    assert artifact_sizes(client, model_id, "data") == {"data/model.keras": os.path.getsize(path)}
+    mlmodel = model_text(client, model_id, "MLmodel")
+    assert "signature:" in mlmodel and "code: code" in mlmodel
+    np.testing.assert_allclose(
+        pyfunc_in_a_fresh_process("models:/incremental-custom@champion", workdir), predictions(model), rtol=1e-5
+    )
+
+
+# -- garbage collection ------------------------------------------------------------------------------
+
+
+def wait_for(path: Path, process: subprocess.Popen, log: Path) -> None:
+    """Until `path` exists; fails if `process` ends first (or after 300 s)."""
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        assert process.poll() is None, f"the writer ended ({process.returncode}): {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {path.name} after 300 s"
+        time.sleep(0.05)
+
+
+def test_deleting_keeps_shared_packs_and_gc_frees_the_rest_while_another_process_logs(server_store, workdir, epochs):
+    client = mlflow.MlflowClient()
+    experiment = "incremental-gc"
+    experiment_id, run_id = new_run(client, experiment)
+    writer_cache = PackCache(workdir / "writer-cache")
+    ids = [log(client, run_id, epochs["keras"][e], e, writer_cache) for e in range(3)]
+    packs = {model_id: manifest_packs(client, model_id, workdir) for model_id in ids}
+    store = experiment_chunk_store(client, experiment_id)
+
+    def in_store() -> set[str]:
+        return {name.removeprefix(PACKS) for name in store.list(PACKS)}
+
+    # keep_top_k's path: the two older checkpoints go, the packs stay (the newest shares some).
+    destination = {"tracking_uri": server_store, "experiment_id": experiment_id, "run_id": run_id}
+    for old in ids[:2]:
+        assert MlflowTracker().delete_checkpoint(old, destination)
+    kept = packs[ids[2]]
+    orphans = (packs[ids[0]] | packs[ids[1]]) - kept
+    assert orphans and kept & packs[ids[0]], packs
+    assert in_store() == kept | orphans
+
+    # A second process logs into the experiment: its packs are uploaded, its manifest not yet written.
+    _, writer_run = new_run(client, experiment)
+    markers = workdir / "writer"
+    markers.mkdir()
+    log_path = workdir / "writer.log"
+    with open(log_path, "w") as log_file:
+        writer = subprocess.Popen(
+            child("incremental_writer", writer_run, markers), stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(markers / "uploaded", writer, log_path)
+        writing = set((markers / "uploaded").read_text().split())
+        assert writing and not writing & (kept | orphans)
+
+        (first,) = tracked_ckpt.collect_garbage(experiment=experiment, grace_seconds=3600)
+        assert first.checkpoints == 1 and first.collected.live == len(kept)
+        assert set(first.collected.condemned) == orphans | writing and not first.collected.deleted
+        (second,) = tracked_ckpt.collect_garbage(experiment=experiment, grace_seconds=3600)
+        assert not second.collected.condemned and not second.collected.deleted
+        assert set(second.collected.waiting) == orphans | writing
+        assert in_store() == kept | orphans | writing  # within the grace period nothing goes
+
+        # The manifest is written, the LoggedModel still PENDING: it is live. With no grace left,
+        # `tracked-ckpt gc` deletes the orphans and rescues the writer's packs.
+        (markers / "go-manifest").touch()
+        wait_for(markers / "manifest", writer, log_path)
+        assert client.get_logged_model((markers / "manifest").read_text()).status == LoggedModelStatus.PENDING
+        done = subprocess.run(
+            [sys.executable, "-m", "tracked_ckpt.cli", "gc", "--experiment", experiment, "--grace", "0"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        line = done.stdout.strip()
+        assert re.fullmatch(
+            rf".*tracked-ckpt-chunks: 2 live checkpoint\(s\) keep {len(kept | writing)} pack\(s\); condemned 0, "
+            rf"rescued {len(writing)}, deleted {len(orphans)} \(\d+(\.\d)? [KM]B freed\), "
+            "0 waiting for the grace period",
+            line,
+        ), line
+        assert in_store() == kept | writing
+
+        (markers / "go-finish").touch()
+        wait_for(markers / "done", writer, log_path)
+        assert writer.wait(timeout=60) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+
+    (last,) = tracked_ckpt.collect_garbage(experiment=experiment, grace_seconds=0)
+    assert not (last.collected.condemned or last.collected.deleted or last.collected.missing)
+    # Every checkpoint left loads, verified.
+    left = tracked_ckpt.list_checkpoints(experiment=experiment)
+    assert sorted(c.record.name for c in left) == ["net-e0003", "writer-e0001"]
+    for found in left:
+        assert sha256(tracked_ckpt.download_checkpoint(checkpoint=found)) == found.record.sha256
