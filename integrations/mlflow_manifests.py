@@ -50,7 +50,7 @@ from tracked_ckpt.pack_reader import restore_file
 from tracked_ckpt.packgc import StoreCollected, collect_garbage
 from tracked_ckpt.packs import PACKS, Manifest
 from tracked_ckpt.record import STORAGE_INCREMENTAL, TAG_PREFIX, CheckpointRecord
-from tracked_ckpt.tracker import LoggedCheckpoint
+from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -205,9 +205,14 @@ def collect_experiment_garbage(client: MlflowClient, experiment_id: str, *, grac
         ):
             for model in page:
                 what = f"{model.name} ({model.model_id})"
-                manifest = read_manifest(
-                    artifact_repository(client, relocated(model.artifact_location, client.tracking_uri)), what
-                )
+                repository = artifact_repository(client, relocated(model.artifact_location, client.tracking_uri))
+                try:
+                    manifest = read_manifest(repository, what)
+                except ChunkStoreError as exc:  # its packs are unknown: none may be deleted
+                    raise TrackerError(
+                        f"Garbage collection stopped before deleting anything: the {MANIFEST_ARTIFACT} of {what} "
+                        "is unreadable; delete that checkpoint if it is lost, then run gc again"
+                    ) from exc
                 if manifest is None:
                     logger.info("chunk store gc: %s holds no manifest yet (%s)", what, model.status)
                     continue

@@ -8,6 +8,7 @@ files, the real `mlflow server` and the embedded store; a second process logging
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,16 +23,16 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.entities import LoggedModelStatus
-from support.helpers import child, sha256
+from support.helpers import child, make_data, make_model, sha256
 from support.incremental import incremental_record, log_incremental_stand_in
 
 import tracked_ckpt
-from tracked_ckpt import ChunkStoreError, cli
-from tracked_ckpt.integrations.mlflow import MlflowTracker
+from tracked_ckpt import ChunkStoreError, TrackerError, cli
+from tracked_ckpt.integrations.mlflow import JOB_KEY_TAG, MlflowTracker
 from tracked_ckpt.integrations.mlflow_chunks import experiment_chunk_store
 from tracked_ckpt.integrations.mlflow_manifests import materialize
 from tracked_ckpt.pack_cache import PackCache, default_pack_cache
-from tracked_ckpt.packs import PACKS
+from tracked_ckpt.packs import CONDEMNED, PACKS
 
 X = np.random.default_rng(3).random((5, 64), dtype=np.float32)
 KINDS = ("keras", "h5", "weights.h5")
@@ -189,6 +190,16 @@ def test_a_corrupt_or_missing_pack_fails_in_one_line_and_never_poisons_the_cache
         ChunkStoreError, match=rf"^{found.record.name} \({model_id}\) cannot be rebuilt: pack {pack} is"
     ):
         tracked_ckpt.load_model(checkpoint=found)
+
+    # An unreadable manifest: loading says so in one line, and gc stops before it condemns anything.
+    on_disk.write_bytes(intact)
+    location = client.get_logged_model(model_id).artifact_location.removeprefix("file://")
+    Path(location, "checkpoint.manifest.json").write_text("{}")
+    with pytest.raises(ChunkStoreError, match=r"checkpoint.manifest.json is unreadable \(not a tracked-ckpt chunk"):
+        tracked_ckpt.load_model(checkpoint=found)
+    with pytest.raises(TrackerError, match=rf"stopped before deleting anything: .* of {found.record.name} "):
+        tracked_ckpt.collect_garbage(experiment="incremental-damage", grace_seconds=0)
+    assert store.list(CONDEMNED) == [] and store.list(PACKS) == [PACKS + pack]
 
 
 # -- promotion -------------------------------------------------------------------------------------
@@ -388,3 +399,27 @@ def test_deleting_keeps_shared_packs_and_gc_frees_the_rest_while_another_process
     assert sorted(c.record.name for c in left) == ["net-e0003", "writer-e0001"]
     for found in left:
         assert sha256(tracked_ckpt.download_checkpoint(checkpoint=found)) == found.record.sha256
+
+
+def test_resume_by_job_key_continues_from_an_incremental_checkpoint(embedded_store, workdir, monkeypatch):
+    monkeypatch.setenv("TRACKED_CKPT_LEASE_SECONDS", "2")
+    x, y = make_data()
+    trained = make_model()
+    trained.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    path = workdir / "k-2.keras"
+    trained.save(path)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run("0", tags={JOB_KEY_TAG: "incremental-job"}).info.run_id
+    record = dataclasses.replace(incremental_record(str(path), base="tiny", epoch=2), step=10)
+    log_incremental_stand_in(client, run_id, str(path), record, PackCache(workdir / "writer-cache"))
+
+    (workdir / "new-machine").mkdir()
+    monkeypatch.chdir(workdir / "new-machine")  # an empty disk: the job comes back from the tracker
+    callback = tracked_ckpt.TrackedModelCheckpoint("ckpt/k-{epoch}.keras", monitor="loss", resume="incremental-job")
+    model = make_model()
+    history = model.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0, callbacks=[callback])
+    assert history.epoch == [2, 3]  # epochs 1 and 2 came back from the chunks
+    uninterrupted = make_model()
+    uninterrupted.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0)
+    for resumed, expected in zip(model.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_allclose(resumed, expected, rtol=1e-5, atol=1e-6)
