@@ -103,6 +103,11 @@ def predictions(model: keras.Model) -> np.ndarray:
     return np.asarray(model.predict(X, verbose=0))
 
 
+def cached_pack(pack: str) -> Path:
+    """Where this machine's pack cache keeps `pack`."""
+    return Path(default_pack_cache().root, "packs", pack)
+
+
 def cached_packs() -> set[str]:
     """The packs this machine's pack cache holds (what the store served it)."""
     return {path.name for path in (Path(default_pack_cache().root) / "packs").iterdir()}
@@ -146,11 +151,13 @@ def test_a_second_version_of_the_run_downloads_only_its_new_packs(server_store, 
     assert cached_packs() == set()
     tracked_ckpt.download_checkpoint(checkpoint=checkpoint(run_id, first))
     assert cached_packs() == packs[first]
+    downloaded = {pack: cached_pack(pack).stat().st_ino for pack in packs[first]}  # a new download is a new file
     path = tracked_ckpt.download_checkpoint(checkpoint=checkpoint(run_id, second))
     assert sha256(path) == sha256(epochs["keras"][1])
     # The store served the second version its new packs only, far fewer bytes than the file.
     assert cached_packs() - packs[first] == new
-    new_bytes = sum(os.path.getsize(Path(default_pack_cache().root, "packs", pack)) for pack in new)
+    assert {pack: cached_pack(pack).stat().st_ino for pack in packs[first]} == downloaded
+    new_bytes = sum(cached_pack(pack).stat().st_size for pack in new)
     assert new_bytes < os.path.getsize(epochs["keras"][1]) / 4
     assert {name.removeprefix(PACKS) for name in store.list(PACKS)} == packs[first] | new
 
