@@ -45,6 +45,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
+from tracked_ckpt.integrations.mlflow_manifests import collect_experiment_garbage
 from tracked_ckpt.integrations.mlflow_model import (
     CODE_DIR,
     CODE_LOADER,
@@ -70,8 +71,9 @@ from tracked_ckpt.integrations.mlflow_store import (
     reachable,
     without_credentials,
 )
+from tracked_ckpt.packgc import StoreCollected
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord
-from tracked_ckpt.tracker import Tracker
+from tracked_ckpt.tracker import Tracker, TrackerChunkStores
 
 __all__ = [
     "CODE_DIR",
@@ -104,7 +106,7 @@ UI_TRAINING_VIEW = "?workflowType=machine_learning"
 RUN_CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
 
 
-class MlflowTracker(Tracker, MlflowRegistry):
+class MlflowTracker(Tracker, MlflowRegistry, TrackerChunkStores):
     """Log checkpoints to MLflow.
 
     Args:
@@ -431,7 +433,9 @@ class MlflowTracker(Tracker, MlflowRegistry):
 
         `delete_logged_model` alone is a soft delete that keeps the bytes, so the
         artifacts are removed too (what `mlflow gc` would do later), after the model
-        is hidden from searches.
+        is hidden from searches. An incremental checkpoint's artifacts are its manifest:
+        the packs it references stay, since others may share them, until
+        `collect_chunk_garbage` finds them unreferenced.
         """
         destination = self._resolve(destination)
         client = self.client(destination["tracking_uri"])
@@ -457,6 +461,15 @@ class MlflowTracker(Tracker, MlflowRegistry):
         with self._lock:
             self._hidden.pop(ref, None)
         return True
+
+    @override
+    def collect_chunk_garbage(self, scope: Mapping[str, Any], *, grace_seconds: float) -> list[StoreCollected]:
+        """One garbage collection of each experiment's chunk store (`mlflow_manifests.collect_experiment_garbage`)."""
+        client = self.client(scope["tracking_uri"])
+        return [
+            collect_experiment_garbage(client, experiment_id, grace_seconds=grace_seconds)
+            for experiment_id in scope["experiment_ids"]
+        ]
 
     def _run_context_tags(self, client: MlflowClient, run_id: str) -> dict[str, str]:
         """The run's user and source tags, read once per run."""

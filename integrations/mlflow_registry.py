@@ -36,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.files import safe_file_name
+from tracked_ckpt.integrations.mlflow_manifests import is_incremental, materialize, restore_checkpoint
 from tracked_ckpt.integrations.mlflow_model import CODE_DIR, CODE_LOADER, KERAS_DATA_DIR, schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
     check_readable,
@@ -90,6 +91,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
     tracking_uri: str | None
     experiment: str | None
     run_id: str | None
+    pip_requirements: list[str] | None
     _scope_uri: str | None
 
     @abc.abstractmethod
@@ -287,6 +289,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         if existing:
             version = str(min(int(v.version) for v in existing))
         else:
+            if is_incremental(checkpoint.record):  # a registered version is a complete model
+                materialize(client, checkpoint, self.pip_requirements)
             tags = {TAG_PREFIX + k: v for k, v in checkpoint.record.string_metadata().items()}
             tags[TAG_PREFIX + "name"] = checkpoint.record.name
             created = client.create_model_version(
@@ -371,7 +375,12 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
 
     @override
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
-        """Download just the checkpoint file of a LoggedModel into `directory`."""
+        """Download just the checkpoint file of a LoggedModel into `directory` (rebuilt from its chunks
+        when it is stored incrementally: `mlflow_manifests.restore_checkpoint`)."""
+        if is_incremental(checkpoint.record):
+            tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
+            check_readable(tracking_uri)
+            return restore_checkpoint(self.client(tracking_uri), checkpoint, directory)
         relative = (
             f"{KERAS_DATA_DIR}/model.keras"
             if checkpoint.record.format == "keras"

@@ -36,6 +36,7 @@ _EXPORTS = {
     "PublishReport": "tracked_ckpt.publisher",
     "PromotionResult": "tracked_ckpt.registry",
     "best_checkpoint": "tracked_ckpt.registry",
+    "collect_garbage": "tracked_ckpt.garbage",
     "download_checkpoint": "tracked_ckpt.registry",
     "list_checkpoints": "tracked_ckpt.registry",
     "load_model": "tracked_ckpt.registry",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
         UnsupportedVersionError,
     )
     from tracked_ckpt.fits import wait
+    from tracked_ckpt.garbage import collect_garbage
     from tracked_ckpt.publisher import LoggedEntry, PublishReport
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
     from tracked_ckpt.registry import (

@@ -1,4 +1,4 @@
-"""The `tracked-ckpt` command: list, show, promote, pull and sync checkpoints.
+"""The `tracked-ckpt` command: list, show, promote, pull and sync checkpoints; collect garbage.
 
 Example:
 
@@ -6,6 +6,7 @@ Example:
     tracked-ckpt promote digits-classifier --experiment digits-demo
     tracked-ckpt pull digits-classifier --alias champion -o ./model
     tracked-ckpt sync checkpoints/.tracked_ckpt/spool
+    tracked-ckpt gc --experiment digits-demo
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING
 # TensorFlow's C++ start-up chatter would drown a one-line answer.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tracked_ckpt import registry
+from tracked_ckpt import garbage, registry
+from tracked_ckpt.packgc import DEFAULT_GRACE_SECONDS
 from tracked_ckpt.record import SCHEMA_KEYS
 from tracked_ckpt.sync import sync_spool
 
@@ -165,6 +167,22 @@ def _parser() -> argparse.ArgumentParser:
         help="also retry checkpoints set aside after an error retrying could not fix",
     )
     sync.set_defaults(func=_sync)
+
+    gc = commands.add_parser(
+        "gc", help="delete the chunk-store packs no incremental checkpoint references (two runs: condemn, then delete)"
+    )
+    common(gc)
+    gc.add_argument("--experiment", help="the experiment whose chunk store to collect (default: the latest one used)")
+    gc.add_argument("--all-experiments", action="store_true", help="collect every experiment's chunk store (MLflow)")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="how long a condemned pack waits before a later run deletes it; longer than any upload "
+        f"(default {DEFAULT_GRACE_SECONDS:.0f}, a day; 0 only when nothing logs into the experiment)",
+    )
+    gc.set_defaults(func=_gc)
     return parser
 
 
@@ -331,6 +349,26 @@ def _sync(args: argparse.Namespace) -> int:
     if pending:
         raise RuntimeError(f"{pending} checkpoint(s) could not be logged: is the tracker reachable? Run sync again.")
     return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    if args.all_experiments and args.experiment:
+        raise ValueError("Pass --experiment NAME or --all-experiments, not both.")
+    reports = garbage.collect_garbage(
+        experiment=registry.ALL_EXPERIMENTS if args.all_experiments else args.experiment,
+        tracker=args.tracker,
+        grace_seconds=args.grace,
+    )
+    for report in reports:
+        c = report.collected
+        print(
+            f"{report.store}: {report.checkpoints} live checkpoint(s) keep {c.live} pack(s); "
+            f"condemned {len(c.condemned)}, rescued {len(c.rescued)}, deleted {len(c.deleted)} "
+            f"({_size(report.bytes_freed)} freed), {len(c.waiting)} waiting for the grace period"
+        )
+        if c.missing:
+            print(f"  {len(c.missing)} pack(s) that live checkpoints need are missing from the store")
+    return 1 if any(report.collected.missing for report in reports) else 0
 
 
 def _size(n: float) -> str:

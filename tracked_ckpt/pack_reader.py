@@ -1,8 +1,8 @@
 """Reading from the chunk store: `restore_file` rebuilds a file, byte for byte, from its `Manifest`.
 
 Packs the local `PackCache` lacks are downloaded; every chunk and the whole file are verified,
-and a bad chunk is never served from the cache. Part of the chunk store of issue 25, not wired
-into the callback or the trackers yet (see `tracked_ckpt.packs`).
+and a bad chunk is never served from the cache. Part of the chunk store of issue 25 (see
+`tracked_ckpt.packs`); the MLflow tracker's `fetch` rebuilds incremental checkpoints with it.
 """
 
 from __future__ import annotations

@@ -65,6 +65,23 @@ class Collected:
     missing: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreCollected:
+    """What one `collect_garbage` run did to a destination's chunk store (`tracked_ckpt.garbage`).
+
+    Attributes:
+        store: where the store is (its URI).
+        checkpoints: how many checkpoints' manifests were read as live.
+        collected: what the run did.
+        bytes_freed: the size of the packs it deleted.
+    """
+
+    store: str
+    checkpoints: int
+    collected: Collected
+    bytes_freed: int
+
+
 def collect_garbage(
     store: BlobStore,
     live_manifests: Callable[[], Iterable[Manifest]],

@@ -6,6 +6,10 @@ across its fits (a two-stage fine-tune) and, through resume by job key, across
 the processes of a preempted job; checkpoints of other runs never compete.
 Deleting is the trackers' job (`delete_checkpoint`), which refuses checkpoints
 that were promoted or aliased; those are kept and never asked about again.
+An incremental checkpoint's deletion removes its manifest only: its packs, which
+others may share, come back with `tracked_ckpt.garbage` (`tracked-ckpt gc`),
+which retention never runs itself (a collection reads every manifest of the
+experiment: a cost for a maintenance job, not for each epoch).
 """
 
 from __future__ import annotations

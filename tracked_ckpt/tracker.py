@@ -17,11 +17,14 @@ import importlib
 import importlib.metadata
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracked_ckpt.errors import ChecksumError as ChecksumError  # raised by `fetch`; importable from here too
 from tracked_ckpt.errors import TrackerError as TrackerError
 from tracked_ckpt.record import CheckpointRecord
+
+if TYPE_CHECKING:
+    from tracked_ckpt.packgc import StoreCollected
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -273,6 +276,21 @@ class TrackerJobKeys(abc.ABC):
     def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
         """The run's completely logged checkpoints (base `name` only, if given), each downloadable
         with `fetch`, so it comes back through the verified download cache."""
+
+
+class TrackerChunkStores(abc.ABC):
+    """Garbage collection of the chunk stores incremental checkpoints keep their bytes in (optional).
+
+    A tracker whose checkpoints may be stored incrementally (`storage="incremental"`, see
+    `tracked_ckpt.packs`) gives back the space of deleted ones through it; `tracked_ckpt.garbage`
+    and `tracked-ckpt gc` call it.
+    """
+
+    @abc.abstractmethod
+    def collect_chunk_garbage(self, scope: Mapping[str, Any], *, grace_seconds: float) -> list[StoreCollected]:
+        """Run `tracked_ckpt.packgc.collect_garbage` once over the chunk store of each destination of
+        `scope` (MLflow: each experiment), with every checkpoint that is not deleted as live (one
+        whose upload is still in progress too); return what each run did."""
 
 
 def registry_of(tracker: Tracker, what: str = "list or promote checkpoints") -> TrackerRegistry:
