@@ -320,7 +320,7 @@ def test_offline_training_synced_promoted_and_loaded_back(wandb_env):
     run_id = checkpoint.session.destinations["wandb"]["run_id"]
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     server.sync(the_run_dir(wandb_env))
-    tracker = WandbTracker(api=server.api())
+    tracker = WandbTracker(api=server.api(), mode="online")  # reads the server, not the offline folder
 
     # Without run_id the default is the last fit, which W&B does not have until synced.
     with pytest.raises(TrackerError, match="wandb sync"):
@@ -418,7 +418,7 @@ def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_en
 
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     server.sync(the_run_dir(wandb_env))
-    tracker = WandbTracker(api=server.api())
+    tracker = WandbTracker(api=server.api(), mode="online")
     (listed,) = tracked_ckpt.list_checkpoints(tracker=tracker, run_id=artifact.run_id)
     assert listed.record.requirements == ("wbtinylayers==0.2.0",)
     restored = tracked_ckpt.load_model(checkpoint=listed, tracker=tracker, custom_objects={"Negate": Negate})
