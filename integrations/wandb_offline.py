@@ -247,13 +247,13 @@ def _metadata(art: Any) -> dict[str, Any]:
 
 
 def _local_file(logged_path: str, run_dir: str) -> str:
-    """The checkpoint's file: where the run logged it, or, for a run folder moved since, the same place in it."""
+    """The checkpoint's file: where the run logged it, else, for a run folder moved since, its place in the
+    folder now (the longest end of the logged path found there; the sha256 check on loading has the last word)."""
     if os.path.isfile(logged_path):
         return logged_path
-    parts = os.path.normpath(logged_path).split(os.sep)
-    name = os.path.basename(os.path.normpath(run_dir))
-    if name in parts:
-        moved = os.path.join(run_dir, *parts[len(parts) - parts[::-1].index(name) :])
+    parts = [p for p in os.path.normpath(logged_path).split(os.sep) if p]
+    for start in range(len(parts)):
+        moved = os.path.join(run_dir, *parts[start:])
         if os.path.isfile(moved):
             return moved
     return logged_path
@@ -328,7 +328,7 @@ def not_registrable(checkpoint: LoggedCheckpoint) -> TrackerError:
     return TrackerError(
         f"The best checkpoint is {record.name} of W&B offline run {run}{value}, only on this disk: "
         f"promoting needs the W&B server. Run `wandb sync {extra.get('offline_run_dir')}`, then promote "
-        f"with run_id='{where}'."
+        f"in online mode with run_id='{where}'."
     )
 
 

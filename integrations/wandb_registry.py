@@ -421,6 +421,8 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         self, run_id: str | None, experiment: str | None, last: Mapping[str, Any] | None
     ) -> dict[str, Any]:
         """The offline runs under `_wandb_dir` a read means: by id, by project, the last fit's, else the newest."""
+        if experiment and os.path.isdir(experiment):  # a folder meant as one, even with no run in it
+            return wandb_offline.offline_scope(experiment, run_id=run_id)
         run_id = run_id or self.run_id or (last or {}).get("run_id")
         project = None
         if run_id and "/" in run_id:
