@@ -442,6 +442,8 @@ def _destination(run: Any) -> dict[str, Any]:
     }
     if mode == "online":
         destination["url"] = run.url
+    elif mode == "offline":
+        destination["dir"] = run.settings.sync_dir  # where the registry reads it back from (`wandb_offline`)
     return destination
 
 

@@ -158,10 +158,9 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         if last is not None:
             mode = last.get("mode")
             if mode == "offline":
-                wandb_dir = self._wandb_dir()
-                if any(os.path.basename(d).endswith(f"-{last['run_id']}") for d in wandb_offline.run_dirs(wandb_dir)):
-                    return wandb_offline.offline_scope(wandb_dir, run_id=last["run_id"])
-                pattern = os.path.join(wandb_dir, "wandb", f"offline-run-*-{last['run_id']}")
+                if last.get("dir") and os.path.isdir(last["dir"]):
+                    return wandb_offline.offline_scope(os.path.dirname(last["dir"]), run_id=last["run_id"])
+                pattern = os.path.join(self._wandb_dir(), "wandb", f"offline-run-*-{last['run_id']}")
                 raise TrackerError(
                     f"The last fit logged to W&B offline (run {last['run_id']}), so the W&B server does "
                     f"not have its checkpoints yet: run `wandb sync {pattern}` first and use online mode, "
@@ -257,7 +256,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
         linked = self._artifact_or_none(f"{self._registry_collection(registered_name)}:{alias}")
-        return None if linked is None else self._linked_checkpoint(linked, registered_name, with_run_name=True)
+        return None if linked is None else self._linked_checkpoint(linked, registered_name, described=True)
 
     @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
@@ -293,15 +292,15 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 its version was not logged by tracked-ckpt.
             TrackerError: W&B did not answer (an error is never taken for "does not exist").
         """
-        return self._resolve(registered_name, alias, version, with_run_name=True)
+        return self._resolve(registered_name, alias, version, described=True)
 
     @override
     def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
-        """`resolve` without reading the run's name: one call fewer."""
-        return self._resolve(registered_name, alias, version, with_run_name=False)
+        """`resolve` without the run's name and the Registry page: two calls fewer."""
+        return self._resolve(registered_name, alias, version, described=False)
 
     def _resolve(
-        self, registered_name: str, alias: str | None, version: str | None, *, with_run_name: bool
+        self, registered_name: str, alias: str | None, version: str | None, *, described: bool
     ) -> LoggedCheckpoint:
         if alias is not None:
             ref, what = alias, f"alias {alias!r}"
@@ -317,7 +316,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 f"promote a checkpoint first (tracked-ckpt promote {registered_name} --tracker wandb) "
                 "or check the name."
             )
-        found = self._linked_checkpoint(linked, registered_name, with_run_name=with_run_name)
+        found = self._linked_checkpoint(linked, registered_name, described=described)
         if found is None:
             raise LookupError(
                 f"{collection}:{ref} ({linked.source_qualified_name}) was not logged by tracked-ckpt: "
@@ -423,7 +422,11 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         """The offline runs under `_wandb_dir` a read means: by id, by project, the last fit's, else the newest."""
         if experiment and os.path.isdir(experiment):  # a folder meant as one, even with no run in it
             return wandb_offline.offline_scope(experiment, run_id=run_id)
-        run_id = run_id or self.run_id or (last or {}).get("run_id")
+        last = last or {}
+        if not (run_id or experiment or self.run_id) and last.get("mode") == "offline" and last.get("dir"):
+            # The last fit's run, in the folder W&B wrote it to (with the folders of its earlier starts).
+            return wandb_offline.offline_scope(os.path.dirname(last["dir"]), run_id=last["run_id"])
+        run_id = run_id or self.run_id or (last.get("run_id") if last.get("mode") == "offline" else None)
         project = None
         if run_id and "/" in run_id:
             project, _, run_id = run_id.strip("/").rpartition("/")
@@ -556,13 +559,19 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             tracker=self.name,
             location=source,
             aliases=tuple(a for a in artifact.aliases if not re.fullmatch(r"v\d+", a)),
-            extra={"base": base, "collection": source.split(":")[0], "url": _url(artifact)},
+            # A link's page (the Registry's) costs a call: `_linked_checkpoint` asks for it when shown.
+            extra={
+                "base": base,
+                "collection": source.split(":")[0],
+                "url": "" if getattr(artifact, "is_link", False) else _url(artifact),
+            },
         )
 
     def _linked_checkpoint(
-        self, linked: Any, registered_name: str, *, with_run_name: bool = False
+        self, linked: Any, registered_name: str, *, described: bool = False
     ) -> LoggedCheckpoint | None:
-        """A Registry link as its source's checkpoint; `with_run_name`: one more call, for the run's name."""
+        """A Registry link as its source's checkpoint; `described`: with its run's name and its Registry page
+        (two more calls, for people)."""
         found = self._checkpoint(linked)
         if found is None:
             return None
@@ -572,7 +581,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             "registered_name": registered_name,
             "registry_path": f"{self._registry_collection(registered_name)}:{linked.version}",
         }
-        if with_run_name:
+        if described:
             path = f"{linked.source_entity}/{linked.source_project}/{found.run_id}"
             try:
                 extra["run_name"] = self.api.run(path).name or ""
@@ -580,6 +589,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 if not _not_found(exc):
                     raise _no_answer(f"run {path}", exc) from exc
                 extra["run_name"] = ""  # the run was deleted: its checkpoint still loads
+            extra["url"] = _url(linked)
         return dataclasses.replace(found, extra=extra)
 
     def _registry_collection(self, registered_name: str) -> str:

@@ -26,16 +26,17 @@ import tracked_ckpt
 from tracked_ckpt import ChecksumError
 from tracked_ckpt.files import sha256_file
 from tracked_ckpt.integrations import wandb_offline
+from tracked_ckpt.integrations.wandb import WandbTracker
 from tracked_ckpt.tracker import TrackerError
 
 CLI = [sys.executable, "-m", "tracked_ckpt.cli"]
 
 
-def offline_fit(root, monkeypatch, run_name="tune-trial-03", **kwargs):
+def offline_fit(root, monkeypatch, run_name="tune-trial-03", wandb_dir="wandb_dir", **kwargs):
     """A real offline fit of the tiny model (val_loss 0.5, 0.7, 0.4); returns the callback and its run folder."""
     monkeypatch.setenv("WANDB_NAME", run_name)
     checkpoint = train(str(root / "ckpt" / "m-{epoch:02d}.keras"), **kwargs)
-    (run_dir,) = run_dirs(str(root / "wandb_dir"))
+    (run_dir,) = run_dirs(str(root / wandb_dir))
     return checkpoint, run_dir
 
 
@@ -149,7 +150,11 @@ def test_the_cli_lists_an_offline_run_and_names_its_best(wandb_env, monkeypatch)
 
 def test_a_log_cut_anywhere_reads_as_the_checkpoints_written_before_the_cut(wandb_env, monkeypatch, caplog):
     """A run still being written: every prefix of its log reads without error, checkpoint by checkpoint."""
-    _, run_dir = offline_fit(wandb_env, monkeypatch, save_freq=1, epochs=2)  # a version per batch
+    # A version per batch, into a W&B folder of the tracker's own: the last fit's run is found there.
+    (wandb_env / "own").mkdir()
+    tracker = WandbTracker(dir=wandb_env / "own")
+    _, run_dir = offline_fit(wandb_env, monkeypatch, wandb_dir="own", save_freq=1, epochs=2, tracker=tracker)
+    assert [c.record.step for c in tracked_ckpt.list_checkpoints(tracker="wandb")] == [1, 2, 3, 4, 5, 6]
     (log,) = [os.path.join(run_dir, n) for n in os.listdir(run_dir) if n.endswith(".wandb")]
     with open(log, "rb") as f:
         data = f.read()
@@ -157,8 +162,8 @@ def test_a_log_cut_anywhere_reads_as_the_checkpoints_written_before_the_cut(wand
     assert [c.record.step for c, _ in whole] == [1, 2, 3, 4, 5, 6]
     assert wandb_offline.read_run(run_dir).finished
 
-    cut_dir = wandb_env / "wandb_dir" / "wandb" / "offline-run-cut"
-    cut_dir.mkdir()
+    cut_dir = wandb_env / "cut" / "offline-run-cut"
+    cut_dir.mkdir(parents=True)
     cut_log = cut_dir / os.path.basename(log)
 
     def steps_read(size):
