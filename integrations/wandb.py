@@ -443,7 +443,8 @@ def _destination(run: Any) -> dict[str, Any]:
     if mode == "online":
         destination["url"] = run.url
     elif mode == "offline":
-        destination["dir"] = run.settings.sync_dir  # where the registry reads it back from (`wandb_offline`)
+        # The folder of the run's folders (one per start): where the registry reads it back (`wandb_offline`).
+        destination["runs_folder"] = os.path.dirname(run.settings.sync_dir)
     return destination
 
 

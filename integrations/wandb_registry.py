@@ -158,8 +158,8 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         if last is not None:
             mode = last.get("mode")
             if mode == "offline":
-                if last.get("dir") and os.path.isdir(last["dir"]):
-                    return wandb_offline.offline_scope(os.path.dirname(last["dir"]), run_id=last["run_id"])
+                if last.get("runs_folder") and os.path.isdir(last["runs_folder"]):
+                    return wandb_offline.offline_scope(last["runs_folder"], run_id=last["run_id"])
                 pattern = os.path.join(self._wandb_dir(), "wandb", f"offline-run-*-{last['run_id']}")
                 raise TrackerError(
                     f"The last fit logged to W&B offline (run {last['run_id']}), so the W&B server does "
@@ -423,9 +423,9 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         if experiment and os.path.isdir(experiment):  # a folder meant as one, even with no run in it
             return wandb_offline.offline_scope(experiment, run_id=run_id)
         last = last or {}
-        if not (run_id or experiment or self.run_id) and last.get("mode") == "offline" and last.get("dir"):
+        if not (run_id or experiment or self.run_id) and last.get("mode") == "offline" and last.get("runs_folder"):
             # The last fit's run, in the folder W&B wrote it to (with the folders of its earlier starts).
-            return wandb_offline.offline_scope(os.path.dirname(last["dir"]), run_id=last["run_id"])
+            return wandb_offline.offline_scope(last["runs_folder"], run_id=last["run_id"])
         run_id = run_id or self.run_id or (last.get("run_id") if last.get("mode") == "offline" else None)
         project = None
         if run_id and "/" in run_id:
