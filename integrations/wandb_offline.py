@@ -300,6 +300,29 @@ def offline_scope(
     return scope
 
 
+def default_scope(
+    wandb_dir: str, run_id: str | None, experiment: str | None, last: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The offline runs a read means in offline mode, under `wandb_dir` (`dir=`, `WANDB_DIR`, else ".").
+
+    A folder given as `experiment`; the run `run_id` names ("id", "project/id"), or
+    the project `experiment` names; else the last fit's run (`last`, its destination),
+    in the folder it was written to; else the newest run.
+    """
+    if experiment and os.path.isdir(experiment):  # a folder meant as one, even with no run in it
+        return offline_scope(experiment, run_id=run_id)
+    last = last if last is not None and last.get("mode") == "offline" else {}
+    if not (run_id or experiment) and last.get("runs_folder"):
+        # The last fit's run, in the folder W&B wrote it to (with the folders of its earlier starts).
+        return offline_scope(last["runs_folder"], run_id=last["run_id"])
+    run_id = run_id or (last.get("run_id") if not experiment else None)
+    project = None
+    if run_id and "/" in run_id:
+        project, _, run_id = run_id.strip("/").rpartition("/")
+    project = (experiment or project or "").rpartition("/")[2] or None
+    return offline_scope(wandb_dir, run_id=run_id, project=project, newest=True)
+
+
 def scope_runs(scope: Mapping[str, Any]) -> list[OfflineRun]:
     """The offline runs of a scope `offline_scope` made, oldest first."""
     runs = (read_run(d) for d in run_dirs(scope[SCOPE_KEY]))

@@ -148,7 +148,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         if experiment and wandb_offline.is_runs_folder(experiment):
             return wandb_offline.offline_scope(experiment, run_id=run_id)
         if self._offline_mode():
-            return self._offline_default(run_id, experiment, last)
+            return wandb_offline.default_scope(self._wandb_dir(), run_id or self.run_id, experiment, last)
         if run_id:
             return self._run_scope(run_id, experiment, last)
         if experiment:
@@ -415,23 +415,6 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     def _wandb_dir(self) -> str:
         """Where W&B writes run folders (into its `wandb/` folder)."""
         return self.dir or os.environ.get("WANDB_DIR") or "."
-
-    def _offline_default(
-        self, run_id: str | None, experiment: str | None, last: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        """The offline runs under `_wandb_dir` a read means: by id, by project, the last fit's, else the newest."""
-        if experiment and os.path.isdir(experiment):  # a folder meant as one, even with no run in it
-            return wandb_offline.offline_scope(experiment, run_id=run_id)
-        last = last or {}
-        if not (run_id or experiment or self.run_id) and last.get("mode") == "offline" and last.get("runs_folder"):
-            # The last fit's run, in the folder W&B wrote it to (with the folders of its earlier starts).
-            return wandb_offline.offline_scope(last["runs_folder"], run_id=last["run_id"])
-        run_id = run_id or self.run_id or (last.get("run_id") if last.get("mode") == "offline" else None)
-        project = None
-        if run_id and "/" in run_id:
-            project, _, run_id = run_id.strip("/").rpartition("/")
-        project = (experiment or project or "").rpartition("/")[2] or None
-        return wandb_offline.offline_scope(self._wandb_dir(), run_id=run_id, project=project, newest=True)
 
     def _new_api(self) -> Any:
         mode = self._mode()
