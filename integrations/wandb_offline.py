@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -314,13 +315,33 @@ def default_scope(
     last = last if last is not None and last.get("mode") == "offline" else {}
     if not (run_id or experiment) and last.get("runs_folder"):
         # The last fit's run, in the folder W&B wrote it to (with the folders of its earlier starts).
-        return offline_scope(last["runs_folder"], run_id=last["run_id"])
+        return last_fit_scope(last)
     run_id = run_id or (last.get("run_id") if not experiment else None)
     project = None
     if run_id and "/" in run_id:
         project, _, run_id = run_id.strip("/").rpartition("/")
     project = (experiment or project or "").rpartition("/")[2] or None
     return offline_scope(wandb_dir, run_id=run_id, project=project, newest=True)
+
+
+def last_fit_scope(last: Mapping[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """The scope of the offline run the last fit in this process logged to (`last`, its destination).
+
+    `run.finish()` can return before wandb-core has written the end of the log, so
+    a read right after the fit would miss its last checkpoints: unless the run is
+    still going here, wait (up to `timeout` seconds) for the log's exit record.
+    """
+    scope = offline_scope(last["runs_folder"], run_id=last["run_id"])
+    active = wandb.run
+    if active is not None and active.id == last["run_id"]:
+        return scope  # the user's run, still open: read as far as it is written
+    deadline = time.monotonic() + timeout
+    while not scope_runs(scope)[-1].finished:
+        if time.monotonic() > deadline:
+            logger.warning("W&B has not finished writing offline run %s: reading what it wrote.", last["run_id"])
+            break
+        time.sleep(0.05)
+    return scope
 
 
 def scope_runs(scope: Mapping[str, Any]) -> list[OfflineRun]:

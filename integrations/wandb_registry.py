@@ -159,7 +159,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             mode = last.get("mode")
             if mode == "offline":
                 if last.get("runs_folder") and os.path.isdir(last["runs_folder"]):
-                    return wandb_offline.offline_scope(last["runs_folder"], run_id=last["run_id"])
+                    return wandb_offline.last_fit_scope(last)
                 pattern = os.path.join(self._wandb_dir(), "wandb", f"offline-run-*-{last['run_id']}")
                 raise TrackerError(
                     f"The last fit logged to W&B offline (run {last['run_id']}), so the W&B server does "
