@@ -457,6 +457,9 @@ def _destination(run: Any) -> dict[str, Any]:
     }
     if mode == "online":
         destination["url"] = run.url
+    elif mode == "offline":
+        # The folder of the run's folders (one per start): where the registry reads it back (`wandb_offline`).
+        destination["runs_folder"] = os.path.dirname(run.settings.sync_dir)
     return destination
 
 

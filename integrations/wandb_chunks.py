@@ -258,6 +258,51 @@ class ArtifactPackStore(BlobStore):
         raise TypeError("a logged W&B version cannot be changed")
 
 
+class LocalFilesStore(BlobStore):
+    """The files of a version still on this disk (an offline run's), by name, read-only."""
+
+    def __init__(self, files: dict[str, str]):
+        self.files = files
+
+    @override
+    def put(self, name: str, local_path: Path) -> None:
+        raise TypeError("a logged W&B version cannot be changed")
+
+    @override
+    def get(self, name: str, local_path: Path) -> None:
+        source = self.files.get(name)
+        if source is None or not os.path.isfile(source):
+            raise BlobNotFoundError(f"the offline run holds no {name} ({source or 'not logged'})")
+        shutil.copyfile(source, local_path)
+
+    @override
+    def list(self, prefix: str) -> list[str]:
+        return sorted(name for name in self.files if name.startswith(prefix))
+
+    @override
+    def delete(self, name: str) -> None:
+        raise TypeError("a logged W&B version cannot be changed")
+
+
+def restore_from_files(files: dict[str, str], label: str, directory: str) -> str:
+    """Rebuild an incremental version's file from its files on this disk (an offline run's); return its path.
+
+    Raises:
+        ChunkStoreError: no readable manifest, or a pack missing or corrupt (one line).
+    """
+    from tracked_ckpt.pack_reader import restore_file
+
+    try:
+        manifest = Manifest.from_json(json.loads(Path(files[MANIFEST_FILE]).read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ChunkStoreError(
+            f"{label} cannot be rebuilt: its {MANIFEST_FILE} is missing or unreadable ({exc}); "
+            "load another checkpoint of the run"
+        ) from None
+    destination = Path(directory, safe_file_name(manifest.name))
+    return os.fspath(restore_file(manifest, LocalFilesStore(files), default_pack_cache(), destination, label=label))
+
+
 def fetch_incremental(artifact: Any, label: str, directory: str, cache: PackCache | None = None) -> str:
     """Rebuild an incremental version's checkpoint file in `directory`; return its path.
 

@@ -7,8 +7,10 @@ version into the Registry collection `wandb-registry-model/<registered name>`
 (once; promoting it again only moves the alias) with the alias, e.g.
 `champion`. W&B has no server-side search or ordering over metadata, so a
 scope's versions are fetched once and ranked here: a run costs two calls
-whatever its number of checkpoints, a project one call per collection. All of
-it needs the W&B server: an offline run must be `wandb sync`ed first.
+whatever its number of checkpoints, a project one call per collection (and one
+per 100 runs for their names). An offline run's checkpoints are listed, ranked
+and loaded from its folder (`wandb_offline`); promoting one needs the server,
+so it must be `wandb sync`ed first.
 
 It also answers resume by job key (`TrackerJobKeys`): a job's run id derives
 from its key, and the key and its lease live in the run's summary.
@@ -44,6 +46,7 @@ import wandb
 import wandb.apis.public
 import wandb.errors
 
+from tracked_ckpt.integrations import wandb_offline
 from tracked_ckpt.integrations.wandb_chunks import fetch_incremental
 from tracked_ckpt.integrations.wandb_schema import (
     ARTIFACT_TYPE,
@@ -120,23 +123,33 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     def scope(
         self, run_id: str | None, experiment: str | None, *, last: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """A run's checkpoints or a whole project's.
+        """A run's checkpoints or a whole project's, on the W&B server or in offline runs' folders.
 
         Args:
             run_id: a run id (its project from `experiment`, the tracker's `project`,
                 the last fit's destination or `WANDB_PROJECT`), or "project/run id",
-                or "entity/project/run id".
+                or "entity/project/run id"; or an offline run's folder.
             experiment: a W&B project ("project" or "entity/project"): alone, every
-                tracked-ckpt checkpoint of the project's "model" collections.
+                tracked-ckpt checkpoint of the project's "model" collections; or a
+                folder of offline runs (`wandb/`, or the folder holding it): all of them.
 
         Default: the tracker's `run_id`, else the run the last `fit` in this process
         logged to, else the whole project (the tracker's `project`, else `WANDB_PROJECT`).
+        In offline mode (`mode="offline"` or `WANDB_MODE=offline`) the runs are
+        those W&B wrote under `dir` (`WANDB_DIR`, else the working directory), the
+        newest by default; so are those of a last fit that logged offline.
 
         Raises:
-            LookupError: nothing names a run or project.
-            TrackerError: the default run was logged offline or disabled, so the W&B
-                server does not have it (`wandb sync` it, then pass `run_id=`).
+            LookupError: nothing names a run or project, or no offline run matches.
+            TrackerError: the last fit ran with W&B disabled, or logged offline
+                into a folder that is not here.
         """
+        if run_id and wandb_offline.is_runs_folder(run_id):
+            return wandb_offline.offline_scope(run_id)
+        if experiment and wandb_offline.is_runs_folder(experiment):
+            return wandb_offline.offline_scope(experiment, run_id=run_id)
+        if self._offline_mode():
+            return wandb_offline.default_scope(self._wandb_dir(), run_id or self.run_id, experiment, last)
         if run_id:
             return self._run_scope(run_id, experiment, last)
         if experiment:
@@ -146,8 +159,9 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         if last is not None:
             mode = last.get("mode")
             if mode == "offline":
-                wandb_dir = self.dir or os.environ.get("WANDB_DIR") or "."
-                pattern = os.path.join(wandb_dir, "wandb", f"offline-run-*-{last['run_id']}")
+                if last.get("runs_folder") and os.path.isdir(last["runs_folder"]):
+                    return wandb_offline.last_fit_scope(last)
+                pattern = os.path.join(self._wandb_dir(), "wandb", f"offline-run-*-{last['run_id']}")
                 raise TrackerError(
                     f"The last fit logged to W&B offline (run {last['run_id']}), so the W&B server does "
                     f"not have its checkpoints yet: run `wandb sync {pattern}` first and use online mode, "
@@ -188,15 +202,12 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         """
         wanted = dict(where or {})
         base = wanted.pop("name", None)
-        found = []
-        for artifact in self._scope_versions(scope, base):
-            if getattr(artifact, "state", "COMMITTED") != "COMMITTED":
-                continue  # still uploading (or deleted): never offered as a checkpoint
-            checkpoint = self._checkpoint(artifact, scope.get("run_id"))
-            if checkpoint is None or (base is not None and checkpoint.extra["base"] != base):
-                continue
-            if all(metadata_matches(artifact.metadata.get(k), v) for k, v in wanted.items()):
-                found.append(checkpoint)
+        found = [
+            checkpoint
+            for checkpoint, metadata in self._scope_checkpoints(scope, base)
+            if (base is None or checkpoint.extra["base"] == base)
+            and all(metadata_matches(metadata.get(k), v) for k, v in wanted.items())
+        ]
         found.sort(key=lambda c: (c.run_id, c.record.step, version_number(c.id.rpartition(":")[2])))
         if order_by is not None:
             metric, mode = order_by
@@ -204,11 +215,49 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             found.sort(key=lambda c: best_first(c.record, metric, mode)[:2])
         return found if max_results is None else found[:max_results]
 
+    def _scope_checkpoints(
+        self, scope: Mapping[str, Any], base: str | None
+    ) -> list[tuple[LoggedCheckpoint, Mapping[str, Any]]]:
+        """The tracked checkpoints of a scope, each with its version's metadata, named by their runs."""
+        if wandb_offline.SCOPE_KEY in scope:
+            return wandb_offline.checkpoints(wandb_offline.scope_runs(scope), self.name)
+        versions, run_names = self._scope_versions(scope, base)
+        found = []
+        for artifact in versions:
+            if getattr(artifact, "state", "COMMITTED") != "COMMITTED":
+                continue  # still uploading (or deleted): never offered as a checkpoint
+            checkpoint = self._checkpoint(artifact, scope.get("run_id"))
+            if checkpoint is not None:
+                found.append((checkpoint, artifact.metadata))
+        if run_names is None:
+            run_names = self._run_names(scope, {c.run_id for c, _ in found})
+        return [
+            (dataclasses.replace(c, extra={**c.extra, "run_name": run_names.get(c.run_id, "")}), m) for c, m in found
+        ]
+
+    def _run_names(self, scope: Mapping[str, Any], run_ids: set[str]) -> dict[str, str]:
+        """The display names of a project's runs: one call per 100 runs."""
+        where = "/".join(p for p in (scope.get("entity"), scope["project"]) if p)
+        names: dict[str, str] = {}
+        ids = sorted(run_ids)
+        with _reading(f"the runs of project {where}"):
+            for start in range(0, len(ids), 100):
+                part = ids[start : start + 100]
+                for run in self.api.runs(where, filters={"name": {"$in": part}}, per_page=len(part)):
+                    names[run.id] = run.name or ""
+        return names
+
+    @override
+    def check_registrable(self, checkpoint: LoggedCheckpoint) -> None:
+        """Refuse a checkpoint of an offline run in one line: the W&B server does not have it yet."""
+        if checkpoint.extra.get("offline_run_dir"):
+            raise wandb_offline.not_registrable(checkpoint)
+
     @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
         linked = self._artifact_or_none(f"{self._registry_collection(registered_name)}:{alias}")
-        return None if linked is None else self._linked_checkpoint(linked, registered_name)
+        return None if linked is None else self._linked_checkpoint(linked, registered_name, described=True)
 
     @override
     def register(self, registered_name: str, checkpoint: LoggedCheckpoint, alias: str) -> str:
@@ -244,6 +293,16 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 its version was not logged by tracked-ckpt.
             TrackerError: W&B did not answer (an error is never taken for "does not exist").
         """
+        return self._resolve(registered_name, alias, version, described=True)
+
+    @override
+    def resolve_for_load(self, registered_name: str, *, alias: str | None, version: str | None) -> LoggedCheckpoint:
+        """`resolve` without the run's name and the Registry page: two calls fewer."""
+        return self._resolve(registered_name, alias, version, described=False)
+
+    def _resolve(
+        self, registered_name: str, alias: str | None, version: str | None, *, described: bool
+    ) -> LoggedCheckpoint:
         if alias is not None:
             ref, what = alias, f"alias {alias!r}"
         elif version is not None:
@@ -258,7 +317,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 f"promote a checkpoint first (promote_best({registered_name!r}, tracker='wandb')) "
                 "or check the name."
             )
-        found = self._linked_checkpoint(linked, registered_name)
+        found = self._linked_checkpoint(linked, registered_name, described=described)
         if found is None:
             raise LookupError(
                 f"{collection}:{ref} ({linked.source_qualified_name}) was not logged by tracked-ckpt: "
@@ -270,9 +329,12 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
         """Download the checkpoint's file into `directory` (through its Registry link if it has one).
 
-        An incremental version (a manifest and packs, `wandb_chunks`) is rebuilt from the packs
-        the local pack cache lacks, every chunk and the whole file verified.
+        An offline run's checkpoint is copied from the run's folder. An incremental version (a
+        manifest and packs, `wandb_chunks`) is rebuilt from the packs the local pack cache lacks,
+        every chunk and the whole file verified.
         """
+        if checkpoint.extra.get("offline_run_dir"):
+            return wandb_offline.copy_file(checkpoint, directory)
         ref = checkpoint.extra.get("registry_path") or checkpoint.id
         with _reading(f"artifact {ref}"):
             artifact = self.api.artifact(ref, type=ARTIFACT_TYPE)
@@ -349,11 +411,21 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _mode(self) -> str:
+        return self.mode or os.environ.get("WANDB_MODE") or "online"
+
+    def _offline_mode(self) -> bool:
+        return self._mode() in ("offline", "dryrun")
+
+    def _wandb_dir(self) -> str:
+        """Where W&B writes run folders (into its `wandb/` folder)."""
+        return self.dir or os.environ.get("WANDB_DIR") or "."
+
     def _new_api(self) -> Any:
-        mode = self.mode or os.environ.get("WANDB_MODE") or "online"
+        mode = self._mode()
         if mode in ("offline", "dryrun", "disabled"):
             raise TrackerError(
-                f"W&B is in {mode} mode (WANDB_MODE or mode=), and listing, promoting, loading or "
+                f"W&B is in {mode} mode (WANDB_MODE or mode=), and promoting, loading a registered model or "
                 "deleting checkpoints needs the W&B server: run `wandb sync <offline run dir>` first "
                 "and use online mode (unset WANDB_MODE or pass WandbTracker(mode='online'))."
             )
@@ -396,7 +468,8 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         entity = entity or self.entity or os.environ.get("WANDB_ENTITY") or ""
         return {"entity": entity, "project": project} if entity else {"project": project}
 
-    def _scope_versions(self, scope: Mapping[str, Any], base: str | None) -> list[Any]:
+    def _scope_versions(self, scope: Mapping[str, Any], base: str | None) -> tuple[list[Any], dict[str, str] | None]:
+        """The versions of a scope, and for a run scope its name ({run id: name}; None: to be read)."""
         api = self.api
         where = "/".join(p for p in (scope.get("entity"), scope["project"]) if p)
         if scope.get("run_id"):
@@ -411,7 +484,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                     "WANDB_ENTITY; an offline run needs `wandb sync` first."
                 ) from exc
             with _reading(f"run {path}"):  # the listing asks W&B while it is iterated
-                return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE]
+                return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE], {run.id: run.name or ""}
         try:
             collections = [
                 c
@@ -431,7 +504,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             for collection in collections:
                 path = f"{collection.entity}/{collection.project}/{collection.name}"
                 versions.extend(api.artifacts(ARTIFACT_TYPE, path))
-        return versions
+        return versions, None
 
     def _artifact_or_none(self, path: str) -> Any:
         """The version `path` names, or None when W&B answers that there is none.
@@ -474,22 +547,38 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             tracker=self.name,
             location=source,
             aliases=tuple(a for a in artifact.aliases if not re.fullmatch(r"v\d+", a)),
-            extra={"base": base, "collection": source.split(":")[0]},
+            # A link's page (the Registry's) costs a call: `_linked_checkpoint` asks for it when shown.
+            extra={
+                "base": base,
+                "collection": source.split(":")[0],
+                "url": "" if getattr(artifact, "is_link", False) else _url(artifact),
+            },
         )
 
-    def _linked_checkpoint(self, linked: Any, registered_name: str) -> LoggedCheckpoint | None:
+    def _linked_checkpoint(
+        self, linked: Any, registered_name: str, *, described: bool = False
+    ) -> LoggedCheckpoint | None:
+        """A Registry link as its source's checkpoint; `described`: with its run's name and its Registry page
+        (two more calls, for people)."""
         found = self._checkpoint(linked)
         if found is None:
             return None
-        return dataclasses.replace(
-            found,
-            extra={
-                **found.extra,
-                "version": linked.version,
-                "registered_name": registered_name,
-                "registry_path": f"{self._registry_collection(registered_name)}:{linked.version}",
-            },
-        )
+        extra = {
+            **found.extra,
+            "version": linked.version,
+            "registered_name": registered_name,
+            "registry_path": f"{self._registry_collection(registered_name)}:{linked.version}",
+        }
+        if described:
+            path = f"{linked.source_entity}/{linked.source_project}/{found.run_id}"
+            try:
+                extra["run_name"] = self.api.run(path).name or ""
+            except _READ_ERRORS as exc:
+                if not _not_found(exc):
+                    raise _no_answer(f"run {path}", exc) from exc
+                extra["run_name"] = ""  # the run was deleted: its checkpoint still loads
+            extra["url"] = _url(linked)
+        return dataclasses.replace(found, extra=extra)
 
     def _registry_collection(self, registered_name: str) -> str:
         if not registered_name or any(c in registered_name for c in "/:"):
@@ -510,6 +599,16 @@ def _reading(what: str) -> Iterator[None]:
         yield
     except _READ_ERRORS as exc:
         raise _no_answer(what, exc) from exc
+
+
+def _url(artifact: Any) -> str:
+    """The version's page in the W&B app ("" where W&B cannot say: `Artifact.url` is recent, a Registry
+    link's asks the server for the organization, and a link is no reason to fail a read)."""
+    try:
+        return str(getattr(artifact, "url", "") or "")
+    except _READ_ERRORS as exc:
+        logger.debug("No W&B link for %s: %s", getattr(artifact, "qualified_name", artifact), exc)
+        return ""
 
 
 def _absent(exc: Exception) -> bool:

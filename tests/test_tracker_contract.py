@@ -147,7 +147,7 @@ class WandbCase(Case):
         tracker.finish()
         server = FakeServer(entity=self.ENTITY, project=self.PROJECT)
         synced = [artifact for d in self._run_dirs(destination) for artifact in server.sync(d)]
-        return server, synced, WandbTracker(project=self.PROJECT, api=server.api())
+        return server, synced, WandbTracker(project=self.PROJECT, api=server.api(), mode="online")
 
     def deleting(self, records):
         # An offline run's versions are on no server: `delete_checkpoint` keeps them (the contract's False);

@@ -4,6 +4,7 @@ Example:
 
     tracked-ckpt ls --experiment digits-demo
     tracked-ckpt promote digits-classifier --experiment digits-demo
+    tracked-ckpt ls --tracker wandb --offline          # the newest W&B offline run, from its folder
     tracked-ckpt pull digits-classifier --alias champion -o ./model
     tracked-ckpt sync checkpoints/.tracked_ckpt/spool
     tracked-ckpt gc --experiment digits-demo
@@ -102,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     def scope(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run-id", help="the run to look in")
         p.add_argument("--experiment", help="look in every run of this experiment (W&B: project)")
+        p.add_argument(
+            "--offline",
+            nargs="?",
+            const="",
+            metavar="DIR",
+            help="W&B: read offline runs from disk, no server: the newest under WANDB_DIR (else ./wandb), the one "
+            "--run-id names, or those in DIR (an offline-run-* folder, or a folder of them)",
+        )
 
     ls = commands.add_parser(
         "ls", help="list the checkpoints of a run, an experiment or every experiment as a table, grouped by run"
@@ -201,9 +210,10 @@ def _ls(args: argparse.Namespace) -> int:
         where[key] = value
     if args.all_experiments and args.experiment:
         raise ValueError("Pass --experiment NAME or --all-experiments, not both.")
+    run_id, experiment = _offline_scope(args)
     found = registry.list_checkpoints(
-        run_id=args.run_id,
-        experiment=registry.ALL_EXPERIMENTS if args.all_experiments else args.experiment,
+        run_id=run_id,
+        experiment=registry.ALL_EXPERIMENTS if args.all_experiments else experiment,
         tracker=args.tracker,
         where=where or None,
     )
@@ -216,13 +226,16 @@ def _ls(args: argparse.Namespace) -> int:
                         "id": c.id,
                         "run_id": c.run_id,
                         "run_name": c.extra.get("run_name") or "",
+                        "location": c.location,
                         "name": c.record.name,
                         **c.record.metadata(),
                     }
                 )
             )
         return 0
-    rows = [("name", "run", "run_id", "epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", "id")]
+    # An offline run's checkpoint is nowhere but in its folder: its file says more than its id.
+    last = "file" if args.offline is not None else "id"
+    rows = [("name", "run", "run_id", "epoch", "step", "monitor", "value", "best", "commit", "dirty", "size", last)]
     for c in found:
         r = c.record
         rows.append(
@@ -238,7 +251,7 @@ def _ls(args: argparse.Namespace) -> int:
                 (r.git_commit or "-")[:8],
                 "-" if r.git_dirty is None else ("yes" if r.git_dirty else "no"),
                 _size(r.size_bytes),
-                c.id,
+                c.location if args.offline is not None else c.id,
             )
         )
     _table(rows)
@@ -246,6 +259,20 @@ def _ls(args: argparse.Namespace) -> int:
         hint = f" match --where {' '.join(args.where)}: drop it to see them all" if args.where else ""
         print(f"(no checkpoints{hint})", file=sys.stderr)
     return 0
+
+
+def _offline_scope(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The run id and experiment to read; with `--offline`, W&B in offline mode and DIR as the experiment."""
+    if args.offline is None:
+        return args.run_id, args.experiment
+    if args.tracker.strip().lower() != "wandb":
+        raise ValueError("--offline reads W&B offline runs from disk: pass --tracker wandb.")
+    if args.offline and args.experiment:
+        raise ValueError("Pass --offline DIR or --experiment PROJECT, not both.")
+    if args.offline and not os.path.isdir(args.offline):
+        raise FileNotFoundError(f"{args.offline} is not a folder: pass an offline run's folder or a folder of them.")
+    os.environ["WANDB_MODE"] = "offline"  # this process only: reads come from disk
+    return args.run_id, args.offline or args.experiment
 
 
 def _grouped_by_run(found: Sequence[registry.LoggedCheckpoint]) -> list[registry.LoggedCheckpoint]:
@@ -267,8 +294,8 @@ def _show(args: argparse.Namespace) -> int:
     )
     run_name = c.extra.get("run_name")
     print(f"  run: {f'{run_name} ({c.run_id})' if run_name else c.run_id}")
-    if c.extra.get("run_url"):
-        print(f"  ui: {c.extra['run_url']}")
+    if c.extra.get("url") or c.extra.get("run_url"):  # W&B: the version's page; MLflow: the run's
+        print(f"  ui: {c.extra.get('url') or c.extra['run_url']}")
     print(f"  location: {c.location}")
     for key, value in c.record.metadata().items():
         print(f"  {key}: {value}")
@@ -278,11 +305,12 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
+    run_id, experiment = _offline_scope(args)
     result = registry.promote_best(
         args.registered_name,
         tracker=args.tracker,
-        run_id=args.run_id,
-        experiment=args.experiment,
+        run_id=run_id,
+        experiment=experiment,
         name=args.name,
         monitor=args.monitor,
         mode=args.mode,

@@ -210,6 +210,8 @@ def promote_best(
         UnknownKeyError: no checkpoint of the scope has a value for `monitor`
             (a typo, say): the message lists the metrics they have.
         LookupError: the scope holds no checkpoint.
+        TrackerError: the best cannot be registered, e.g. it is a W&B offline
+            run's (the message names it and says to `wandb sync` the run).
 
     Example:
         ```python
@@ -230,6 +232,7 @@ def promote_best(
     if challenger is None or challenger_value is None:
         raise no_value_error(tracker, scope, {"name": name} if name else None, monitor)
     challenger_run, trial = run_name(challenger), trial_of(challenger)
+    registry_of(tracker).check_registrable(challenger)  # before asking the registry anything
     previous = registry_of(tracker).alias_holder(registered_name, alias)
     if previous is not None and previous.id == challenger.id:
         return PromotionResult(

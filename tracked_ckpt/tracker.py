@@ -215,6 +215,10 @@ class TrackerRegistry(abc.ABC):
         """Finished checkpoints of a scope matching `where` (schema keys -> values), oldest
         first, or best first by `order_by` = (metric, "min"|"max") on the tracker's side."""
 
+    def check_registrable(self, checkpoint: LoggedCheckpoint) -> None:  # noqa: B027  optional: by default all can be
+        """Raise `TrackerError` (one line, saying what to do) if `checkpoint`, about to be promoted, cannot be
+        registered: e.g. a W&B offline run's, which is only on local disk. Default: every listed one can."""
+
     @abc.abstractmethod
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint an alias of a registered model points at, or None."""

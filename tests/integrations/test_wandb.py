@@ -549,7 +549,7 @@ def test_offline_run_synced_into_the_fake_then_restored_by_alias(wandb_env):
 
     assert [v.version for v in versions] == ["v0", "v1", "v2"]
     assert aliases_of(api, f"{collection}:v0") == ["epoch-1"]  # `best` moved on to epoch 3
-    tracker = WandbTracker(api=api)
+    tracker = WandbTracker(api=api, mode="online")
     listed = tracker.search_checkpoints(tracker.scope(run_id, "team/tracked-ckpt-test"))
     (best,) = [c for c in listed if "best" in c.aliases]
     assert best.record.epoch == 3 and best.id == f"{collection}:v2" and best.run_id == run_id

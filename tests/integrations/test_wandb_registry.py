@@ -31,10 +31,10 @@ from tracked_ckpt.tracker import Tracker, TrackerError
 REGISTRY = "wandb-registry-model"
 
 
-def log_run(server: FakeServer, run_id: str, values, *, mode="min", name="tiny", project=None):
+def log_run(server: FakeServer, run_id: str, values, *, mode="min", name="tiny", project=None, run_name=None):
     """Log one run's checkpoints into the fake as the tracker names them; return their version paths.
 
-    `values` are the monitored metric per epoch (None: missing from the logs).
+    `values` are the monitored metric per epoch (None: missing from the logs); `run_name`, the run's display name.
     """
     best, paths = None, []
     for epoch, value in enumerate(values, 1):
@@ -63,6 +63,7 @@ def log_run(server: FakeServer, run_id: str, values, *, mode="min", name="tiny",
             wb.checkpoint_aliases(record),
             project=project,
             run_id=run_id,
+            run_name=run_name,
         )
         paths.append(logged.qualified_name)
     return paths
@@ -201,6 +202,54 @@ def test_experiment_scope_spans_the_projects_runs(server, tracker):
     server.unreachable = False
 
 
+def test_listings_promotions_and_show_name_the_w_and_b_run(server, tracker, monkeypatch, capsys):
+    """Item 2 on W&B: the run's display name and id in `ls`, the promotion's run and trial, `show`'s W&B link."""
+    from tracked_ckpt import cli
+
+    log_run(server, "r1", [0.5, 0.4], run_name="tune-trial-01")
+    log_run(server, "r2", [0.3, 0.2], run_name="tune-trial-02")
+    log_run(server, "r3", [0.9])  # a run without a display name
+    listed = tracked_ckpt.list_checkpoints(tracker=tracker, experiment="team/proj")
+    assert sorted({(c.run_id, c.extra["run_name"]) for c in listed}) == [
+        ("r1", "tune-trial-01"),
+        ("r2", "tune-trial-02"),
+        ("r3", ""),
+    ]
+    assert listed[0].id == "team/proj/tiny-r1:v0"
+    assert listed[0].extra["url"] == "https://wandb.ai/team/proj/artifacts/model/tiny-r1/v0"
+    (one,) = tracked_ckpt.list_checkpoints(tracker=tracker, run_id="team/proj/r2", where={"epoch": 2})
+    assert one.extra["run_name"] == "tune-trial-02"
+
+    result = tracked_ckpt.promote_best("clf", tracker=tracker, experiment="team/proj")
+    assert result.promoted and (result.run_name, result.trial) == ("tune-trial-02", "02")
+    assert result.reason == "'champion' now points at tiny-e0002 of run 'tune-trial-02' (r2, trial 02) (val_loss=0.2)."
+    log_run(server, "r4", [0.7], run_name="tune-trial-04")
+    kept = tracked_ckpt.promote_best("clf", tracker=tracker, run_id="team/proj/r4")
+    assert not kept.promoted and kept.reason.startswith("Kept tiny-e0002 of run 'tune-trial-02' (r2, trial 02)")
+    assert "of run 'tune-trial-04' (r4, trial 04)" in kept.reason and kept.run_name == "tune-trial-04"
+    shown = tracked_ckpt.registered_checkpoint("clf", tracker=tracker)
+    assert shown.extra["run_name"] == "tune-trial-02"
+    registry_page = "https://wandb.ai/orgs/org/registry/model?selectionPath=org%2Fwandb-registry-model%2Fclf"
+    assert shown.extra["url"] == registry_page + "&view=membership&version=v0"
+
+    # The CLI's W&B tracker builds `wandb.Api()`: here a client on the fake.
+    monkeypatch.setattr(wandb, "Api", lambda overrides=None: server.api())
+    assert cli.main(["ls", "--tracker", "wandb", "--experiment", "team/proj"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["name", "run", "run_id"]
+    assert [row.split()[:3] for row in rows] == [
+        ["tiny-e0001", "tune-trial-01", "r1"],
+        ["tiny-e0002", "tune-trial-01", "r1"],
+        ["tiny-e0001", "tune-trial-02", "r2"],
+        ["tiny-e0002", "tune-trial-02", "r2"],
+        ["tiny-e0001", "-", "r3"],
+        ["tiny-e0001", "tune-trial-04", "r4"],
+    ]
+    assert cli.main(["show", "clf", "--tracker", "wandb"]) == 0
+    out = capsys.readouterr().out
+    assert "  run: tune-trial-02 (r2)\n" in out and f"  ui: {registry_page}&view=membership&version=v0\n" in out
+
+
 def test_a_run_costs_the_same_number_of_calls_whatever_its_length(server, tracker, monkeypatch):
     calls = []
     for name in ("artifact", "artifact_exists", "artifacts", "artifact_collections", "run"):
@@ -322,7 +371,7 @@ def test_offline_training_synced_promoted_and_loaded_back(wandb_env):
     run_id = checkpoint.session.destinations["wandb"]["run_id"]
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     server.sync(the_run_dir(wandb_env))
-    tracker = WandbTracker(api=server.api())
+    tracker = WandbTracker(api=server.api(), mode="online")  # reads the server, not the offline folder
 
     # Without run_id the default is the last fit, which W&B does not have until synced.
     with pytest.raises(TrackerError, match="wandb sync"):
@@ -420,7 +469,7 @@ def test_requirements_ride_in_the_version_metadata_and_load_checks_them(wandb_en
 
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     server.sync(the_run_dir(wandb_env))
-    tracker = WandbTracker(api=server.api())
+    tracker = WandbTracker(api=server.api(), mode="online")
     (listed,) = tracked_ckpt.list_checkpoints(tracker=tracker, run_id=artifact.run_id)
     assert listed.record.requirements == ("wbtinylayers==0.2.0",)
     restored = tracked_ckpt.load_model(checkpoint=listed, tracker=tracker, custom_objects={"Negate": Negate})

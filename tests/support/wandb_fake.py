@@ -35,6 +35,11 @@
   ("only files that change between two artifact versions incur storage costs"):
   `FakeServer.uploaded_bytes` counts the bytes a sync or log had to send, and
   `downloaded_bytes` those `Artifact.download` / `file` wrote;
+* `Api.runs` answers the one filter tracked-ckpt sends, runs by id
+  (`{"name": {"$in": [...]}}`: W&B stores a run's id as its `name`, its display
+  name as `displayName`); any other filter fails rather than being ignored;
+* `Artifact.url` is the version's page in the W&B app, a Registry link's its
+  Registry page, as wandb 0.31 forms them;
 * `FakeServer.failure` makes every request fail: "http" as a server answering
   HTTP 503 does (`FakeServer.unreachable = True` is the same), "timeout" as a
   request that got no answer in time.
@@ -54,6 +59,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import wandb.errors
 from wandb.apis.normalize import normalize_exceptions
@@ -72,9 +78,10 @@ try:
 except ImportError:  # wandb before RunNotFoundError: a missing run was a bare ValueError
     RunNotFoundError = ValueError
 
-from support.wandb_records import logged_artifacts, run_summary
+from support.wandb_records import logged_artifacts, run_display_name, run_summary
 
 REGISTRY_PREFIX = "wandb-registry-"
+APP_URL = "https://wandb.ai/"
 _SEP = ("/", ":")
 
 
@@ -140,6 +147,7 @@ class FakeServer:
         self.collections: dict[tuple[str, str, str], _Collection] = {}
         self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
         self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
+        self.run_names: dict[tuple[str, str, str], str] = {}  # display names (`wandb.init(name=...)`)
         self.failure: str | None = None  # "http" or "timeout": every request fails so
         self.uploaded_bytes = 0  # what logging sent: files the collection did not hold yet
         self.downloaded_bytes = 0  # what downloads wrote
@@ -181,11 +189,14 @@ class FakeServer:
         type: str = "model",
         project: str | None = None,
         run_id: str = "",
+        run_name: str | None = None,
     ) -> FakeArtifact:
-        """Log a version the way the server records `run.log_artifact(...)` by run `run_id`."""
+        """Log a version the way the server records `run.log_artifact(...)` by run `run_id` (named `run_name`)."""
         collection = self._collection(self.entity, project or self.project, name, type, create=True)
         if run_id:
             self.runs.add((collection.entity, collection.project, run_id))
+            if run_name is not None:
+                self.run_names[(collection.entity, collection.project, run_id)] = run_name
         for data in files.values():
             file_digest = _md5_b64(data)
             if file_digest not in collection.stored:
@@ -204,12 +215,15 @@ class FakeServer:
         out = []
         run_id = os.path.basename(run_dir.rstrip(os.sep)).split("-", 3)[3]  # offline-run-<time>-<run id>
         self.summaries[(self.entity, self.project, run_id)] = run_summary(run_dir)
+        name = run_display_name(run_dir)
         for art in logged_artifacts(run_dir):
             files = {}
             for f in art.files:
                 with open(f.local_path, "rb") as fh:
                     files[f.path] = fh.read()
-            out.append(self.log(art.name, files, art.metadata, art.aliases, art.type, art.project or None, art.run_id))
+            out.append(
+                self.log(art.name, files, art.metadata, art.aliases, art.type, art.project or None, art.run_id, name)
+            )
         return out
 
     def corrupt(self, path: str) -> None:
@@ -347,6 +361,30 @@ class FakeApi:
 
         return _Listing(server, collections)
 
+    def runs(
+        self,
+        path: str | None = None,
+        filters: dict[str, Any] | None = None,
+        order: str = "+created_at",
+        per_page: int = 50,
+        include_sweeps: bool = False,
+        lazy: bool = True,
+    ) -> _Listing:
+        """The runs of a project ("entity/project" or "project") by id, read while iterated."""
+        server = self._server
+        entity, _, project = (path or server.project).rpartition("/")
+        entity = entity or server.entity
+        by_id = filters is not None and set(filters) == {"name"} and set(filters["name"]) == {"$in"}
+        if filters is not None and not by_id:
+            raise ValueError(f"the fake answers only filters={{'name': {{'$in': [run ids]}}}}, not {filters!r}")
+        wanted = None if filters is None else set(filters["name"]["$in"])
+
+        def runs() -> list[FakeRun]:
+            found = sorted(r for e, p, r in server.runs if (e, p) == (entity, project))
+            return [FakeRun(server, entity, project, r) for r in found if wanted is None or r in wanted]
+
+        return _Listing(server, runs)
+
     def flush(self):
         """W&B's Api caches runs; the fake reads the server every time, so there is nothing to drop."""
 
@@ -383,6 +421,11 @@ class FakeRun:
     @property
     def entity(self) -> str:
         return self._entity
+
+    @property
+    def name(self) -> str | None:
+        """The run's display name (W&B: None when it has none)."""
+        return self._server.run_names.get((self._entity, self._project, self._id))
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -514,6 +557,23 @@ class FakeArtifact:
     @property
     def is_link(self) -> bool:
         return self._version.source is not None
+
+    @property
+    def url(self) -> str:
+        """The version's page in the W&B app; a Registry link's is its Registry page (as wandb 0.31 forms them)."""
+        version, collection = self._version, self._version.collection
+        if self.is_link:
+            self._server.request()  # W&B asks for the entity's organization
+            selection = quote(f"{collection.entity}/{collection.project}/{collection.name}", safe="")
+            registry = collection.project[len(REGISTRY_PREFIX) :]
+            return (
+                f"{APP_URL}orgs/{self._server.organization}/registry/{registry}?selectionPath={selection}"
+                f"&view=membership&version=v{version.index}"
+            )
+        return (
+            f"{APP_URL}{collection.entity}/{collection.project}/artifacts/{quote(collection.type)}/"
+            f"{quote(collection.name)}/v{version.index}"
+        )
 
     @property
     def linked_artifacts(self) -> list[FakeArtifact]:

@@ -1,14 +1,9 @@
-"""Read what the W&B SDK wrote into an offline run: its `run-<id>.wandb` transaction log.
+"""What the W&B SDK wrote into an offline run, for tests: read with the product's reader.
 
-wandb 0.31 ships no Python reader for this file (`wandb.sdk.internal.datastore`
-was removed when the internal process moved to the Go `wandb-core`), so this is
-the ~30-line LevelDB-log reader the format needs: a 7-byte file header
-(`:W&B`, magic 0xBEE1, version 0), then 32 KiB blocks of chunks (crc32 u32,
-length u16, type u8: FULL, FIRST, MIDDLE, LAST; the crc is zlib's crc32 of the
-data seeded with that of the type byte), each record a serialised
-`wandb.proto.wandb_internal_pb2.Record`, decoded with wandb's own protobuf
-classes. The format is internal to W&B: if a wandb upgrade changes it, the
-header or crc check below fails loudly rather than reading garbage.
+`tracked_ckpt.integrations.wandb_offline` reads the `run-<id>.wandb` transaction
+log; this adds what only tests need: waiting for a finished run's log to be
+complete, and every artifact record (tracked-ckpt's or not), history row and
+summary update as plain values.
 """
 
 from __future__ import annotations
@@ -17,47 +12,10 @@ import dataclasses
 import glob
 import json
 import os
-import struct
 import time
-import zlib
-from collections.abc import Iterator
 from typing import Any
 
-from wandb.proto import wandb_internal_pb2
-
-_BLOCK = 32 * 1024
-_HEADER = 7
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def read_records(path: str) -> Iterator[wandb_internal_pb2.Record]:
-    """Every record of a `.wandb` transaction log, in write order."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < _HEADER:  # wandb-core has not written the header yet
-        return
-    ident, magic, version = struct.unpack("<4sHB", data[:_HEADER])
-    if (ident, magic, version) != (b":W&B", 0xBEE1, 0):
-        raise ValueError(f"{path} is not a W&B transaction log: header {(ident, magic, version)}")
-    pos, pending = _HEADER, b""
-    while pos + _HEADER <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < _HEADER:  # block trailer padding
-            pos += left
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
-        pos += _HEADER
-        chunk = data[pos : pos + length]
-        pos += length
-        if kind == 0 and length == 0:  # zero padding at the end of a block
-            continue
-        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != crc:
-            raise ValueError(f"{path}: bad crc at byte {pos - length}")
-        pending = chunk if kind in (_FULL, _FIRST) else pending + chunk
-        if kind in (_FULL, _LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
+from tracked_ckpt.integrations.wandb_offline import read_records, transaction_log
 
 
 @dataclasses.dataclass
@@ -86,12 +44,7 @@ def run_dirs(wandb_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*")))
 
 
-def transaction_log(run_dir: str) -> str:
-    (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
-    return path
-
-
-def finished_records(run_dir: str, timeout: float = 15.0) -> list[wandb_internal_pb2.Record]:
+def finished_records(run_dir: str, timeout: float = 15.0) -> list[Any]:
     """The records of a finished run, once all are on disk.
 
     `run.finish()` can return before wandb-core has flushed the end of the log,
@@ -99,10 +52,8 @@ def finished_records(run_dir: str, timeout: float = 15.0) -> list[wandb_internal
     """
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            records = list(read_records(transaction_log(run_dir)))
-        except ValueError:  # a chunk still being written
-            records = []
+        log = transaction_log(run_dir)
+        records = list(read_records(log)) if log else []
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.05)
@@ -129,6 +80,12 @@ def logged_artifacts(run_dir: str) -> list[LoggedArtifact]:
             )
         )
     return out
+
+
+def run_display_name(run_dir: str) -> str:
+    """The run's display name ("" if it has none), from its run record."""
+    runs = [r.run for r in finished_records(run_dir) if r.WhichOneof("record_type") == "run"]
+    return runs[-1].display_name if runs else ""
 
 
 def history_rows(run_dir: str) -> list[dict[str, Any]]:
