@@ -82,7 +82,7 @@ def packs_of(artifact) -> dict[str, str]:
 def synced(run_dir: str) -> tuple[FakeServer, WandbTracker]:
     server = FakeServer(entity="team", project="tracked-ckpt-test")
     server.sync(run_dir)
-    return server, WandbTracker(api=server.api())
+    return server, WandbTracker(api=server.api(), mode="online")  # reads the server, not the offline folder
 
 
 def drop_pack_cache() -> None:
@@ -266,3 +266,24 @@ def test_online_run_folder_keeps_only_the_newest_version_s_packs(wandb_env, monk
     assert not set(kept[0]) & set(kept[1])
     writer.finish()
     assert not folder_root.exists()
+
+
+def test_an_offline_runs_incremental_versions_load_from_its_folder(wandb_env):
+    contents = {epoch: content(epoch) for epoch in (1, 2)}
+    run_dir, _ = log_epochs(wandb_env, contents)
+    drop_pack_cache()  # rebuilt from the packs the run's folder holds, not the writer's cache
+
+    listed = tracked_ckpt.list_checkpoints(tracker="wandb", run_id=run_dir)
+    assert [(c.record.epoch, c.record.storage) for c in listed] == [(1, "incremental"), (2, "incremental")]
+    for checkpoint in listed:
+        path = tracked_ckpt.download_checkpoint(checkpoint=checkpoint, tracker="wandb", cache_dir=wandb_env / "dl")
+        with open(path, "rb") as f:
+            assert f.read() == contents[checkpoint.record.epoch]
+
+    # A pack gone from the run's folder: one line naming the checkpoint, nothing served.
+    pack = next(p for p in listed[0].extra["local_files"] if p.startswith("packs/"))
+    os.remove(listed[0].extra["local_files"][pack])
+    drop_pack_cache()
+    with pytest.raises(ChunkStoreError) as failed:
+        tracked_ckpt.download_checkpoint(checkpoint=listed[0], tracker="wandb", cache_dir=wandb_env / "dl2")
+    assert "\n" not in str(failed.value) and listed[0].record.name in str(failed.value)
