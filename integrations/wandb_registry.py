@@ -46,6 +46,7 @@ import wandb.errors
 
 from tracked_ckpt.integrations.wandb_schema import (
     ARTIFACT_TYPE,
+    ROUTINE_ALIAS_RE,
     base_of_collection,
     is_tracked,
     job_run_id,
@@ -56,7 +57,7 @@ from tracked_ckpt.integrations.wandb_schema import (
     version_ref,
 )
 from tracked_ckpt.record import best_first
-from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError, TrackerJobKeys, TrackerRegistry
+from tracked_ckpt.tracker import LoggedCheckpoint, Registration, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -72,6 +73,9 @@ except ImportError:  # W&B before its service API client: its errors are CommErr
 # What a W&B read raises when it does not answer with the thing asked for (ValueError: W&B's own
 # "not found" or an answer it could not parse, unwrapped when WANDB_DEBUG is set).
 _READ_ERRORS = (wandb.errors.CommError, ValueError, _ApiFailedError)
+
+# The aliases W&B keeps on a Registry link for itself (every other one was given by a promotion).
+_LINK_BOOKKEEPING_RE = re.compile(r"latest|v\d+")
 
 #: Registry projects are named `wandb-registry-<registry>`.
 REGISTRY_PREFIX = "wandb-registry-"
@@ -272,6 +276,80 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         with _reading(f"artifact {ref}"):
             artifact = self.api.artifact(ref, type=ARTIFACT_TYPE)
         return str(os.fspath(artifact.file(directory)))
+
+    # -- by id, registered versions, deleting (for tracked_ckpt.verbs) -------------------------
+
+    @override
+    def checkpoint_by_id(self, checkpoint_id: str) -> LoggedCheckpoint | None:
+        """The tracked version `entity/project/collection:vN` (or a Registry link's source), or None."""
+        artifact = self._artifact_or_none(checkpoint_id)
+        if artifact is None or getattr(artifact, "state", "COMMITTED") != "COMMITTED":
+            return None
+        return self._checkpoint(artifact)
+
+    @override
+    def registered_versions(self, registered_name: str) -> list[LoggedCheckpoint]:
+        """The versions linked into the Registry collection, oldest link first, with their aliases
+        (one call, whatever the number of versions)."""
+        collection = self._registry_collection(registered_name)
+        try:
+            links = list(self.api.artifacts(ARTIFACT_TYPE, collection))
+        except _READ_ERRORS as exc:  # raised while the listing is iterated, unwrapped
+            if not isinstance(_cause(exc), ValueError):
+                raise _no_answer(f"collection {collection}", exc) from exc
+            raise LookupError(
+                f"No Registry collection {collection} on W&B: check the name "
+                f"(tracked-ckpt promote {registered_name} --tracker wandb registers one)."
+            ) from exc
+        listed = []
+        for link in sorted(links, key=lambda a: version_number(a.version)):
+            found = self._linked_checkpoint(link, registered_name)
+            if found is not None:
+                aliases = tuple(sorted(a for a in link.aliases if not _LINK_BOOKKEEPING_RE.fullmatch(a)))
+                listed.append(dataclasses.replace(found, aliases=aliases))
+        return listed
+
+    @override
+    def registrations(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
+        """The Registry links of the checkpoint's version, and the aliases a person gave the version itself:
+        what makes `delete_checkpoint` keep it."""
+        artifact = self._artifact_or_none(checkpoint.id)
+        if artifact is None:
+            return []
+        held = []
+        own = tuple(sorted(a for a in artifact.aliases if not ROUTINE_ALIAS_RE.fullmatch(a)))
+        if own:
+            held.append(Registration(artifact.source_name.split(":")[0], artifact.source_version, own))
+        for link in self._links_of(artifact):
+            aliases = tuple(sorted(a for a in link.aliases if not _LINK_BOOKKEEPING_RE.fullmatch(a)))
+            held.append(Registration(f"{link.project}/{link.name.split(':')[0]}", link.version, aliases))
+        return held
+
+    @override
+    def unregister(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
+        """Unlink the checkpoint's version from every Registry collection and take off the aliases a
+        person gave it (the routine ones, `best`, `epoch-N`, go with the version)."""
+        held = self.registrations(checkpoint)
+        artifact = self._artifact_or_none(checkpoint.id)
+        if artifact is None:
+            return held
+        for link in self._links_of(artifact):
+            link.delete(delete_aliases=True)  # deleting a link only unlinks it
+        own = [a for a in artifact.aliases if not ROUTINE_ALIAS_RE.fullmatch(a)]
+        if own:
+            artifact.aliases = [a for a in artifact.aliases if a not in own]
+            artifact.save()
+        for registration in held:
+            logger.info("Removed %s.", registration.text())
+        return held
+
+    @override
+    def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The run that logged the checkpoint: its project and entity from the version's path."""
+        *owner, _collection = checkpoint.id.split("/")  # entity/project/collection:vN
+        entity, project = ["", "", *owner][-2:]
+        destination = {"project": project, "run_id": checkpoint.run_id, "mode": "online"}
+        return {"entity": entity, **destination} if entity else destination
 
     # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
     #
