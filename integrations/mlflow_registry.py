@@ -480,6 +480,17 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         return held
 
     @override
+    def run_config(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The params of the checkpoint's run ({} if the run is gone)."""
+        client = self._read_client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
+        try:
+            return dict(client.get_run(checkpoint.run_id).data.params)
+        except MlflowException as exc:
+            if exc.error_code in _ABSENT:
+                return {}
+            raise _failed(client, exc) from exc
+
+    @override
     def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
         """The run that logged the checkpoint, as `start` names it."""
         destination = {"tracking_uri": checkpoint.extra.get("tracking_uri") or self._registry_uri()}

@@ -344,10 +344,22 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         return held
 
     @override
+    def run_config(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The config of the checkpoint's run, W&B's own keys (`_wandb`) left out ({} if the run is gone)."""
+        path = "/".join(p for p in (*self._owner_of(checkpoint), checkpoint.run_id) if p)
+        try:
+            run = self.api.run(path)
+        except _READ_ERRORS as exc:
+            if _not_found(exc):
+                return {}
+            raise _no_answer(f"run {path}", exc) from exc
+        with _reading(f"run {path}"):
+            return {key: value for key, value in dict(run.config).items() if not key.startswith("_")}
+
+    @override
     def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
         """The run that logged the checkpoint: its project and entity from the version's path."""
-        *owner, _collection = checkpoint.id.split("/")  # entity/project/collection:vN
-        entity, project = ["", "", *owner][-2:]
+        entity, project = self._owner_of(checkpoint)
         destination = {"project": project, "run_id": checkpoint.run_id, "mode": "online"}
         return {"entity": entity, **destination} if entity else destination
 
@@ -561,6 +573,13 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 "registry_path": f"{self._registry_collection(registered_name)}:{linked.version}",
             },
         )
+
+    @staticmethod
+    def _owner_of(checkpoint: LoggedCheckpoint) -> tuple[str, str]:
+        """The entity and project of a checkpoint's version, from its id `entity/project/collection:vN`."""
+        *owner, _collection = checkpoint.id.split("/")
+        entity, project = ["", "", *owner][-2:]
+        return entity, project
 
     def _registry_collection(self, registered_name: str) -> str:
         if not registered_name or any(c in registered_name for c in "/:"):

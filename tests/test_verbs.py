@@ -99,10 +99,12 @@ class MlflowCase:
         self.experiment = unique("verbs")
         self.tracker = MlflowTracker(tracking_uri=url)
 
-    def log(self, records, run: str) -> str:
-        """Log `records` into a new run named `run`; return its id."""
+    def log(self, records, run: str, config=None) -> str:
+        """Log `records` into a new run named `run` with params `config`; return its id."""
         tracker = MlflowTracker(tracking_uri=self.url, experiment=self.experiment, run_name=run)
         destination = tracker.start()
+        for key, value in (config or {}).items():
+            mlflow.MlflowClient(self.url).log_param(destination["run_id"], key, value)
         for record, path in records:
             tracker.log_checkpoint(record, path, destination)
         tracker.finish()
@@ -137,7 +139,8 @@ class WandbCase:
         monkeypatch.setenv("WANDB_PROJECT", "proj")
         monkeypatch.setattr(wandb, "Api", lambda overrides=None: self.server.api())
 
-    def log(self, records, run: str) -> str:
+    def log(self, records, run: str, config=None) -> str:
+        self.server.configs[("team", "proj", run)] = dict(config or {})
         for record, path in records:
             with open(path, "rb") as f:
                 data = f.read()
@@ -267,9 +270,9 @@ def test_rm_refuses_a_promoted_checkpoint_unless_forced(case, records):
         tracked_ckpt.delete_checkpoint("tiny-e0001", run_id=run, tracker=t)
 
 
-def test_diff_compares_metrics_epoch_commit_size_and_run(case, records):
-    run = case.log(records, "first")
-    other = case.log(records[3:], "second")
+def test_diff_compares_metrics_epoch_commit_config_size_and_run(case, records):
+    run = case.log(records, "first", config={"lr": 0.01, "batch_size": 8})
+    other = case.log(records[3:], "second", config={"lr": 0.001, "batch_size": 8})
     t = case.tracker
     diff = tracked_ckpt.compare_checkpoints("tiny-e0001", "tiny-e0003", run_id=run, tracker=t)
     differing = {field: (a, b) for field, a, b in diff.differences}
@@ -278,8 +281,10 @@ def test_diff_compares_metrics_epoch_commit_size_and_run(case, records):
     assert differing["git_commit"] == ("0" * 40, "3" * 40)
     assert differing["sha256"] == (records[0][0].sha256, records[3][0].sha256)
     assert "run_id" not in differing and "monitor" not in differing and "keras_version" not in differing
+    assert "config.lr" not in differing  # one run
     rows = {field: (a, b) for field, a, b in diff.rows}
     assert rows["size_bytes"] == (records[0][0].size_bytes, records[3][0].size_bytes)
+    assert tuple(map(str, rows["config.batch_size"])) == ("8", "8")
 
     # The same file logged by two runs: only where it was logged differs.
     a = tracked_ckpt.find_checkpoint("tiny-e0003", run_id=run, tracker=t)
@@ -287,8 +292,10 @@ def test_diff_compares_metrics_epoch_commit_size_and_run(case, records):
     code, out, err = case.cli("diff", a.id, b.id, "--json")
     assert code == 0, err
     answer = json.loads(out)
-    assert set(answer["differences"]) <= {"id", "run", "run_id", "filepath"} and "run_id" in answer["differences"]
+    # (W&B's checkpoints do not carry their run's display name: "run" is the same there.)
+    assert {"id", "run_id", "config.lr"} <= set(answer["differences"]) <= {"id", "run", "run_id", "config.lr"}
     assert answer["a"]["run_id"] == run and answer["b"]["run_id"] == other
+    assert (str(answer["a"]["config.lr"]), str(answer["b"]["config.lr"])) == ("0.01", "0.001")
     code, out, err = case.cli("diff", "tiny-e0001", "tiny-e0003", "--run-id", run)
     assert code == 0, err
     table = {line.split()[0]: line.split()[1:] for line in out.strip().splitlines()[1:]}

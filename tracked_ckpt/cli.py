@@ -329,6 +329,8 @@ def _diff(args: argparse.Namespace) -> int:
 def _cell(field: str, value: object) -> str:
     if value is None:
         return "-"
+    if field in ("sha256", "git_commit") and isinstance(value, str):
+        return value[:12]  # as ls shortens a commit; --json has them whole
     if field == "size_bytes" and isinstance(value, int):
         return f"{_size(value)} ({value})"
     if isinstance(value, float):

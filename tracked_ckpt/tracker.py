@@ -287,10 +287,17 @@ class TrackerRegistry(abc.ABC):
         registered models); return what was removed. Default: the tracker cannot."""
         raise TrackerError(f"{type(self).__name__} cannot remove registered versions of a checkpoint.")
 
+    def run_config(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The configuration of the run that logged a checkpoint (MLflow: its params; W&B: its config),
+        for comparing checkpoints. Default: none known ({})."""
+        return {}
+
     def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
         """The destination (as `start` returns it) of the run that logged a checkpoint, for
-        `Tracker.delete_checkpoint`. Default: the tracker cannot say."""
-        raise TrackerError(f"{type(self).__name__} cannot say which run logged {checkpoint.id}.")
+        `Tracker.delete_checkpoint`. Default: the tracker cannot say, so it cannot delete one by itself."""
+        raise TrackerError(
+            f"{type(self).__name__} cannot delete a checkpoint by itself: it does not say which run logged it."
+        )
 
 
 class TrackerJobKeys(abc.ABC):

@@ -75,7 +75,8 @@ class Comparison:
         a, b: the two checkpoints.
         rows: (field, value of a, value of b) for every field either has: identity (`name`,
             `run`, `run_id`, `id`), the recorded schema (epoch, step, git commit, size,
-            sha256, ...) and `metric.<name>` for each metric; None where one lacks it.
+            sha256, ...), `metric.<name>` for each metric and `config.<key>` for each key of the
+            runs' configuration (MLflow: params; W&B: config); None where one lacks it.
     """
 
     a: LoggedCheckpoint
@@ -158,7 +159,7 @@ def compare_checkpoints(
     experiment: str | None = None,
     tracker: str | Tracker = "mlflow",
 ) -> Comparison:
-    """Compare two logged checkpoints: metrics, epoch and step, git commit, setup, size, sha256, run.
+    """Compare two logged checkpoints: metrics, epoch and step, git commit, run config, size, sha256, run.
 
     Args:
         a, b: listed checkpoints, or ids or names as `tracked-ckpt ls` prints them.
@@ -173,7 +174,9 @@ def compare_checkpoints(
     """
     tracker = resolve_tracker(tracker)
     first, second = (find_checkpoint(c, run_id=run_id, experiment=experiment, tracker=tracker) for c in (a, b))
-    return Comparison(first, second, tuple(_rows(first, second)))
+    registry = registry_of(tracker)
+    configs = {c.run_id: registry.run_config(c) for c in (first, second)}  # one read per run
+    return Comparison(first, second, tuple(_rows(first, second, configs[first.run_id], configs[second.run_id])))
 
 
 def registered_versions(registered_name: str, *, tracker: str | Tracker = "mlflow") -> list[LoggedCheckpoint]:
@@ -195,7 +198,9 @@ def registered_versions(registered_name: str, *, tracker: str | Tracker = "mlflo
     return registry_of(resolve_tracker(tracker), "list registered versions").registered_versions(registered_name)
 
 
-def _rows(a: LoggedCheckpoint, b: LoggedCheckpoint) -> list[tuple[str, Any, Any]]:
+def _rows(
+    a: LoggedCheckpoint, b: LoggedCheckpoint, config_a: dict[str, Any], config_b: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
     identity = [(field, _identity(a, field), _identity(b, field)) for field in _IDENTITY]
     recorded_a, recorded_b = a.record.metadata(), b.record.metadata()
     schema = [
@@ -206,6 +211,7 @@ def _rows(a: LoggedCheckpoint, b: LoggedCheckpoint) -> list[tuple[str, Any, Any]
         *identity,
         *schema,
         *((f"metric.{m}", a.record.metrics.get(m), b.record.metrics.get(m)) for m in metrics),
+        *((f"config.{k}", config_a.get(k), config_b.get(k)) for k in sorted(set(config_a) | set(config_b))),
     ]
 
 
