@@ -355,3 +355,23 @@ def test_w_and_b_offline_or_failing_says_so_in_one_line(records, monkeypatch, ca
     ):
         line = one_line_error(*case.cli(*argv)[::2])
         assert re.match(r"^tracked-ckpt: error: Cannot read W&B \S+ \S+: HTTP 503.*Try again once W&B answers\.$", line)
+
+
+def test_w_and_b_a_version_a_person_aliased_is_kept_unless_forced(records, monkeypatch, capsys):
+    """On W&B an alias a person gave the logged version protects it too (as it does from `keep_top_k`)."""
+    monkeypatch.setattr(fits_module, "_LAST_DESTINATIONS", {})
+    case = WandbCase(monkeypatch, capsys)
+    case.log(records, "r1")
+    path = tracked_ckpt.find_checkpoint("tiny-e0003", run_id="r1", tracker=case.tracker).id
+    artifact = case.server.api().artifact(path)
+    artifact.aliases = [*artifact.aliases, "keep-me"]
+    artifact.save()
+    with pytest.raises(
+        ProtectedCheckpointError, match=r"^tiny-e0003 of run r1 is held by \S+ version v3 \(alias 'keep-me'\)"
+    ):
+        tracked_ckpt.delete_checkpoint("tiny-e0003", run_id="r1", tracker=case.tracker)
+    assert case.exists(path)
+    deletion = tracked_ckpt.delete_checkpoint("tiny-e0003", run_id="r1", tracker=case.tracker, force=True)
+    assert [(r.version, r.aliases) for r in deletion.unregistered] == [("v3", ("keep-me",))]
+    assert not case.exists(path)
+    assert [c.record.name for c in tracked_ckpt.list_checkpoints(run_id="r1", tracker=case.tracker)] == NAMES[:3]

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # The library's messages name keyword arguments and "this process"; a command line has flags.
 _KEYWORD = re.compile(
-    r"\b(run_id|experiment|alias|version|epoch|step|force)=(?:'([^']*)'|\"([^\"]*)\"|(\d+\b|True\b))?"
+    r"\b(run_id|experiment|alias|version|name|epoch|step|force)=(?:'([^']*)'|\"([^\"]*)\"|(\d+\b|True\b))?"
 )
 _THIS_PROCESS = re.compile(r"\s*\([^()]*\bthis process\)|,?\s*\b(?:in|from) this process\b")
 

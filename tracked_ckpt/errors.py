@@ -144,7 +144,7 @@ class ProtectedCheckpointError(TrackedCkptError, RuntimeError):
         try:
             tracked_ckpt.delete_checkpoint("digits-e0007", run_id=run_id)
         except ProtectedCheckpointError as exc:
-            print(exc)  # digits-e0007 of run 1a2b is digits-classifier version 1 (alias 'champion'): ...
+            print(exc)  # digits-e0007 of run 1a2b is held by digits-classifier version 1 (alias 'champion'): ...
         ```
     """
 

@@ -137,7 +137,7 @@ def delete_checkpoint(
     held = registry.registrations(found)
     if held and not force:
         raise ProtectedCheckpointError(
-            f"{found.record.name} of {run_text(found)} is {'; '.join(r.text() for r in held)}: "
+            f"{found.record.name} of {run_text(found)} is held by {'; '.join(r.text() for r in held)}: "
             "pass force=True to delete those registered versions and the checkpoint."
         )
     unregistered = tuple(registry.unregister(found)) if held else ()
