@@ -207,7 +207,9 @@ def test_load_and_pull_by_run_and_epoch_or_by_name(case, records, workdir):
     assert hashlib.sha256(open(out.strip(), "rb").read()).hexdigest() == records[3][0].sha256
 
     # Nothing found names what exists; a registered name and a logged checkpoint at once is refused.
-    with pytest.raises(CheckpointNotFoundError, match=f"No checkpoint epoch=9 in run {run}: it has {', '.join(NAMES)}"):
+    with pytest.raises(
+        CheckpointNotFoundError, match=f"No checkpoint matches epoch 9 in run {run}: it has {', '.join(NAMES)}"
+    ):
         tracked_ckpt.load_model(run_id=run, epoch=9, tracker=t)
     with pytest.raises(ValueError, match="not both"):
         tracked_ckpt.load_model("some-model", run_id=run, epoch=1, tracker=t)
@@ -266,7 +268,9 @@ def test_rm_refuses_a_promoted_checkpoint_unless_forced(case, records):
     assert [c.record.name for c in tracked_ckpt.list_checkpoints(run_id=run, tracker=t)] == ["tiny-e0002-b000003"]
 
     # Deleting what is gone says what is left.
-    with pytest.raises(CheckpointNotFoundError, match=f"No checkpoint tiny-e0001 in run {run}: it has tiny-e0002-b"):
+    with pytest.raises(
+        CheckpointNotFoundError, match=f"No checkpoint matches tiny-e0001 in run {run}: it has tiny-e0002-b"
+    ):
         tracked_ckpt.delete_checkpoint("tiny-e0001", run_id=run, tracker=t)
 
 

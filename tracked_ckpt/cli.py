@@ -160,7 +160,12 @@ def _parser() -> argparse.ArgumentParser:
 
     pull = commands.add_parser("pull", help="download a registered or logged checkpoint (verified against its sha256)")
     common(pull)
-    pull.add_argument("registered_name", nargs="?", help="the registered model (or name a logged checkpoint)")
+    pull.add_argument(
+        "registered_name",
+        nargs="?",
+        help="the registered model; or leave it out and name a logged checkpoint (--run-id or --experiment "
+        "with --epoch, --step or --name)",
+    )
     _add_alias_or_version_options(pull)
     scope(pull)
     _add_which_options(pull)
@@ -321,8 +326,8 @@ def _diff(args: argparse.Namespace) -> int:
         if args.all or field in differing or field in ("name", "run_id"):
             rows.append((field, _cell(field, a), _cell(field, b), "*" if field in differing else ""))
     _table(rows)
-    if not differing - {"name", "id"}:
-        print("(the same checkpoint content and record)" if not differing else "(only the names differ)")
+    if not differing:
+        print("(no differences: the same checkpoint)")
     return 0
 
 

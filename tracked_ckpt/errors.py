@@ -123,7 +123,7 @@ class CheckpointNotFoundError(TrackedCkptError, LookupError):
         try:
             tracked_ckpt.delete_checkpoint("digits-e0009", run_id=run_id)
         except CheckpointNotFoundError as exc:
-            print(exc)  # No checkpoint digits-e0009 in run 1a2b: it has digits-e0001, digits-e0002.
+            print(exc)  # No checkpoint matches digits-e0009 in run 1a2b: it has digits-e0001, digits-e0002.
         ```
     """
 

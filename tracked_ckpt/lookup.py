@@ -120,7 +120,7 @@ def find_checkpoint(
     where_text = _scope_words(scope, run_id, experiment)
     if not found:
         exists = sorted(search(scope), key=oldest_first)
-        raise CheckpointNotFoundError(f"No checkpoint {asked} in {where_text}: {_holds(exists)}.")
+        raise CheckpointNotFoundError(f"No checkpoint matches {asked} in {where_text}: {_holds(exists)}.")
     if len(found) > 1:
         found = sorted(found, key=oldest_first)
         runs = {c.run_id for c in found}
@@ -138,6 +138,7 @@ def checkpoint_meant(
     alias: str | None,
     version: str | None,
     checkpoint: LoggedCheckpoint | None,
+    *,
     run_id: str | None = None,
     experiment: str | None = None,
     name: str | None = None,
@@ -179,11 +180,16 @@ def _by_id(tracker: Tracker, checkpoint_id: str) -> LoggedCheckpoint:
 
 
 def _asked(name: str | None, epoch: int | None, step: int | None) -> str:
-    """What a caller asked for, as messages say it: `digits-e0003`, `epoch=3`, `digits with step=20`."""
-    parts = [f"{key}={value}" for key, value in (("epoch", epoch), ("step", step)) if value is not None]
+    """What a caller asked for, as messages say it.
+
+    Example:
+        >>> _asked("digits-e0003", None, None), _asked(None, 3, 20), _asked("digits", 3, None)
+        ('digits-e0003', 'epoch 3 and step 20', 'digits at epoch 3')
+    """
+    parts = " and ".join(f"{key} {value}" for key, value in (("epoch", epoch), ("step", step)) if value is not None)
     if name is None:
-        return " and ".join(parts)
-    return name + (f" with {' and '.join(parts)}" if parts else "")
+        return parts
+    return f"{name} at {parts}" if parts else name
 
 
 def _scope_words(scope: dict[str, Any], run_id: str | None, experiment: str | None) -> str:

@@ -343,7 +343,16 @@ def download_checkpoint(
     wait()  # a promotion may name a checkpoint whose upload runs in the background (blocking=False)
     tracker = resolve_tracker(tracker)
     checkpoint = checkpoint_meant(
-        tracker, registered_name, alias, version, checkpoint, run_id, experiment, name, epoch, step
+        tracker,
+        registered_name,
+        alias,
+        version,
+        checkpoint,
+        run_id=run_id,
+        experiment=experiment,
+        name=name,
+        epoch=epoch,
+        step=step,
     )
     return fetch_verified(tracker, checkpoint, cache_dir, verify)
 
@@ -407,7 +416,16 @@ def load_model(
     wait()  # see download_checkpoint
     tracker = resolve_tracker(tracker)
     checkpoint = checkpoint_meant(
-        tracker, registered_name, alias, version, checkpoint, run_id, experiment, name, epoch, step
+        tracker,
+        registered_name,
+        alias,
+        version,
+        checkpoint,
+        run_id=run_id,
+        experiment=experiment,
+        name=name,
+        epoch=epoch,
+        step=step,
     )
     if checkpoint.record.format == "weights.h5" and model is None:
         raise ValueError(
