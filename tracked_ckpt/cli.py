@@ -61,9 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-# The library's messages name keyword arguments and "this process"; a command line has flags.
+# The library's messages name keyword arguments and "this process"; a command line has flags
+# (a `--where KEY=VALUE` the message quotes stays as it is).
 _KEYWORD = re.compile(
-    r"\b(run_id|experiment|alias|version|name|epoch|step|force)=(?:'([^']*)'|\"([^\"]*)\"|(\d+\b|True\b))?"
+    r"(?<!--where )\b(run_id|experiment|alias|version|name|epoch|step|force)=(?:'([^']*)'|\"([^\"]*)\"|(\d+\b|True\b))?"
 )
 _THIS_PROCESS = re.compile(r"\s*\([^()]*\bthis process\)|,?\s*\b(?:in|from) this process\b")
 
@@ -76,6 +77,8 @@ def in_cli_terms(message: str) -> str:
         'pass --run-id proj/1a2b or --experiment.'
         >>> in_cli_terms("2 checkpoints match epoch=2: pass step= to choose one, or force=True.")
         '2 checkpoints match --epoch 2: pass --step to choose one, or --force.'
+        >>> in_cli_terms("--where 'epoch3' is not KEY=VALUE, e.g. --where epoch=3")
+        "--where 'epoch3' is not KEY=VALUE, e.g. --where epoch=3"
     """
 
     def flag(match: re.Match[str]) -> str:

@@ -175,7 +175,7 @@ def compare_checkpoints(
     tracker = resolve_tracker(tracker)
     first, second = (find_checkpoint(c, run_id=run_id, experiment=experiment, tracker=tracker) for c in (a, b))
     registry = registry_of(tracker)
-    configs = {c.run_id: registry.run_config(c) for c in (first, second)}  # one read per run
+    configs = {c.run_id: registry.run_config(c) for c in {first.run_id: first, second.run_id: second}.values()}
     return Comparison(first, second, tuple(_rows(first, second, configs[first.run_id], configs[second.run_id])))
 
 
