@@ -161,8 +161,7 @@ def checkpoint_meant(
                 run_id=run_id, experiment=experiment, name=name, epoch=epoch, step=step, tracker=tracker
             )
         raise ValueError(
-            "Name a registered model (with alias= or version=), or a logged checkpoint (run_id= and epoch=, "
-            "or name=)."
+            "Name a registered model (with alias= or version=), or a logged checkpoint (run_id= and epoch=, or name=)."
         )
     if alias is None and version is None:
         alias = DEFAULT_ALIAS
