@@ -194,6 +194,7 @@ def test_load_and_pull_by_run_and_epoch_or_by_name(case, records, workdir):
     assert tracked_ckpt.find_checkpoint(run_id=run, epoch=2, tracker=t).record.name == "tiny-e0002"
     by_step = tracked_ckpt.find_checkpoint(run_id=run, epoch=2, step=records[1][0].step, tracker=t)
     assert by_step.record.name == "tiny-e0002-b000003"
+    assert tracked_ckpt.find_checkpoint("tiny", epoch=3, run_id=run, tracker=t).record.name == "tiny-e0003"
     loaded = tracked_ckpt.load_model(run_id=run, epoch=2, tracker=t)
     expected = predictions(keras.saving.load_model(records[2][1]))
     np.testing.assert_allclose(predictions(loaded), expected, rtol=1e-6)

@@ -181,7 +181,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(rm)
     scope(rm)
-    rm.add_argument("checkpoint", nargs="?", help="its name (e.g. digits-e0003) or id, as ls prints them")
+    rm.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="its name (e.g. digits-e0003) or id, as ls prints them; or a base name with --epoch",
+    )
     _add_which_options(rm)
     rm.add_argument(
         "--force",

@@ -65,7 +65,8 @@ def find_checkpoint(
 
     Args:
         checkpoint: a listed checkpoint (returned as is), or a reference: a tracker id
-            as `ls` prints it, or a checkpoint name (`digits-e0003`).
+            as `ls` prints it, a checkpoint name (`digits-e0003`), or with `epoch` or
+            `step` a base name (`digits`).
         run_id, experiment: where to look, as for `list_checkpoints` (default: the run
             the last `fit` in this process logged to).
         name: a checkpoint name (`digits-e0003`) or a base name (`digits`, with `epoch` or `step`).
@@ -88,7 +89,7 @@ def find_checkpoint(
     if checkpoint is not None:
         if not isinstance(checkpoint, str) or not checkpoint:
             raise TypeError(f"checkpoint must be a listed checkpoint, an id or a name; got {checkpoint!r}.")
-        if not is_checkpoint_name(checkpoint):
+        if not is_checkpoint_name(checkpoint) and epoch is None and step is None:
             return _by_id(tracker, checkpoint)
         if name is not None and name != checkpoint:
             raise ValueError(f"Name one checkpoint: {checkpoint!r} or name={name!r}, not both.")
@@ -114,8 +115,7 @@ def find_checkpoint(
     if full_name is not None:
         found = [c for c in found if c.record.name == full_name]
     if len(found) > 1 and full_name is None and step is None and epoch is not None:
-        epoch_ends = [c for c in found if c.record.batch is None]
-        found = epoch_ends if len(epoch_ends) == 1 else found
+        found = [c for c in found if c.record.batch is None] or found  # an epoch means its end-of-epoch save
     asked = _asked(full_name or name, epoch, step)
     where_text = _scope_words(scope, run_id, experiment)
     if not found:
@@ -124,10 +124,9 @@ def find_checkpoint(
     if len(found) > 1:
         found = sorted(found, key=oldest_first)
         runs = {c.run_id for c in found}
-        how = "pass run_id= to choose one" if len(runs) > 1 else "pass step= to choose one"
+        how = "pass run_id= to choose one, or its id" if len(runs) > 1 else "pass its name or id, or step=, instead"
         raise AmbiguousCheckpointError(
-            f"{len(found)} checkpoints match {asked} in {where_text}: "
-            f"{_listed(found, with_runs=len(runs) > 1)}; {how}, or its id."
+            f"{len(found)} checkpoints match {asked} in {where_text}: {_listed(found, with_runs=len(runs) > 1)}; {how}."
         )
     return found[0]
 
