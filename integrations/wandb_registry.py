@@ -50,6 +50,7 @@ from tracked_ckpt.integrations import wandb_offline
 from tracked_ckpt.integrations.wandb_chunks import fetch_incremental
 from tracked_ckpt.integrations.wandb_schema import (
     ARTIFACT_TYPE,
+    ROUTINE_ALIAS_RE,
     base_of_collection,
     is_tracked,
     job_run_id,
@@ -60,7 +61,7 @@ from tracked_ckpt.integrations.wandb_schema import (
     version_ref,
 )
 from tracked_ckpt.record import STORAGE_INCREMENTAL, best_first
-from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError, TrackerJobKeys, TrackerRegistry
+from tracked_ckpt.tracker import LoggedCheckpoint, Registration, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -76,6 +77,9 @@ except ImportError:  # W&B before its service API client: its errors are CommErr
 # What a W&B read raises when it does not answer with the thing asked for (ValueError: W&B's own
 # "not found" or an answer it could not parse, unwrapped when WANDB_DEBUG is set).
 _READ_ERRORS = (wandb.errors.CommError, ValueError, _ApiFailedError)
+
+# The aliases W&B keeps on a Registry link for itself (every other one was given by a promotion).
+_LINK_BOOKKEEPING_RE = re.compile(r"latest|v\d+")
 
 #: Registry projects are named `wandb-registry-<registry>`.
 REGISTRY_PREFIX = "wandb-registry-"
@@ -342,6 +346,92 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 return fetch_incremental(artifact, f"W&B checkpoint {checkpoint.id}", directory)
         return str(os.fspath(artifact.file(directory)))
 
+    # -- by id, registered versions, deleting (for tracked_ckpt.verbs) -------------------------
+
+    @override
+    def checkpoint_by_id(self, checkpoint_id: str) -> LoggedCheckpoint | None:
+        """The tracked version `entity/project/collection:vN` (or a Registry link's source), or None."""
+        artifact = self._artifact_or_none(checkpoint_id)
+        if artifact is None or getattr(artifact, "state", "COMMITTED") != "COMMITTED":
+            return None
+        return self._checkpoint(artifact)
+
+    @override
+    def registered_versions(self, registered_name: str) -> list[LoggedCheckpoint]:
+        """The versions linked into the Registry collection, oldest link first, with their aliases
+        (one call, whatever the number of versions)."""
+        collection = self._registry_collection(registered_name)
+        try:
+            links = list(self.api.artifacts(ARTIFACT_TYPE, collection))
+        except _READ_ERRORS as exc:  # raised while the listing is iterated, unwrapped
+            if not isinstance(_cause(exc), ValueError):
+                raise _no_answer(f"collection {collection}", exc) from exc
+            raise LookupError(
+                f"No Registry collection {collection} on W&B: check the name "
+                f"(tracked-ckpt promote {registered_name} --tracker wandb registers one)."
+            ) from exc
+        listed = []
+        for link in sorted(links, key=lambda a: version_number(a.version)):
+            found = self._linked_checkpoint(link, registered_name)
+            if found is not None:
+                aliases = tuple(sorted(a for a in link.aliases if not _LINK_BOOKKEEPING_RE.fullmatch(a)))
+                listed.append(dataclasses.replace(found, aliases=aliases))
+        return listed
+
+    @override
+    def registrations(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
+        """The Registry links of the checkpoint's version, and the aliases a person gave the version itself:
+        what makes `delete_checkpoint` keep it."""
+        artifact = self._artifact_or_none(checkpoint.id)
+        if artifact is None:
+            return []
+        held = []
+        own = tuple(sorted(a for a in artifact.aliases if not ROUTINE_ALIAS_RE.fullmatch(a)))
+        if own:
+            held.append(Registration(artifact.source_name.split(":")[0], artifact.source_version, own))
+        for link in self._links_of(artifact):
+            aliases = tuple(sorted(a for a in link.aliases if not _LINK_BOOKKEEPING_RE.fullmatch(a)))
+            held.append(Registration(f"{link.project}/{link.name.split(':')[0]}", link.version, aliases))
+        return held
+
+    @override
+    def unregister(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
+        """Unlink the checkpoint's version from every Registry collection and take off the aliases a
+        person gave it (the routine ones, `best`, `epoch-N`, go with the version)."""
+        held = self.registrations(checkpoint)
+        artifact = self._artifact_or_none(checkpoint.id)
+        if artifact is None:
+            return held
+        for link in self._links_of(artifact):
+            link.delete(delete_aliases=True)  # deleting a link only unlinks it
+        own = [a for a in artifact.aliases if not ROUTINE_ALIAS_RE.fullmatch(a)]
+        if own:
+            artifact.aliases = [a for a in artifact.aliases if a not in own]
+            artifact.save()
+        for registration in held:
+            logger.info("Removed %s.", registration.text())
+        return held
+
+    @override
+    def run_config(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The config of the checkpoint's run, W&B's own keys (`_wandb`) left out ({} if the run is gone)."""
+        path = "/".join(p for p in (*self._owner_of(checkpoint), checkpoint.run_id) if p)
+        try:
+            run = self.api.run(path)
+        except _READ_ERRORS as exc:
+            if _not_found(exc):
+                return {}
+            raise _no_answer(f"run {path}", exc) from exc
+        with _reading(f"run {path}"):
+            return {key: value for key, value in dict(run.config).items() if not key.startswith("_")}
+
+    @override
+    def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The run that logged the checkpoint: its project and entity from the version's path."""
+        entity, project = self._owner_of(checkpoint)
+        destination = {"project": project, "run_id": checkpoint.run_id, "mode": "online"}
+        return {"entity": entity, **destination} if entity else destination
+
     # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
     #
     # A job's run id derives from its key, so a restarted job finds (or, the first time,
@@ -579,6 +669,13 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 extra["run_name"] = ""  # the run was deleted: its checkpoint still loads
             extra["url"] = _url(linked)
         return dataclasses.replace(found, extra=extra)
+
+    @staticmethod
+    def _owner_of(checkpoint: LoggedCheckpoint) -> tuple[str, str]:
+        """The entity and project of a checkpoint's version, from its id `entity/project/collection:vN`."""
+        *owner, _collection = checkpoint.id.split("/")
+        entity, project = ["", "", *owner][-2:]
+        return entity, project
 
     def _registry_collection(self, registered_name: str) -> str:
         if not registered_name or any(c in registered_name for c in "/:"):

@@ -89,10 +89,14 @@ def help_entries(*args):
 
 
 def test_help_documents_every_command_and_option():
-    assert {"ls", "show", "promote", "pull", "sync"} <= help_entries()
+    assert {"ls", "show", "promote", "pull", "sync", "rm", "diff"} <= help_entries()
     options = {"--run-id", "--experiment", "--tracker", "--tracking-uri", "--alias", "--monitor", "--mode", "--force"}
     assert options <= help_entries("promote")
-    assert {"--run-id", "--experiment", "--where", "--json"} <= help_entries("ls")
+    assert {"--run-id", "--experiment", "--where", "--json", "--registered-model"} <= help_entries("ls")
+    which = {"--run-id", "--experiment", "--epoch", "--step", "--tracker", "--tracking-uri"}
+    assert which | {"--force"} <= help_entries("rm")
+    assert which | {"--alias", "--version", "--name", "-o"} <= help_entries("pull")
+    assert {"--run-id", "--experiment", "--all", "--json", "--tracker", "--tracking-uri"} <= help_entries("diff")
     assert {"--timeout", "--retry-failed", "--tracking-uri"} <= help_entries("sync")
     assert "--tracker" not in help_entries("sync")  # sync logs to the trackers the spool names
 

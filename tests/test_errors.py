@@ -18,12 +18,15 @@ from tracked_ckpt.integrations.mlflow import MlflowTracker
 
 # The errors and the built-in base each had before the family existed (`except RuntimeError` keeps working).
 BUILT_IN_BASES = {
+    "AmbiguousCheckpointError": LookupError,
     "BlobNotFoundError": FileNotFoundError,
+    "CheckpointNotFoundError": LookupError,
     "ChecksumError": RuntimeError,
     "ChunkStoreError": RuntimeError,
     "JobLockedError": RuntimeError,
     "MissingCodeError": TypeError,
     "MissingRequirementError": ImportError,
+    "ProtectedCheckpointError": RuntimeError,
     "TrackerError": RuntimeError,
     "UnknownKeyError": ValueError,
     "UnsupportedVersionError": RuntimeError,

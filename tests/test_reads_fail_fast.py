@@ -55,6 +55,11 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
         ["show", "digits-classifier"],
         ["promote", "digits-classifier", "--experiment", "digits"],
         ["pull", "digits-classifier", "--alias", "champion"],
+        ["pull", "--run-id", "0123456789abcdef0123456789abcdef", "--epoch", "3"],
+        ["rm", "digits-e0003", "--experiment", "digits"],
+        ["rm", "m-0123456789abcdef0123456789abcdef"],
+        ["diff", "digits-e0003", "digits-e0007"],
+        ["ls", "--registered-model", "digits-classifier"],
     ],
 )
 def test_cli_against_a_dead_port_says_so_in_one_line(workdir, args):
@@ -77,8 +82,29 @@ def test_cli_against_a_dead_port_says_so_in_one_line(workdir, args):
         lambda t: tracked_ckpt.registered_checkpoint("digits-classifier", tracker=t),
         lambda t: tracked_ckpt.download_checkpoint("digits-classifier", tracker=t),
         lambda t: tracked_ckpt.load_model("digits-classifier", tracker=t),
+        lambda t: tracked_ckpt.load_model(run_id="0123456789abcdef0123456789abcdef", epoch=3, tracker=t),
+        lambda t: tracked_ckpt.download_checkpoint(name="digits-e0003", experiment="digits", tracker=t),
+        lambda t: tracked_ckpt.delete_checkpoint("digits-e0003", experiment="digits", tracker=t),
+        lambda t: tracked_ckpt.delete_checkpoint("m-0123456789abcdef0123456789abcdef", tracker=t),
+        lambda t: tracked_ckpt.compare_checkpoints("digits-e0003", "digits-e0007", tracker=t),
+        lambda t: tracked_ckpt.registered_versions("digits-classifier", tracker=t),
     ],
-    ids=["list", "list-experiment", "list-run", "best", "promote", "registered", "download", "load"],
+    ids=[
+        "list",
+        "list-experiment",
+        "list-run",
+        "best",
+        "promote",
+        "registered",
+        "download",
+        "load",
+        "load-by-epoch",
+        "download-by-name",
+        "rm",
+        "rm-by-id",
+        "diff",
+        "registered-versions",
+    ],
 )
 @pytest.mark.parametrize("configured", ["tracker", "environment"])
 def test_api_against_a_dead_port_raises_one_line(workdir, monkeypatch, read, configured):

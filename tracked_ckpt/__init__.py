@@ -3,8 +3,9 @@
 Data flows one way: `TrackedModelCheckpoint` (callback) builds a
 `CheckpointRecord` (record), freezes the file into a `Spool`, and the
 `Publisher` hands it to a `Tracker` (integrations). The registry helper reads
-the records back to promote, list and load checkpoints. Every error class of the
-library's own derives from `TrackedCkptError`.
+the records back to promote, list and load checkpoints, `verbs` to delete and
+compare them. Every error class of the library's own derives from
+`TrackedCkptError`.
 
 Names are imported lazily, so `import tracked_ckpt` (and the CLI) does not
 pay for importing Keras and TensorFlow until the callback is used.
@@ -43,6 +44,16 @@ _EXPORTS = {
     "promote_best": "tracked_ckpt.registry",
     "registered_checkpoint": "tracked_ckpt.registry",
     "sync_spool": "tracked_ckpt.sync",
+    "AmbiguousCheckpointError": "tracked_ckpt.errors",
+    "CheckpointNotFoundError": "tracked_ckpt.errors",
+    "ProtectedCheckpointError": "tracked_ckpt.errors",
+    "Registration": "tracked_ckpt.tracker",
+    "find_checkpoint": "tracked_ckpt.lookup",
+    "Comparison": "tracked_ckpt.verbs",
+    "Deletion": "tracked_ckpt.verbs",
+    "compare_checkpoints": "tracked_ckpt.verbs",
+    "delete_checkpoint": "tracked_ckpt.verbs",
+    "registered_versions": "tracked_ckpt.verbs",
     "wait": "tracked_ckpt.fits",
 }
 
@@ -51,12 +62,15 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from tracked_ckpt.callback import TrackedModelCheckpoint
     from tracked_ckpt.errors import (
+        AmbiguousCheckpointError,
         BlobNotFoundError,
+        CheckpointNotFoundError,
         ChecksumError,
         ChunkStoreError,
         JobLockedError,
         MissingCodeError,
         MissingRequirementError,
+        ProtectedCheckpointError,
         TrackedCkptError,
         TrackerError,
         UnknownKeyError,
@@ -64,6 +78,7 @@ if TYPE_CHECKING:
     )
     from tracked_ckpt.fits import wait
     from tracked_ckpt.garbage import collect_garbage
+    from tracked_ckpt.lookup import find_checkpoint
     from tracked_ckpt.publisher import LoggedEntry, PublishReport
     from tracked_ckpt.record import SCHEMA_KEYS, CheckpointRecord
     from tracked_ckpt.registry import (
@@ -76,7 +91,8 @@ if TYPE_CHECKING:
         registered_checkpoint,
     )
     from tracked_ckpt.sync import sync_spool
-    from tracked_ckpt.tracker import LoggedCheckpoint
+    from tracked_ckpt.tracker import LoggedCheckpoint, Registration
+    from tracked_ckpt.verbs import Comparison, Deletion, compare_checkpoints, delete_checkpoint, registered_versions
 
 
 def __getattr__(name: str) -> Any:

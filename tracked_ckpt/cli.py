@@ -1,11 +1,15 @@
-"""The `tracked-ckpt` command: list, show, promote, pull and sync checkpoints; collect garbage.
+"""The `tracked-ckpt` command: list, show, compare, promote, pull, delete and sync checkpoints; collect garbage.
 
 Example:
 
     tracked-ckpt ls --experiment digits-demo
+    tracked-ckpt ls --registered-model digits-classifier
+    tracked-ckpt diff digits-e0003 digits-e0007 --experiment digits-demo
     tracked-ckpt promote digits-classifier --experiment digits-demo
     tracked-ckpt ls --tracker wandb --offline          # the newest W&B offline run, from its folder
     tracked-ckpt pull digits-classifier --alias champion -o ./model
+    tracked-ckpt pull --run-id 1a2b3c --epoch 3 -o ./model
+    tracked-ckpt rm digits-e0002 --run-id 1a2b3c
     tracked-ckpt sync checkpoints/.tracked_ckpt/spool
     tracked-ckpt gc --experiment digits-demo
 """
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING
 # TensorFlow's C++ start-up chatter would drown a one-line answer.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tracked_ckpt import garbage, registry
+from tracked_ckpt import garbage, registry, verbs
 from tracked_ckpt.packgc import DEFAULT_GRACE_SECONDS
 from tracked_ckpt.record import SCHEMA_KEYS
 from tracked_ckpt.sync import sync_spool
@@ -60,8 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-# The library's messages name keyword arguments, calls and "this process"; a command line has flags and commands.
-_KEYWORD = re.compile(r"\b(run_id|experiment|alias|version|monitor|tracker|tracking_uri)=(?:'([^']*)'|\"([^\"]*)\")?")
+# The library's messages name keyword arguments, calls and "this process"; a command line has flags and
+# commands (a `--where KEY=VALUE` the message quotes stays as it is).
+_KEYWORD = re.compile(
+    r"(?<!--where )\b(run_id|experiment|alias|version|monitor|tracker|tracking_uri|name|epoch|step|force)="
+    r"(?:'([^']*)'|\"([^\"]*)\"|(\d+\b|True\b))?"
+)
 _PROMOTE = re.compile(r"\bpromote_best\('([^']*)'((?:, \w+='[^']*')*)\)")
 _THIS_PROCESS = re.compile(r"\s*\([^()]*\bthis process\)|,?\s*\b(?:in|from) this process\b")
 
@@ -74,12 +82,16 @@ def in_cli_terms(message: str) -> str:
         'pass --run-id proj/1a2b or --experiment.'
         >>> in_cli_terms("promote a checkpoint first (promote_best('digits', tracker='wandb'))")
         'promote a checkpoint first (tracked-ckpt promote digits --tracker wandb)'
+        >>> in_cli_terms("2 checkpoints match epoch=2: pass step= to choose one, or force=True.")
+        '2 checkpoints match --epoch 2: pass --step to choose one, or --force.'
+        >>> in_cli_terms("--where 'epoch3' is not KEY=VALUE, e.g. --where epoch=3")
+        "--where 'epoch3' is not KEY=VALUE, e.g. --where epoch=3"
     """
 
     def flag(match: re.Match[str]) -> str:
         name = "--" + match.group(1).replace("_", "-")
-        value = match.group(2) if match.group(2) is not None else match.group(3)
-        return f"{name} {value}" if value else name
+        value = next((v for v in match.groups()[1:] if v is not None), None)
+        return f"{name} {value}" if value and value != "True" else name
 
     message = _THIS_PROCESS.sub("", message)
     message = _PROMOTE.sub(lambda m: f"tracked-ckpt promote {m.group(1)}{m.group(2).replace(',', '')}", message)
@@ -89,7 +101,8 @@ def in_cli_terms(message: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracked-ckpt",
-        description="List, inspect, promote, download and sync checkpoints logged by TrackedModelCheckpoint.",
+        description="List, inspect, compare, promote, download, delete and sync checkpoints logged by "
+        "TrackedModelCheckpoint.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,8 +139,22 @@ def _parser() -> argparse.ArgumentParser:
         help="keep checkpoints whose schema field matches (repeatable; git_commit takes a prefix of 7+ "
         f"hex digits, booleans yes/no, true/false or 1/0); keys: {', '.join(SCHEMA_KEYS)}",
     )
+    ls.add_argument(
+        "--registered-model",
+        metavar="NAME",
+        help="list the versions of this registered model (W&B: Registry collection), with their aliases",
+    )
     ls.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     ls.set_defaults(func=_ls)
+
+    diff = commands.add_parser("diff", help="compare two checkpoints: metrics, epoch, step, commit, size, sha256, run")
+    common(diff)
+    scope(diff)
+    diff.add_argument("a", metavar="A", help="a checkpoint's name (e.g. digits-e0003) or id, as ls prints them")
+    diff.add_argument("b", metavar="B", help="the other checkpoint's name or id")
+    diff.add_argument("--all", action="store_true", help="also show the fields that are the same")
+    diff.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    diff.set_defaults(func=_diff)
 
     show = commands.add_parser("show", help="show everything recorded about one registered checkpoint")
     common(show)
@@ -150,12 +177,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     promote.set_defaults(func=_promote)
 
-    pull = commands.add_parser("pull", help="download a registered checkpoint (verified against its sha256)")
+    pull = commands.add_parser("pull", help="download a registered or logged checkpoint (verified against its sha256)")
     common(pull)
-    pull.add_argument("registered_name")
+    pull.add_argument(
+        "registered_name",
+        nargs="?",
+        help="the registered model; or leave it out and name a logged checkpoint (--run-id or --experiment "
+        "with --epoch, --step or --name)",
+    )
     _add_alias_or_version_options(pull)
+    scope(pull)
+    _add_which_options(pull)
+    pull.add_argument("--name", help="a logged checkpoint's name (e.g. digits-e0003), or a base name with --epoch")
     pull.add_argument("-o", "--output", help="copy the file into this folder (default: print the cached path)")
     pull.set_defaults(func=_pull)
+
+    rm = commands.add_parser(
+        "rm", help="delete a logged checkpoint (refused if a registered version or alias points at it)"
+    )
+    common(rm)
+    scope(rm)
+    rm.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="its name (e.g. digits-e0003) or id, as ls prints them; or a base name with --epoch",
+    )
+    _add_which_options(rm)
+    rm.add_argument(
+        "--force",
+        action="store_true",
+        help="delete it even if registered: the registered versions (and aliases) pointing at it go first",
+    )
+    rm.set_defaults(func=_rm)
 
     sync = commands.add_parser("sync", help="log checkpoints left waiting in a spool (after a crash or outage)")
     sync.add_argument(
@@ -201,7 +254,14 @@ def _add_alias_or_version_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--version", help="registered version number")
 
 
+def _add_which_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epoch", type=int, help="the checkpoint of this epoch (its end-of-epoch save)")
+    p.add_argument("--step", type=int, help="the checkpoint of this step")
+
+
 def _ls(args: argparse.Namespace) -> int:
+    if args.registered_model:
+        return _ls_registered(args)
     where = {}
     for item in args.where:
         key, sep, value = item.partition("=")
@@ -275,6 +335,94 @@ def _offline_scope(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return args.run_id, args.offline or args.experiment
 
 
+def _ls_registered(args: argparse.Namespace) -> int:
+    if args.run_id or args.experiment or args.all_experiments or args.where:
+        raise ValueError("--registered-model lists a registered model's versions: drop the other filters.")
+    found = verbs.registered_versions(args.registered_model, tracker=args.tracker)
+    if args.json:
+        for c in found:
+            entry = {"version": c.extra.get("version"), "aliases": list(c.aliases), "id": c.id, "run_id": c.run_id}
+            print(
+                json.dumps(
+                    {**entry, "run_name": c.extra.get("run_name") or "", "name": c.record.name, **c.record.metadata()}
+                )
+            )
+        return 0
+    rows = [
+        ("version", "aliases", "name", "run", "run_id", "epoch", "step", "monitor", "value", "commit", "size", "id")
+    ]
+    for c in found:
+        r = c.record
+        rows.append(
+            (
+                str(c.extra.get("version", "?")),
+                ",".join(c.aliases) or "-",
+                r.name or "-",
+                str(c.extra.get("run_name") or "-"),
+                c.run_id or "-",
+                str(r.epoch),
+                str(r.step),
+                r.monitor,
+                "-" if r.value is None else f"{r.value:.6g}",
+                (r.git_commit or "-")[:8],
+                _size(r.size_bytes),
+                c.id,
+            )
+        )
+    _table(rows)
+    if not found:
+        print(f"({args.registered_model} has no versions registered by tracked-ckpt)", file=sys.stderr)
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    comparison = verbs.compare_checkpoints(
+        args.a, args.b, run_id=args.run_id, experiment=args.experiment, tracker=args.tracker
+    )
+    if args.json:
+        print(json.dumps(comparison.as_dict(), default=str))
+        return 0
+    differing = {field for field, _, _ in comparison.differences}
+    rows = [("field", "A", "B", "")]
+    for field, a, b in comparison.rows:
+        if args.all or field in differing or field in ("name", "run_id"):
+            rows.append((field, _cell(field, a), _cell(field, b), "*" if field in differing else ""))
+    _table(rows)
+    if not differing:
+        print("(no differences: the same checkpoint)")
+    return 0
+
+
+def _cell(field: str, value: object) -> str:
+    if value is None:
+        return "-"
+    if field in ("sha256", "git_commit") and isinstance(value, str):
+        return value[:12]  # as ls shortens a commit; --json has them whole
+    if field == "size_bytes" and isinstance(value, int):
+        return f"{_size(value)} ({value})"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def _rm(args: argparse.Namespace) -> int:
+    if args.checkpoint is None and args.epoch is None and args.step is None:
+        raise ValueError("Say which checkpoint: its name or id (as ls prints them), or --epoch / --step.")
+    deletion = verbs.delete_checkpoint(
+        args.checkpoint,
+        run_id=args.run_id,
+        experiment=args.experiment,
+        epoch=args.epoch,
+        step=args.step,
+        tracker=args.tracker,
+        force=args.force,
+    )
+    print(deletion.reason)
+    return 0
+
+
 def _grouped_by_run(found: Sequence[registry.LoggedCheckpoint]) -> list[registry.LoggedCheckpoint]:
     """The checkpoints with each run's together, runs in the order their first checkpoint comes."""
     runs: dict[str, list[registry.LoggedCheckpoint]] = {}
@@ -325,7 +473,15 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     path = registry.download_checkpoint(
-        args.registered_name, alias=args.alias, version=args.version, tracker=args.tracker
+        args.registered_name,
+        alias=args.alias,
+        version=args.version,
+        run_id=args.run_id,
+        experiment=args.experiment,
+        name=args.name,
+        epoch=args.epoch,
+        step=args.step,
+        tracker=args.tracker,
     )
     if args.output:
         os.makedirs(args.output, exist_ok=True)

@@ -132,3 +132,39 @@ class BlobNotFoundError(TrackedCkptError, FileNotFoundError):
     """The chunk store holds no blob of that name."""
 
     __module__ = "tracked_ckpt.blobstore"
+
+
+class CheckpointNotFoundError(TrackedCkptError, LookupError):
+    """No logged checkpoint matches what was asked for; the message names the ones that exist.
+
+    Example:
+        ```python
+        try:
+            tracked_ckpt.delete_checkpoint("digits-e0009", run_id=run_id)
+        except CheckpointNotFoundError as exc:
+            print(exc)  # No checkpoint matches digits-e0009 in run 1a2b: it has digits-e0001, digits-e0002.
+        ```
+    """
+
+    __module__ = "tracked_ckpt.lookup"
+
+
+class AmbiguousCheckpointError(TrackedCkptError, LookupError):
+    """What was asked for names more than one checkpoint; the message lists them and how to choose."""
+
+    __module__ = "tracked_ckpt.lookup"
+
+
+class ProtectedCheckpointError(TrackedCkptError, RuntimeError):
+    """A registered model version or an alias points at the checkpoint, so it is not deleted unless forced.
+
+    Example:
+        ```python
+        try:
+            tracked_ckpt.delete_checkpoint("digits-e0007", run_id=run_id)
+        except ProtectedCheckpointError as exc:
+            print(exc)  # digits-e0007 of run 1a2b is held by digits-classifier version 1 (alias 'champion'): ...
+        ```
+    """
+
+    __module__ = "tracked_ckpt.verbs"

@@ -29,8 +29,9 @@ from typing import Any
 
 from tracked_ckpt.cache import fetch_verified
 from tracked_ckpt.errors import UnknownKeyError
-from tracked_ckpt.fits import last_destination, wait
+from tracked_ckpt.fits import wait
 from tracked_ckpt.logged_code import MissingCodeError, load_keras_file
+from tracked_ckpt.lookup import DEFAULT_ALIAS, checkpoint_meant, scope_of
 from tracked_ckpt.record import is_better
 from tracked_ckpt.requirements import MissingRequirementError, check_requirements
 from tracked_ckpt.selection import (
@@ -44,11 +45,10 @@ from tracked_ckpt.selection import (
     trial_of,
     with_commit_prefix,
 )
-from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of, resolve_tracker, tracker_key
+from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of, resolve_tracker
 
 logger = logging.getLogger("tracked_ckpt")
 
-DEFAULT_ALIAS = "champion"
 #: `experiment=` for every experiment of the store (MLflow).
 ALL_EXPERIMENTS = "*"
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -138,7 +138,7 @@ def list_checkpoints(
     """
     tracker = resolve_tracker(tracker)
     exact, commit_prefix = parse_where(where)
-    found = registry_of(tracker).search_checkpoints(_scope(tracker, run_id, experiment), where=exact)
+    found = registry_of(tracker).search_checkpoints(scope_of(tracker, run_id, experiment), where=exact)
     return sorted(with_commit_prefix(found, commit_prefix), key=oldest_first)
 
 
@@ -167,7 +167,7 @@ def best_checkpoint(
         ```
     """
     tracker = resolve_tracker(tracker)
-    scope = _scope(tracker, run_id, experiment)
+    scope = scope_of(tracker, run_id, experiment)
     ranked = rank(tracker, scope, None, monitor, mode)
     if ranked is not None and ranked.best is None:
         raise no_value_error(tracker, scope, None, ranked.monitor)
@@ -221,7 +221,7 @@ def promote_best(
     """
     validate_alias(alias)
     tracker = resolve_tracker(tracker)
-    scope = _scope(tracker, run_id, experiment)
+    scope = scope_of(tracker, run_id, experiment)
     ranked = rank(tracker, scope, {"name": name} if name else None, monitor, mode)
     if ranked is None:
         raise LookupError(
@@ -316,13 +316,19 @@ def download_checkpoint(
     alias: str | None = None,
     version: str | None = None,
     checkpoint: LoggedCheckpoint | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    name: str | None = None,
+    epoch: int | None = None,
+    step: int | None = None,
     tracker: str | Tracker = "mlflow",
     cache_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> str:
-    """Download a checkpoint file (by registered alias/version, or a listed checkpoint); return its path.
+    """Download a checkpoint file (by registered alias/version, a listed checkpoint, or by run and
+    epoch or name as `load_model` takes them); return its path.
 
-    With neither alias nor version, the `champion` alias is used.
+    With a registered name and neither alias nor version, the `champion` alias is used.
 
     Files land in a cache keyed by content hash (default `~/.cache/tracked_ckpt`,
     or `TRACKED_CKPT_CACHE`) and are verified against the recorded sha256; a
@@ -334,12 +340,24 @@ def download_checkpoint(
     Example:
         ```python
         path = download_checkpoint("digits-classifier", alias="champion")
+        path = download_checkpoint(run_id=run_id, epoch=3)
         keras.saving.load_model(path)
         ```
     """
     wait()  # a promotion may name a checkpoint whose upload runs in the background (blocking=False)
     tracker = resolve_tracker(tracker)
-    checkpoint = _checkpoint_meant(tracker, registered_name, alias, version, checkpoint)
+    checkpoint = checkpoint_meant(
+        tracker,
+        registered_name,
+        alias,
+        version,
+        checkpoint,
+        run_id=run_id,
+        experiment=experiment,
+        name=name,
+        epoch=epoch,
+        step=step,
+    )
     return fetch_verified(tracker, checkpoint, cache_dir, verify)
 
 
@@ -349,6 +367,11 @@ def load_model(
     alias: str | None = None,
     version: str | None = None,
     checkpoint: LoggedCheckpoint | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    name: str | None = None,
+    epoch: int | None = None,
+    step: int | None = None,
     tracker: str | Tracker = "mlflow",
     model: Any = None,
     custom_objects: Mapping[str, Any] | None = None,
@@ -364,6 +387,9 @@ def load_model(
         registered_name, alias, version: which registered checkpoint (alias wins
             over version; neither means the `champion` alias).
         checkpoint: a checkpoint from `list_checkpoints`, instead of a registered name.
+        run_id, experiment, name, epoch, step: instead of a registered name, a logged
+            checkpoint by run and epoch (or step), or by name (`digits-e0003`) in a run or
+            experiment (see `find_checkpoint`).
         tracker: the tracker name or object.
         model: for weights-only checkpoints, the model to load the weights into.
         custom_objects: classes and functions the checkpoint's config names that
@@ -385,6 +411,8 @@ def load_model(
         ```python
         model = load_model("digits-classifier", alias="champion")
         model = load_model("digits-classifier", custom_objects={"Scale": Scale})
+        model = load_model(run_id=run_id, epoch=3)
+        model = load_model(name="digits-e0003", experiment="digits-demo")
         ```
     """
     if custom_objects is not None and not isinstance(custom_objects, Mapping):
@@ -394,7 +422,18 @@ def load_model(
         )
     wait()  # see download_checkpoint
     tracker = resolve_tracker(tracker)
-    checkpoint = _checkpoint_meant(tracker, registered_name, alias, version, checkpoint)
+    checkpoint = checkpoint_meant(
+        tracker,
+        registered_name,
+        alias,
+        version,
+        checkpoint,
+        run_id=run_id,
+        experiment=experiment,
+        name=name,
+        epoch=epoch,
+        step=step,
+    )
     if checkpoint.record.format == "weights.h5" and model is None:
         raise ValueError(
             f"{checkpoint.record.name} is a weights-only checkpoint: build the model in code and "
@@ -418,34 +457,9 @@ def load_model(
     )
 
 
-# -- helpers ----------------------------------------------------------------------------
-
-
-def _checkpoint_meant(
-    tracker: Tracker,
-    registered_name: str | None,
-    alias: str | None,
-    version: str | None,
-    checkpoint: LoggedCheckpoint | None,
-) -> LoggedCheckpoint:
-    """The checkpoint a caller means: given directly, or by registered name and alias/version."""
-    if checkpoint is not None:
-        return checkpoint
-    if registered_name is None:
-        raise ValueError("Name a registered model (with alias= or version=) or pass checkpoint=.")
-    if alias is None and version is None:
-        alias = DEFAULT_ALIAS
-    return registry_of(tracker, "download checkpoints").resolve_for_load(registered_name, alias=alias, version=version)
-
-
-def _scope(tracker: Tracker, run_id: str | None, experiment: str | None) -> dict[str, Any]:
-    """The tracker's scope; with neither given, it defaults to where this process's last fit logged."""
-    wait()  # fits that returned with uploads still running (blocking=False): their checkpoints count
-    return registry_of(tracker).scope(run_id, experiment, last=last_destination(tracker_key(tracker)))
-
-
 __all__ = [
     "ALL_EXPERIMENTS",
+    "DEFAULT_ALIAS",
     "ChecksumError",
     "LoggedCheckpoint",
     "MissingCodeError",

@@ -67,6 +67,32 @@ class LoggedCheckpoint:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """What keeps a checkpoint from being deleted: a registered model version, or an alias, pointing at it.
+
+    Attributes:
+        registered_name: the registered model (MLflow) or Registry collection (W&B); for an
+            alias a person gave the logged W&B version itself, its artifact collection.
+        version: the registered version ("1" on MLflow, "v0" on W&B).
+        aliases: the aliases on that version (e.g. `("champion",)`), routine ones left out.
+
+    Example:
+        >>> Registration("digits-classifier", "1", ("champion",)).text()
+        "digits-classifier version 1 (alias 'champion')"
+    """
+
+    registered_name: str
+    version: str
+    aliases: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        """The registration as messages name it."""
+        held = ", ".join(repr(a) for a in self.aliases)
+        aliases = f" (alias{'es' if len(self.aliases) > 1 else ''} {held})" if self.aliases else ""
+        return f"{self.registered_name} version {self.version}{aliases}"
+
+
 class Tracker(abc.ABC):
     """The contract between tracked-ckpt and a tracker: a run to log checkpoints into.
 
@@ -249,6 +275,46 @@ class TrackerRegistry(abc.ABC):
         tracker that logs no code with its checkpoints (W&B versions carry the file alone).
         """
         return None
+
+    # -- optional: finding by id, registered versions, deleting (`tracked_ckpt.verbs`) ------------
+
+    def checkpoint_by_id(self, checkpoint_id: str) -> LoggedCheckpoint | None:
+        """The finished checkpoint with this id (as `search_checkpoints` gives it), or None.
+
+        Default: looked for nowhere (None), so a checkpoint is named by run and epoch or by name.
+        """
+        return None
+
+    def registered_versions(self, registered_name: str) -> list[LoggedCheckpoint]:
+        """The checkpoints a registered model's versions point at, oldest version first, each with
+        `extra["version"]` and its `aliases`; versions tracked-ckpt did not register are left out.
+
+        Raises:
+            LookupError: there is no such registered model.
+        """
+        raise TrackerError(f"{type(self).__name__} cannot list the versions of a registered model.")
+
+    def registrations(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
+        """The registered versions and aliases pointing at a checkpoint: what makes
+        `Tracker.delete_checkpoint` keep it. Default: none known."""
+        return []
+
+    def unregister(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
+        """Remove every registered version and alias pointing at a checkpoint (the versions, not the
+        registered models); return what was removed. Default: the tracker cannot."""
+        raise TrackerError(f"{type(self).__name__} cannot remove registered versions of a checkpoint.")
+
+    def run_config(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The configuration of the run that logged a checkpoint (MLflow: its params; W&B: its config),
+        for comparing checkpoints. Default: none known ({})."""
+        return {}
+
+    def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
+        """The destination (as `start` returns it) of the run that logged a checkpoint, for
+        `Tracker.delete_checkpoint`. Default: the tracker cannot say, so it cannot delete one by itself."""
+        raise TrackerError(
+            f"{type(self).__name__} cannot delete a checkpoint by itself: it does not say which run logged it."
+        )
 
 
 class TrackerJobKeys(abc.ABC):

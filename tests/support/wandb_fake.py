@@ -148,6 +148,7 @@ class FakeServer:
         self.runs: set[tuple[str, str, str]] = set()  # (entity, project, run id)
         self.summaries: dict[tuple[str, str, str], dict[str, Any]] = {}  # what runs wrote to `run.summary`
         self.run_names: dict[tuple[str, str, str], str] = {}  # display names (`wandb.init(name=...)`)
+        self.configs: dict[tuple[str, str, str], dict[str, Any]] = {}  # runs' `run.config` (set by tests)
         self.failure: str | None = None  # "http" or "timeout": every request fails so
         self.uploaded_bytes = 0  # what logging sent: files the collection did not hold yet
         self.downloaded_bytes = 0  # what downloads wrote
@@ -431,6 +432,11 @@ class FakeRun:
     def summary(self) -> dict[str, Any]:
         """A copy of what the run last wrote to its summary (read-only here, as tracked-ckpt uses it)."""
         return dict(self._server.summaries.get((self._entity, self._project, self._id), {}))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """A copy of the run's config (its hyperparameters), as W&B's public `Run.config` gives it."""
+        return dict(self._server.configs.get((self._entity, self._project, self._id), {}))
 
     def logged_artifacts(self, per_page: int = 100) -> _Listing:
         """Every version this run logged (never registry links), in logging order, read while iterated."""
