@@ -341,14 +341,17 @@ def test_w_and_b_offline_or_failing_says_so_in_one_line(records, monkeypatch, ca
     """Deleting, comparing and listing versions need the W&B server: offline, or failing, one line."""
     monkeypatch.setattr(fits_module, "_LAST_DESTINATIONS", {})
     offline = WandbTracker(project="proj", mode="offline")
+    # Offline, checkpoints are read from the offline runs on disk (`wandb_offline`): none here.
     for verb in (
         lambda t: tracked_ckpt.delete_checkpoint("tiny-e0001", run_id="r1", tracker=t),
         lambda t: tracked_ckpt.compare_checkpoints("tiny-e0001", "tiny-e0002", run_id="r1", tracker=t),
-        lambda t: tracked_ckpt.registered_versions("clf", tracker=t),
         lambda t: tracked_ckpt.load_model(run_id="r1", epoch=1, tracker=t),
     ):
-        with pytest.raises(TrackerError, match="offline mode.*needs the W&B server: run `wandb sync"):
+        with pytest.raises(LookupError, match=r"^No W&B offline run in \S+: train with WANDB_MODE=offline") as failed:
             verb(offline)
+        assert "\n" not in str(failed.value)
+    with pytest.raises(TrackerError, match="offline mode.*needs the W&B server: run `wandb sync"):
+        tracked_ckpt.registered_versions("clf", tracker=offline)
     case = WandbCase(monkeypatch, capsys)
     case.log(records, "r1")
     case.server.failure = "http"
