@@ -45,6 +45,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
+from tracked_ckpt.integrations.mlflow_chunks import IncrementalUploads, description_tags, write_manifest
 from tracked_ckpt.integrations.mlflow_model import (
     CODE_DIR,
     CODE_LOADER,
@@ -133,6 +134,9 @@ class MlflowTracker(Tracker, MlflowRegistry):
 
     name = "mlflow"
     display_name = "MLflow"
+    stores_incremental = True
+    #: Makes the tracker's `IncrementalUploads` (what `storage="incremental"` runs through).
+    incremental_uploads = IncrementalUploads
 
     def __init__(
         self,
@@ -160,6 +164,7 @@ class MlflowTracker(Tracker, MlflowRegistry):
         "_scope_uri",
         "_context_tags",
         "_hidden",
+        "_chunks",
         "_lock",
     )
 
@@ -172,6 +177,7 @@ class MlflowTracker(Tracker, MlflowRegistry):
         self._scope_uri: str | None = None
         self._context_tags: dict[str, dict[str, str]] = {}
         self._hidden: dict[str, str] = {}  # model id -> artifact location: soft-deleted, files still to delete
+        self._chunks = self.incremental_uploads()
         self._lock = threading.Lock()
 
     # A copy is the configuration (a subclass's attributes too): no run, no clients, no lock. KerasTuner
@@ -396,15 +402,20 @@ class MlflowTracker(Tracker, MlflowRegistry):
         existing = None if first_attempt else self.find_logged(client, experiment_id, run_id, record)
         if existing is not None and existing.status == LoggedModelStatus.READY:
             return existing.model_id
+        # Incremental: the packs first, so a LoggedModel exists once they do and says what they cost.
+        stored = self._chunks.store(client, experiment_id, record, path)
         model = existing or client.create_logged_model(
             experiment_id=experiment_id,
             name=record.name,
             source_run_id=run_id,
-            tags={**self._run_context_tags(client, run_id), **checkpoint_tags(record)},
+            tags={**self._run_context_tags(client, run_id), **checkpoint_tags(record), **description_tags(stored)},
             params=checkpoint_params(record),
         )
         with tempfile.TemporaryDirectory(prefix="tracked-ckpt-") as tmp:
-            self._build_artifacts(record, path, tmp, model.model_id, run_id, model.artifact_location)
+            if stored is not None:
+                write_manifest(stored, tmp)
+            else:
+                self._build_artifacts(record, path, tmp, model.model_id, run_id, model.artifact_location)
             # Not client.log_model_artifacts: it would GET the model again just for artifact_location.
             artifact_repository(client, model.artifact_location).log_artifacts(tmp)
         retry = existing is not None  # a PENDING leftover of an interrupted attempt

@@ -1,8 +1,7 @@
 """The local side of the chunk store: a bounded cache of packs and index files (`PackCache`).
 
 Both `pack_writer` (packs it uploads, index files it reads) and `pack_reader` (packs it downloads)
-go through it. Part of the chunk store of issue 25, not wired into the callback or the trackers yet
-(see `tracked_ckpt.packs`).
+go through it; `default_pack_cache` is the one every tracker uses (see `tracked_ckpt.packs`).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from tracked_ckpt import settings
 from tracked_ckpt.blobstore import BlobStore
 from tracked_ckpt.packs import INDEXES, PACKS, ChunkLocation, checked_digest, index_from_bytes
 
@@ -118,3 +118,12 @@ class PackCache:
                 break
             path.unlink(missing_ok=True)
             total -= size
+
+
+def default_pack_cache() -> PackCache:
+    """The pack cache of this machine: `chunks/` in the download cache folder (`TRACKED_CKPT_CACHE`).
+
+    Packs are named by their content, so writers and readers of every store share it: a pack
+    uploaded here is never downloaded again while the cache keeps it.
+    """
+    return PackCache(os.path.join(settings.cache_dir(), "chunks"))
