@@ -4,7 +4,8 @@
 resumes, or defers until the server answers) a run, logs each checkpoint as a
 LoggedModel of it, deletes checkpoints for retention and ends the run. What a
 LoggedModel holds (tags, params, the keras-flavor folder loadable with
-`mlflow.keras.load_model("models:/<model_id>")`) is in `mlflow_model`; the
+`mlflow.keras.load_model("models:/<model_id>")`) is in `mlflow_model`, and an
+incremental one's (a manifest, its chunks in the experiment's store) in `mlflow_chunks`; the
 registry side (list, promote, load, job keys) is `mlflow_registry.MlflowRegistry`,
 a base class of the tracker; tracking URIs, artifact locations, paged searches
 and the process-wide experiment cache are in `mlflow_store`. The epoch's logs
@@ -65,6 +66,7 @@ from tracked_ckpt.integrations.mlflow_store import (
     artifact_repository,
     cached_experiment_id,
     check_tracking_uri,
+    find_logged,
     forget_experiment_id,
     pages,
     quote,
@@ -495,21 +497,7 @@ class MlflowTracker(Tracker, MlflowRegistry):
             "INVALID_STATE",
         )
 
-    @staticmethod
-    def find_logged(
-        client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord
-    ) -> LoggedModel | None:
-        """The LoggedModel already holding this record (same run, epoch, step, sha256), if any."""
-        filter_string = (
-            f"source_run_id = '{run_id}'"
-            f" AND tags.`{TAG_PREFIX}sha256` = '{record.sha256}'"
-            f" AND tags.`{TAG_PREFIX}epoch` = '{record.epoch}'"
-            f" AND tags.`{TAG_PREFIX}step` = '{record.step}'"
-        )
-        found = client.search_logged_models(experiment_ids=[experiment_id], filter_string=filter_string, max_results=10)
-        # A READY one wins over a PENDING leftover of an interrupted attempt.
-        ordered = sorted(found, key=lambda m: m.status != LoggedModelStatus.READY)
-        return ordered[0] if ordered else None
+    find_logged = staticmethod(find_logged)
 
     def _build_artifacts(
         self, record: CheckpointRecord, path: str, out: str, model_id: str, run_id: str, artifact_uri: str
