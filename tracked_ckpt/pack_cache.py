@@ -48,6 +48,13 @@ class PackCache:
         """Move a staged file holding pack `pack` into the cache."""
         os.replace(staged, self._packs / checked_digest(pack))
 
+    def adopt_index(self, name: str, staged: Path) -> None:
+        """Move a staged index file, just written to the store as `name`, into the cache.
+
+        The writer then never downloads its own index files again.
+        """
+        os.replace(staged, self._indexes / checked_digest(name.removeprefix(INDEXES).removesuffix(".json")))
+
     def has(self, pack: str) -> bool:
         """Whether the cache holds `pack`."""
         return (self._packs / checked_digest(pack)).exists()

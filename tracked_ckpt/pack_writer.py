@@ -215,8 +215,10 @@ def store_file(
         try:
             data = index_to_bytes(writer.sealed)
             staged.write_bytes(data)
-            store.put(f"{INDEXES}{hashlib.sha256(data).hexdigest()}.json", staged)
+            index_name = f"{INDEXES}{hashlib.sha256(data).hexdigest()}.json"
+            store.put(index_name, staged)
             requests += 1
+            cache.adopt_index(index_name, staged)
         finally:
             staged.unlink(missing_ok=True)
     cache.trim()
