@@ -245,3 +245,40 @@ def test_the_chunk_store_works_wherever_the_artifacts_go(remote_store, workdir, 
     assert sum(sizes[p] for p in set(second.packs) - set(first.packs)) < first.size * 0.25
     for epoch, (model, manifest) in enumerate(zip(models, (first, second)), start=1):
         assert restored(model, manifest, tmp_path) == sha256(workdir / "ckpt" / f"r-{epoch}.keras")
+
+
+def test_a_file_that_no_longer_matches_its_sha256_is_set_aside_not_logged(embedded_store, workdir):
+    from tracked_ckpt.integrations.mlflow import MlflowTracker
+    from tracked_ckpt.publisher import Publisher
+    from tracked_ckpt.spool import Spool, SpoolEntry
+
+    (workdir / "m.weights.h5").write_bytes(os.urandom(200_000))
+    tracker = MlflowTracker()
+    destination = tracker.start()
+    spool = Spool(workdir / "spool")
+    record = CheckpointRecord(
+        name="m-e0001",
+        epoch=1,
+        step=1,
+        monitor="loss",
+        mode="min",
+        is_best=False,
+        sha256="0" * 64,  # what was hashed at save time; the bytes on disk are not those
+        size_bytes=200_000,
+        format="weights.h5",
+        filepath=str(workdir / "m.weights.h5"),
+        keras_version="3",
+        backend="tensorflow",
+        storage="incremental",
+    )
+    entry = SpoolEntry(spool.new_id(), record, spool.stage(str(workdir / "m.weights.h5")), {"mlflow": destination})
+    spool.write(entry)
+    publisher = Publisher({"mlflow": tracker}, spool, asynchronous=False)
+    publisher.submit(entry)
+    report = publisher.close(timeout=60)  # a retried error would leave it pending, not failed
+    tracker.finish()
+
+    ((failed, message),) = report.failed
+    assert "ChecksumError" in message and "no longer matches the sha256" in message and "\n" not in message
+    assert spool.is_parked(failed)  # kept for `tracked-ckpt sync --retry-failed`, not retried forever
+    assert logged_models(destination["run_id"]) == []
