@@ -401,7 +401,7 @@ class MlflowTracker(Tracker, MlflowRegistry):
         client = self.client(destination["tracking_uri"])
         run_id = destination["run_id"]
         experiment_id = destination["experiment_id"]
-        existing = None if first_attempt else self.find_logged(client, experiment_id, run_id, record)
+        existing = None if first_attempt else find_logged(client, experiment_id, run_id, record)
         if existing is not None and existing.status == LoggedModelStatus.READY:
             return existing.model_id
         # Incremental: the packs first, so a LoggedModel exists once they do and says what they cost.
@@ -496,8 +496,6 @@ class MlflowTracker(Tracker, MlflowRegistry):
             "INVALID_PARAMETER_VALUE",
             "INVALID_STATE",
         )
-
-    find_logged = staticmethod(find_logged)
 
     def _build_artifacts(
         self, record: CheckpointRecord, path: str, out: str, model_id: str, run_id: str, artifact_uri: str
