@@ -153,6 +153,22 @@ def test_per_epoch_saves_one_version_each_with_epoch_and_best_aliases(wandb_env)
     assert wandb.run is None  # the tracker started the run, so it finished it
 
 
+def test_incremental_storage_logs_full_files_to_wandb(wandb_env):
+    """W&B has no chunk store yet: storage="incremental" gives each version its whole file, marked full."""
+    checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}.keras"), storage="incremental")
+
+    run_dir = the_run_dir(wandb_env)
+    run_id = os.path.basename(run_dir).rsplit("-", 1)[1]
+    artifacts = logged_artifacts(run_dir)
+    records = [entry.record for entry, _, _ in checkpoint.last_report.logged]
+    assert [r.storage for r in records] == ["incremental"] * 3  # what the spool said, for every tracker
+    for artifact, record in zip(artifacts, records, strict=True):
+        assert "storage" not in artifact.metadata  # what W&B holds: full copies
+        assert artifact.metadata == wb.artifact_metadata(dataclasses.replace(record, storage="full"), run_id)
+        (logged_file,) = artifact.files
+        assert sha256_file(logged_file.local_path) == (record.sha256, record.size_bytes)
+
+
 def test_batch_saves_get_step_aliases(wandb_env):
     checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}-{batch:02d}.keras"), monitor="loss", save_freq=2)
 
