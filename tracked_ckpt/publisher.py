@@ -372,7 +372,7 @@ class Publisher:
                 # On a first attempt nothing of this entry can exist on the tracker yet: it may skip
                 # its idempotency look-up.
                 ref = tracker.log_checkpoint(
-                    storage_for_tracker(entry.record, tracker),
+                    storage_for_tracker(entry.record, tracker.stores_incremental),
                     entry.staged_path,
                     entry.destinations[name],
                     first_attempt=first_attempt,
