@@ -46,7 +46,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from tracked_ckpt.integrations.mlflow_chunks import IncrementalUploads, description_tags, write_manifest
+from tracked_ckpt.integrations.mlflow_chunks import IncrementalUploads, description_tags
 from tracked_ckpt.integrations.mlflow_model import (
     CODE_DIR,
     CODE_LOADER,
@@ -415,7 +415,7 @@ class MlflowTracker(Tracker, MlflowRegistry):
         )
         with tempfile.TemporaryDirectory(prefix="tracked-ckpt-") as tmp:
             if stored is not None:
-                write_manifest(stored, tmp)
+                self._chunks.write_manifest(stored, tmp)
             else:
                 self._build_artifacts(record, path, tmp, model.model_id, run_id, model.artifact_location)
             # Not client.log_model_artifacts: it would GET the model again just for artifact_location.

@@ -193,15 +193,14 @@ class IncrementalUploads:
             self._previous[key] = stored.manifest
         return stored
 
+    def write_manifest(self, stored: StoredFile, folder: str) -> None:
+        """Write an incremental checkpoint's artifact (its manifest) into `folder`."""
+        Path(folder, MANIFEST_ARTIFACT).write_bytes(stored.manifest.to_bytes())
+
 
 def description_tags(stored: StoredFile | None) -> dict[str, str]:
     """The LoggedModel's description of an incremental checkpoint (e.g. `incremental: 2.4 MB new of 1.5 GB`)."""
     return {} if stored is None else {DESCRIPTION_TAG: stored.describe()}
-
-
-def write_manifest(stored: StoredFile, folder: str) -> None:
-    """Write an incremental checkpoint's artifact (its manifest) into `folder`."""
-    Path(folder, MANIFEST_ARTIFACT).write_bytes(stored.manifest.to_bytes())
 
 
 def _checked(name: str) -> str:

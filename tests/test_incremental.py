@@ -8,6 +8,7 @@ chunk store is read back through MLflow's artifact repositories and every file i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,13 +18,20 @@ from typing import Any
 
 import mlflow
 import pytest
+from support.fake_tracker import entry_for
 from support.frozen import frozen_base_model, frozen_data
 from support.helpers import child, sha256
 from support.mlflow_runs import logged_models
 
 import tracked_ckpt.storage
 from tracked_ckpt import TrackedModelCheckpoint
-from tracked_ckpt.integrations.mlflow_chunks import DESCRIPTION_TAG, MANIFEST_ARTIFACT, experiment_chunk_store
+from tracked_ckpt.integrations.mlflow import MlflowTracker
+from tracked_ckpt.integrations.mlflow_chunks import (
+    DESCRIPTION_TAG,
+    MANIFEST_ARTIFACT,
+    IncrementalUploads,
+    experiment_chunk_store,
+)
 from tracked_ckpt.pack_cache import PackCache
 from tracked_ckpt.pack_reader import restore_file
 from tracked_ckpt.packs import Manifest
@@ -248,7 +256,6 @@ def test_the_chunk_store_works_wherever_the_artifacts_go(remote_store, workdir, 
 
 
 def test_a_file_that_no_longer_matches_its_sha256_is_set_aside_not_logged(embedded_store, workdir):
-    from tracked_ckpt.integrations.mlflow import MlflowTracker
     from tracked_ckpt.publisher import Publisher
     from tracked_ckpt.spool import Spool, SpoolEntry
 
@@ -282,3 +289,51 @@ def test_a_file_that_no_longer_matches_its_sha256_is_set_aside_not_logged(embedd
     assert "ChecksumError" in message and "no longer matches the sha256" in message and "\n" not in message
     assert spool.is_parked(failed)  # kept for `tracked-ckpt sync --retry-failed`, not retried forever
     assert logged_models(destination["run_id"]) == []
+
+
+class CrashingUploads(IncrementalUploads):
+    """The first attempt dies once its packs are up and its LoggedModel exists, before the manifest."""
+
+    def __init__(self):
+        super().__init__()
+        self.crashed = False
+
+    def write_manifest(self, stored, folder):
+        if not self.crashed:
+            self.crashed = True
+            raise ConnectionError("killed mid-upload")
+        super().write_manifest(stored, folder)
+
+
+class CrashesBeforeTheManifest(MlflowTracker):
+    incremental_uploads = CrashingUploads
+
+
+def test_a_first_attempt_that_died_before_its_manifest_is_completed_by_the_retry(store, workdir, tmp_path):
+    from tracked_ckpt.publisher import Publisher
+    from tracked_ckpt.spool import Spool
+
+    (workdir / "m.weights.h5").write_bytes(os.urandom(300_000))
+    tracker = CrashesBeforeTheManifest()
+    destination = tracker.start()
+    spool = Spool(workdir / "spool")
+    entry = entry_for(spool, str(workdir / "m.weights.h5"), 1)
+    entry.record = dataclasses.replace(entry.record, storage="incremental", format="weights.h5")
+    entry.destinations = {"mlflow": destination}
+    spool.write(entry)
+    publisher = Publisher({"mlflow": tracker}, spool, asynchronous=False, initial_backoff=0.01)
+    publisher.submit(entry)  # the first attempt leaves its packs and a PENDING model behind
+    assert entry.attempts == 1 and not entry.done
+    assert [str(m.status) for m in logged_models(destination["run_id"])] == ["PENDING"]
+    packs_before = pack_sizes(destination["experiment_id"])
+    report = publisher.close(timeout=60)  # the retry finds that model and completes it
+    tracker.finish()
+
+    assert report.ok
+    (model,) = logged_models(destination["run_id"])
+    assert (model.model_id, str(model.status)) == (report.logged[0].ref, "READY")
+    assert artifacts_of(model) == [MANIFEST_ARTIFACT]
+    assert model.tags[DESCRIPTION_TAG] == "incremental: 300.0 KB new of 300.0 KB"  # what the first attempt sent
+    assert pack_sizes(destination["experiment_id"]) == packs_before  # the retry found its packs: none again
+    manifest = manifest_of(model, tmp_path)
+    assert restored(model, manifest, tmp_path) == sha256(workdir / "m.weights.h5") == model.tags["tracked_ckpt.sha256"]
