@@ -4,7 +4,8 @@
 resumes, or defers until the server answers) a run, logs each checkpoint as a
 LoggedModel of it, deletes checkpoints for retention and ends the run. What a
 LoggedModel holds (tags, params, the keras-flavor folder loadable with
-`mlflow.keras.load_model("models:/<model_id>")`) is in `mlflow_model`; the
+`mlflow.keras.load_model("models:/<model_id>")`) is in `mlflow_model`, and an
+incremental one's (a manifest, its chunks in the experiment's store) in `mlflow_chunks`; the
 registry side (list, promote, load, job keys) is `mlflow_registry.MlflowRegistry`,
 a base class of the tracker; tracking URIs, artifact locations, paged searches
 and the process-wide experiment cache are in `mlflow_store`. The epoch's logs
@@ -45,7 +46,8 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from tracked_ckpt.integrations.mlflow_manifests import collect_experiment_garbage
+from tracked_ckpt.integrations.mlflow_chunks import IncrementalUploads, description_tags
+from tracked_ckpt.integrations.mlflow_manifests import collect_experiment_garbage, model_file_artifact
 from tracked_ckpt.integrations.mlflow_model import (
     CODE_DIR,
     CODE_LOADER,
@@ -65,6 +67,7 @@ from tracked_ckpt.integrations.mlflow_store import (
     artifact_repository,
     cached_experiment_id,
     check_tracking_uri,
+    find_logged,
     forget_experiment_id,
     pages,
     quote,
@@ -135,6 +138,9 @@ class MlflowTracker(Tracker, MlflowRegistry, TrackerChunkStores):
 
     name = "mlflow"
     display_name = "MLflow"
+    stores_incremental = True
+    #: Makes the tracker's `IncrementalUploads` (what `storage="incremental"` runs through).
+    incremental_uploads = IncrementalUploads
 
     def __init__(
         self,
@@ -162,6 +168,7 @@ class MlflowTracker(Tracker, MlflowRegistry, TrackerChunkStores):
         "_scope_uri",
         "_context_tags",
         "_hidden",
+        "_chunks",
         "_lock",
     )
 
@@ -174,6 +181,7 @@ class MlflowTracker(Tracker, MlflowRegistry, TrackerChunkStores):
         self._scope_uri: str | None = None
         self._context_tags: dict[str, dict[str, str]] = {}
         self._hidden: dict[str, str] = {}  # model id -> artifact location: soft-deleted, files still to delete
+        self._chunks = self.incremental_uploads()
         self._lock = threading.Lock()
 
     # A copy is the configuration (a subclass's attributes too): no run, no clients, no lock. KerasTuner
@@ -395,18 +403,25 @@ class MlflowTracker(Tracker, MlflowRegistry, TrackerChunkStores):
         client = self.client(destination["tracking_uri"])
         run_id = destination["run_id"]
         experiment_id = destination["experiment_id"]
-        existing = None if first_attempt else self.find_logged(client, experiment_id, run_id, record)
+        existing = None if first_attempt else find_logged(client, experiment_id, run_id, record)
         if existing is not None and existing.status == LoggedModelStatus.READY:
             return existing.model_id
+        # Incremental: the packs first, so a LoggedModel exists once they do and says what they cost.
+        stored = self._chunks.store(client, experiment_id, record, path)
         model = existing or client.create_logged_model(
             experiment_id=experiment_id,
             name=record.name,
             source_run_id=run_id,
-            tags={**self._run_context_tags(client, run_id), **checkpoint_tags(record)},
+            tags={**self._run_context_tags(client, run_id), **checkpoint_tags(record), **description_tags(stored)},
             params=checkpoint_params(record),
         )
         with tempfile.TemporaryDirectory(prefix="tracked-ckpt-") as tmp:
             self._build_artifacts(record, path, tmp, model.model_id, run_id, model.artifact_location)
+            if stored is not None:
+                # The model folder without its file (signature, requirements, code): the file's bytes
+                # are in the chunk store; promotion (`mlflow_manifests.materialize`) puts it back.
+                os.remove(os.path.join(tmp, *model_file_artifact(record).split("/")))
+                self._chunks.write_manifest(stored, tmp)
             # Not client.log_model_artifacts: it would GET the model again just for artifact_location.
             artifact_repository(client, model.artifact_location).log_artifacts(tmp)
         retry = existing is not None  # a PENDING leftover of an interrupted attempt
@@ -496,22 +511,6 @@ class MlflowTracker(Tracker, MlflowRegistry, TrackerChunkStores):
             "INVALID_PARAMETER_VALUE",
             "INVALID_STATE",
         )
-
-    @staticmethod
-    def find_logged(
-        client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord
-    ) -> LoggedModel | None:
-        """The LoggedModel already holding this record (same run, epoch, step, sha256), if any."""
-        filter_string = (
-            f"source_run_id = '{run_id}'"
-            f" AND tags.`{TAG_PREFIX}sha256` = '{record.sha256}'"
-            f" AND tags.`{TAG_PREFIX}epoch` = '{record.epoch}'"
-            f" AND tags.`{TAG_PREFIX}step` = '{record.step}'"
-        )
-        found = client.search_logged_models(experiment_ids=[experiment_id], filter_string=filter_string, max_results=10)
-        # A READY one wins over a PENDING leftover of an interrupted attempt.
-        ordered = sorted(found, key=lambda m: m.status != LoggedModelStatus.READY)
-        return ordered[0] if ordered else None
 
     def _build_artifacts(
         self, record: CheckpointRecord, path: str, out: str, model_id: str, run_id: str, artifact_uri: str

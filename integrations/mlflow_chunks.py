@@ -7,6 +7,14 @@ experiment's artifacts do: a proxied server (`mlflow-artifacts:`), a server star
 `--no-serve-artifacts` (the client writes to the artifact store itself), S3, or the embedded
 store's local folder; and every checkpoint of the experiment (every run, every trial of a sweep)
 shares it.
+
+`IncrementalUploads` is what an `MlflowTracker` does for such a checkpoint before its
+LoggedModel exists: one pass over the file (`pack_writer.store_file`: chunk boundaries, chunk
+digests and the file's sha256), the chunks the store lacks uploaded in packs, the sha256
+checked against the record's. The LoggedModel then holds `MANIFEST_ARTIFACT` and the
+description (`DESCRIPTION_TAG`, e.g. `incremental: 2.4 MB new of 1.5 GB`). A process killed
+before the manifest is written leaves only packs no manifest references (`tracked_ckpt.packgc`);
+the retry finds those the listing confirms and uploads the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import posixpath
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -23,8 +32,12 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.blobstore import BlobStore
-from tracked_ckpt.errors import BlobNotFoundError
+from tracked_ckpt.errors import BlobNotFoundError, ChecksumError
 from tracked_ckpt.integrations.mlflow_store import artifact_repository, relocated, without_progress_bar
+from tracked_ckpt.pack_cache import default_pack_cache
+from tracked_ckpt.pack_writer import DEFAULT_PACK_SIZE, StoredFile, store_file
+from tracked_ckpt.packs import Manifest
+from tracked_ckpt.record import STORAGE_INCREMENTAL, CheckpointRecord, split_checkpoint_name
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -35,6 +48,8 @@ else:
 CHUNKS_FOLDER = "tracked-ckpt-chunks"
 #: The artifact an incremental checkpoint's LoggedModel holds in place of the file.
 MANIFEST_ARTIFACT = "checkpoint.manifest.json"
+#: The LoggedModel tag MLflow's UI shows as the model's Description (MLflow 3's model page).
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 class ArtifactBlobStore(BlobStore):
@@ -119,6 +134,73 @@ def experiment_chunk_store(client: MlflowClient, experiment_id: str) -> Artifact
     location = relocated(client.get_experiment(experiment_id).artifact_location, client.tracking_uri)
     root = location.rstrip("/") + "/" + CHUNKS_FOLDER
     return ArtifactBlobStore(artifact_repository(client, root), root)
+
+
+class IncrementalUploads:
+    """The chunk-store side of one MLflow tracker: its stores and each checkpoint name's last manifest.
+
+    Part of the tracker's runtime (never copied); `store` runs on the upload thread.
+    """
+
+    #: Packs are uploaded in files of about this many bytes.
+    pack_size = DEFAULT_PACK_SIZE
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stores: dict[tuple[str, str], BlobStore] = {}
+        # (experiment, base name) -> the manifest of its last checkpoint: the next one is cut the same way.
+        self._previous: dict[tuple[str, str], Manifest] = {}
+
+    def chunk_store(self, client: MlflowClient, experiment_id: str) -> BlobStore:
+        """The chunk store of an experiment, looked up once per tracker."""
+        key = (client.tracking_uri, experiment_id)
+        with self._lock:
+            found = self._stores.get(key)
+        if found is None:
+            found = experiment_chunk_store(client, experiment_id)
+            with self._lock:
+                self._stores[key] = found
+        return found
+
+    def store(self, client: MlflowClient, experiment_id: str, record: CheckpointRecord, path: str) -> StoredFile | None:
+        """For an incremental record, upload the chunks of `path` the experiment's store lacks; else None.
+
+        Returns:
+            the manifest and what the upload cost.
+
+        Raises:
+            ChecksumError: the file's sha256 is not the record's (it changed since it was hashed).
+        """
+        if record.storage != STORAGE_INCREMENTAL:
+            return None
+        key = (experiment_id, split_checkpoint_name(record.name)[0])
+        with self._lock:
+            previous = self._previous.get(key)
+        stored = store_file(
+            path,
+            self.chunk_store(client, experiment_id),
+            default_pack_cache(),
+            name=os.path.basename(record.filepath) or None,
+            previous=previous,
+            pack_size=self.pack_size,
+        )
+        if stored.manifest.sha256 != record.sha256:
+            raise ChecksumError(
+                f"{record.name}: {path} no longer matches the sha256 recorded when it was saved "
+                "(changed or corrupted on disk): not logged."
+            )
+        with self._lock:
+            self._previous[key] = stored.manifest
+        return stored
+
+    def write_manifest(self, stored: StoredFile, folder: str) -> None:
+        """Write an incremental checkpoint's artifact (its manifest) into `folder`."""
+        Path(folder, MANIFEST_ARTIFACT).write_bytes(stored.manifest.to_bytes())
+
+
+def description_tags(stored: StoredFile | None) -> dict[str, str]:
+    """The LoggedModel's description of an incremental checkpoint (e.g. `incremental: 2.4 MB new of 1.5 GB`)."""
+    return {} if stored is None else {DESCRIPTION_TAG: stored.describe()}
 
 
 def _checked(name: str) -> str:

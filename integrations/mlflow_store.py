@@ -23,13 +23,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mlflow.entities import Experiment
+from mlflow.entities import Experiment, LoggedModel, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
+from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord
 from tracked_ckpt.tracker import TrackerError
 
 # Experiment ids by (tracking URI, name), shared by the trackers of every fit in this process.
@@ -221,3 +222,17 @@ def forget_experiment_id(client: MlflowClient, name: str | None) -> bool:
 def _experiment_key(client: MlflowClient, name: str | None) -> tuple[str, str, str]:
     # The working directory too: a relative sqlite URI names another database in another folder.
     return str(getattr(client, "tracking_uri", "")), os.getcwd(), str(name)
+
+
+def find_logged(client: MlflowClient, experiment_id: str, run_id: str, record: CheckpointRecord) -> LoggedModel | None:
+    """The LoggedModel already holding this record (same run, epoch, step, sha256), if any."""
+    filter_string = (
+        f"source_run_id = '{run_id}'"
+        f" AND tags.`{TAG_PREFIX}sha256` = '{record.sha256}'"
+        f" AND tags.`{TAG_PREFIX}epoch` = '{record.epoch}'"
+        f" AND tags.`{TAG_PREFIX}step` = '{record.step}'"
+    )
+    found = client.search_logged_models(experiment_ids=[experiment_id], filter_string=filter_string, max_results=10)
+    # A READY one wins over a PENDING leftover of an interrupted attempt.
+    ordered = sorted(found, key=lambda m: m.status != LoggedModelStatus.READY)
+    return ordered[0] if ordered else None

@@ -131,6 +131,7 @@ class WandbTracker(Tracker, WandbRegistry):
     """
 
     name = "wandb"
+    stores_incremental = True  # a manifest and content-addressed packs per version (`wandb_chunks`)
     display_name = "W&B"
 
     def __init__(

@@ -56,7 +56,10 @@ def test_a_checkpoint_above_the_multipart_threshold_goes_to_s3_in_parts(producti
     tracker = MlflowTracker(tracking_uri=stack.url, experiment=experiment)
     moto_offset, server_offset = os.path.getsize(stack.s3.log), os.path.getsize(stack.server.log)
 
-    callback = tracked_ckpt.TrackedModelCheckpoint("ckpt/{epoch}.keras", monitor="loss", tracker=tracker)
+    # storage="full": the file itself takes MLflow's multipart path ("auto" would chunk it: 200 MB).
+    callback = tracked_ckpt.TrackedModelCheckpoint(
+        "ckpt/{epoch}.keras", monitor="loss", tracker=tracker, storage="full"
+    )
     x = np.random.default_rng(0).normal(size=(8, 2048)).astype("float32")
     big_model().fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0, callbacks=[callback])
 

@@ -84,6 +84,7 @@ def test_the_second_version_of_a_frozen_base_model_costs_a_small_fraction(checkp
     assert stored2.describe().startswith("incremental: ") and stored2.describe().endswith(" MB")
     assert stored1.packs_uploaded == stored2.packs_uploaded == 1
     assert stored1.requests == 3 + 1 + 1  # list the store (packs, index, marks), put a pack and its index
+    assert stored2.requests == 3 + 1 + 1  # the writer's own index file is not downloaded again
     shared = set(stored1.manifest.packs) & set(stored2.manifest.packs)
     assert shared and len(stored2.manifest.packs) == 2
     # The store holds the two versions for little more than one.

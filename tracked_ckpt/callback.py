@@ -64,6 +64,7 @@ from tracked_ckpt.roles import chief_role
 from tracked_ckpt.session import FitOptions, FitSession
 from tracked_ckpt.specs import io_specs
 from tracked_ckpt.spool import Spool, SpoolEntry, release_path
+from tracked_ckpt.storage import storage_arg, storage_for_file
 from tracked_ckpt.tracker import Tracker, resolve_trackers
 
 logger = logging.getLogger("tracked_ckpt")
@@ -158,6 +159,11 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             then end the process as the signal would have (exit status 143 for
             SIGTERM), running a handler you installed before `fit` instead when
             there is one. Main thread only (see `tracked_ckpt.preemption`).
+        storage: how the tracker keeps each file: "incremental" (a manifest of content-defined
+            chunks; only the chunks the destination lacks are uploaded, so a frozen base is
+            stored once per MLflow experiment), "full" (a copy of the file, a normal MLflow model)
+            or "auto" (default): incremental from 32 MB up (`tracked_ckpt.storage`). A tracker
+            that cannot store incrementally (W&B for now) logs full files.
 
     Example:
 
@@ -203,6 +209,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         resume: bool | str = False,
         code_paths: Sequence[str | os.PathLike[str]] | None = None,
         preempt_on: str | int | Sequence[str | int] | None = DEFAULT_SIGNALS,
+        storage: str = "auto",
     ):
         if mode not in _MODES:
             raise ValueError(f"Invalid mode {mode!r}: use 'auto', 'min' or 'max'.")
@@ -249,6 +256,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self.best_value: float | None = None  # best monitored value among logged checkpoints
         self.best_name: str | None = None
         self.preempt_on = signals_arg(preempt_on)
+        self.storage = storage_arg(storage)
         self._retained = Retained()  # what keep_top_k ranks: this callback's checkpoints, across its fits
         self._reset_fit_state()
 
@@ -528,6 +536,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         if is_best:
             self.best_value, self.best_name = value, name
         git = self._git()
+        size = os.path.getsize(filepath)
         return CheckpointRecord(
             name=name,
             epoch=epoch + 1,
@@ -538,7 +547,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             mode=self.resolved_mode,
             is_best=is_best,
             sha256="",  # filled in by the publisher, off the training thread
-            size_bytes=os.path.getsize(filepath),
+            size_bytes=size,
             format=self.format,
             filepath=os.path.abspath(filepath),
             keras_version=keras.__version__,
@@ -551,6 +560,7 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             io_specs=io_specs(self.model) if self.format == "keras" else None,
             code_paths=self.code_paths,
             preempted=preempted,
+            storage=storage_for_file(self.storage, size),
         )
 
     @property

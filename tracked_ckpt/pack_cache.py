@@ -1,8 +1,7 @@
 """The local side of the chunk store: a bounded cache of packs and index files (`PackCache`).
 
 Both `pack_writer` (packs it uploads, index files it reads) and `pack_reader` (packs it downloads)
-go through it. Part of the chunk store of issue 25, not wired into the callback or the trackers yet
-(see `tracked_ckpt.packs`).
+go through it; `default_pack_cache` is the one every tracker uses (see `tracked_ckpt.packs`).
 """
 
 from __future__ import annotations
@@ -48,6 +47,13 @@ class PackCache:
     def adopt(self, pack: str, staged: Path) -> None:
         """Move a staged file holding pack `pack` into the cache."""
         os.replace(staged, self._packs / checked_digest(pack))
+
+    def adopt_index(self, name: str, staged: Path) -> None:
+        """Move a staged index file, just written to the store as `name`, into the cache.
+
+        The writer then never downloads its own index files again.
+        """
+        os.replace(staged, self._indexes / checked_digest(name.removeprefix(INDEXES).removesuffix(".json")))
 
     def has(self, pack: str) -> bool:
         """Whether the cache holds `pack`."""
@@ -122,5 +128,9 @@ class PackCache:
 
 
 def default_pack_cache() -> PackCache:
-    """The pack cache of this machine: `chunks/` in the download cache folder (`TRACKED_CKPT_CACHE`)."""
+    """The pack cache of this machine: `chunks/` in the download cache folder (`TRACKED_CKPT_CACHE`).
+
+    Packs are named by their content, so writers and readers of every store share it: a pack
+    uploaded here is never downloaded again while the cache keeps it.
+    """
     return PackCache(os.path.join(settings.cache_dir(), "chunks"))

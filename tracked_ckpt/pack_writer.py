@@ -2,8 +2,8 @@
 
 What the store holds is read from its listing and index files (never assumed), new chunks are
 packed into staged files of about `DEFAULT_PACK_SIZE` and uploaded, then one index file lists
-them; the caller keeps the returned `Manifest`. Part of the chunk store of issue 25, not wired
-into the callback or the trackers yet (see `tracked_ckpt.packs` for the layout and the guarantees).
+them; the caller keeps the returned `Manifest`. See `tracked_ckpt.packs` for the layout and the
+guarantees; MLflow's incremental checkpoints are written through it (`integrations/mlflow_chunks`).
 """
 
 from __future__ import annotations
@@ -215,8 +215,10 @@ def store_file(
         try:
             data = index_to_bytes(writer.sealed)
             staged.write_bytes(data)
-            store.put(f"{INDEXES}{hashlib.sha256(data).hexdigest()}.json", staged)
+            index_name = f"{INDEXES}{hashlib.sha256(data).hexdigest()}.json"
+            store.put(index_name, staged)
             requests += 1
+            cache.adopt_index(index_name, staged)
         finally:
             staged.unlink(missing_ok=True)
     cache.trim()

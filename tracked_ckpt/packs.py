@@ -1,8 +1,8 @@
 """The chunk store's layout and formats: where packs, index files and markers live, and the manifest.
 
-**Not in use yet.** The chunk store (issue 25) is groundwork: nothing in the callback, the spool,
-the publisher or the trackers calls it; every checkpoint is still logged as a full copy of its
-file. What follows describes the store as the modules below build it.
+`TrackedModelCheckpoint(storage="incremental")` (or "auto" for a large file, see
+`tracked_ckpt.storage`) logs through it on trackers that can (`Tracker.stores_incremental`:
+MLflow, whose store per experiment is `tracked_ckpt.integrations.mlflow_chunks`).
 
 A content-addressed chunk store on any `BlobStore`, in which each checkpoint costs the chunks it
 changed. `pack_writer.store_file` cuts a file into content-defined chunks (`tracked_ckpt.chunking`),

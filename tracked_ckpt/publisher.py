@@ -25,10 +25,12 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from tracked_ckpt import settings
+from tracked_ckpt.errors import ChecksumError
 from tracked_ckpt.files import sha256_file
 from tracked_ckpt.progress import Progress, wait_with_progress
 from tracked_ckpt.requirements import RequirementsResolver
 from tracked_ckpt.spool import Spool, SpoolEntry
+from tracked_ckpt.storage import storage_for_tracker
 from tracked_ckpt.tracker import Tracker
 
 logger = logging.getLogger("tracked_ckpt")
@@ -370,7 +372,10 @@ class Publisher:
                 # On a first attempt nothing of this entry can exist on the tracker yet: it may skip
                 # its idempotency look-up.
                 ref = tracker.log_checkpoint(
-                    entry.record, entry.staged_path, entry.destinations[name], first_attempt=first_attempt
+                    storage_for_tracker(entry.record, tracker.stores_incremental),
+                    entry.staged_path,
+                    entry.destinations[name],
+                    first_attempt=first_attempt,
                 )
                 self._in_call = None
                 self._progress_at = time.monotonic()
@@ -409,5 +414,7 @@ class Publisher:
 
     def _permanent(self, exc: Exception, entry: SpoolEntry) -> bool:
         if isinstance(exc, FileNotFoundError) and not os.path.exists(entry.staged_path):
+            return True
+        if isinstance(exc, ChecksumError):  # the staged bytes changed since they were hashed
             return True
         return any(self.trackers[name].is_permanent(exc) for name in entry.pending_trackers if name in self.trackers)

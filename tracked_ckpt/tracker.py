@@ -137,6 +137,9 @@ class Tracker(abc.ABC):
     name: str = ""
     #: Human-readable name used in messages, e.g. "MLflow".
     display_name: str = "tracker"
+    #: Whether `log_checkpoint` keeps a record whose `storage` is "incremental" as a manifest of
+    #: chunks (`tracked_ckpt.packs`); a tracker without it is handed the record as "full".
+    stores_incremental: bool = False
 
     # -- required -----------------------------------------------------------------------
 

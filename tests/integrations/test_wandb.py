@@ -153,6 +153,26 @@ def test_per_epoch_saves_one_version_each_with_epoch_and_best_aliases(wandb_env)
     assert wandb.run is None  # the tracker started the run, so it finished it
 
 
+def test_a_fit_with_incremental_storage_logs_manifests_and_loads_back_offline(wandb_env):
+    """storage="incremental" through a real fit: each version a manifest and packs; loaded from the run's folder."""
+    checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}.keras"), storage="incremental")
+
+    run_dir = the_run_dir(wandb_env)
+    run_id = os.path.basename(run_dir).rsplit("-", 1)[1]
+    artifacts = logged_artifacts(run_dir)
+    records = [entry.record for entry, _, _ in checkpoint.last_report.logged]
+    assert [r.storage for r in records] == ["incremental"] * 3
+    for artifact, record in zip(artifacts, records, strict=True):
+        assert artifact.metadata == wb.artifact_metadata(record, run_id)
+        assert "checkpoint.manifest.json" in {f.path for f in artifact.files}
+        assert artifact.description.startswith("incremental: ")
+    listed = tracked_ckpt.list_checkpoints(tracker="wandb", run_id=run_dir)
+    assert [c.record.storage for c in listed] == ["incremental"] * 3
+    for record, listed_one in zip(records, listed, strict=True):
+        path = tracked_ckpt.download_checkpoint(checkpoint=listed_one, tracker="wandb", cache_dir=wandb_env / "dl")
+        assert sha256_file(path) == (record.sha256, record.size_bytes)
+
+
 def test_batch_saves_get_step_aliases(wandb_env):
     checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}-{batch:02d}.keras"), monitor="loss", save_freq=2)
 
