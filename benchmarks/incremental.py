@@ -105,14 +105,23 @@ class Bench:
         self.work, self.server, self.proxy = work, server, proxy
         self.count = 0
 
-    def run(self, label: str, model, data, variant: str, epochs: int, load: bool = True) -> dict[str, Any]:
-        """One fit of `model` with `variant`'s callback into a fresh experiment; its costs."""
+    def run(
+        self, label: str, model, data, variant: str, epochs: int, load: bool = True, counting: bool = False
+    ) -> dict[str, Any]:
+        """One fit of `model` with `variant`'s callback into a fresh experiment; its costs.
+
+        Timed runs talk to the server directly; a `counting` run goes through the proxy (whose
+        pumping threads would add their CPU to this process's) to count requests and bytes.
+        """
         import keras
         import mlflow
 
         import tracked_ckpt
 
         self.count += 1
+        uri = self.proxy.url if counting else self.server.url
+        mlflow.set_tracking_uri(uri)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
         folder = os.path.join(self.work, f"run-{self.count}")
         os.makedirs(folder)
         os.environ["TRACKED_CKPT_CACHE"] = os.path.join(folder, "cache")
@@ -120,9 +129,9 @@ class Bench:
         experiment_id = mlflow.create_experiment(experiment)
         pattern = os.path.join(folder, "ckpt", "m-{epoch}.keras")
         if variant == "plain":
-            callback: keras.callbacks.Callback = keras.callbacks.ModelCheckpoint(pattern)
+            callback: keras.callbacks.Callback = keras.callbacks.ModelCheckpoint(pattern, monitor="loss")
         else:
-            callback = tracked_ckpt.TrackedModelCheckpoint(pattern, storage=variant)
+            callback = tracked_ckpt.TrackedModelCheckpoint(pattern, monitor="loss", storage=variant)
         x, y = data
         with mlflow.start_run(experiment_id=experiment_id) as run:
             self.proxy.reset()
@@ -130,7 +139,9 @@ class Bench:
             model.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=[callback])
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             requests, uploaded = len(self.proxy.requests), self.proxy.bytes_up
-        result: dict[str, Any] = {"fit_s": wall, "cpu_s": cpu, "requests": requests, "bytes_up": uploaded}
+        result: dict[str, Any] = {"fit_s": wall, "cpu_s": cpu}
+        if counting:
+            result.update(requests=requests, bytes_up=uploaded)
         file_size = os.path.getsize(pattern.format(epoch=epochs))
         result["file_bytes"] = file_size
         if variant != "plain":
@@ -141,6 +152,15 @@ class Bench:
             if load:
                 found = tracked_ckpt.list_checkpoints(run_id=run.info.run_id)
                 last, before = found[-1], found[-2]
+                # The download alone (what the chunk store changes), then `load_model` (what a user
+                # waits for), each cold (empty caches) and for a second version of the same run.
+                started = time.perf_counter()
+                tracked_ckpt.download_checkpoint(checkpoint=last)
+                result["cold_download_s"] = time.perf_counter() - started
+                started = time.perf_counter()
+                tracked_ckpt.download_checkpoint(checkpoint=before)
+                result["second_download_s"] = time.perf_counter() - started
+                shutil.rmtree(os.environ["TRACKED_CKPT_CACHE"], ignore_errors=True)
                 started = time.perf_counter()
                 tracked_ckpt.load_model(checkpoint=last, compile=False)
                 result["cold_load_s"] = time.perf_counter() - started
@@ -179,6 +199,7 @@ def _rounds(bench: Bench, label: str, make: Callable[[], Any], data, epochs: int
     model = make()
     for variant in VARIANTS:  # warm every variant: traced functions, imports, the server's first writes
         bench.run(label, model, data, variant, epochs=2, load=variant != "plain")
+    counted = {v: bench.run(label, model, data, v, epochs, load=False, counting=True) for v in VARIANTS}
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     for round_ in range(pairs):
         order = VARIANTS[round_ % 3 :] + VARIANTS[: round_ % 3]
@@ -186,7 +207,7 @@ def _rounds(bench: Bench, label: str, make: Callable[[], Any], data, epochs: int
         for variant in order:
             runs[variant].append(bench.run(label, model, data, variant, epochs))
         print(f"  {label}: round {round_ + 1}/{pairs} done", flush=True)
-    return {"epochs": epochs, "runs": runs}
+    return {"epochs": epochs, "runs": runs, "counted": counted}
 
 
 def _sweep(bench: Bench, data, epochs: int, trials: int = 4) -> dict[str, Any]:
@@ -196,6 +217,8 @@ def _sweep(bench: Bench, data, epochs: int, trials: int = 4) -> dict[str, Any]:
 
     import tracked_ckpt
 
+    mlflow.set_tracking_uri(bench.proxy.url)
+    os.environ["MLFLOW_TRACKING_URI"] = bench.proxy.url
     base = _transfer_model(seed=0)
     weights = base.get_weights()
     experiment_id = mlflow.create_experiment(f"sweep-{time.time_ns()}")
@@ -210,7 +233,7 @@ def _sweep(bench: Bench, data, epochs: int, trials: int = 4) -> dict[str, Any]:
         with mlflow.start_run(experiment_id=experiment_id):
             bench.proxy.reset()
             callback = tracked_ckpt.TrackedModelCheckpoint(
-                os.path.join(folder, f"t{trial}", "m-{epoch}.keras"), storage="incremental"
+                os.path.join(folder, f"t{trial}", "m-{epoch}.keras"), monitor="loss", storage="incremental"
             )
             model.fit(*data, epochs=epochs, batch_size=16, verbose=0, callbacks=[callback])
             uploaded.append(bench.proxy.bytes_up)
@@ -238,8 +261,9 @@ def render(label: str, row: dict[str, Any]) -> str:
         f"### {label} (`.keras` file {_mb(file_bytes)}, {epochs} epochs, {len(plain)} rounds)",
         "",
         "| variant | fit s | × plain | process CPU s | × plain | our CPU / ckpt s | first ckpt up | later ckpt up "
-        "| requests / ckpt | stored / one file | cold load s | 2nd version load s (× cold) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| requests / ckpt (counted) | stored / one file | cold download s | 2nd version download s (× cold) "
+        "| cold load s | 2nd version load s (× cold) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
         rs = runs[variant]
@@ -255,26 +279,30 @@ def render(label: str, row: dict[str, Any]) -> str:
             "–" if variant == "plain" else f"{ours:.2f}",
         ]
         if variant == "plain":
-            cells += ["–"] * 6
+            cells += ["–"] * 8
         else:
             first = statistics.median(r["per_checkpoint_up"][0] for r in rs)
             later = statistics.median(statistics.median(r["per_checkpoint_up"][1:]) for r in rs)
             stored = statistics.median(r["stored_bytes"] / r["file_bytes"] for r in rs)
             cold = statistics.median(r["cold_load_s"] for r in rs)
+            cold_dl = statistics.median(r["cold_download_s"] for r in rs)
+            second_dl = statistics.median(r["second_download_s"] / r["cold_download_s"] for r in rs)
             second = statistics.median(r["second_load_s"] / r["cold_load_s"] for r in rs)
             cells += [
                 _mb(first),
                 _mb(later),
-                f"{statistics.median(r['requests'] / epochs for r in rs):.1f}",
+                f"{row['counted'][variant]['requests'] / epochs:.1f}",
                 f"{stored:.2f}x",
+                f"{cold_dl:.2f}",
+                f"{statistics.median(r['second_download_s'] for r in rs):.2f} ({second_dl:.2f}x)",
                 f"{cold:.2f}",
                 f"{statistics.median(r['second_load_s'] for r in rs):.2f} ({second:.2f}x)",
             ]
         lines.append("| " + " | ".join(cells) + " |")
-    wire = {v: statistics.median(r["bytes_up"] / epochs for r in runs[v]) for v in ("full", "incremental")}
+    wire = {v: row["counted"][v]["bytes_up"] / epochs for v in ("full", "incremental")}
     lines += [
         "",
-        f"On the wire (the proxy's count, requests included), per checkpoint: full {_mb(wire['full'])}, "
+        f"On the wire (a counting run through the proxy, requests included), per checkpoint: full {_mb(wire['full'])}, "
         f"incremental {_mb(wire['incremental'])}.",
         "",
     ]
