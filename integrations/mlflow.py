@@ -420,7 +420,10 @@ class MlflowTracker(Tracker, MlflowRegistry, TrackerChunkStores):
             if stored is not None:
                 # The model folder without its file (signature, requirements, code): the file's bytes
                 # are in the chunk store; promotion (`mlflow_manifests.materialize`) puts it back.
-                os.remove(os.path.join(tmp, *model_file_artifact(record).split("/")))
+                file = os.path.join(tmp, *model_file_artifact(record).split("/"))
+                os.remove(file)
+                if os.path.dirname(file) != tmp:
+                    os.rmdir(os.path.dirname(file))  # `data/` held the file alone: no empty folder logged
                 self._chunks.write_manifest(stored, tmp)
             # Not client.log_model_artifacts: it would GET the model again just for artifact_location.
             artifact_repository(client, model.artifact_location).log_artifacts(tmp)

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import keras
 import mlflow
+import numpy as np
 import pytest
 from support.fake_tracker import entry_for
 from support.frozen import frozen_base_model, frozen_data
@@ -155,6 +157,18 @@ def test_auto_keeps_small_files_plain_and_chunks_large_ones(embedded_store, work
     (large,) = logged_models(fit_run("ckpt/l-{epoch}.keras", epochs=1, storage="auto"))
     assert large.tags["tracked_ckpt.storage"] == "incremental"
     assert holds_no_copy(large)
+
+    # A model that trains most of its bytes rewrites most of its file: "auto" keeps it plain.
+    assert storage_for_file("auto", 10**9, frozen_fraction=0.49) == "full"
+    assert storage_for_file("auto", 10**9, frozen_fraction=0.5) == "incremental"
+    trained = keras.Sequential([keras.Input((512,)), keras.layers.Dense(512), keras.layers.Dense(1)])
+    trained.compile("adam", "mse")
+    with mlflow.start_run() as run:
+        callback = TrackedModelCheckpoint("ckpt/t-{epoch}.keras", monitor="loss", storage="auto")
+        trained.fit(np.zeros((32, 512)), np.zeros(32), epochs=1, verbose=0, callbacks=[callback])
+    assert os.path.getsize("ckpt/t-1.keras") > 1_000_000
+    (plain,) = logged_models(run.info.run_id)
+    assert "tracked_ckpt.storage" not in plain.tags and "data/model.keras" in artifacts_of(plain)
 
 
 def test_full_storage_logs_the_model_folder_as_before(embedded_store, workdir):

@@ -1,9 +1,9 @@
 """Incremental checkpoints read back from MLflow: rebuilt byte for byte, promoted as complete models,
 collected without losing a shared chunk (issue 25, the read side).
 
-The checkpoints are logged by `support.incremental.log_incremental_stand_in`, which makes what
-`storage="incremental"` will make (swap it for such a fit once the write side lands). Real Keras
-files, the real `mlflow server` and the embedded store; a second process logging while `gc` runs.
+The checkpoints are logged by `support.incremental.log_incremental`, through the product's
+`MlflowTracker.log_checkpoint` with a record saying `storage="incremental"`. Real Keras files, the
+real `mlflow server` and the embedded store; a second process logging while `gc` runs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from mlflow.entities import LoggedModelStatus
 from support.helpers import child, make_data, make_model, sha256
-from support.incremental import incremental_record, log_incremental_stand_in
+from support.incremental import incremental_record, log_incremental
 
 import tracked_ckpt
 from tracked_ckpt import ChunkStoreError, TrackerError, cli
@@ -78,10 +78,9 @@ def new_run(client: mlflow.MlflowClient, experiment: str) -> tuple[str, str]:
 
 
 def log(client, run_id: str, path: Path, epoch: int, writer_cache: PackCache, **kwargs) -> str:
-    """Log one epoch's file as an incremental checkpoint (the write side's stand-in); its model id."""
+    """Log one epoch's file as an incremental checkpoint; its model id."""
     record = incremental_record(str(path), epoch=epoch + 1, loss=1.0 / (epoch + 1), **kwargs)
-    model_id, _ = log_incremental_stand_in(client, run_id, str(path), record, writer_cache)
-    return model_id
+    return log_incremental(client, run_id, str(path), record, writer_cache)
 
 
 def checkpoint(run_id: str, model_id: str) -> tracked_ckpt.LoggedCheckpoint:
@@ -120,9 +119,11 @@ def test_each_format_is_rebuilt_byte_identical_and_loads_like_the_file(store, wo
     path = epochs[kind][0]
     model_id = log(client, run_id, path, 0, PackCache(workdir / "writer-cache"))
     found = checkpoint(run_id, model_id)
-    # The LoggedModel holds the manifest, not the file.
+    # The LoggedModel holds the manifest (and the model folder's small files), not the file.
     location = client.get_logged_model(model_id).artifact_location
-    assert [a.path for a in client.list_logged_model_artifacts(model_id)] == ["checkpoint.manifest.json"], location
+    held = [a.path for a in client.list_logged_model_artifacts(model_id)]
+    assert "checkpoint.manifest.json" in held and "data" not in held, location
+    assert not any(name.endswith((".keras", ".h5")) for name in held), location
 
     downloaded = tracked_ckpt.download_checkpoint(checkpoint=found)
     assert sha256(downloaded) == sha256(path) and os.path.getsize(downloaded) == os.path.getsize(path)
@@ -303,7 +304,7 @@ def test_a_checkpoint_logged_with_its_description_keeps_signature_and_code_when_
     client = mlflow.MlflowClient()
     _, run_id = new_run(client, "incremental-described")
     record = incremental_record(str(path), base="custom", model=model, code_paths=(str(src / "incremental_layers.py"),))
-    model_id, _ = log_incremental_stand_in(client, run_id, str(path), record, PackCache(workdir / "wc"), described=True)
+    model_id = log_incremental(client, run_id, str(path), record, PackCache(workdir / "wc"))
     assert "data" not in artifact_sizes(client, model_id)  # the description, without the file
 
     tracked_ckpt.promote_best("incremental-custom", run_id=run_id)
@@ -418,7 +419,7 @@ def test_resume_by_job_key_continues_from_an_incremental_checkpoint(embedded_sto
     client = mlflow.MlflowClient()
     run_id = client.create_run("0", tags={JOB_KEY_TAG: "incremental-job"}).info.run_id
     record = dataclasses.replace(incremental_record(str(path), base="tiny", epoch=2), step=10)
-    log_incremental_stand_in(client, run_id, str(path), record, PackCache(workdir / "writer-cache"))
+    log_incremental(client, run_id, str(path), record, PackCache(workdir / "writer-cache"))
 
     (workdir / "new-machine").mkdir()
     monkeypatch.chdir(workdir / "new-machine")  # an empty disk: the job comes back from the tracker

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import string
@@ -162,8 +163,9 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         storage: how the tracker keeps each file: "incremental" (a manifest of content-defined
             chunks; only the chunks the destination lacks are uploaded, so a frozen base is
             stored once per MLflow experiment), "full" (a copy of the file, a normal MLflow model)
-            or "auto" (default): incremental from 32 MB up (`tracked_ckpt.storage`). A tracker
-            that cannot store incrementally (W&B for now) logs full files.
+            or "auto" (default): incremental for a file of 32 MB or more whose model has at least
+            half of its variables' bytes frozen (non-trainable), else full (`tracked_ckpt.storage`).
+            A tracker that cannot store incrementally logs full files.
 
     Example:
 
@@ -560,8 +562,20 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
             io_specs=io_specs(self.model) if self.format == "keras" else None,
             code_paths=self.code_paths,
             preempted=preempted,
-            storage=storage_for_file(self.storage, size),
+            storage=storage_for_file(self.storage, size, self._frozen_fraction() if self.storage == "auto" else None),
         )
+
+    def _frozen_fraction(self) -> float | None:
+        """The share of the model's variables' bytes that training cannot change: its non-trainable
+        weights, against those plus its trainable weights and the optimizer's variables."""
+        try:
+            frozen = _bytes_of(self.model.non_trainable_weights)
+            changing = _bytes_of(self.model.trainable_weights)
+            optimizer = getattr(self.model, "optimizer", None)
+            changing += _bytes_of(optimizer.variables) if optimizer is not None else 0
+        except (AttributeError, TypeError, ValueError):
+            return None  # a model that does not describe its variables: the file's size decides
+        return frozen / (frozen + changing) if frozen + changing else None
 
     @property
     def resolved_mode(self) -> str:
@@ -638,3 +652,15 @@ class TrackedModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]  # Keras sh
         self._messages.summarize(
             report, session.trackers, session.destinations, self.spool.directory, best=best, verbose=self.verbose > 0
         )
+
+
+def _bytes_of(variables: Any) -> int:
+    """The bytes a list of Keras variables holds (4 per element when the dtype is unknown)."""
+    total = 0
+    for variable in variables:
+        try:
+            itemsize = np.dtype(str(variable.dtype)).itemsize
+        except TypeError:
+            itemsize = 4  # e.g. bfloat16, which numpy does not know
+        total += math.prod(int(d) for d in variable.shape) * itemsize
+    return total

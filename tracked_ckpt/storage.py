@@ -7,12 +7,16 @@ incrementally (`Tracker.stores_incremental` False) logs the full file under a re
 says so, while the spool keeps one record for every tracker of a fan-out. Imports only
 `record.py`, so that the publisher, the callback and the trackers may all use it.
 
-"auto" stores a file incrementally from `AUTO_INCREMENTAL_BYTES` (32 MB) up, as measured against a
-local proxied `mlflow server` (docs/how-to/large-checkpoints.md): below it the incremental path's
-fixed cost (listing the chunk store, the chunker's pass) is 40-90 % of an upload that takes a fifth
-of a second and saves a few MB, while a plain file stays a normal MLflow model the UI browses and
-downloads; from it up, a mostly unchanged file uploads in about the time of a full copy even on
-localhost, and is stored for a few percent of it.
+"auto" stores a file incrementally when it is at least `AUTO_INCREMENTAL_BYTES` (32 MB) and at
+least `AUTO_FROZEN_FRACTION` (half) of the model's variables' bytes cannot change in training
+(non-trainable weights: a frozen backbone, a LoRA base), as measured against a local proxied
+`mlflow server` (docs/how-to/large-checkpoints.md). Below 32 MB the incremental path's fixed cost
+(listing the chunk store, the chunker's pass) is 40-90 % of an upload that takes a fifth of a
+second and saves a few MB, while a plain file stays a normal MLflow model the UI browses and
+downloads. A model that trains most of its bytes (its weights and their optimizer slots) rewrites
+most of its file every epoch: chunks then save little and cost up to ~1.9x the upload of a full
+copy, so it stays full. A mostly frozen model's later checkpoints upload in about the time of a
+full copy even on localhost, and are stored for a few percent of it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from tracked_ckpt.record import STORAGE_FULL, STORAGE_INCREMENTAL, CheckpointRec
 STORAGE_AUTO = "auto"
 #: What `storage=` accepts.
 STORAGE_CHOICES = (STORAGE_AUTO, STORAGE_INCREMENTAL, STORAGE_FULL)
-#: "auto" stores a file incrementally from this size up (bytes).
+#: "auto" stores a file incrementally from this size up (bytes)...
 AUTO_INCREMENTAL_BYTES = 32 * 1000 * 1000
+#: ... when at least this fraction of the model's variables' bytes cannot change in training.
+AUTO_FROZEN_FRACTION = 0.5
 
 
 def can_chunk() -> bool:
@@ -59,16 +65,29 @@ def storage_arg(value: str) -> str:
     return value
 
 
-def storage_for_file(choice: str, size_bytes: int) -> str:
+def storage_for_file(choice: str, size_bytes: int, frozen_fraction: float | None = None) -> str:
     """The record's `storage` for a file of `size_bytes` under `storage=choice`.
+
+    Args:
+        choice: what `storage=` says.
+        size_bytes: the file's size.
+        frozen_fraction: the share of the model's variables' bytes (weights and optimizer slots)
+            that training cannot change (non-trainable weights); None when unknown (then size
+            alone decides).
 
     Example:
         >>> storage_for_file("auto", 2_000_000), storage_for_file("incremental", 2_000_000)
         ('full', 'incremental')
+        >>> big = 1_600_000_000
+        >>> storage_for_file("auto", big, frozen_fraction=0.99), storage_for_file("auto", big, frozen_fraction=0.0)
+        ('incremental', 'full')
     """
-    if choice == STORAGE_AUTO:
-        return STORAGE_INCREMENTAL if size_bytes >= AUTO_INCREMENTAL_BYTES and can_chunk() else STORAGE_FULL
-    return choice
+    if choice != STORAGE_AUTO:
+        return choice
+    mostly_frozen = frozen_fraction is None or frozen_fraction >= AUTO_FROZEN_FRACTION
+    return (
+        STORAGE_INCREMENTAL if size_bytes >= AUTO_INCREMENTAL_BYTES and mostly_frozen and can_chunk() else STORAGE_FULL
+    )
 
 
 def storage_for_tracker(record: CheckpointRecord, stores_incremental: bool) -> CheckpointRecord:

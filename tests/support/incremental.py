@@ -1,13 +1,13 @@
-"""Incremental checkpoints logged to MLflow by hand, the way the write side logs them (issue 25).
+"""Incremental checkpoints logged to MLflow from a Keras file and a record, for the read side's tests.
 
-STAND-IN: until `TrackedModelCheckpoint(..., storage="incremental")` logs incremental checkpoints
-itself, `log_incremental_stand_in` makes exactly what it will make: one LoggedModel of a real run
-with the usual `tracked_ckpt.*` tags (`storage=incremental`), params and metrics, whose only
-artifact is `checkpoint.manifest.json`, its chunks in the experiment's chunk store, linked to the
-run and finalized READY. Swap its callers for a fit with `storage="incremental"` once that lands.
+`log_incremental` logs through the product's own write path, `MlflowTracker.log_checkpoint`
+with a record saying `storage="incremental"` (what a fit with that argument hands it), with a
+pack cache of its own so that a later load on the "same machine" finds nothing cached unless the
+test says so.
 
-The steps are separate too (`begin`, `upload_chunks`, `finish`), so a test can hold a writer
-between uploading its packs and writing its manifest (tests/children/incremental_writer.py).
+The steps are also available one by one (`begin`, `upload_chunks`, `finish`, in the order
+`log_checkpoint` takes them), so a test can hold a writer between uploading its packs and writing
+its manifest (tests/children/incremental_writer.py), which the real call does in one go.
 """
 
 from __future__ import annotations
@@ -127,21 +127,24 @@ def finish(
     return model.model_id
 
 
-def log_incremental_stand_in(
-    client: MlflowClient,
-    run_id: str,
-    path: str,
-    record: CheckpointRecord,
-    cache: PackCache,
-    *,
-    described: bool = False,
-) -> tuple[str, StoredFile]:
-    """Log the Keras file at `path` as an incremental checkpoint of run `run_id`; (model id, what the write cost).
+def log_incremental(client: MlflowClient, run_id: str, path: str, record: CheckpointRecord, cache: PackCache) -> str:
+    """Log the Keras file at `path` as an incremental checkpoint of run `run_id` through
+    `MlflowTracker.log_checkpoint`; its model id.
 
     `cache` is the writer's pack cache: give it one apart from the reader's (`TRACKED_CKPT_CACHE`),
-    as a training machine's is, or a load finds every pack cached.
+    as a training machine's is, or a load finds every pack cached. The writer's cache is
+    `<TRACKED_CKPT_CACHE>/chunks`, so the variable points into `cache`'s folder for the call.
     """
-    model = begin(client, run_id, record)
-    stored = upload_chunks(client, model.experiment_id, path, cache)
-    assert stored.manifest.sha256 == record.sha256
-    return finish(client, model, record, stored, described_from=path if described else None), stored
+    from tracked_ckpt.integrations.mlflow import MlflowTracker
+
+    assert record.storage == STORAGE_INCREMENTAL
+    reader_cache = os.environ.get("TRACKED_CKPT_CACHE")
+    os.environ["TRACKED_CKPT_CACHE"] = str(cache.root.parent / f"{cache.root.name}-writer")
+    try:
+        destination = {"tracking_uri": client.tracking_uri, "run_id": run_id}
+        return MlflowTracker(tracking_uri=client.tracking_uri).log_checkpoint(record, path, destination)
+    finally:
+        if reader_cache is None:
+            os.environ.pop("TRACKED_CKPT_CACHE", None)
+        else:
+            os.environ["TRACKED_CKPT_CACHE"] = reader_cache
