@@ -17,7 +17,8 @@ from its key, and the key and its lease live in the run's summary.
 
 Remote reads and edits go through the public `wandb.Api` only, the one given
 as `api=` (another client with its surface, e.g. a test double) or one made
-from the environment (`WandbRegistry.api`, which `delete_checkpoint` uses too).
+from the environment (`WandbRegistry.api`, which `delete_checkpoint` uses too),
+and fail in one line, never passing an error off as "does not exist" (`wandb_reads`).
 
 A mixin of `WandbTracker` (`tracked_ckpt.integrations.wandb`), which holds the
 configuration, the lock and the live runs: the names declared below. Imported
@@ -27,14 +28,13 @@ through that module, which checks the installed W&B first.
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import logging
 import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 if sys.version_info >= (3, 12):
@@ -43,11 +43,21 @@ else:
     from typing_extensions import override
 
 import wandb
-import wandb.apis.public
 import wandb.errors
 
 from tracked_ckpt.integrations import wandb_offline
 from tracked_ckpt.integrations.wandb_chunks import fetch_incremental
+from tracked_ckpt.integrations.wandb_reads import (
+    READ_ERRORS,
+    artifact_or_none,
+    cause_of,
+    links_of,
+    no_answer,
+    page_url,
+    reading,
+    run_not_found,
+    run_or_none,
+)
 from tracked_ckpt.integrations.wandb_schema import (
     ARTIFACT_TYPE,
     ROUTINE_ALIAS_RE,
@@ -64,19 +74,6 @@ from tracked_ckpt.record import STORAGE_INCREMENTAL, best_first
 from tracked_ckpt.tracker import LoggedCheckpoint, Registration, TrackerError, TrackerJobKeys, TrackerRegistry
 
 logger = logging.getLogger("tracked_ckpt")
-
-# What `wandb.Api().run` raises for a run that does not exist (wrapped in a CommError); W&B
-# versions before the class raised a bare ValueError, recognised by its message.
-_RunNotFoundError: type[Exception] | None = getattr(wandb.apis.public, "RunNotFoundError", None)
-
-try:  # wandb 0.31's client error: unwrapped from a lazy listing being iterated, or with WANDB_DEBUG set
-    from wandb.sdk.lib.service.service_connection import WandbApiFailedError as _ApiFailedError
-except ImportError:  # W&B before its service API client: its errors are CommErrors
-    _ApiFailedError = wandb.errors.CommError  # type: ignore[misc,assignment]
-
-# What a W&B read raises when it does not answer with the thing asked for (ValueError: W&B's own
-# "not found" or an answer it could not parse, unwrapped when WANDB_DEBUG is set).
-_READ_ERRORS = (wandb.errors.CommError, ValueError, _ApiFailedError)
 
 # The aliases W&B keeps on a Registry link for itself (every other one was given by a promotion).
 _LINK_BOOKKEEPING_RE = re.compile(r"latest|v\d+")
@@ -244,7 +241,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         where = "/".join(p for p in (scope.get("entity"), scope["project"]) if p)
         names: dict[str, str] = {}
         ids = sorted(run_ids)
-        with _reading(f"the runs of project {where}"):
+        with reading(f"the runs of project {where}"):
             for start in range(0, len(ids), 100):
                 part = ids[start : start + 100]
                 for run in self.api.runs(where, filters={"name": {"$in": part}}, per_page=len(part)):
@@ -260,7 +257,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
         """The checkpoint `wandb-registry-{registry}/{registered_name}:{alias}` links to, or None."""
-        linked = self._artifact_or_none(f"{self._registry_collection(registered_name)}:{alias}")
+        linked = artifact_or_none(self.api, f"{self._registry_collection(registered_name)}:{alias}")
         return None if linked is None else self._linked_checkpoint(linked, registered_name, described=True)
 
     @override
@@ -272,14 +269,14 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         """
         api = self.api
         target = self._registry_collection(registered_name)
-        with _reading(f"artifact {checkpoint.id}"):
+        with reading(f"artifact {checkpoint.id}"):
             source = api.artifact(checkpoint.id, type=ARTIFACT_TYPE)
             links = list(source.linked_artifacts)
         project = REGISTRY_PREFIX + self.registry
         existing = [link for link in links if link.project == project and link.name.split(":")[0] == registered_name]
         if existing:
             version = min((link.version for link in existing), key=version_number)
-            with _reading(f"artifact {target}:{version}"):
+            with reading(f"artifact {target}:{version}"):
                 linked = api.artifact(f"{target}:{version}", type=ARTIFACT_TYPE)
             if alias not in linked.aliases:
                 # W&B takes the alias off the collection's version that held it.
@@ -314,7 +311,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         else:
             raise ValueError("Pass alias= or version=.")
         collection = self._registry_collection(registered_name)
-        linked = self._artifact_or_none(f"{collection}:{ref}")
+        linked = artifact_or_none(self.api, f"{collection}:{ref}")
         if linked is None:
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} in the W&B Registry ({collection}): "
@@ -340,7 +337,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         if checkpoint.extra.get("offline_run_dir"):
             return wandb_offline.copy_file(checkpoint, directory)
         ref = checkpoint.extra.get("registry_path") or checkpoint.id
-        with _reading(f"artifact {ref}"):
+        with reading(f"artifact {ref}"):
             artifact = self.api.artifact(ref, type=ARTIFACT_TYPE)
             if checkpoint.record.storage == STORAGE_INCREMENTAL:
                 return fetch_incremental(artifact, f"W&B checkpoint {checkpoint.id}", directory)
@@ -351,7 +348,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     @override
     def checkpoint_by_id(self, checkpoint_id: str) -> LoggedCheckpoint | None:
         """The tracked version `entity/project/collection:vN` (or a Registry link's source), or None."""
-        artifact = self._artifact_or_none(checkpoint_id)
+        artifact = artifact_or_none(self.api, checkpoint_id)
         if artifact is None or getattr(artifact, "state", "COMMITTED") != "COMMITTED":
             return None
         return self._checkpoint(artifact)
@@ -363,9 +360,9 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         collection = self._registry_collection(registered_name)
         try:
             links = list(self.api.artifacts(ARTIFACT_TYPE, collection))
-        except _READ_ERRORS as exc:  # raised while the listing is iterated, unwrapped
-            if not isinstance(_cause(exc), ValueError):
-                raise _no_answer(f"collection {collection}", exc) from exc
+        except READ_ERRORS as exc:  # raised while the listing is iterated, unwrapped
+            if not isinstance(cause_of(exc), ValueError):
+                raise no_answer(f"collection {collection}", exc) from exc
             raise LookupError(
                 f"No Registry collection {collection} on W&B: check the name "
                 f"(tracked-ckpt promote {registered_name} --tracker wandb registers one)."
@@ -382,14 +379,14 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     def registrations(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
         """The Registry links of the checkpoint's version, and the aliases a person gave the version itself:
         what makes `delete_checkpoint` keep it."""
-        artifact = self._artifact_or_none(checkpoint.id)
+        artifact = artifact_or_none(self.api, checkpoint.id)
         if artifact is None:
             return []
         held = []
         own = tuple(sorted(a for a in artifact.aliases if not ROUTINE_ALIAS_RE.fullmatch(a)))
         if own:
             held.append(Registration(artifact.source_name.split(":")[0], artifact.source_version, own))
-        for link in self._links_of(artifact):
+        for link in links_of(artifact):
             aliases = tuple(sorted(a for a in link.aliases if not _LINK_BOOKKEEPING_RE.fullmatch(a)))
             held.append(Registration(f"{link.project}/{link.name.split(':')[0]}", link.version, aliases))
         return held
@@ -399,10 +396,10 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         """Unlink the checkpoint's version from every Registry collection and take off the aliases a
         person gave it (the routine ones, `best`, `epoch-N`, go with the version)."""
         held = self.registrations(checkpoint)
-        artifact = self._artifact_or_none(checkpoint.id)
+        artifact = artifact_or_none(self.api, checkpoint.id)
         if artifact is None:
             return held
-        for link in self._links_of(artifact):
+        for link in links_of(artifact):
             link.delete(delete_aliases=True)  # deleting a link only unlinks it
         own = [a for a in artifact.aliases if not ROUTINE_ALIAS_RE.fullmatch(a)]
         if own:
@@ -416,13 +413,10 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
     def run_config(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
         """The config of the checkpoint's run, W&B's own keys (`_wandb`) left out ({} if the run is gone)."""
         path = "/".join(p for p in (*self._owner_of(checkpoint), checkpoint.run_id) if p)
-        try:
-            run = self.api.run(path)
-        except _READ_ERRORS as exc:
-            if _not_found(exc):
-                return {}
-            raise _no_answer(f"run {path}", exc) from exc
-        with _reading(f"run {path}"):
+        run = run_or_none(self.api, path)
+        if run is None:
+            return {}
+        with reading(f"run {path}"):
             return {key: value for key, value in dict(run.config).items() if not key.startswith("_")}
 
     @override
@@ -491,13 +485,8 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         api = self.api
         api.flush()  # the Api caches runs; the lease must be read fresh
         path = "/".join(p for p in (destination.get("entity"), destination.get("project"), destination["run_id"]) if p)
-        try:
-            return api.run(path)
-        except _READ_ERRORS as exc:
-            if _not_found(exc):
-                return None
-            # Not "no such run": answering "no run" would make a restarted job start over.
-            raise _no_answer(f"run {path}", exc) from exc
+        # Only "no such run" is None: taking an error for it would make a restarted job start over.
+        return run_or_none(api, path)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -566,14 +555,14 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             path = f"{where}/{scope['run_id']}"
             try:
                 run = api.run(path)
-            except _READ_ERRORS as exc:
-                if not _not_found(exc):  # a server that is down is not a missing run
-                    raise _no_answer(f"run {path}", exc) from exc
+            except READ_ERRORS as exc:
+                if not run_not_found(exc):  # a server that is down is not a missing run
+                    raise no_answer(f"run {path}", exc) from exc
                 raise LookupError(
                     f"W&B run {path} not found ({exc}): check run_id, the project (experiment=) and "
                     "WANDB_ENTITY; an offline run needs `wandb sync` first."
                 ) from exc
-            with _reading(f"run {path}"):  # the listing asks W&B while it is iterated
+            with reading(f"run {path}"):  # the listing asks W&B while it is iterated
                 return [a for a in run.logged_artifacts() if a.type == ARTIFACT_TYPE], {run.id: run.name or ""}
         try:
             collections = [
@@ -581,41 +570,20 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 for c in api.artifact_collections(where, ARTIFACT_TYPE)
                 if base is None or c.name.startswith(base + "-")
             ]
-        except _READ_ERRORS as exc:  # raised while the listing is iterated, unwrapped
+        except READ_ERRORS as exc:  # raised while the listing is iterated, unwrapped
             # A ValueError is W&B's answer "no such project" (or no collection to parse); else it did not answer.
-            if not isinstance(_cause(exc), ValueError):
-                raise _no_answer(f"project {where}", exc) from exc
+            if not isinstance(cause_of(exc), ValueError):
+                raise no_answer(f"project {where}", exc) from exc
             raise LookupError(
                 f"W&B project {where} has no {ARTIFACT_TYPE!r} artifacts ({exc}): check the project "
                 "name and WANDB_ENTITY."
             ) from exc
         versions = []
-        with _reading(f"project {where}"):
+        with reading(f"project {where}"):
             for collection in collections:
                 path = f"{collection.entity}/{collection.project}/{collection.name}"
                 versions.extend(api.artifacts(ARTIFACT_TYPE, path))
         return versions, None
-
-    def _artifact_or_none(self, path: str) -> Any:
-        """The version `path` names, or None when W&B answers that there is none.
-
-        Not `Api.artifact_exists`, which answers False for a server error too.
-
-        Raises:
-            TrackerError: W&B did not answer: an error is never taken for "no such version".
-        """
-        api = self.api
-        try:
-            return api.artifact(path, type=ARTIFACT_TYPE)
-        except _READ_ERRORS as exc:
-            if _absent(exc):
-                return None
-            raise _no_answer(f"artifact {path}", exc) from exc
-
-    def _links_of(self, artifact: Any) -> list[Any]:
-        """A version's Registry links (which W&B fetches on first read)."""
-        with _reading(f"artifact {artifact.qualified_name}"):
-            return list(artifact.linked_artifacts)
 
     def _checkpoint(self, artifact: Any, run_id: str | None = None) -> LoggedCheckpoint | None:
         """A logged version (or a Registry link, mapped to its source) as a checkpoint; None if not ours."""
@@ -641,7 +609,7 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
             extra={
                 "base": base,
                 "collection": source.split(":")[0],
-                "url": "" if getattr(artifact, "is_link", False) else _url(artifact),
+                "url": "" if getattr(artifact, "is_link", False) else page_url(artifact),
             },
         )
 
@@ -661,13 +629,9 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
         }
         if described:
             path = f"{linked.source_entity}/{linked.source_project}/{found.run_id}"
-            try:
-                extra["run_name"] = self.api.run(path).name or ""
-            except _READ_ERRORS as exc:
-                if not _not_found(exc):
-                    raise _no_answer(f"run {path}", exc) from exc
-                extra["run_name"] = ""  # the run was deleted: its checkpoint still loads
-            extra["url"] = _url(linked)
+            run = run_or_none(self.api, path)
+            extra["run_name"] = "" if run is None else run.name or ""  # None: deleted, its checkpoint still loads
+            extra["url"] = page_url(linked)
         return dataclasses.replace(found, extra=extra)
 
     @staticmethod
@@ -684,54 +648,3 @@ class WandbRegistry(TrackerRegistry, TrackerJobKeys):
                 "has no '/' or ':' (e.g. 'digits-classifier')."
             )
         return f"{REGISTRY_PREFIX}{self.registry}/{registered_name}"
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _reading(what: str) -> Iterator[None]:
-    """Turn a W&B read that fails (a lazy listing included, while iterated) into `_no_answer`."""
-    try:
-        yield
-    except _READ_ERRORS as exc:
-        raise _no_answer(what, exc) from exc
-
-
-def _url(artifact: Any) -> str:
-    """The version's page in the W&B app ("" where W&B cannot say: `Artifact.url` is recent, a Registry
-    link's asks the server for the organization, and a link is no reason to fail a read)."""
-    try:
-        return str(getattr(artifact, "url", "") or "")
-    except _READ_ERRORS as exc:
-        logger.debug("No W&B link for %s: %s", getattr(artifact, "qualified_name", artifact), exc)
-        return ""
-
-
-def _absent(exc: Exception) -> bool:
-    """Whether a W&B `Api.artifact` error means "no such version" (W&B: a ValueError "... not found ...")."""
-    cause = _cause(exc)
-    return isinstance(cause, ValueError) and "not found" in str(cause)
-
-
-def _cause(exc: Exception) -> BaseException:
-    """The error inside a `wandb.errors.CommError` (`wandb.Api` wraps what its code raised), or `exc`."""
-    return getattr(exc, "exc", None) or exc
-
-
-def _no_answer(what: str, exc: Exception) -> TrackerError:
-    """A W&B read that failed without an answer (not "no such thing"): one line, and what to do."""
-    return TrackerError(f"Cannot read W&B {what}: {exc}. Try again once W&B answers.")
-
-
-def _not_found(exc: Exception) -> bool:
-    """Whether a W&B API error means "no such run".
-
-    W&B raises `RunNotFoundError` (0.31; a bare ValueError "Could not find run ..." in the
-    versions before it had the class), which `wandb.Api` wraps in a CommError. Other
-    ValueErrors (a garbled JSON answer) are not it.
-    """
-    cause = _cause(exc)
-    if _RunNotFoundError is not None:
-        return isinstance(cause, _RunNotFoundError)
-    return isinstance(cause, ValueError) and "Could not find run" in str(cause)
