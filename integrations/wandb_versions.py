@@ -1,9 +1,9 @@
-"""What the verbs ask the W&B registry side: a checkpoint by id, a Registry collection's versions,
-what holds a version (its links and aliases) and undoing that, and the run behind a checkpoint.
+"""What the verbs ask of W&B: checkpoints by id, registered versions, what holds a version, its run.
 
 `WandbVersions` answers `tracked_ckpt.verbs` (`checkpoint_by_id`,
-`registered_versions`, `registrations`, `unregister`, `run_config`,
-`destination_of`) through the `wandb.Api` of its base, `wandb_listing.WandbListing`.
+`registered_versions`, `registrations` and `unregister`, which undoes them,
+`run_config`, `destination_of`) through the `wandb.Api` of its base,
+`wandb_listing.WandbListing`.
 A checkpoint's id is its version's full name `entity/project/collection:vN`; what
 protects a version from `delete_checkpoint` is a Registry link or an alias a
 person gave it (not the routine `best`, `epoch-N`, ...). Imported through
