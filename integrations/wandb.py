@@ -52,6 +52,7 @@ import wandb
 
 from tracked_ckpt.files import link_or_copy
 from tracked_ckpt.integrations.wandb_chunks import IncrementalWriter
+from tracked_ckpt.integrations.wandb_reads import artifact_or_none, links_of
 from tracked_ckpt.integrations.wandb_registry import JOB_SUMMARY_KEYS, REGISTRY_PREFIX, WandbRegistry
 from tracked_ckpt.integrations.wandb_schema import (
     ARTIFACT_TYPE,
@@ -357,7 +358,7 @@ class WandbTracker(Tracker, WandbRegistry):
         if mode != "online" or not ref or ref == "disabled":
             logger.debug("Not deleting W&B checkpoint %s: its run is %s, so no server holds it.", ref, mode)
             return False
-        artifact = self._artifact_or_none(ref)  # an error is not "already deleted"
+        artifact = artifact_or_none(self.api, ref)  # an error is not "already deleted"
         if artifact is None:
             logger.debug("W&B checkpoint %s is already deleted.", ref)
             return True
@@ -368,7 +369,7 @@ class WandbTracker(Tracker, WandbRegistry):
         if kept:
             logger.debug("Keeping W&B checkpoint %s: it holds the alias(es) %s.", ref, kept)
             return False
-        links = self._links_of(artifact)
+        links = links_of(artifact)
         if links:
             logger.debug(
                 "Keeping W&B checkpoint %s: it is linked into %s.", ref, [f"{a.project}/{a.name}" for a in links]
