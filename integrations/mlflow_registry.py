@@ -15,13 +15,11 @@ Imported through that module, which checks the installed MLflow first.
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import logging
 import os
-import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 if sys.version_info >= (3, 12):
@@ -39,12 +37,15 @@ from tracked_ckpt.files import safe_file_name
 from tracked_ckpt.integrations.mlflow_manifests import is_incremental, materialize, restore_checkpoint
 from tracked_ckpt.integrations.mlflow_model import CODE_DIR, CODE_LOADER, KERAS_DATA_DIR, schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
+    ABSENT_CODES,
     check_readable,
     check_tracking_uri,
     model_id_from_source,
     pages,
     quote,
     reachable,
+    read_failed,
+    reading,
     relocated,
     without_credentials,
     without_progress_bar,
@@ -57,30 +58,6 @@ logger = logging.getLogger("tracked_ckpt")
 JOB_KEY_TAG = "tracked_ckpt.job_key"  # run tags of resume="<job key>" (tracked_ckpt.resume)
 JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
 ALL_EXPERIMENTS = "*"  # experiment= that scopes a read to every experiment of the store
-# What MLflow says of an absent registered model, alias or version; any other error is a failure.
-_ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-
-
-def _failed(uri: str, exc: MlflowException) -> TrackerError:
-    """A read that failed (not "absent"), in one line naming the store (and, for a 404, the fix)."""
-    shown = without_credentials(uri) if uri.startswith(("http://", "https://")) else uri
-    endpoint = re.search(r"endpoint (\S+) failed", str(exc.message))
-    if exc.error_code == "ENDPOINT_NOT_FOUND":  # the URL answers, but not with MLflow's API (wrong URL or prefix)
-        return TrackerError(
-            f"MLflow at {shown} answers HTTP 404 to {endpoint.group(1) if endpoint else 'its API'}: point "
-            "MLFLOW_TRACKING_URI (or tracking_uri=) at the MLflow server's URL, with its path prefix if it has one."
-        )
-    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
-    return TrackerError(f"MLflow at {shown} failed: {first}")
-
-
-@contextlib.contextmanager
-def _reading(uri: str) -> Iterator[None]:
-    """MLflow's failures of a read, as one-line `TrackerError`s naming the store."""
-    try:
-        yield
-    except MlflowException as exc:
-        raise _failed(uri, exc) from exc
 
 
 class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
@@ -119,7 +96,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         """A run or a whole experiment; default: `last`, the run the last `fit` in this process logged
         to, else the run that logged the store's most recent checkpoint."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
-        with _reading(uri):
+        with reading(uri):
             found = self._scope(uri, run_id, experiment, last)
         self._scope_uri = found["tracking_uri"]
         return found
@@ -141,7 +118,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             try:
                 run = client.get_run(run_id)
             except MlflowException as exc:
-                if exc.error_code not in _ABSENT:
+                if exc.error_code not in ABSENT_CODES:
                     raise
                 raise LookupError(
                     f"MLflow run {run_id!r} not found at {uri}: check run_id= and MLFLOW_TRACKING_URI."
@@ -225,7 +202,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 {"field_name": "creation_timestamp", "ascending": True},
             ]
         found: list[LoggedModel] = []
-        with _reading(scope["tracking_uri"]):  # e.g. a URL that is no MLflow server: one line, not MLflow's dump
+        with reading(scope["tracking_uri"]):  # e.g. a URL that is no MLflow server: one line, not MLflow's dump
             for page in pages(
                 client.search_logged_models,
                 experiment_ids=list(scope["experiment_ids"]),
@@ -263,9 +240,9 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         try:
             version = client.get_model_version_by_alias(registered_name, alias)
         except MlflowException as exc:
-            if exc.error_code in _ABSENT:
+            if exc.error_code in ABSENT_CODES:
                 return None
-            raise _failed(client.tracking_uri, exc) from exc
+            raise read_failed(client.tracking_uri, exc) from exc
         return self._version_checkpoint(client, version)
 
     @override
@@ -323,8 +300,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             else:
                 raise ValueError("Pass alias= or version=.")
         except MlflowException as exc:
-            if exc.error_code not in _ABSENT:
-                raise _failed(client.tracking_uri, exc) from exc
+            if exc.error_code not in ABSENT_CODES:
+                raise read_failed(client.tracking_uri, exc) from exc
             what = f"alias {alias!r}" if alias is not None else f"version {version}"
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} at {client.tracking_uri}: "
@@ -425,9 +402,9 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         try:
             model = client.get_logged_model(checkpoint_id)
         except MlflowException as exc:
-            if exc.error_code in _ABSENT:
+            if exc.error_code in ABSENT_CODES:
                 return None
-            raise _failed(client.tracking_uri, exc) from exc
+            raise read_failed(client.tracking_uri, exc) from exc
         if model.status != LoggedModelStatus.READY or f"{TAG_PREFIX}sha256" not in (model.tags or {}):
             return None
         return self._with_run_names(client, [self._checkpoint(model, tracking_uri=client.tracking_uri)])[0]
@@ -448,8 +425,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 for v in page
             ]
         except MlflowException as exc:
-            if exc.error_code not in _ABSENT:
-                raise _failed(client.tracking_uri, exc) from exc
+            if exc.error_code not in ABSENT_CODES:
+                raise read_failed(client.tracking_uri, exc) from exc
             raise LookupError(
                 f"No registered model {registered_name!r} at {client.tracking_uri}: check the name "
                 f"(tracked-ckpt promote {registered_name} registers one)."
@@ -528,9 +505,9 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         try:
             return dict(client.get_run(checkpoint.run_id).data.params)
         except MlflowException as exc:
-            if exc.error_code in _ABSENT:
+            if exc.error_code in ABSENT_CODES:
                 return {}
-            raise _failed(client.tracking_uri, exc) from exc
+            raise read_failed(client.tracking_uri, exc) from exc
 
     @override
     def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
