@@ -1,4 +1,4 @@
-"""The registry side of the MLflow tracker: list, promote, resolve and fetch checkpoints; job keys.
+"""The registry side of the MLflow tracker: list, promote and resolve checkpoints; composed of its parts.
 
 `MlflowRegistry` answers the registry helper and the CLI (`TrackerRegistry`:
 `list_checkpoints`, `promote_best`, `load_model`, ...) and resume by job key
@@ -6,18 +6,18 @@
 (`search_logged_models`, ordered by a metric on the server) and promoted as
 versions of MLflow's Model Registry, whose tags copy the schema so that loading
 resolves in one request. A job key and its lease are tags of the job's run.
+Fetching files and logged code is `mlflow_fetch`, on the reads the registry's
+parts share (`mlflow_reads`); a failed read is one line naming the store (`mlflow_store`).
 
-A mixin of `MlflowTracker` (`tracked_ckpt.integrations.mlflow`), which holds the
-configuration, the clients and the runs it reads: the names declared below.
+A base class of `MlflowTracker` (`tracked_ckpt.integrations.mlflow`), which holds the
+configuration, the clients and the runs it reads (declared in `mlflow_reads.MlflowReads`).
 Imported through that module, which checks the installed MLflow first.
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -33,9 +33,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tracked_ckpt.files import safe_file_name
-from tracked_ckpt.integrations.mlflow_manifests import is_incremental, materialize, restore_checkpoint
-from tracked_ckpt.integrations.mlflow_model import CODE_DIR, CODE_LOADER, KERAS_DATA_DIR, schema_from_tags
+from tracked_ckpt.integrations.mlflow_fetch import MlflowFetch
+from tracked_ckpt.integrations.mlflow_manifests import is_incremental, materialize
+from tracked_ckpt.integrations.mlflow_model import schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
     ABSENT_CODES,
     check_readable,
@@ -46,12 +46,10 @@ from tracked_ckpt.integrations.mlflow_store import (
     reachable,
     read_failed,
     reading,
-    relocated,
     without_credentials,
-    without_progress_bar,
 )
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
-from tracked_ckpt.tracker import LoggedCheckpoint, Registration, TrackerError, TrackerJobKeys, TrackerRegistry
+from tracked_ckpt.tracker import LoggedCheckpoint, Registration, TrackerError, TrackerJobKeys
 
 logger = logging.getLogger("tracked_ckpt")
 
@@ -60,34 +58,10 @@ JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
 ALL_EXPERIMENTS = "*"  # experiment= that scopes a read to every experiment of the store
 
 
-class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
+class MlflowRegistry(MlflowFetch, TrackerJobKeys):
     """The registry and job-key side of `MlflowTracker`: checkpoints read back from the MLflow store."""
 
-    # What the tracker holds (its configuration and, `_scope_uri`, its runtime).
-    name: str
-    tracking_uri: str | None
-    experiment: str | None
-    run_id: str | None
-    pip_requirements: list[str] | None
-    _scope_uri: str | None
-
-    @abc.abstractmethod
-    def client(self, uri: str) -> MlflowClient:
-        """The tracker's client for a tracking URI."""
-
-    @abc.abstractmethod
-    def _resolve(self, destination: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The concrete run of a destination (a deferred start's, created once)."""
-
-    @abc.abstractmethod
-    def _experiment_id(self, client: MlflowClient) -> str:
-        """The id of the experiment the tracker's new runs go to."""
-
-    @abc.abstractmethod
-    def run_url(self, destination: Mapping[str, Any]) -> str | None:
-        """A link to a run in the MLflow UI (`tracked_ckpt.tracker.Tracker.run_url`)."""
-
-    # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
+    # -- scopes and listing (TrackerRegistry, for tracked_ckpt.registry) --------------------
 
     @override
     def scope(
@@ -146,16 +120,6 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             )
         logger.info("Looking in run %s, the most recent run with checkpoints at %s.", latest, uri)
         return self._scope(uri, latest, None)
-
-    @staticmethod
-    def _experiment_ids(client: MlflowClient) -> list[str]:
-        """The ids of every (active) experiment of the store."""
-        return [e.experiment_id for page in pages(client.search_experiments) for e in page]
-
-    def _read_client(self, uri: str) -> MlflowClient:
-        """The client of a store a read may use: one that answers and exists (see `check_readable`)."""
-        check_readable(uri)
-        return self.client(uri)
 
     @classmethod
     def _latest_checkpoint_run(cls, client: MlflowClient) -> str | None:
@@ -217,21 +181,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 client, [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
             )
 
-    @staticmethod
-    def _with_run_names(client: MlflowClient, checkpoints: list[LoggedCheckpoint]) -> list[LoggedCheckpoint]:
-        """The checkpoints with their run's name in `extra["run_name"]`: one request per 100 runs."""
-        experiments = {c.run_id: str(c.extra.get("experiment_id", "")) for c in checkpoints if c.run_id}
-        run_ids = sorted(experiments)
-        names: dict[str, str] = {}
-        for start in range(0, len(run_ids), 100):
-            part = run_ids[start : start + 100]
-            for run in client.search_runs(
-                sorted({experiments[r] for r in part}),
-                filter_string="attributes.run_id IN (" + ", ".join(f"'{quote(r)}'" for r in part) + ")",
-                max_results=len(part),
-            ):
-                names[run.info.run_id] = run.info.run_name or ""
-        return [dataclasses.replace(c, extra={**c.extra, "run_name": names.get(c.run_id, "")}) for c in checkpoints]
+    # -- promotion and resolving (registered versions of the Model Registry) -------------------
 
     @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
@@ -350,48 +300,31 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             extra={"tracking_uri": client.tracking_uri, "version": str(mv.version), "registered_name": mv.name},
         )
 
-    @override
-    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
-        """Download just the checkpoint file of a LoggedModel into `directory` (rebuilt from its chunks
-        when it is stored incrementally: `mlflow_manifests.restore_checkpoint`)."""
-        if is_incremental(checkpoint.record):
-            tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
-            check_readable(tracking_uri)
-            return restore_checkpoint(self.client(tracking_uri), checkpoint, directory)
-        relative = (
-            f"{KERAS_DATA_DIR}/model.keras"
-            if checkpoint.record.format == "keras"
-            else safe_file_name(os.path.basename(checkpoint.record.filepath))
-        )
-        return self._download(*self._artifacts_of(checkpoint), relative, directory)
-
-    @override
-    def fetch_code(self, checkpoint: LoggedCheckpoint, directory: str) -> str | None:
-        """The model's `code/` folder (`code_paths`) without its pyfunc loader, or None: one listing, one download."""
-        if checkpoint.record.format != "keras":
-            return None  # only a keras-flavor model folder carries code
-        tracking_uri, location = self._artifacts_of(checkpoint)
-        if not mlflow.artifacts.list_artifacts(artifact_uri=f"{location}/{CODE_DIR}", tracking_uri=tracking_uri):
+    def _version_checkpoint(self, client: MlflowClient, version: ModelVersion) -> LoggedCheckpoint | None:
+        """The checkpoint a registered version points at, with its version, aliases and run's name; None
+        if the version's source is no LoggedModel of this store."""
+        model_id = model_id_from_source(version.source)
+        if model_id is None:
             return None
-        folder = self._download(tracking_uri, location, CODE_DIR, directory)
-        # The loader is for mlflow.pyfunc; what it would import is imported by the caller.
-        os.remove(os.path.join(folder, CODE_LOADER + ".py"))
-        return folder
-
-    def _artifacts_of(self, checkpoint: LoggedCheckpoint) -> tuple[str, str]:
-        """(tracking URI, artifact location) of a checkpoint's LoggedModel, checked readable."""
-        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
-        check_readable(tracking_uri)
-        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
-        return tracking_uri, relocated(location, tracking_uri).rstrip("/")
-
-    @staticmethod
-    def _download(tracking_uri: str, location: str, relative: str, directory: str) -> str:
-        """Download a file or folder of the LoggedModel at `location` into `directory`; return its path."""
-        with without_progress_bar():
-            return mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{location}/{relative}", dst_path=directory, tracking_uri=tracking_uri
-            )
+        try:
+            model = client.get_logged_model(model_id)
+        except MlflowException:
+            return None
+        found = self._checkpoint(model, tracking_uri=client.tracking_uri)
+        try:
+            run_name = client.get_run(found.run_id).info.run_name or "" if found.run_id else ""
+        except MlflowException:
+            run_name = ""  # the run was deleted: the checkpoint still loads
+        return dataclasses.replace(
+            found,
+            aliases=tuple(version.aliases or ()),
+            extra={
+                **found.extra,
+                "version": str(version.version),
+                "registered_name": version.name,
+                "run_name": run_name,
+            },
+        )
 
     # -- by id, registered versions, deleting (for tracked_ckpt.verbs) -------------------------
 
@@ -516,59 +449,6 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         if checkpoint.extra.get("experiment_id"):
             destination["experiment_id"] = checkpoint.extra["experiment_id"]
         return {**destination, "run_id": checkpoint.run_id}
-
-    def _registry_uri(self) -> str:
-        """This tracker's URI, else the store `scope()` last looked in, else MLflow's default."""
-        return self.tracking_uri or self._scope_uri or mlflow.get_tracking_uri()
-
-    def _version_checkpoint(self, client: MlflowClient, version: ModelVersion) -> LoggedCheckpoint | None:
-        model_id = model_id_from_source(version.source)
-        if model_id is None:
-            return None
-        try:
-            model = client.get_logged_model(model_id)
-        except MlflowException:
-            return None
-        found = self._checkpoint(model, tracking_uri=client.tracking_uri)
-        try:
-            run_name = client.get_run(found.run_id).info.run_name or "" if found.run_id else ""
-        except MlflowException:
-            run_name = ""  # the run was deleted: the checkpoint still loads
-        return dataclasses.replace(
-            found,
-            aliases=tuple(version.aliases or ()),
-            extra={
-                **found.extra,
-                "version": str(version.version),
-                "registered_name": version.name,
-                "run_name": run_name,
-            },
-        )
-
-    def _checkpoint(self, model: LoggedModel, tracking_uri: str | None = None) -> LoggedCheckpoint:
-        metadata = schema_from_tags(model.tags)
-        metrics: dict[str, float] = {}
-        for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
-            metrics[metric.key] = metric.value  # the latest value wins, as in MLflow's ordering
-        record = CheckpointRecord.from_metadata(metadata, name=model.name, metrics=metrics)
-        uri = tracking_uri or self.tracking_uri or mlflow.get_tracking_uri()
-        run_id = model.source_run_id or ""
-        return LoggedCheckpoint(
-            id=model.model_id,
-            run_id=run_id,
-            record=record,
-            tracker=self.name,
-            location=model.artifact_location,
-            extra={
-                "tracking_uri": uri,
-                "status": str(model.status),
-                "experiment_id": model.experiment_id,
-                "created": model.creation_timestamp,
-                "run_url": self.run_url({"tracking_uri": uri, "experiment_id": model.experiment_id, "run_id": run_id})
-                if run_id
-                else None,
-            },
-        )
 
     # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
 
