@@ -5,10 +5,10 @@
 (`TrackerJobKeys`): checkpoints are read back from tracked LoggedModels
 (`search_logged_models`, ordered by a metric on the server) and promoted as
 versions of MLflow's Model Registry, whose tags copy the schema so that loading
-resolves in one request. A job key and its lease are tags of the job's run.
-Fetching files and logged code is `mlflow_fetch`, the verbs' look-ups
-`mlflow_versions`, on the reads the registry's parts share (`mlflow_reads`); a
-failed read is one line naming the store (`mlflow_store`).
+resolves in one request. Here: scopes and listing, promotion and resolving. Its
+parts, one concern each: fetching files and logged code (`mlflow_fetch`), the
+verbs' look-ups (`mlflow_versions`), job keys (`mlflow_jobs`), on the reads they
+share (`mlflow_reads`); a failed read is one line naming the store (`mlflow_store`).
 
 A base class of `MlflowTracker` (`tracked_ckpt.integrations.mlflow`), which holds the
 configuration, the clients and the runs it reads (declared in `mlflow_reads.MlflowReads`).
@@ -29,38 +29,36 @@ else:
     from typing_extensions import override
 
 import mlflow
-from mlflow.entities import LoggedModel, LoggedModelStatus, RunTag
+from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.integrations.mlflow_fetch import MlflowFetch
+from tracked_ckpt.integrations.mlflow_jobs import JOB_KEY_TAG, JOB_TAGS, MlflowJobKeys
 from tracked_ckpt.integrations.mlflow_manifests import is_incremental, materialize
 from tracked_ckpt.integrations.mlflow_model import schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
     ABSENT_CODES,
     check_readable,
-    check_tracking_uri,
     model_id_from_source,
     pages,
     quote,
-    reachable,
     read_failed,
     reading,
-    without_credentials,
 )
 from tracked_ckpt.integrations.mlflow_versions import MlflowVersions
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
-from tracked_ckpt.tracker import LoggedCheckpoint, TrackerError, TrackerJobKeys
+from tracked_ckpt.tracker import LoggedCheckpoint
+
+__all__ = ["ALL_EXPERIMENTS", "JOB_KEY_TAG", "JOB_TAGS", "MlflowRegistry"]  # the job tags live in mlflow_jobs
 
 logger = logging.getLogger("tracked_ckpt")
 
-JOB_KEY_TAG = "tracked_ckpt.job_key"  # run tags of resume="<job key>" (tracked_ckpt.resume)
-JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
 ALL_EXPERIMENTS = "*"  # experiment= that scopes a read to every experiment of the store
 
 
-class MlflowRegistry(MlflowFetch, MlflowVersions, TrackerJobKeys):
+class MlflowRegistry(MlflowFetch, MlflowVersions, MlflowJobKeys):
     """The registry and job-key side of `MlflowTracker`: checkpoints read back from the MLflow store."""
 
     # -- scopes and listing (TrackerRegistry, for tracked_ckpt.registry) --------------------
@@ -327,50 +325,3 @@ class MlflowRegistry(MlflowFetch, MlflowVersions, TrackerJobKeys):
                 "run_name": run_name,
             },
         )
-
-    # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
-
-    @override
-    def find_job(self, job_key: str) -> dict[str, Any] | None:
-        """The run of this tracker's experiment tagged with `job_key` (the earliest), as a destination."""
-        uri = self.tracking_uri or mlflow.get_tracking_uri()
-        check_tracking_uri(uri)
-        if not reachable(uri):
-            raise TrackerError(f"MLflow at {without_credentials(uri)} is unreachable")
-        client = self.client(uri)
-        active = mlflow.active_run() if self.tracking_uri is None else None
-        experiment_id = active.info.experiment_id if active is not None else self._experiment_id(client)
-        runs = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{JOB_KEY_TAG}` = '{quote(job_key)}'", max_results=100
-        )
-        if not runs:
-            return None
-        run = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-        return {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id, "owned": True}
-
-    @override
-    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
-        """The run's job key and lease tags."""
-        destination = self._resolve(destination)
-        tags = self.client(destination["tracking_uri"]).get_run(destination["run_id"]).data.tags
-        return {name: tags[tag] for name, tag in JOB_TAGS.items() if tag in tags}
-
-    @override
-    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
-        """Set the run's job key and lease tags (one call)."""
-        destination = self._resolve(destination)
-        self.client(destination["tracking_uri"]).log_batch(
-            destination["run_id"], tags=[RunTag(JOB_TAGS[name], value) for name, value in values.items()]
-        )
-
-    @override
-    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
-        """The run's READY LoggedModels (interrupted uploads stay PENDING and are skipped)."""
-        destination = self._resolve(destination)
-        scope = {
-            "tracking_uri": destination["tracking_uri"],
-            "experiment_ids": [destination["experiment_id"]],
-            "run_id": destination["run_id"],
-        }
-        found = self.search_checkpoints(scope, where={"name": name} if name else None)
-        return [c for c in found if c.extra.get("status") == str(LoggedModelStatus.READY)]
