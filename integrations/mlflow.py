@@ -7,10 +7,11 @@ LoggedModel holds (tags, params, the keras-flavor folder loadable with
 `mlflow.keras.load_model("models:/<model_id>")`) is in `mlflow_model`, and an
 incremental one's (a manifest, its chunks in the experiment's store) in `mlflow_chunks`; the
 registry side (list, promote, load, job keys) is `mlflow_registry.MlflowRegistry`,
-a base class of the tracker; tracking URIs, artifact locations, paged searches
-and the process-wide experiment cache are in `mlflow_store`. The epoch's logs
-are the model's metrics at `step=epoch`, so the Models tab shows them and
-`search_logged_models` can order by them.
+a base class of the tracker, composed of one module per concern (`mlflow_fetch`,
+`mlflow_versions`, `mlflow_jobs` on `mlflow_reads`); tracking URIs, artifact
+locations, read errors, paged searches and the process-wide experiment cache are
+in `mlflow_store`. The epoch's logs are the model's metrics at `step=epoch`, so
+the Models tab shows them and `search_logged_models` can order by them.
 
 Logging runs on a background thread, where MLflow's fluent active run is not
 visible, so everything below the training thread uses `MlflowClient` with
@@ -47,6 +48,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
 from tracked_ckpt.integrations.mlflow_chunks import IncrementalUploads, description_tags
+from tracked_ckpt.integrations.mlflow_jobs import JOB_KEY_TAG, JOB_TAGS
 from tracked_ckpt.integrations.mlflow_manifests import collect_experiment_garbage, model_file_artifact
 from tracked_ckpt.integrations.mlflow_model import (
     CODE_DIR,
@@ -62,7 +64,7 @@ from tracked_ckpt.integrations.mlflow_model import (
     model_requirements,
     model_signature,
 )
-from tracked_ckpt.integrations.mlflow_registry import JOB_KEY_TAG, JOB_TAGS, MlflowRegistry
+from tracked_ckpt.integrations.mlflow_registry import MlflowRegistry
 from tracked_ckpt.integrations.mlflow_store import (
     artifact_repository,
     cached_experiment_id,

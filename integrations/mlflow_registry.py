@@ -1,27 +1,26 @@
-"""The registry side of the MLflow tracker: list, promote, resolve and fetch checkpoints; job keys.
+"""The registry side of the MLflow tracker: list, promote and resolve checkpoints; composed of its parts.
 
 `MlflowRegistry` answers the registry helper and the CLI (`TrackerRegistry`:
 `list_checkpoints`, `promote_best`, `load_model`, ...) and resume by job key
 (`TrackerJobKeys`): checkpoints are read back from tracked LoggedModels
 (`search_logged_models`, ordered by a metric on the server) and promoted as
 versions of MLflow's Model Registry, whose tags copy the schema so that loading
-resolves in one request. A job key and its lease are tags of the job's run.
+resolves in one request. Here: scopes and listing, promotion and resolving. Its
+parts, one concern each: fetching files and logged code (`mlflow_fetch`), the
+verbs' look-ups (`mlflow_versions`), job keys (`mlflow_jobs`), on the reads they
+share (`mlflow_reads`); a failed read is one line naming the store (`mlflow_store`).
 
-A mixin of `MlflowTracker` (`tracked_ckpt.integrations.mlflow`), which holds the
-configuration, the clients and the runs it reads: the names declared below.
+A base class of `MlflowTracker` (`tracked_ckpt.integrations.mlflow`), which holds the
+configuration, the clients and the runs it reads (declared in `mlflow_reads.MlflowReads`).
 Imported through that module, which checks the installed MLflow first.
 """
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import dataclasses
 import logging
-import os
-import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 if sys.version_info >= (3, 12):
@@ -30,87 +29,39 @@ else:
     from typing_extensions import override
 
 import mlflow
-from mlflow.entities import LoggedModel, LoggedModelStatus, RunTag
+from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tracked_ckpt.files import safe_file_name
-from tracked_ckpt.integrations.mlflow_manifests import is_incremental, materialize, restore_checkpoint
-from tracked_ckpt.integrations.mlflow_model import CODE_DIR, CODE_LOADER, KERAS_DATA_DIR, schema_from_tags
+from tracked_ckpt.integrations.mlflow_fetch import MlflowFetch
+from tracked_ckpt.integrations.mlflow_jobs import JOB_KEY_TAG, JOB_TAGS, MlflowJobKeys
+from tracked_ckpt.integrations.mlflow_manifests import is_incremental, materialize
+from tracked_ckpt.integrations.mlflow_model import schema_from_tags
 from tracked_ckpt.integrations.mlflow_store import (
+    ABSENT_CODES,
     check_readable,
-    check_tracking_uri,
     model_id_from_source,
     pages,
     quote,
-    reachable,
-    relocated,
-    without_credentials,
-    without_progress_bar,
+    read_failed,
+    reading,
 )
+from tracked_ckpt.integrations.mlflow_versions import MlflowVersions
 from tracked_ckpt.record import TAG_PREFIX, CheckpointRecord, format_value
-from tracked_ckpt.tracker import LoggedCheckpoint, Registration, TrackerError, TrackerJobKeys, TrackerRegistry
+from tracked_ckpt.tracker import LoggedCheckpoint
+
+__all__ = ["ALL_EXPERIMENTS", "JOB_KEY_TAG", "JOB_TAGS", "MlflowRegistry"]  # the job tags live in mlflow_jobs
 
 logger = logging.getLogger("tracked_ckpt")
 
-JOB_KEY_TAG = "tracked_ckpt.job_key"  # run tags of resume="<job key>" (tracked_ckpt.resume)
-JOB_TAGS = {"key": JOB_KEY_TAG, "lease": "tracked_ckpt.job_lease"}
 ALL_EXPERIMENTS = "*"  # experiment= that scopes a read to every experiment of the store
-# What MLflow says of an absent registered model, alias or version; any other error is a failure.
-_ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-def _failed(uri: str, exc: MlflowException) -> TrackerError:
-    """A read that failed (not "absent"), in one line naming the store (and, for a 404, the fix)."""
-    shown = without_credentials(uri) if uri.startswith(("http://", "https://")) else uri
-    endpoint = re.search(r"endpoint (\S+) failed", str(exc.message))
-    if exc.error_code == "ENDPOINT_NOT_FOUND":  # the URL answers, but not with MLflow's API (wrong URL or prefix)
-        return TrackerError(
-            f"MLflow at {shown} answers HTTP 404 to {endpoint.group(1) if endpoint else 'its API'}: point "
-            "MLFLOW_TRACKING_URI (or tracking_uri=) at the MLflow server's URL, with its path prefix if it has one."
-        )
-    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
-    return TrackerError(f"MLflow at {shown} failed: {first}")
-
-
-@contextlib.contextmanager
-def _reading(uri: str) -> Iterator[None]:
-    """MLflow's failures of a read, as one-line `TrackerError`s naming the store."""
-    try:
-        yield
-    except MlflowException as exc:
-        raise _failed(uri, exc) from exc
-
-
-class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
+class MlflowRegistry(MlflowFetch, MlflowVersions, MlflowJobKeys):
     """The registry and job-key side of `MlflowTracker`: checkpoints read back from the MLflow store."""
 
-    # What the tracker holds (its configuration and, `_scope_uri`, its runtime).
-    name: str
-    tracking_uri: str | None
-    experiment: str | None
-    run_id: str | None
-    pip_requirements: list[str] | None
-    _scope_uri: str | None
-
-    @abc.abstractmethod
-    def client(self, uri: str) -> MlflowClient:
-        """The tracker's client for a tracking URI."""
-
-    @abc.abstractmethod
-    def _resolve(self, destination: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The concrete run of a destination (a deferred start's, created once)."""
-
-    @abc.abstractmethod
-    def _experiment_id(self, client: MlflowClient) -> str:
-        """The id of the experiment the tracker's new runs go to."""
-
-    @abc.abstractmethod
-    def run_url(self, destination: Mapping[str, Any]) -> str | None:
-        """A link to a run in the MLflow UI (`tracked_ckpt.tracker.Tracker.run_url`)."""
-
-    # -- registry (TrackerRegistry, for tracked_ckpt.registry) ------------------------------
+    # -- scopes and listing (TrackerRegistry, for tracked_ckpt.registry) --------------------
 
     @override
     def scope(
@@ -119,7 +70,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         """A run or a whole experiment; default: `last`, the run the last `fit` in this process logged
         to, else the run that logged the store's most recent checkpoint."""
         uri = self.tracking_uri or mlflow.get_tracking_uri()
-        with _reading(uri):
+        with reading(uri):
             found = self._scope(uri, run_id, experiment, last)
         self._scope_uri = found["tracking_uri"]
         return found
@@ -141,7 +92,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             try:
                 run = client.get_run(run_id)
             except MlflowException as exc:
-                if exc.error_code not in _ABSENT:
+                if exc.error_code not in ABSENT_CODES:
                     raise
                 raise LookupError(
                     f"MLflow run {run_id!r} not found at {uri}: check run_id= and MLFLOW_TRACKING_URI."
@@ -169,16 +120,6 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             )
         logger.info("Looking in run %s, the most recent run with checkpoints at %s.", latest, uri)
         return self._scope(uri, latest, None)
-
-    @staticmethod
-    def _experiment_ids(client: MlflowClient) -> list[str]:
-        """The ids of every (active) experiment of the store."""
-        return [e.experiment_id for page in pages(client.search_experiments) for e in page]
-
-    def _read_client(self, uri: str) -> MlflowClient:
-        """The client of a store a read may use: one that answers and exists (see `check_readable`)."""
-        check_readable(uri)
-        return self.client(uri)
 
     @classmethod
     def _latest_checkpoint_run(cls, client: MlflowClient) -> str | None:
@@ -225,7 +166,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 {"field_name": "creation_timestamp", "ascending": True},
             ]
         found: list[LoggedModel] = []
-        with _reading(scope["tracking_uri"]):  # e.g. a URL that is no MLflow server: one line, not MLflow's dump
+        with reading(scope["tracking_uri"]):  # e.g. a URL that is no MLflow server: one line, not MLflow's dump
             for page in pages(
                 client.search_logged_models,
                 experiment_ids=list(scope["experiment_ids"]),
@@ -240,21 +181,7 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 client, [self._checkpoint(m, tracking_uri=scope["tracking_uri"]) for m in found[: max_results or None]]
             )
 
-    @staticmethod
-    def _with_run_names(client: MlflowClient, checkpoints: list[LoggedCheckpoint]) -> list[LoggedCheckpoint]:
-        """The checkpoints with their run's name in `extra["run_name"]`: one request per 100 runs."""
-        experiments = {c.run_id: str(c.extra.get("experiment_id", "")) for c in checkpoints if c.run_id}
-        run_ids = sorted(experiments)
-        names: dict[str, str] = {}
-        for start in range(0, len(run_ids), 100):
-            part = run_ids[start : start + 100]
-            for run in client.search_runs(
-                sorted({experiments[r] for r in part}),
-                filter_string="attributes.run_id IN (" + ", ".join(f"'{quote(r)}'" for r in part) + ")",
-                max_results=len(part),
-            ):
-                names[run.info.run_id] = run.info.run_name or ""
-        return [dataclasses.replace(c, extra={**c.extra, "run_name": names.get(c.run_id, "")}) for c in checkpoints]
+    # -- promotion and resolving (registered versions of the Model Registry) -------------------
 
     @override
     def alias_holder(self, registered_name: str, alias: str) -> LoggedCheckpoint | None:
@@ -263,9 +190,9 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
         try:
             version = client.get_model_version_by_alias(registered_name, alias)
         except MlflowException as exc:
-            if exc.error_code in _ABSENT:
+            if exc.error_code in ABSENT_CODES:
                 return None
-            raise _failed(client.tracking_uri, exc) from exc
+            raise read_failed(client.tracking_uri, exc) from exc
         return self._version_checkpoint(client, version)
 
     @override
@@ -323,8 +250,8 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             else:
                 raise ValueError("Pass alias= or version=.")
         except MlflowException as exc:
-            if exc.error_code not in _ABSENT:
-                raise _failed(client.tracking_uri, exc) from exc
+            if exc.error_code not in ABSENT_CODES:
+                raise read_failed(client.tracking_uri, exc) from exc
             what = f"alias {alias!r}" if alias is not None else f"version {version}"
             raise LookupError(
                 f"Registered model {registered_name!r} has no {what} at {client.tracking_uri}: "
@@ -373,178 +300,9 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
             extra={"tracking_uri": client.tracking_uri, "version": str(mv.version), "registered_name": mv.name},
         )
 
-    @override
-    def fetch(self, checkpoint: LoggedCheckpoint, directory: str) -> str:
-        """Download just the checkpoint file of a LoggedModel into `directory` (rebuilt from its chunks
-        when it is stored incrementally: `mlflow_manifests.restore_checkpoint`)."""
-        if is_incremental(checkpoint.record):
-            tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
-            check_readable(tracking_uri)
-            return restore_checkpoint(self.client(tracking_uri), checkpoint, directory)
-        relative = (
-            f"{KERAS_DATA_DIR}/model.keras"
-            if checkpoint.record.format == "keras"
-            else safe_file_name(os.path.basename(checkpoint.record.filepath))
-        )
-        return self._download(*self._artifacts_of(checkpoint), relative, directory)
-
-    @override
-    def fetch_code(self, checkpoint: LoggedCheckpoint, directory: str) -> str | None:
-        """The model's `code/` folder (`code_paths`) without its pyfunc loader, or None: one listing, one download."""
-        if checkpoint.record.format != "keras":
-            return None  # only a keras-flavor model folder carries code
-        tracking_uri, location = self._artifacts_of(checkpoint)
-        if not mlflow.artifacts.list_artifacts(artifact_uri=f"{location}/{CODE_DIR}", tracking_uri=tracking_uri):
-            return None
-        folder = self._download(tracking_uri, location, CODE_DIR, directory)
-        # The loader is for mlflow.pyfunc; what it would import is imported by the caller.
-        os.remove(os.path.join(folder, CODE_LOADER + ".py"))
-        return folder
-
-    def _artifacts_of(self, checkpoint: LoggedCheckpoint) -> tuple[str, str]:
-        """(tracking URI, artifact location) of a checkpoint's LoggedModel, checked readable."""
-        tracking_uri = checkpoint.extra.get("tracking_uri") or self.tracking_uri or mlflow.get_tracking_uri()
-        check_readable(tracking_uri)
-        location = checkpoint.location or self.client(tracking_uri).get_logged_model(checkpoint.id).artifact_location
-        return tracking_uri, relocated(location, tracking_uri).rstrip("/")
-
-    @staticmethod
-    def _download(tracking_uri: str, location: str, relative: str, directory: str) -> str:
-        """Download a file or folder of the LoggedModel at `location` into `directory`; return its path."""
-        with without_progress_bar():
-            return mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{location}/{relative}", dst_path=directory, tracking_uri=tracking_uri
-            )
-
-    # -- by id, registered versions, deleting (for tracked_ckpt.verbs) -------------------------
-
-    @override
-    def checkpoint_by_id(self, checkpoint_id: str) -> LoggedCheckpoint | None:
-        """The finished tracked LoggedModel with this id (`m-…`), or None."""
-        client = self._read_client(self._registry_uri())
-        try:
-            model = client.get_logged_model(checkpoint_id)
-        except MlflowException as exc:
-            if exc.error_code in _ABSENT:
-                return None
-            raise _failed(client.tracking_uri, exc) from exc
-        if model.status != LoggedModelStatus.READY or f"{TAG_PREFIX}sha256" not in (model.tags or {}):
-            return None
-        return self._with_run_names(client, [self._checkpoint(model, tracking_uri=client.tracking_uri)])[0]
-
-    @override
-    def registered_versions(self, registered_name: str) -> list[LoggedCheckpoint]:
-        """The tracked LoggedModels a registered model's versions point at, with version and aliases.
-
-        A constant number of requests: the model (for its aliases), its versions, the store's
-        experiments, then the LoggedModels and their runs' names, 100 at a time.
-        """
-        client = self._read_client(self._registry_uri())
-        try:
-            model = client.get_registered_model(registered_name)
-            versions = [
-                v
-                for page in pages(client.search_model_versions, filter_string=f"name = '{quote(registered_name)}'")
-                for v in page
-            ]
-        except MlflowException as exc:
-            if exc.error_code not in _ABSENT:
-                raise _failed(client.tracking_uri, exc) from exc
-            raise LookupError(
-                f"No registered model {registered_name!r} at {client.tracking_uri}: check the name "
-                f"(tracked-ckpt promote {registered_name} registers one)."
-            ) from exc
-        aliases: dict[str, list[str]] = {}
-        for alias, version in (model.aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
-        by_model = {model_id_from_source(v.source): v for v in versions}
-        by_model.pop(None, None)
-        found: dict[str, LoggedModel] = {}
-        model_ids = sorted(str(m) for m in by_model)
-        experiment_ids = self._experiment_ids(client) if model_ids else []
-        for start in range(0, len(model_ids), 100):
-            part = ", ".join(f"'{quote(m)}'" for m in model_ids[start : start + 100])
-            for page in pages(
-                client.search_logged_models,
-                experiment_ids=experiment_ids,
-                filter_string=f"model_id IN ({part}) AND tags.`{TAG_PREFIX}sha256` LIKE '%'",
-            ):
-                found.update((m.model_id, m) for m in page if m.status == LoggedModelStatus.READY)
-        listed = []
-        for model_id, version in sorted(by_model.items(), key=lambda item: int(item[1].version)):
-            if model_id not in found:
-                logger.warning(
-                    "%s version %s points at %s, which is not a finished tracked-ckpt checkpoint (deleted?).",
-                    registered_name,
-                    version.version,
-                    version.source,
-                )
-                continue
-            checkpoint = self._checkpoint(found[str(model_id)], tracking_uri=client.tracking_uri)
-            listed.append(
-                dataclasses.replace(
-                    checkpoint,
-                    aliases=tuple(sorted(aliases.get(str(version.version), []))),
-                    extra={**checkpoint.extra, "version": str(version.version), "registered_name": registered_name},
-                )
-            )
-        return self._with_run_names(client, listed)
-
-    @override
-    def registrations(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
-        """The registered model versions whose source is the checkpoint's LoggedModel, with their aliases.
-
-        The same look-up `delete_checkpoint` makes (the versions of the checkpoint's run).
-        """
-        client = self._read_client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
-        versions = [
-            v
-            for v in client.search_model_versions(f"run_id = '{quote(checkpoint.run_id)}'")
-            if v.source == f"models:/{checkpoint.id}"
-        ]
-        aliases: dict[tuple[str, str], list[str]] = {}
-        for name in sorted({v.name for v in versions}):  # versions found by search carry no aliases
-            for alias, version in (client.get_registered_model(name).aliases or {}).items():
-                aliases.setdefault((name, str(version)), []).append(alias)
-        return [
-            Registration(v.name, str(v.version), tuple(sorted(aliases.get((v.name, str(v.version)), []))))
-            for v in sorted(versions, key=lambda v: (v.name, int(v.version)))
-        ]
-
-    @override
-    def unregister(self, checkpoint: LoggedCheckpoint) -> list[Registration]:
-        """Delete the registered model versions pointing at the checkpoint (their aliases go with them)."""
-        held = self.registrations(checkpoint)
-        client = self.client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
-        for registration in held:
-            client.delete_model_version(registration.registered_name, registration.version)
-            logger.info("Deleted %s.", registration.text())
-        return held
-
-    @override
-    def run_config(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
-        """The params of the checkpoint's run ({} if the run is gone)."""
-        client = self._read_client(checkpoint.extra.get("tracking_uri") or self._registry_uri())
-        try:
-            return dict(client.get_run(checkpoint.run_id).data.params)
-        except MlflowException as exc:
-            if exc.error_code in _ABSENT:
-                return {}
-            raise _failed(client.tracking_uri, exc) from exc
-
-    @override
-    def destination_of(self, checkpoint: LoggedCheckpoint) -> dict[str, Any]:
-        """The run that logged the checkpoint, as `start` names it."""
-        destination = {"tracking_uri": checkpoint.extra.get("tracking_uri") or self._registry_uri()}
-        if checkpoint.extra.get("experiment_id"):
-            destination["experiment_id"] = checkpoint.extra["experiment_id"]
-        return {**destination, "run_id": checkpoint.run_id}
-
-    def _registry_uri(self) -> str:
-        """This tracker's URI, else the store `scope()` last looked in, else MLflow's default."""
-        return self.tracking_uri or self._scope_uri or mlflow.get_tracking_uri()
-
     def _version_checkpoint(self, client: MlflowClient, version: ModelVersion) -> LoggedCheckpoint | None:
+        """The checkpoint a registered version points at, with its version, aliases and run's name; None
+        if the version's source is no LoggedModel of this store."""
         model_id = model_id_from_source(version.source)
         if model_id is None:
             return None
@@ -567,75 +325,3 @@ class MlflowRegistry(TrackerRegistry, TrackerJobKeys):
                 "run_name": run_name,
             },
         )
-
-    def _checkpoint(self, model: LoggedModel, tracking_uri: str | None = None) -> LoggedCheckpoint:
-        metadata = schema_from_tags(model.tags)
-        metrics: dict[str, float] = {}
-        for metric in sorted(model.metrics or [], key=lambda m: (m.step, m.timestamp)):
-            metrics[metric.key] = metric.value  # the latest value wins, as in MLflow's ordering
-        record = CheckpointRecord.from_metadata(metadata, name=model.name, metrics=metrics)
-        uri = tracking_uri or self.tracking_uri or mlflow.get_tracking_uri()
-        run_id = model.source_run_id or ""
-        return LoggedCheckpoint(
-            id=model.model_id,
-            run_id=run_id,
-            record=record,
-            tracker=self.name,
-            location=model.artifact_location,
-            extra={
-                "tracking_uri": uri,
-                "status": str(model.status),
-                "experiment_id": model.experiment_id,
-                "created": model.creation_timestamp,
-                "run_url": self.run_url({"tracking_uri": uri, "experiment_id": model.experiment_id, "run_id": run_id})
-                if run_id
-                else None,
-            },
-        )
-
-    # -- job keys (TrackerJobKeys, for resume="<job key>") ----------------------------------
-
-    @override
-    def find_job(self, job_key: str) -> dict[str, Any] | None:
-        """The run of this tracker's experiment tagged with `job_key` (the earliest), as a destination."""
-        uri = self.tracking_uri or mlflow.get_tracking_uri()
-        check_tracking_uri(uri)
-        if not reachable(uri):
-            raise TrackerError(f"MLflow at {without_credentials(uri)} is unreachable")
-        client = self.client(uri)
-        active = mlflow.active_run() if self.tracking_uri is None else None
-        experiment_id = active.info.experiment_id if active is not None else self._experiment_id(client)
-        runs = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{JOB_KEY_TAG}` = '{quote(job_key)}'", max_results=100
-        )
-        if not runs:
-            return None
-        run = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-        return {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id, "owned": True}
-
-    @override
-    def job_info(self, destination: Mapping[str, Any]) -> dict[str, str]:
-        """The run's job key and lease tags."""
-        destination = self._resolve(destination)
-        tags = self.client(destination["tracking_uri"]).get_run(destination["run_id"]).data.tags
-        return {name: tags[tag] for name, tag in JOB_TAGS.items() if tag in tags}
-
-    @override
-    def set_job_info(self, destination: Mapping[str, Any], values: Mapping[str, str]) -> None:
-        """Set the run's job key and lease tags (one call)."""
-        destination = self._resolve(destination)
-        self.client(destination["tracking_uri"]).log_batch(
-            destination["run_id"], tags=[RunTag(JOB_TAGS[name], value) for name, value in values.items()]
-        )
-
-    @override
-    def job_checkpoints(self, destination: Mapping[str, Any], name: str | None) -> list[LoggedCheckpoint]:
-        """The run's READY LoggedModels (interrupted uploads stay PENDING and are skipped)."""
-        destination = self._resolve(destination)
-        scope = {
-            "tracking_uri": destination["tracking_uri"],
-            "experiment_ids": [destination["experiment_id"]],
-            "run_id": destination["run_id"],
-        }
-        found = self.search_checkpoints(scope, where={"name": name} if name else None)
-        return [c for c in found if c.extra.get("status") == str(LoggedModelStatus.READY)]

@@ -1,8 +1,8 @@
 """The MLflow store as the MLflow tracker reaches it: tracking URIs, artifact locations, paged searches.
 
 Owns what is about the store and not about a run or a checkpoint: which
-tracking URIs are accepted, whether a server answers, URIs made fit to print or
-to probe, the artifact repository of a location (and a local store's moved
+tracking URIs are accepted, whether a server answers, a failed read as one line
+naming the store, URIs made fit to print or to probe, the artifact repository of a location (and a local store's moved
 folders), paged searches and quoted filter values, the model id of a
 `models:/` URI, and the process-wide cache of experiment ids, shared by the
 trackers of every fit in this process.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -114,6 +115,34 @@ def check_readable(uri: str, timeout: float = 5.0) -> None:
             "MLFLOW_TRACKING_URI (or tracking_uri=) at one that runs."
         ) from exc
     _ANSWERED[uri] = time.monotonic()
+
+
+# -- read errors ------------------------------------------------------------------------------
+
+# What MLflow says of an absent registered model, alias, version or run; any other error is a failure.
+ABSENT_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def read_failed(uri: str, exc: MlflowException) -> TrackerError:
+    """A read that failed (not "absent"), in one line naming the store (and, for a 404, the fix)."""
+    shown = without_credentials(uri) if uri.startswith(("http://", "https://")) else uri
+    endpoint = re.search(r"endpoint (\S+) failed", str(exc.message))
+    if exc.error_code == "ENDPOINT_NOT_FOUND":  # the URL answers, but not with MLflow's API (wrong URL or prefix)
+        return TrackerError(
+            f"MLflow at {shown} answers HTTP 404 to {endpoint.group(1) if endpoint else 'its API'}: point "
+            "MLFLOW_TRACKING_URI (or tracking_uri=) at the MLflow server's URL, with its path prefix if it has one."
+        )
+    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
+    return TrackerError(f"MLflow at {shown} failed: {first}")
+
+
+@contextlib.contextmanager
+def reading(uri: str) -> Iterator[None]:
+    """MLflow's failures of a read, as one-line `TrackerError`s naming the store."""
+    try:
+        yield
+    except MlflowException as exc:
+        raise read_failed(uri, exc) from exc
 
 
 # -- artifacts --------------------------------------------------------------------------------
