@@ -1,8 +1,8 @@
 """What the `tracked-ckpt` commands print: tables, JSON lines, sizes, and the reports of show, diff, sync and gc.
 
-Every function prints to standard output (the command line's answer, not a log); the commands in
-`cli_commands` decide what to read and hand it here. Nothing here reads a tracker, so it imports
-the package only for type checkers.
+The `print_*` functions and `table` print to standard output (the command line's answer, not a
+log); the commands in `cli_commands` decide what to read and hand it here. Nothing here reads a
+tracker, so it imports the package only for type checkers.
 """
 
 from __future__ import annotations
