@@ -69,7 +69,7 @@ class MlflowVersions(MlflowReads):
                 raise read_failed(client.tracking_uri, exc) from exc
             raise LookupError(
                 f"No registered model {registered_name!r} at {client.tracking_uri}: check the name "
-                f"(tracked-ckpt promote {registered_name} registers one)."
+                f"(promote_best({registered_name!r}) registers one)."
             ) from exc
         aliases: dict[str, list[str]] = {}
         for alias, version in (model.aliases or {}).items():

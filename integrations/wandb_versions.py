@@ -67,7 +67,7 @@ class WandbVersions(WandbListing):
                 raise no_answer(f"collection {collection}", exc) from exc
             raise LookupError(
                 f"No Registry collection {collection} on W&B: check the name "
-                f"(tracked-ckpt promote {registered_name} --tracker wandb registers one)."
+                f"(promote_best({registered_name!r}, tracker='wandb') registers one)."
             ) from exc
         listed = []
         for link in sorted(links, key=lambda a: version_number(a.version)):
