@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -123,7 +124,9 @@ _FLAG = re.compile(r"--(run-id|experiment|alias|version|monitor|mode|tracker|tra
 def test_library_messages_name_keywords_not_flags():
     package = os.path.dirname(tracked_ckpt.__file__)
     sources = [os.path.join(package, f) for f in os.listdir(package) if f.endswith(".py") and f != "cli.py"]
-    sources += [os.path.join(package, "integrations", f) for f in os.listdir(os.path.join(package, "integrations"))]
+    # Its own folder: `integrations/` in a checkout, mapped into the package by the packaging.
+    integrations = os.path.dirname(importlib.import_module("tracked_ckpt.integrations").__file__)
+    sources += [os.path.join(integrations, f) for f in os.listdir(integrations)]
     flagged = []
     for path in sorted(s for s in sources if s.endswith(".py")):
         with open(path) as f:
