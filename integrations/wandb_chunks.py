@@ -37,6 +37,7 @@ project that share a frozen base each store it once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import hashlib
 import json
@@ -183,10 +184,13 @@ class IncrementalWriter:
         if known is not None:
             # The pack's bytes are its name's (content-addressed): W&B's entry for it, MD5 included,
             # holds for every version, so only the local file it points at changes.
-            artifact.manifest.add_entry(known.model_copy(update={"local_path": os.fspath(local)}))
+            # copy.copy, not pydantic's model_copy: wandb's entries are plain classes before ~0.22.
+            reused = copy.copy(known)
+            reused.local_path = os.fspath(local)
+            artifact.manifest.add_entry(reused)
             return
         entry = artifact.add_file(os.fspath(local), name=name, policy="immutable", skip_cache=True)
-        self._entries[pack] = entry.model_copy()
+        self._entries[pack] = copy.copy(entry)
 
 
 def _seed_from_earlier_process(folder: PackFolder, run: Any, collection: str) -> Manifest | None:

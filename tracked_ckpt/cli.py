@@ -65,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # The library's messages name keyword arguments, calls and "this process"; a command line has flags and
 # commands (a `--where KEY=VALUE` the message quotes stays as it is).
 _KEYWORD = re.compile(
-    r"(?<!--where )\b(run_id|experiment|alias|version|monitor|tracker|tracking_uri|name|epoch|step|force)="
+    r"(?<!--where )\b(run_id|experiment|alias|version|monitor|tracker|tracking_uri|name|epoch|step|force"
+    r"|grace_seconds)="
     r"(?:'([^']*)'|\"([^\"]*)\"|(\d+\b|True\b))?"
 )
+_FLAG_OF = {"grace_seconds": "grace"}  # keyword arguments whose flag has another name
 _PROMOTE = re.compile(r"\bpromote_best\('([^']*)'((?:, \w+='[^']*')*)\)")
 _THIS_PROCESS = re.compile(r"\s*\([^()]*\bthis process\)|,?\s*\b(?:in|from) this process\b")
 
@@ -87,7 +89,7 @@ def in_cli_terms(message: str) -> str:
     """
 
     def flag(match: re.Match[str]) -> str:
-        name = "--" + match.group(1).replace("_", "-")
+        name = "--" + _FLAG_OF.get(match.group(1), match.group(1)).replace("_", "-")
         value = next((v for v in match.groups()[1:] if v is not None), None)
         return f"{name} {value}" if value and value != "True" else name
 

@@ -19,8 +19,10 @@ before its manifest leaves packs that are deleted two runs and `grace` later.
 Every step is one idempotent request, in an order that is safe to stop anywhere: a pack is
 deleted before its markers, and an index file only once every pack it lists is gone, so a run
 killed at any point leaves at worst markers or index files of deleted packs (ignored by writers,
-removed by the next run) or packs still condemned (deleted by the next run). Two runs at once are
-safe too (deleting is idempotent; the oldest marker of a pack counts). Time is the collecting
+removed by the next run) or packs still condemned (deleted by the next run). Run one collection at
+a time per store: deleting is idempotent and the oldest marker of a pack counts, but a writer that
+re-uploads a pack under the same name between one run's listing and its delete can lose it to a
+second, concurrent run. Time is the collecting
 machine's clock; `grace` must exceed the clock skew between collectors.
 """
 
