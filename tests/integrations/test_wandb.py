@@ -155,6 +155,7 @@ def test_per_epoch_saves_one_version_each_with_epoch_and_best_aliases(wandb_env)
 
 def test_a_fit_with_incremental_storage_logs_manifests_and_loads_back_offline(wandb_env):
     """storage="incremental" through a real fit: each version a manifest and packs; loaded from the run's folder."""
+    pytest.importorskip("pyfastcdc")  # the `incremental` extra
     checkpoint = train(str(wandb_env / "ckpt" / "m-{epoch:02d}.keras"), storage="incremental")
 
     run_dir = the_run_dir(wandb_env)
