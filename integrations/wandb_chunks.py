@@ -294,17 +294,8 @@ def restore_from_files(files: dict[str, str], label: str, directory: str) -> str
     Raises:
         ChunkStoreError: no readable manifest, or a pack missing or corrupt (one line).
     """
-    from tracked_ckpt.pack_reader import restore_file
-
-    try:
-        manifest = Manifest.from_json(json.loads(Path(files[MANIFEST_FILE]).read_bytes()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ChunkStoreError(
-            f"{label} cannot be rebuilt: its {MANIFEST_FILE} is missing or unreadable ({exc}); "
-            "load another checkpoint of the run"
-        ) from None
-    destination = Path(directory, safe_file_name(manifest.name))
-    return os.fspath(restore_file(manifest, LocalFilesStore(files), default_pack_cache(), destination, label=label))
+    manifest = _read_manifest(files.get(MANIFEST_FILE, ""), label, "load another checkpoint of the run")
+    return _rebuild(manifest, LocalFilesStore(files), label, directory, None)
 
 
 def fetch_incremental(artifact: Any, label: str, directory: str, cache: PackCache | None = None) -> str:
@@ -317,17 +308,26 @@ def fetch_incremental(artifact: Any, label: str, directory: str, cache: PackCach
         ChunkStoreError: the version has no readable manifest, or a pack is missing or corrupt
             (one line naming the checkpoint and what to do).
     """
-    from tracked_ckpt.pack_reader import restore_file  # the reader only: no chunker needed
-
     with tempfile.TemporaryDirectory(dir=directory, prefix=".manifest-") as tmp:
         artifact.download(root=tmp, path_prefix=MANIFEST_FILE, skip_cache=True)
-        try:
-            manifest = Manifest.from_json(json.loads(Path(tmp, MANIFEST_FILE).read_bytes()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ChunkStoreError(
-                f"{label} cannot be rebuilt: its {MANIFEST_FILE} is missing or unreadable ({exc}); "
-                "load another version of this checkpoint"
-            ) from None
+        manifest = _read_manifest(os.path.join(tmp, MANIFEST_FILE), label, "load another version of this checkpoint")
     store = ArtifactPackStore(artifact, [PACKS + pack for pack in manifest.packs])
+    return _rebuild(manifest, store, label, directory, cache)
+
+
+def _read_manifest(path: str, label: str, instead: str) -> Manifest:
+    """The manifest at `path`, or a one-line ChunkStoreError naming `label` and what to do `instead`."""
+    try:
+        return Manifest.from_json(json.loads(Path(path).read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ChunkStoreError(
+            f"{label} cannot be rebuilt: its {MANIFEST_FILE} is missing or unreadable ({exc}); {instead}"
+        ) from None
+
+
+def _rebuild(manifest: Manifest, store: BlobStore, label: str, directory: str, cache: PackCache | None) -> str:
+    """The file `manifest` describes, rebuilt and verified in `directory` (`pack_reader.restore_file`)."""
+    from tracked_ckpt.pack_reader import restore_file  # the reader only: no chunker needed
+
     destination = Path(directory, safe_file_name(manifest.name))
     return os.fspath(restore_file(manifest, store, cache or default_pack_cache(), destination, label=label))
