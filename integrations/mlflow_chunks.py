@@ -9,9 +9,9 @@ store's local folder; and every checkpoint of the experiment (every run, every t
 shares it.
 
 `IncrementalUploads` is what an `MlflowTracker` does for such a checkpoint before its
-LoggedModel exists: one pass over the file (`pack_writer.store_file`: chunk boundaries, chunk
-digests and the file's sha256), the chunks the store lacks uploaded in packs, the sha256
-checked against the record's. The LoggedModel then holds `MANIFEST_ARTIFACT` and the
+LoggedModel exists: the chunks the store lacks uploaded in packs (`pack_writer.store_file`, which
+reads only those when the publisher's pass over the file is remembered, and checks the sha256
+against the record's). The LoggedModel then holds `MANIFEST_ARTIFACT` and the
 description (`DESCRIPTION_TAG`, e.g. `incremental: 2.4 MB new of 1.5 GB`). A process killed
 before the manifest is written leaves only packs no manifest references (`tracked_ckpt.packgc`);
 the retry finds those the listing confirms and uploads the rest.
@@ -32,7 +32,7 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.tracking import MlflowClient
 
 from tracked_ckpt.blobstore import BlobStore
-from tracked_ckpt.errors import BlobNotFoundError, ChecksumError
+from tracked_ckpt.errors import BlobNotFoundError
 from tracked_ckpt.integrations.mlflow_store import artifact_repository, relocated, without_progress_bar
 from tracked_ckpt.pack_cache import default_pack_cache
 from tracked_ckpt.pack_writer import DEFAULT_PACK_SIZE, StoredFile, store_file
@@ -183,12 +183,9 @@ class IncrementalUploads:
             name=os.path.basename(record.filepath) or None,
             previous=previous,
             pack_size=self.pack_size,
+            expected_sha256=record.sha256,
+            label=record.name,
         )
-        if stored.manifest.sha256 != record.sha256:
-            raise ChecksumError(
-                f"{record.name}: {path} no longer matches the sha256 recorded when it was saved "
-                "(changed or corrupted on disk): not logged."
-            )
         with self._lock:
             self._previous[key] = stored.manifest
         return stored

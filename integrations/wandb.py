@@ -50,7 +50,6 @@ check_supported("wandb", extra="wandb")  # before importing it
 
 import wandb
 
-from tracked_ckpt.errors import ChecksumError
 from tracked_ckpt.files import link_or_copy
 from tracked_ckpt.integrations.wandb_chunks import IncrementalWriter
 from tracked_ckpt.integrations.wandb_reads import artifact_or_none, links_of
@@ -309,14 +308,7 @@ class WandbTracker(Tracker, WandbRegistry):
         incremental = None
         if record.storage == STORAGE_INCREMENTAL:
             # A manifest and the packs it references, kept in the run's directory (`wandb_chunks`).
-            incremental = self._chunks.build(
-                run, collection, artifact, path, os.path.basename(record.filepath), record.key
-            )
-            if incremental[1].manifest.sha256 != record.sha256:
-                raise ChecksumError(
-                    f"{record.name}: {path} no longer matches the sha256 recorded when it was saved "
-                    "(changed or corrupted on disk): not logged."
-                )
+            incremental = self._chunks.build(run, collection, artifact, path, record)
         else:
             if run.offline:
                 # The artifact record points at this file until `wandb sync`; keep it with the run.

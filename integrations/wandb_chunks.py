@@ -58,6 +58,7 @@ from tracked_ckpt.files import link_or_copy, safe_file_name
 from tracked_ckpt.pack_cache import PackCache, default_pack_cache
 from tracked_ckpt.pack_writer import StoredFile, store_file
 from tracked_ckpt.packs import INDEXES, PACKS, ChunkLocation, Manifest, index_to_bytes
+from tracked_ckpt.record import CheckpointRecord
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -139,9 +140,9 @@ class IncrementalWriter:
         return self._cache
 
     def build(
-        self, run: Any, collection: str, artifact: wandb.Artifact, path: str, file_name: str, key: str
+        self, run: Any, collection: str, artifact: wandb.Artifact, path: str, record: CheckpointRecord
     ) -> tuple[PackFolder, StoredFile]:
-        """Chunk the file at `path` into the collection's pack folder and fill `artifact` with the result.
+        """Chunk `record`'s file at `path` into the collection's pack folder and fill `artifact` with the result.
 
         `artifact` gets `MANIFEST_FILE` and every pack the manifest references (added with
         `policy="immutable"`: W&B makes no staging copy) and the description, e.g.
@@ -149,15 +150,26 @@ class IncrementalWriter:
 
         Returns:
             the folder (for `committed`) and what the write cost.
+
+        Raises:
+            ChecksumError: the file is not the one whose sha256 the record holds.
         """
         folder = PackFolder(os.path.join(run.settings.sync_dir, CHUNKS_DIR, collection))
         with self._lock:
             if not run.offline:
                 self._online_folders.add(folder.root)
             previous = folder.latest() or _seed_from_earlier_process(folder, run, collection)
-            stored = store_file(path, folder, self.cache, name=file_name, previous=previous)
+            stored = store_file(
+                path,
+                folder,
+                self.cache,
+                name=os.path.basename(record.filepath),
+                previous=previous,
+                expected_sha256=record.sha256,
+                label=record.name,
+            )
             manifest = stored.manifest
-            kept = folder.keep_manifest(manifest, f"{key}.json")
+            kept = folder.keep_manifest(manifest, f"{record.key}.json")
             artifact.description = stored.describe()
             artifact.add_file(os.fspath(kept), name=MANIFEST_FILE, policy="immutable", skip_cache=True)
             for pack in manifest.packs:

@@ -13,6 +13,7 @@ import pytest
 from tracked_ckpt.chunking import (
     MAX_AVERAGE,
     MIN_AVERAGE,
+    RECENT_SCANS,
     ChunkParams,
     ChunkRef,
     average_for_size,
@@ -123,3 +124,43 @@ def test_without_pyfastcdc_every_module_imports_and_chunking_names_the_extra(tmp
         "ImportError: Chunking checkpoints needs the 'pyfastcdc' package, which is not installed: "
         "pip install 'tracked-ckpt[incremental]'."
     ), result.stderr
+
+
+def test_a_chunk_seen_before_is_not_hashed_again(tmp_path, monkeypatch):
+    """The second version of a mostly unchanged file costs one sha256 pass (the file's), not two."""
+    pytest.importorskip("xxhash")
+    data = _bytes(2_000_000, 5)
+    edited = data[:1_000_000] + _bytes(10_000, 6) + data[1_010_000:]
+    (tmp_path / "v1").write_bytes(data)
+    (tmp_path / "v2").write_bytes(edited)
+    params = ChunkParams(MIN_AVERAGE)
+    scan_file(tmp_path / "v1", params)
+    real, hashed = hashlib.sha256, []
+
+    def counting(data: bytes = b"") -> hashlib._Hash:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    second = scan_file(tmp_path / "v2", params)
+    monkeypatch.undo()
+
+    assert sum(hashed) < 200_000  # the chunks around the edit (the whole file's hash is fed by update)
+    offset = 0
+    for chunk in second.chunks:  # every chunk still named by the sha256 of its bytes
+        assert chunk.digest == hashlib.sha256(edited[offset : offset + chunk.length]).hexdigest()
+        offset += chunk.length
+    assert second.sha256 == hashlib.sha256(edited).hexdigest()
+
+
+def test_a_scan_is_recalled_only_for_the_same_unchanged_file_cut_the_same_way(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(_bytes(500_000, 7))
+    params = ChunkParams(MIN_AVERAGE)
+    scanned = scan_file(path, params)
+
+    assert RECENT_SCANS.recall(path, params) is scanned
+    assert RECENT_SCANS.recall(path, ChunkParams(2 * MIN_AVERAGE)) is None
+    assert RECENT_SCANS.recall(tmp_path / "other.bin", params) is None
+    path.write_bytes(_bytes(500_000, 7))  # the same bytes, written again: no longer provably the scanned file
+    assert RECENT_SCANS.recall(path, params) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from support.io_counters import bytes_read
 
 from tracked_ckpt.blobstore import LocalFolderStore
-from tracked_ckpt.chunking import ChunkParams
+from tracked_ckpt.chunking import ChunkParams, scan_file
 from tracked_ckpt.errors import ChecksumError
 from tracked_ckpt.pack_cache import PackCache
 from tracked_ckpt.pack_reader import restore_file
@@ -221,6 +223,41 @@ def test_the_writer_trusts_the_listing_not_its_cache(checkpoints, store, tmp_pat
     assert again.new_bytes == path.stat().st_size
     restore_file(again.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.keras")
     assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+
+
+def test_a_file_just_scanned_is_read_again_only_for_the_chunks_the_store_lacks(checkpoints, store, tmp_path):
+    """What the publisher's pass cut and hashed is not read again: only new chunks are (`RECENT_SCANS`)."""
+    cache = PackCache(tmp_path / "cache")
+    stored1 = store_file(checkpoints["keras"][0], store, cache)
+    scanned, unscanned = tmp_path / "scanned.keras", tmp_path / "unscanned.keras"
+    for copy in (scanned, unscanned):  # files no scan has seen yet
+        shutil.copyfile(checkpoints["keras"][1], copy)
+    size = scanned.stat().st_size
+    digest = scan_file(scanned).sha256  # the publisher's pass
+
+    before = bytes_read()
+    stored2 = store_file(scanned, store, cache, previous=stored1.manifest, expected_sha256=digest)
+    read_after_scan = bytes_read() - before
+    before = bytes_read()
+    again = store_file(unscanned, store, PackCache(tmp_path / "other"), previous=stored1.manifest)
+    read_unscanned = bytes_read() - before
+
+    assert read_unscanned >= size  # the control: a file not scanned before is read whole
+    assert read_after_scan < 0.25 * size and stored2.new_bytes > 0
+    assert (again.new_bytes, again.manifest.chunks) == (0, stored2.manifest.chunks)
+    restore_file(stored2.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.keras")
+    assert (tmp_path / "restored.keras").read_bytes() == scanned.read_bytes()
+
+
+def test_a_file_changed_after_its_scan_is_refused_in_one_line(checkpoints, store, tmp_path):
+    path = tmp_path / "ckpt.keras"
+    shutil.copyfile(checkpoints["keras"][0], path)
+    digest = scan_file(path).sha256
+    path.write_bytes(checkpoints["keras"][1].read_bytes())  # Keras's next save, into the same inode
+
+    with pytest.raises(ChecksumError, match=r"^m-e0001: .*ckpt\.keras no longer matches the sha256 recorded"):
+        store_file(path, store, PackCache(tmp_path / "cache"), expected_sha256=digest, label="m-e0001")
+    assert store.list(INDEXES) == []  # no index: what was uploaded is garbage nothing references
 
 
 def test_gc_keeps_shared_packs_and_removes_unreferenced_ones_after_grace(checkpoints, store, tmp_path):

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
 import sys
 import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 from support.fake_tracker import FakeTracker, entry_for
+from support.io_counters import bytes_read
 
 from tracked_ckpt import publisher as publisher_module
+from tracked_ckpt.blobstore import LocalFolderStore
 from tracked_ckpt.files import clone_file, link_or_copy, sha256_file
+from tracked_ckpt.pack_cache import PackCache
+from tracked_ckpt.pack_writer import store_file
+from tracked_ckpt.packs import Manifest
 from tracked_ckpt.publisher import Publisher
+from tracked_ckpt.record import STORAGE_INCREMENTAL
 from tracked_ckpt.settings import DEFAULT_UPLOAD_NICENESS
 from tracked_ckpt.settings import UPLOAD_NICENESS as UPLOAD_NICENESS_ENV
 from tracked_ckpt.spool import Spool, release_path
@@ -180,6 +188,47 @@ def test_a_linked_snapshot_is_hashed_by_the_publisher(tmp_path):
     publisher.submit(entry)
     assert publisher.close(timeout=5).ok and tracker.logged == [(1, b"epoch one")]
     assert entry.record.sha256 == hashlib.sha256(b"epoch one").hexdigest()
+
+
+class _ChunkStoreTracker(FakeTracker):
+    """Logs into a chunk store on a folder, as the MLflow and W&B trackers do for incremental records."""
+
+    stores_incremental = True
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.store, self.cache = LocalFolderStore(root / "store"), PackCache(root / "cache")
+        self.manifests: list[Manifest] = []
+
+    def log_checkpoint(self, record, path, destination, *, first_attempt=False):
+        stored = store_file(path, self.store, self.cache, expected_sha256=record.sha256, label=record.name)
+        self.manifests.append(stored.manifest)
+        return f"id-{record.epoch}"
+
+
+def test_an_incremental_checkpoint_is_read_once_for_its_sha256_and_its_chunks(tmp_path):
+    """The publisher's pass gives the record its sha256 and the chunk store its chunks: no second read."""
+    pytest.importorskip("pyfastcdc")
+    spool, tracker = Spool(tmp_path / "spool"), _ChunkStoreTracker(tmp_path)
+    publisher = Publisher({"t": tracker}, spool, asynchronous=False)
+    data = os.urandom(8 << 20)
+    versions = [data, data[: 4 << 20] + os.urandom(4096) + data[(4 << 20) + 4096 :]]  # a frozen base, a new head
+    read = []
+    for epoch, content in enumerate(versions, start=1):
+        path = tmp_path / "ckpt.keras"
+        path.write_bytes(content)
+        entry = entry_for(spool, str(path), epoch)
+        release_path(str(path))  # as the callback does: the next save gets a new inode
+        entry.record = dataclasses.replace(entry.record, storage=STORAGE_INCREMENTAL)
+        spool.write(entry)
+        before = bytes_read()
+        publisher.submit(entry)
+        read.append(bytes_read() - before)
+
+    assert publisher.close(timeout=5).ok
+    assert [m.sha256 for m in tracker.manifests] == [hashlib.sha256(v).hexdigest() for v in versions]
+    # The second version: one pass (sha256 and chunks), then only its few new chunks (before: two passes).
+    assert read[1] < 1.25 * len(data)
 
 
 @pytest.mark.parametrize("size", [0, 17, 1 << 20, 3 * (1 << 20) + 17])

@@ -5,9 +5,20 @@ only on the bytes just before it, so an edit moves the boundaries near it and no
 unchanged variables of a checkpoint give the same chunks whatever moved before them (a longer
 `config.json` in a `.keras` zip shifts every offset; fixed-size blocks would all change).
 
-The one pass costs two sha256 (each chunk's, and the whole file's for the record) and runs at
-~450 MB/s on this kind of machine (`benchmarks/chunk_store.py`), so the upload thread is not the
-bottleneck next to Keras's own save.
+The pass computes the whole file's sha256 (for the record) and each chunk's sha256 (its name in
+the store). A chunk seen before in this process (the frozen part of the previous checkpoint) is
+recognised by its XXH3-128 hash and length (~30 GB/s) and gets the sha256 computed when it was
+first seen, so a mostly unchanged file costs one sha256 pass (~1.3 GB/s with SHA-NI) plus the
+cutting (~2 GB/s), not two. This trusts a 128-bit non-cryptographic hash not to collide between
+two chunks of one process's checkpoints (odds ~n²/2^129: 10^-27 for a million chunks); what a
+collision would do is still caught: the chunk would be named by another's digest, so the rebuilt
+file would fail its whole-file sha256 when loaded, never load wrong. Without the `xxhash` package
+every chunk is hashed with sha256.
+
+`RECENT_SCANS` remembers the last few files scanned in this process by their identity (device,
+inode, size, mtime): the publisher scans an incremental checkpoint's frozen file once, for the
+record's sha256, and each tracker's chunk store then reads only the chunks it lacks
+(`pack_writer.store_file`), instead of a pass of its own.
 
 `pyfastcdc` comes with the optional extra `tracked-ckpt[incremental]` and is imported by the first
 cut, here only: everything else (reading manifests, restoring files, collecting garbage) works
@@ -23,10 +34,12 @@ is `avg ~ sqrt(size)`, which `sqrt(30 * size)` fits for both (256 KiB for 1.5 GB
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -121,12 +134,118 @@ class ScannedFile:
         sha256: the whole file's sha256 (hex).
         params: how it was cut.
         chunks: its chunks in order; their lengths add up to `size`.
+        identity: the file's `FileIdentity` when it was read (None for a file changed while read).
     """
 
     size: int
     sha256: str
     params: ChunkParams
     chunks: tuple[ChunkRef, ...]
+    identity: FileIdentity | None = None
+
+    def offsets(self) -> list[int]:
+        """Where each chunk starts in the file, in order."""
+        starts, at = [], 0
+        for chunk in self.chunks:
+            starts.append(at)
+            at += chunk.length
+        return starts
+
+
+@dataclasses.dataclass(frozen=True)
+class FileIdentity:
+    """What tells one file's bytes from another's without reading them: a write changes the mtime."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, fd: int) -> FileIdentity:
+        """The identity of the open file `fd`."""
+        stat = os.fstat(fd)
+        return cls(stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _fast_hash() -> Callable[[bytes | memoryview], bytes] | None:
+    """XXH3-128 (`xxhash`: the `incremental` extra, and wandb, name it), or None where missing."""
+    try:
+        from xxhash import xxh3_128_digest
+    except ImportError:  # every chunk is then hashed with sha256
+        return None
+    return xxh3_128_digest
+
+
+class _ChunkDigests:
+    """sha256 of chunks already hashed in this process, by (XXH3-128, length); bounded, LRU."""
+
+    def __init__(self, capacity: int = 1 << 16):
+        self.capacity = capacity  # 65536 chunks: a 16 GB file at 256 KiB, ~15 MB of memory
+        self._known: collections.OrderedDict[tuple[bytes, int], str] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._fast_hash = _fast_hash()
+
+    def digest(self, data: memoryview) -> str:
+        """The sha256 (hex) of `data`, computed only for bytes not seen before."""
+        if self._fast_hash is None:
+            return hashlib.sha256(data).hexdigest()
+        key = (self._fast_hash(data), len(data))
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None:
+                self._known.move_to_end(key)
+                return known
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            self._known[key] = digest
+            while len(self._known) > self.capacity:
+                self._known.popitem(last=False)
+        return digest
+
+
+_CHUNK_DIGESTS = _ChunkDigests()
+
+
+class RecentScans:
+    """The last files scanned in this process, so that one file is read once however many stores take it.
+
+    A scan is recalled only for the same file, unchanged (`FileIdentity`), cut the same way.
+    """
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._scans: collections.OrderedDict[str, ScannedFile] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, path: str | os.PathLike[str], scanned: ScannedFile) -> None:
+        """Keep `scanned` as the scan of `path` (a scan whose file changed meanwhile is not kept)."""
+        if scanned.identity is None:
+            return
+        with self._lock:
+            self._scans[os.path.abspath(path)] = scanned
+            self._scans.move_to_end(os.path.abspath(path))
+            while len(self._scans) > self.capacity:
+                self._scans.popitem(last=False)
+
+    def recall(self, path: str | os.PathLike[str], params: ChunkParams) -> ScannedFile | None:
+        """The remembered scan of `path` cut with `params`, if the file is still what was scanned."""
+        with self._lock:
+            scanned = self._scans.get(os.path.abspath(path))
+        if scanned is None or scanned.params != params:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return scanned if FileIdentity.of(fd) == scanned.identity else None
+        finally:
+            os.close(fd)
+
+
+#: The scans of this process (the publisher's, recalled by the chunk stores its trackers write).
+RECENT_SCANS = RecentScans()
 
 
 def scan_file(
@@ -143,7 +262,7 @@ def scan_file(
             the call (copy what you keep).
 
     Returns:
-        the chunks and the file's sha256.
+        the chunks and the file's sha256; also kept in `RECENT_SCANS`.
 
     Example:
         >>> import tempfile
@@ -162,12 +281,16 @@ def scan_file(
     size = 0
     # A stream, not `cut_file`'s mmap: the read buffer stays bounded however large the checkpoint.
     with open(path, "rb", buffering=0) as stream:
+        before = FileIdentity.of(stream.fileno())
         for piece in cutter.cut_stream(stream):
             data = piece.data
             whole.update(data)
-            ref = ChunkRef(hashlib.sha256(data).hexdigest(), piece.length)
+            ref = ChunkRef(_CHUNK_DIGESTS.digest(data), piece.length)
             chunks.append(ref)
             size += piece.length
             if on_chunk is not None:
                 on_chunk(ref, data)
-    return ScannedFile(size, whole.hexdigest(), params, tuple(chunks))
+        unchanged = FileIdentity.of(stream.fileno()) == before and before.size == size
+    scanned = ScannedFile(size, whole.hexdigest(), params, tuple(chunks), before if unchanged else None)
+    RECENT_SCANS.remember(path, scanned)
+    return scanned

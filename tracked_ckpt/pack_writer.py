@@ -12,11 +12,21 @@ import dataclasses
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from tracked_ckpt.blobstore import BlobNotFoundError, BlobStore
-from tracked_ckpt.chunking import ChunkParams, ChunkRef, average_for_size, scan_file
+from tracked_ckpt.chunking import (
+    RECENT_SCANS,
+    ChunkParams,
+    ChunkRef,
+    FileIdentity,
+    ScannedFile,
+    average_for_size,
+    scan_file,
+)
+from tracked_ckpt.errors import ChecksumError
 from tracked_ckpt.pack_cache import PackCache
 from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkLocation, Manifest, index_to_bytes, parse_condemned
 
@@ -161,6 +171,35 @@ class _PackWriter:
             self._path.unlink(missing_ok=True)
 
 
+def _replay(
+    path: str | os.PathLike[str],
+    scanned: ScannedFile,
+    on_chunk: Callable[[ChunkRef, memoryview], None],
+    wanted: Callable[[ChunkRef], bool],
+) -> None:
+    """Call `on_chunk` for each chunk of an earlier scan of `path`, in order, reading only the `wanted` ones.
+
+    A chunk not wanted is passed with no bytes. The bytes read are not hashed again: the file is
+    the one scanned as long as its identity (inode, size, mtime) is, which is checked after reading.
+
+    Raises:
+        ChecksumError: the file changed since it was scanned.
+    """
+    buffer = memoryview(bytearray(max((chunk.length for chunk in scanned.chunks), default=0)))
+    with open(path, "rb", buffering=0) as stream:
+        for chunk, offset in zip(scanned.chunks, scanned.offsets(), strict=True):
+            if not wanted(chunk):
+                on_chunk(chunk, buffer[:0])
+                continue
+            data, got = buffer[: chunk.length], 0
+            stream.seek(offset)
+            while got < chunk.length and (n := stream.readinto(data[got:])):
+                got += n
+            on_chunk(chunk, data)
+        if FileIdentity.of(stream.fileno()) != scanned.identity:
+            raise ChecksumError(f"{path} was written to while it was being stored: not logged.")
+
+
 def store_file(
     path: str | os.PathLike[str],
     store: BlobStore,
@@ -169,11 +208,15 @@ def store_file(
     name: str | None = None,
     previous: Manifest | None = None,
     pack_size: int = DEFAULT_PACK_SIZE,
+    expected_sha256: str | None = None,
+    label: str | None = None,
 ) -> StoredFile:
     """Put a file in the chunk store: upload the chunks the store lacks, return its manifest.
 
     What the store holds is read from its listing (and its index files, cached in `cache`), never
-    assumed: a chunk whose pack is gone or condemned is uploaded again. The file is read once.
+    assumed: a chunk whose pack is gone or condemned is uploaded again. The file is read once: cut
+    and hashed here, or, if this process just scanned it (`chunking.RECENT_SCANS`, the publisher's
+    pass), only its chunks the store lacks are read.
 
     Args:
         path: the file; it must not change while it is stored.
@@ -183,6 +226,12 @@ def store_file(
         previous: the manifest of the previous version of this file, if any: the file is cut the
             same way when its size allows, so the two share their unchanged chunks.
         pack_size: upload packs of about this many bytes.
+        expected_sha256: the sha256 the file had when it was saved (the record's), if known.
+        label: names the checkpoint in errors (default: the file's path).
+
+    Raises:
+        ChecksumError: the file is not the one saved: its sha256 is not `expected_sha256`, or it
+            changed while it was read. Nothing references the packs uploaded meanwhile (garbage).
 
     Returns:
         the manifest (the caller must keep it: until it does, the new packs are garbage that
@@ -204,11 +253,23 @@ def store_file(
                 held.update(writer.seal())
 
     try:
-        scanned = scan_file(path, params, on_chunk)
+        scanned = RECENT_SCANS.recall(path, params)
+        if scanned is None:
+            scanned = scan_file(path, params, on_chunk)
+        else:  # the publisher's pass cut and hashed it: read only the chunks the store lacks
+            _replay(path, scanned, on_chunk, lambda chunk: chunk.digest not in held)
         held.update(writer.seal())
+    except ChecksumError as exc:
+        writer.abandon()
+        raise ChecksumError(f"{label or path}: {exc}") from None
     except BaseException:
         writer.abandon()
         raise
+    if expected_sha256 is not None and scanned.sha256 != expected_sha256:
+        raise ChecksumError(
+            f"{label or path}: {path} no longer matches the sha256 recorded when it was saved "
+            "(changed or corrupted on disk): not logged."
+        )
     requests += len(writer.sealed)
     if writer.sealed:
         staged = cache.staging_file()

@@ -25,12 +25,14 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from tracked_ckpt import settings
+from tracked_ckpt.chunking import scan_file
 from tracked_ckpt.errors import ChecksumError
 from tracked_ckpt.files import sha256_file
 from tracked_ckpt.progress import Progress, wait_with_progress
+from tracked_ckpt.record import STORAGE_INCREMENTAL
 from tracked_ckpt.requirements import RequirementsResolver
 from tracked_ckpt.spool import Spool, SpoolEntry
-from tracked_ckpt.storage import storage_for_tracker
+from tracked_ckpt.storage import can_chunk, storage_for_tracker
 from tracked_ckpt.tracker import Tracker
 
 logger = logging.getLogger("tracked_ckpt")
@@ -63,6 +65,18 @@ def _restore_thread_priority(value: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
     except OSError as exc:  # an unprivileged thread cannot lower its nice value again
         logger.debug("Upload thread stays at its lower priority while fit waits: %s", exc)
+
+
+def _digest(entry: SpoolEntry) -> tuple[str, int]:
+    """(sha256, size) of an entry's staged file, from the one read it gets on this thread.
+
+    An incremental checkpoint's file is cut into chunks in the same read (`chunking.scan_file`,
+    remembered in `RECENT_SCANS`): its trackers' chunk stores then read only the chunks they lack.
+    """
+    if entry.record.storage == STORAGE_INCREMENTAL and can_chunk():
+        scanned = scan_file(entry.staged_path)
+        return scanned.sha256, scanned.size
+    return sha256_file(entry.staged_path)
 
 
 def stall_timeout_from(value: float | None) -> float:
@@ -351,7 +365,7 @@ class Publisher:
             first_attempt = entry.attempts == 0
             if not entry.record.sha256:
                 # Hashing happens here, not on the training thread: the staged file is frozen.
-                sha, size = sha256_file(entry.staged_path)
+                sha, size = _digest(entry)
                 entry.record = dataclasses.replace(entry.record, sha256=sha, size_bytes=size)
             if entry.record.requirements is None and entry.record.format == "keras":
                 # What the saved config needs beyond Keras, for every tracker alike: read here, off

@@ -259,7 +259,7 @@ def test_online_run_folder_keeps_only_the_newest_version_s_packs(wandb_env, monk
         path = wandb_env / f"f{epoch}"
         path.write_bytes(data)
         artifact = wandb.Artifact("tiny-r1", type="model")
-        folder, stored = writer.build(OnlineRun, "tiny-r1", artifact, str(path), "m.keras", f"e{epoch}")
+        folder, stored = writer.build(OnlineRun, "tiny-r1", artifact, str(path), record_for("m.keras", epoch, data))
         writer.committed(OnlineRun, folder, stored.manifest)
         kept.append(sorted(PackFolder(folder_root).list("packs/")))
         assert kept[-1] == [f"packs/{p}" for p in stored.manifest.packs]
