@@ -329,6 +329,43 @@ def test_writers_do_not_reference_condemned_packs(checkpoints, store, tmp_path):
     assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
 
 
+class _BeforeDelete(LocalFolderStore):
+    """The same folder store, calling `hook` once just before its first delete of a pack."""
+
+    def __init__(self, root: Path, hook) -> None:
+        super().__init__(root)
+        self.hook = hook
+
+    def delete(self, name: str) -> None:
+        if name.startswith(PACKS) and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        super().delete(name)
+
+
+def test_two_collections_at_once_never_delete_what_a_writer_uploads_meanwhile(checkpoints, store, tmp_path):
+    """Collection C reads a pack's old marker; collection D deletes that pack and its marker; a writer,
+    seeing neither, uploads the same chunks and makes its manifest live; then C deletes "the pack".
+    The writer's pack has a name of its own, so C's delete cannot reach it."""
+    cache = PackCache(tmp_path / "cache")
+    path = checkpoints["keras"][0]
+    (pack,) = store_file(path, store, cache).manifest.packs  # its manifest was deleted: garbage
+    collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0)  # condemned
+    live: list[Manifest] = []
+
+    def collection_d_then_a_writer() -> None:
+        assert collect_garbage(store, list, cache, grace_seconds=GRACE, now=T0 + GRACE).deleted == (pack,)
+        assert store.list(PACKS) == store.list(CONDEMNED) == []  # the writer sees no trace of it
+        live.append(store_file(path, store, PackCache(tmp_path / "writer")).manifest)
+
+    collection_c = _BeforeDelete(store.root, collection_d_then_a_writer)
+    collected = collect_garbage(collection_c, lambda: list(live), cache, grace_seconds=GRACE, now=T0 + GRACE)
+
+    assert collected.deleted == (pack,) and live and live[0].packs != (pack,)
+    restored = restore_file(live[0], store, _cold_cache(tmp_path), tmp_path / "restored.keras")
+    assert restored.read_bytes() == path.read_bytes()
+
+
 _KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys

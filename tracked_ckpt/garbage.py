@@ -17,7 +17,7 @@ The guarantee: **no pack a live checkpoint references is ever deleted**, provide
 its manifest live within the grace period of listing the store (every upload does, unless it is
 stuck for a day; a retried upload lists the store again). Each step is one idempotent request in
 an order that is safe to stop anywhere, so killing a collection at any point leaves at worst
-garbage the next run removes. Run one collection at a time per store. Nothing runs it
+garbage the next run removes; two collections at once are safe too. Nothing runs it
 automatically: retention deletes manifests, and space comes back when you run it (e.g. daily).
 
 Example:

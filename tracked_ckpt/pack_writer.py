@@ -84,10 +84,9 @@ class StoredFile:
 
 @dataclasses.dataclass
 class _StoreView:
-    """What a store holds, as its listing confirms: usable chunks, condemned packs, requests made."""
+    """What a store holds, as its listing confirms: usable chunks, requests made."""
 
     held: dict[str, ChunkLocation]
-    condemned: set[str]
     requests: int
 
 
@@ -110,14 +109,14 @@ def _list_store(store: BlobStore, cache: PackCache) -> _StoreView:
         for chunk in chunks:
             if chunk.pack in usable:
                 held.setdefault(chunk.digest, chunk)
-    return _StoreView(held, condemned, requests)
+    return _StoreView(held, requests)
 
 
 class _PackWriter:
     """Packs new chunks into staged files of about `target` bytes and uploads each when full."""
 
-    def __init__(self, store: BlobStore, cache: PackCache, target: int, condemned: set[str]):
-        self.store, self.cache, self.target, self.condemned = store, cache, target, condemned
+    def __init__(self, store: BlobStore, cache: PackCache, target: int):
+        self.store, self.cache, self.target = store, cache, target
         self.sealed: dict[str, list[ChunkLocation]] = {}
         self.new_bytes = 0
         self._file: IO[bytes] | None = None
@@ -149,12 +148,12 @@ class _PackWriter:
         table = hashlib.sha256()
         for chunk in self._chunks:
             table.update(f"{chunk.digest} {chunk.length}\n".encode())
+        # Salted, always: an upload never reuses the name of a pack a collector may be deleting (one
+        # that is condemned, or was deleted after another collector read its marker), so whatever a
+        # collection decided about a name never reaches bytes uploaded after it. A pack's name need
+        # only be unique: readers verify chunks, and writers find chunks through the index files.
+        table.update(f"salt {os.urandom(16).hex()}\n".encode())
         pack = table.hexdigest()
-        if pack in self.condemned:
-            # Same chunks as a pack the collector may be deleting right now: a fresh name, so the
-            # collector's grace runs from this upload (a pack's name need only be unique).
-            table.update(f"salt {os.urandom(16).hex()}\n".encode())
-            pack = table.hexdigest()
         try:
             self.store.put(PACKS + pack, self._path)
             self.cache.adopt(pack, self._path)  # a later restore on this machine downloads nothing
@@ -241,7 +240,7 @@ def store_file(
     held, requests = view.held, view.requests
     size = os.path.getsize(path)
     params = ChunkParams(average_for_size(size, previous.params.average if previous is not None else None))
-    writer = _PackWriter(store, cache, pack_size, view.condemned)
+    writer = _PackWriter(store, cache, pack_size)
     # Chunks are located as they are read; a chunk in the open pack is located when it is sealed.
     order: list[ChunkRef] = []
 

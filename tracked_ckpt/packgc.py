@@ -19,11 +19,11 @@ before its manifest leaves packs that are deleted two runs and `grace` later.
 Every step is one idempotent request, in an order that is safe to stop anywhere: a pack is
 deleted before its markers, and an index file only once every pack it lists is gone, so a run
 killed at any point leaves at worst markers or index files of deleted packs (ignored by writers,
-removed by the next run) or packs still condemned (deleted by the next run). Run one collection at
-a time per store: deleting is idempotent and the oldest marker of a pack counts, but a writer that
-re-uploads a pack under the same name between one run's listing and its delete can lose it to a
-second, concurrent run. Time is the collecting
-machine's clock; `grace` must exceed the clock skew between collectors.
+removed by the next run) or packs still condemned (deleted by the next run). Two runs at once are
+safe: deleting is idempotent, the oldest marker of a pack counts, and a writer never uploads under
+a name a run may be deleting (`pack_writer` salts every pack's name), so a run that read a marker
+before another run removed it can only delete the bytes that marker condemned. Time is the
+collecting machine's clock; `grace` must exceed the clock skew between collectors.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ Layout in the store (restic's and git's packfiles are the model):
     index/<sha256>.json     which chunks the packs of one `store_file` hold, and where
     condemned/<pack>@<t>    marked for collection at unix time t (`tracked_ckpt.packgc`)
 
-A pack is named by the sha256 of its chunk table (each chunk's sha256 and length, in order): with
-chunk digests that is a digest of its content (Merkle-style, as Hugging Face Xet names its
-"xorbs"), computed without another pass over the bytes; salted when that name is condemned (see
-`pack_writer`: names need only be unique, readers verify chunks). Packs and index files are
+A pack is named by the sha256 of its chunk table (each chunk's sha256 and length, in order) and a
+random salt: computed without another pass over the bytes, and never the name of an earlier upload,
+which a garbage collection may be deleting (see `pack_writer`: names need only be unique, readers
+verify chunks). Packs and index files are
 written once and never changed; the index only tells writers what the store holds (what a
 listing of `packs/` confirms: an entry whose pack is not listed, or is condemned, is not used),
 and readers need only the manifest and the packs it names.
