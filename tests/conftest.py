@@ -32,6 +32,24 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def own_server(tmp_path_factory, workdir, monkeypatch):
+    """A server of this test's own, which the test may stop and restart on the same store."""
+    from support.mlflow_server import MlflowServer
+
+    server = MlflowServer(str(tmp_path_factory.mktemp("own-server")))
+    server.start()
+    # MLflow's own HTTP retries back off for minutes (7 tries, factor 2); the spool retries
+    # on its own, so fail fast and let it: recovery follows the server within seconds.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    _use_tracking_uri(monkeypatch, server.url)
+    yield server
+    server.stop()
+    sys.modules["mlflow"].set_tracking_uri(None)
+
+
 @pytest.fixture(scope="session")
 def production_stack(tmp_path_factory):
     """PostgreSQL + S3 (moto) + mlflow server, for the session; skipped only where it cannot exist."""

@@ -28,23 +28,6 @@ class ServerSwitch(keras.callbacks.Callback):
             self.server.start()
 
 
-@pytest.fixture
-def own_server(tmp_path_factory, workdir, monkeypatch):
-    """A server of this test's own, which the test may stop and restart on the same store."""
-    server = MlflowServer(str(tmp_path_factory.mktemp("own-server")))
-    server.start()
-    # MLflow's own HTTP retries back off for minutes (7 tries, factor 2); the spool retries
-    # on its own, so fail fast and let it: recovery follows the server within seconds.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    mlflow.set_tracking_uri(server.url)
-    yield server
-    server.stop()
-    mlflow.set_tracking_uri(None)
-
-
 def only_run():
     (run,) = mlflow.search_runs(experiment_names=["Default"], output_format="list")
     return run
