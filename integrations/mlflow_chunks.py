@@ -35,7 +35,7 @@ from tracked_ckpt.blobstore import BlobStore
 from tracked_ckpt.errors import BlobNotFoundError
 from tracked_ckpt.integrations.mlflow_store import artifact_repository, relocated, without_progress_bar
 from tracked_ckpt.pack_cache import default_pack_cache
-from tracked_ckpt.pack_writer import DEFAULT_PACK_SIZE, StoredFile, store_file
+from tracked_ckpt.pack_writer import DEFAULT_PACK_SIZE, StoredFile, StoreListing, store_file
 from tracked_ckpt.packs import Manifest
 from tracked_ckpt.record import STORAGE_INCREMENTAL, CheckpointRecord, split_checkpoint_name
 
@@ -148,6 +148,8 @@ class IncrementalUploads:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stores: dict[tuple[str, str], BlobStore] = {}
+        # Each store's listing, reused for a minute by the checkpoints of this tracker's fits.
+        self._listings: dict[tuple[str, str], StoreListing] = {}
         # (experiment, base name) -> the manifest of its last checkpoint: the next one is cut the same way.
         self._previous: dict[tuple[str, str], Manifest] = {}
 
@@ -176,6 +178,7 @@ class IncrementalUploads:
         key = (experiment_id, split_checkpoint_name(record.name)[0])
         with self._lock:
             previous = self._previous.get(key)
+            listing = self._listings.setdefault((client.tracking_uri, experiment_id), StoreListing())
         stored = store_file(
             path,
             self.chunk_store(client, experiment_id),
@@ -185,6 +188,7 @@ class IncrementalUploads:
             pack_size=self.pack_size,
             expected_sha256=record.sha256,
             label=record.name,
+            listing=listing,
         )
         with self._lock:
             self._previous[key] = stored.manifest

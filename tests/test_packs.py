@@ -22,7 +22,7 @@ from tracked_ckpt.chunking import ChunkParams, scan_file
 from tracked_ckpt.errors import ChecksumError
 from tracked_ckpt.pack_cache import PackCache
 from tracked_ckpt.pack_reader import restore_file
-from tracked_ckpt.pack_writer import store_file
+from tracked_ckpt.pack_writer import StoreListing, store_file
 from tracked_ckpt.packgc import collect_garbage
 from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkStoreError, Manifest, condemned_marker
 
@@ -260,6 +260,33 @@ def test_a_file_changed_after_its_scan_is_refused_in_one_line(checkpoints, store
     assert store.list(INDEXES) == []  # no index: what was uploaded is garbage nothing references
 
 
+def test_a_listing_is_reused_for_a_minute_and_forgotten_when_a_write_fails(checkpoints, store, tmp_path):
+    """A fit checkpointing every few seconds lists the store once a minute, not three times per checkpoint."""
+    now = [0.0]
+    listing = StoreListing(max_age=60.0, clock=lambda: now[0])
+    cache = PackCache(tmp_path / "cache")
+    first, second, third = checkpoints["keras"]
+
+    stored1 = store_file(first, store, cache, listing=listing)
+    now[0] = 59.0
+    stored2 = store_file(second, store, cache, previous=stored1.manifest, listing=listing)
+    again = store_file(second, store, cache, previous=stored2.manifest, listing=listing)
+
+    assert stored1.requests == 3 + 1 + 1  # listed; a pack and its index put
+    assert stored2.requests == 1 + 1  # the listing, and what this writer added to it, reused
+    assert (again.requests, again.new_bytes, again.manifest) == (0, 0, stored2.manifest)
+    now[0] = 61.0
+    assert store_file(second, store, cache, listing=listing).requests == 3  # too old: listed again
+
+    class Refuses(LocalFolderStore):
+        def put(self, name: str, local_path: Path) -> None:
+            raise OSError("the store refused the upload")
+
+    with pytest.raises(OSError, match="refused"):
+        store_file(third, Refuses(store.root), cache, listing=listing)
+    assert store_file(third, store, cache, listing=listing).requests == 3 + 1 + 1  # listed again after the failure
+
+
 def test_gc_keeps_shared_packs_and_removes_unreferenced_ones_after_grace(checkpoints, store, tmp_path):
     cache = PackCache(tmp_path / "cache")
     manifests: list[Manifest] = []
@@ -371,7 +398,7 @@ _KILLED_WRITER = textwrap.dedent(
     import os, signal, sys
     from tracked_ckpt.blobstore import LocalFolderStore
     from tracked_ckpt.pack_cache import PackCache
-    from tracked_ckpt.pack_writer import store_file
+    from tracked_ckpt.pack_writer import StoreListing, store_file
 
     class DiesAfterFirstPack(LocalFolderStore):
         def put(self, name, local_path):

@@ -1,9 +1,10 @@
 """Writing to the chunk store: `store_file` uploads the chunks of a file the store lacks, in packs.
 
-What the store holds is read from its listing and index files (never assumed), new chunks are
-packed into staged files of about `DEFAULT_PACK_SIZE` and uploaded, then one index file lists
-them; the caller keeps the returned `Manifest`. See `tracked_ckpt.packs` for the layout and the
-guarantees; MLflow's incremental checkpoints are written through it (`integrations/mlflow_chunks`).
+What the store holds is read from its listing and index files (never assumed; a fit reuses one
+listing for a minute, `StoreListing`), new chunks are packed into staged files of about
+`DEFAULT_PACK_SIZE` and uploaded, then one index file lists them; the caller keeps the returned
+`Manifest`. See `tracked_ckpt.packs` for the layout and the guarantees; MLflow's incremental
+checkpoints are written through it (`integrations/mlflow_chunks`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -112,6 +115,50 @@ def _list_store(store: BlobStore, cache: PackCache) -> _StoreView:
     return _StoreView(held, requests)
 
 
+class StoreListing:
+    """What one chunk store held at its last listing, kept for the next writes of this process.
+
+    Listing a store costs three requests (its packs, index files and condemned marks) per
+    checkpoint; a fit writing every few seconds reuses one listing for `max_age` seconds, adding
+    what it uploads itself. That keeps `packgc`'s guarantee, which asks each writer to make its
+    manifest live within the collection's grace period (24 hours by default) of *listing* the
+    store: a minute-old listing is still far inside it. What it can miss is another writer's new
+    packs (dedup, not safety). A write that fails forgets the listing: the retry lists again.
+
+    Args:
+        max_age: seconds a listing is reused.
+        clock: the time source (monotonic seconds).
+    """
+
+    def __init__(self, max_age: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.max_age, self._clock = max_age, clock
+        self._held: dict[str, ChunkLocation] | None = None
+        self._listed_at = 0.0
+        self._lock = threading.Lock()
+
+    def view(self, store: BlobStore, cache: PackCache) -> _StoreView:
+        """The chunks the store holds: from the kept listing while it is fresh, else listed now."""
+        with self._lock:
+            if self._held is not None and self._clock() - self._listed_at < self.max_age:
+                return _StoreView(dict(self._held), 0)
+        listed_at = self._clock()
+        view = _list_store(store, cache)
+        with self._lock:
+            self._held, self._listed_at = dict(view.held), listed_at
+        return view
+
+    def written(self, held: Mapping[str, ChunkLocation]) -> None:
+        """A write succeeded: the store now also holds its chunks (the listing keeps its age)."""
+        with self._lock:
+            if self._held is not None:
+                self._held.update(held)
+
+    def forget(self) -> None:
+        """A write failed: list again next time."""
+        with self._lock:
+            self._held = None
+
+
 class _PackWriter:
     """Packs new chunks into staged files of about `target` bytes and uploads each when full."""
 
@@ -209,6 +256,7 @@ def store_file(
     pack_size: int = DEFAULT_PACK_SIZE,
     expected_sha256: str | None = None,
     label: str | None = None,
+    listing: StoreListing | None = None,
 ) -> StoredFile:
     """Put a file in the chunk store: upload the chunks the store lacks, return its manifest.
 
@@ -227,6 +275,7 @@ def store_file(
         pack_size: upload packs of about this many bytes.
         expected_sha256: the sha256 the file had when it was saved (the record's), if known.
         label: names the checkpoint in errors (default: the file's path).
+        listing: reuse this process's recent listing of `store` (`StoreListing`); default: list it now.
 
     Raises:
         ChecksumError: the file is not the one saved: its sha256 is not `expected_sha256`, or it
@@ -236,7 +285,7 @@ def store_file(
         the manifest (the caller must keep it: until it does, the new packs are garbage that
         `packgc.collect_garbage` may remove after its grace period) and what the write cost.
     """
-    view = _list_store(store, cache)
+    view = listing.view(store, cache) if listing is not None else _list_store(store, cache)
     held, requests = view.held, view.requests
     size = os.path.getsize(path)
     params = ChunkParams(average_for_size(size, previous.params.average if previous is not None else None))
@@ -263,6 +312,8 @@ def store_file(
         raise ChecksumError(f"{label or path}: {exc}") from None
     except BaseException:
         writer.abandon()
+        if listing is not None:
+            listing.forget()
         raise
     if expected_sha256 is not None and scanned.sha256 != expected_sha256:
         raise ChecksumError(
@@ -279,8 +330,14 @@ def store_file(
             store.put(index_name, staged)
             requests += 1
             cache.adopt_index(index_name, staged)
+        except BaseException:
+            if listing is not None:
+                listing.forget()
+            raise
         finally:
             staged.unlink(missing_ok=True)
+    if listing is not None:
+        listing.written(held)
     cache.trim()
     manifest = Manifest(
         name or Path(path).name,
