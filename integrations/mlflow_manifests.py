@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mlflow.entities import LoggedModel
+from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.tracking import MlflowClient
@@ -45,7 +45,7 @@ from tracked_ckpt.integrations.mlflow_store import (
     relocated,
     without_progress_bar,
 )
-from tracked_ckpt.pack_cache import default_pack_cache
+from tracked_ckpt.pack_cache import PackCache, default_pack_cache
 from tracked_ckpt.pack_reader import restore_file
 from tracked_ckpt.packgc import StoreCollected, collect_garbage
 from tracked_ckpt.packs import PACKS, Manifest
@@ -68,28 +68,41 @@ def model_file_artifact(record: CheckpointRecord) -> str:
     return f"{KERAS_DATA_DIR}/model.keras" if record.format == "keras" else os.path.basename(record.filepath)
 
 
-def read_manifest(repository: ArtifactRepository, what: str) -> Manifest | None:
+def read_manifest(
+    repository: ArtifactRepository, what: str, *, cache: PackCache | None = None, final_id: str | None = None
+) -> Manifest | None:
     """The manifest a LoggedModel's artifacts hold, or None if it holds none (yet).
+
+    Args:
+        repository: the LoggedModel's artifact repository.
+        what: names the checkpoint in errors.
+        cache: with `final_id`, keeps the manifest in this local cache, and reads it from there next time.
+        final_id: the LoggedModel's id, given only when its manifest can no longer change (READY).
 
     Raises:
         ChunkStoreError: the manifest is there but cannot be read as one (one line naming `what`).
         MlflowException, OSError: the store failed to answer (it is not taken for "no manifest").
     """
-    with tempfile.TemporaryDirectory(prefix="tracked-ckpt-manifest-") as tmp:
-        try:
-            with without_progress_bar():
-                path = repository.download_artifacts(MANIFEST_ARTIFACT, dst_path=tmp)
-        except (MlflowException, OSError):
-            if not any(posixpath.basename(e.path) == MANIFEST_ARTIFACT for e in repository.list_artifacts(None)):
-                return None
-            raise
-        try:
-            return Manifest.from_bytes(Path(path).read_bytes())
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise ChunkStoreError(
-                f"{what} cannot be rebuilt: its {MANIFEST_ARTIFACT} is unreadable ({exc}); load another "
-                "version of this checkpoint, or log it again"
-            ) from exc
+    data = cache.manifest(final_id) if cache is not None and final_id else None
+    if data is None:
+        with tempfile.TemporaryDirectory(prefix="tracked-ckpt-manifest-") as tmp:
+            try:
+                with without_progress_bar():
+                    path = repository.download_artifacts(MANIFEST_ARTIFACT, dst_path=tmp)
+            except (MlflowException, OSError):
+                if not any(posixpath.basename(e.path) == MANIFEST_ARTIFACT for e in repository.list_artifacts(None)):
+                    return None
+                raise
+            data = Path(path).read_bytes()
+        if cache is not None and final_id:
+            cache.keep_manifest(final_id, data)
+    try:
+        return Manifest.from_bytes(data)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ChunkStoreError(
+            f"{what} cannot be rebuilt: its {MANIFEST_ARTIFACT} is unreadable ({exc}); load another "
+            "version of this checkpoint, or log it again"
+        ) from exc
 
 
 def restore_checkpoint(client: MlflowClient, checkpoint: LoggedCheckpoint, directory: str) -> str:
@@ -194,6 +207,7 @@ def collect_experiment_garbage(client: MlflowClient, experiment_id: str, *, grac
     except (MlflowException, OSError):
         sizes = {}  # no chunk store yet: nothing to free
     found: list[int] = []
+    cache = default_pack_cache()
 
     def live_manifests() -> list[Manifest]:
         manifests = []
@@ -206,8 +220,10 @@ def collect_experiment_garbage(client: MlflowClient, experiment_id: str, *, grac
             for model in page:
                 what = f"{model.name} ({model.model_id})"
                 repository = artifact_repository(client, relocated(model.artifact_location, client.tracking_uri))
+                # A READY model's manifest never changes: each is downloaded once, by the first run.
+                final_id = model.model_id if model.status == LoggedModelStatus.READY else None
                 try:
-                    manifest = read_manifest(repository, what)
+                    manifest = read_manifest(repository, what, cache=cache, final_id=final_id)
                 except ChunkStoreError as exc:  # its packs are unknown: none may be deleted
                     raise TrackerError(
                         f"Garbage collection stopped before deleting anything: the {MANIFEST_ARTIFACT} of {what} "
@@ -220,7 +236,7 @@ def collect_experiment_garbage(client: MlflowClient, experiment_id: str, *, grac
         found.append(len(manifests))
         return manifests
 
-    collected = collect_garbage(store, live_manifests, default_pack_cache(), grace_seconds=grace_seconds)
+    collected = collect_garbage(store, live_manifests, cache, grace_seconds=grace_seconds)
     return StoreCollected(
         store.label, found[0] if found else 0, collected, sum(sizes.get(pack, 0) for pack in collected.deleted)
     )

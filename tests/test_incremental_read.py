@@ -25,6 +25,7 @@ import pytest
 from mlflow.entities import LoggedModelStatus
 from support.helpers import child, make_data, make_model, sha256
 from support.incremental import incremental_record, log_incremental
+from support.tcp_proxy import TcpProxy
 
 import tracked_ckpt
 from tracked_ckpt import ChunkStoreError, TrackerError, cli
@@ -407,6 +408,29 @@ def test_deleting_keeps_shared_packs_and_gc_frees_the_rest_while_another_process
     assert sorted(c.record.name for c in left) == ["net-e0003", "writer-e0001"]
     for found in left:
         assert sha256(tracked_ckpt.download_checkpoint(checkpoint=found)) == found.record.sha256
+
+
+def test_gc_downloads_a_ready_checkpoint_s_manifest_once(server_store, workdir, epochs, monkeypatch):
+    """A READY LoggedModel's manifest never changes: gc keeps it in the local cache after its first run."""
+    client = mlflow.MlflowClient()
+    experiment = "incremental-gc-manifests"
+    _, run_id = new_run(client, experiment)
+    ids = [log(client, run_id, epochs["keras"][e], e, PackCache(workdir / "writer-cache")) for e in range(2)]
+    manifest_downloads = []
+    with TcpProxy(server_store) as proxy:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+        mlflow.set_tracking_uri(proxy.url)
+        for _ in range(2):
+            proxy.reset()
+            (collected,) = tracked_ckpt.collect_garbage(experiment=experiment, grace_seconds=3600)
+            assert collected.checkpoints == 2 and not collected.collected.condemned
+            manifest_downloads.append(sum("checkpoint.manifest.json" in path for _, path in proxy.requests))
+
+    mlflow.set_tracking_uri(server_store)
+    assert manifest_downloads[0] >= len(ids) and manifest_downloads[1] == 0  # requests naming a manifest
+    for model_id in ids:
+        manifest_packs(client, model_id, workdir)  # downloads it into workdir/<model id>
+        assert default_pack_cache().manifest(model_id) == (workdir / model_id / "checkpoint.manifest.json").read_bytes()
 
 
 def test_resume_by_job_key_continues_from_an_incremental_checkpoint(embedded_store, workdir, monkeypatch):

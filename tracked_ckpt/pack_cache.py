@@ -1,4 +1,4 @@
-"""The local side of the chunk store: a bounded cache of packs and index files (`PackCache`).
+"""The local side of the chunk store: a bounded cache of packs, index files and final manifests (`PackCache`).
 
 Both `pack_writer` (packs it uploads, index files it reads) and `pack_reader` (packs it downloads)
 go through it; `default_pack_cache` is the one every tracker uses (see `tracked_ckpt.packs`).
@@ -34,7 +34,8 @@ class PackCache:
         self._packs = self.root / "packs"
         self._indexes = self.root / "index"
         self._staging = self.root / "staging"
-        for folder in (self._packs, self._indexes, self._staging):
+        self._manifests = self.root / "manifests"
+        for folder in (self._packs, self._indexes, self._staging, self._manifests):
             folder.mkdir(parents=True, exist_ok=True)
         self._parsed: dict[str, list[ChunkLocation]] = {}
 
@@ -112,10 +113,26 @@ class PackCache:
         self._parsed[name] = index_from_bytes(cached.read_bytes())
         return self._parsed[name], downloaded
 
+    def manifest(self, key: str) -> bytes | None:
+        """The manifest kept under `key` by `keep_manifest`, or None."""
+        with contextlib.suppress(FileNotFoundError):
+            return (self._manifests / _file_name(key)).read_bytes()
+        return None
+
+    def keep_manifest(self, key: str, data: bytes) -> None:
+        """Keep a manifest that can no longer change under `key` (e.g. a READY LoggedModel's id).
+
+        `tracked-ckpt gc` reads every live manifest of a store each run: kept here, each is
+        downloaded once. Evicted by `trim` with the packs, least recently used first.
+        """
+        staged = self.staging_file()
+        staged.write_bytes(data)
+        os.replace(staged, self._manifests / _file_name(key))
+
     def trim(self) -> None:
-        """Evict the least recently used packs until the cache holds at most `max_bytes`."""
+        """Evict the least recently used packs and manifests until the cache holds at most `max_bytes`."""
         entries = []
-        for path in self._packs.iterdir():
+        for path in (*self._packs.iterdir(), *self._manifests.iterdir()):
             with contextlib.suppress(FileNotFoundError):  # another process evicted it meanwhile
                 status = path.stat()
                 entries.append((status.st_mtime, status.st_size, path))
@@ -125,6 +142,11 @@ class PackCache:
                 break
             path.unlink(missing_ok=True)
             total -= size
+
+
+def _file_name(key: str) -> str:
+    """A file name for any key: its sha256."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def default_pack_cache() -> PackCache:
