@@ -18,6 +18,7 @@ import pytest
 from tracked_ckpt.blobstore import LocalFolderStore
 from tracked_ckpt.chunking import ChunkParams
 from tracked_ckpt.errors import ChecksumError
+from tracked_ckpt.files import written_sha256
 from tracked_ckpt.pack_cache import CorruptPackError, PackCache
 from tracked_ckpt.pack_reader import restore_file
 from tracked_ckpt.pack_writer import store_file
@@ -309,6 +310,19 @@ def test_a_truncated_pack_fails_as_corrupt(store, tmp_path):
 
     with pytest.raises(ChunkStoreError, match=rf"in pack {pack} of the chunk store is corrupt"):
         restore_file(manifest, store, _cold_cache(tmp_path), tmp_path / "restored.bin")
+
+
+def test_a_restored_file_is_known_by_its_sha256_until_it_changes(checkpoints, store, tmp_path):
+    """The download cache takes a rebuilt file's sha256 from the rebuild instead of hashing it again."""
+    manifest = store_file(checkpoints["h5"][0], store, PackCache(tmp_path / "writer")).manifest
+    restored = restore_file(manifest, store, _cold_cache(tmp_path), tmp_path / "restored.h5")
+    moved = restored.rename(tmp_path / "moved.h5")  # as the download cache moves it into place
+
+    assert written_sha256(moved) == manifest.sha256
+    with open(moved, "ab") as f:
+        f.write(b"\0")
+    assert written_sha256(moved) is None
+    assert written_sha256(tmp_path / "absent.h5") is None
 
 
 def test_a_missing_pack_fails_in_one_line(checkpoints, store, tmp_path):

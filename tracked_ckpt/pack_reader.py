@@ -11,7 +11,9 @@ over a second):
   (`PackCache.open_pack`); a bad one fails the restore and the pack is not kept.
 * The rebuilt file: its sha256, computed as it is written, against the manifest's. This is the
   gate: `destination` appears only if it matches. Chunks are not hashed one by one on this
-  path, so a second version whose packs are cached costs one hash pass and one copy.
+  path, so a second version whose packs are cached costs one hash pass and one copy; the
+  download cache takes that hash (`files.note_written_sha256`) instead of making a pass of its
+  own.
 * Only if the whole file does not match are the chunks checked one by one: a cached pack with a
   bad chunk is dropped and downloaded again (and checked) once, and the file is rebuilt; if it
   still fails, a one-line `ChunkStoreError` names the checkpoint and what to do.
@@ -34,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from tracked_ckpt.blobstore import BlobNotFoundError, BlobStore
+from tracked_ckpt.files import note_written_sha256
 from tracked_ckpt.pack_cache import BLOCK_BYTES, CorruptPackError, PackCache, first_bad_chunk, read_into
 from tracked_ckpt.packs import ChunkLocation, ChunkStoreError, Manifest
 
@@ -166,6 +169,7 @@ def restore_file(
                 cache.discard(pack)
                 open_source(pack)
         os.replace(temporary, destination)
+        note_written_sha256(destination, manifest.sha256)  # the download cache need not hash it again
     finally:
         for source in sources.values():
             source.close()
