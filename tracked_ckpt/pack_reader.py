@@ -114,12 +114,13 @@ def restore_file(
     what = label or manifest.name
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    os.close(handle)
     needs: dict[str, list[ChunkLocation]] = {}
     for chunk in manifest.chunks:
         needs.setdefault(chunk.pack, []).append(chunk)
     sources: dict[str, io.FileIO] = {}
+    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+    # Written through this descriptor, never reopened: ext4 flushes a file truncated to 0 as it closes (0.4 s a GB).
+    out = os.fdopen(handle, "wb", buffering=0)
 
     def corrupt(pack: str, chunk: ChunkLocation) -> ChunkStoreError:
         cache.discard(pack)
@@ -139,9 +140,11 @@ def restore_file(
         except CorruptPackError as exc:
             raise corrupt(pack, exc.chunk) from None
 
-    def rebuilt() -> bool:
-        with open(temporary, "wb", buffering=0) as out:
-            return _copy(_runs(manifest.chunks), sources, out) == manifest.sha256
+    def rebuilt(again: bool) -> bool:
+        if again:
+            out.seek(0)
+            out.truncate()
+        return _copy(_runs(manifest.chunks), sources, out) == manifest.sha256
 
     def bad_chunks() -> dict[str, ChunkLocation]:
         checks = {pack: first_bad_chunk(sources[pack], chunks) for pack, chunks in needs.items()}
@@ -151,7 +154,7 @@ def restore_file(
         for pack in needs:
             open_source(pack)
         for attempt in range(2):
-            if rebuilt():
+            if rebuilt(again=attempt > 0):
                 break
             bad = bad_chunks()
             if not bad:
@@ -168,9 +171,11 @@ def restore_file(
                 sources.pop(pack).close()
                 cache.discard(pack)
                 open_source(pack)
+        out.close()
         os.replace(temporary, destination)
         note_written_sha256(destination, manifest.sha256)  # the download cache need not hash it again
     finally:
+        out.close()
         for source in sources.values():
             source.close()
         Path(temporary).unlink(missing_ok=True)
