@@ -7,8 +7,8 @@ Every pack enters the cache verified once: the writer's from the bytes it hashed
 them, a downloaded one by checking, before it is adopted, each chunk the downloading reader needs
 against its digest (`open_pack`). The pack was just written, so this reads it from the page
 cache and costs one sha256 pass over the downloaded bytes, the pass the reader used to make chunk
-by chunk while rebuilding: a cold restore is no slower (2.1 s against 2.3 s before, 1.07 GB from
-a local folder store), and the cache never holds a pack no one checked. A pack is named by its
+by chunk while rebuilding: a cold load is no slower (`download_checkpoint` of 1 GB from MLflow's
+embedded store: 3.0 s against 4.3 s before), and the cache never holds a pack no one checked. A pack is named by its
 chunk table, not its bytes, and a manifest lists only the chunks it uses, so chunks of a pack no
 reader has asked for yet are not checked on the way in; what keeps a bad byte from being served
 is the reader's check of the whole file (`pack_reader`), which also catches a cached pack
@@ -31,15 +31,6 @@ from tracked_ckpt.packs import INDEXES, PACKS, ChunkLocation, checked_digest, in
 
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024 * 1024
 BLOCK_BYTES = 8 * 1024 * 1024  # what a reader of packs reads at a time
-
-
-class CorruptPackError(ValueError):
-    """A downloaded pack holds a chunk that does not match its digest (the pack was not kept)."""
-
-    def __init__(self, pack: str, chunk: ChunkLocation):
-        super().__init__(f"chunk {chunk.digest} in pack {pack} does not match its digest")
-        self.pack = pack
-        self.chunk = chunk
 
 
 def read_into(source: io.FileIO, view: memoryview) -> int:
@@ -125,7 +116,8 @@ class PackCache:
 
         Raises:
             BlobNotFoundError: the store has no such pack.
-            CorruptPackError: a chunk of `chunks` does not match its digest in the downloaded pack.
+            ValueError: a chunk of `chunks` does not match its digest in the downloaded pack (the
+                message names it: "chunk ... in pack ... of the chunk store is corrupt").
         """
         path = self._packs / checked_digest(pack)
         with contextlib.suppress(FileNotFoundError):
@@ -140,7 +132,7 @@ class PackCache:
             try:
                 bad = first_bad_chunk(handle, chunks)
                 if bad is not None:
-                    raise CorruptPackError(pack, bad)
+                    raise ValueError(f"chunk {bad.digest} in pack {pack} of the chunk store is corrupt")
                 self.adopt(pack, staged)
             except BaseException:
                 handle.close()

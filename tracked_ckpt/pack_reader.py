@@ -21,7 +21,10 @@ over a second):
 The copy reads each run of chunks that lie one after another in the same pack (a frozen model's
 unchanged chunks do) in blocks into a few reusable buffers, and hashes each block on a thread
 of its own while the next is read and written (hashlib releases the GIL): the wall time is about
-the hash pass alone, not the hash pass plus the copy.
+the hash pass alone, not the hash pass plus the copy. Measured (`download_checkpoint` of the
+version before the newest of a 1 GB frozen-base `.keras`, MLflow's embedded store, medians of 7
+on a shared 2-core machine): 0.93 s wall, 1.55 CPU s, against 3.05 s before (two hash passes
+here, a third in the download cache); the cold load of the newest takes 3.0 s.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 
 from tracked_ckpt.blobstore import BlobNotFoundError, BlobStore
 from tracked_ckpt.files import note_written_sha256
-from tracked_ckpt.pack_cache import BLOCK_BYTES, CorruptPackError, PackCache, first_bad_chunk, read_into
+from tracked_ckpt.pack_cache import BLOCK_BYTES, PackCache, first_bad_chunk, read_into
 from tracked_ckpt.packs import ChunkLocation, ChunkStoreError, Manifest
 
 logger = logging.getLogger("tracked_ckpt")
@@ -122,11 +125,9 @@ def restore_file(
     # Written through this descriptor, never reopened: ext4 flushes a file truncated to 0 as it closes (0.4 s a GB).
     out = os.fdopen(handle, "wb", buffering=0)
 
-    def corrupt(pack: str, chunk: ChunkLocation) -> ChunkStoreError:
-        cache.discard(pack)
+    def corrupt(problem: str) -> ChunkStoreError:
         return ChunkStoreError(
-            f"{what} cannot be rebuilt: chunk {chunk.digest} in pack {pack} of the chunk store is corrupt; "
-            "load another version of this checkpoint, or log it again"
+            f"{what} cannot be rebuilt: {problem}; load another version of this checkpoint, or log it again"
         )
 
     def open_source(pack: str) -> None:
@@ -137,8 +138,8 @@ def restore_file(
                 f"{what} cannot be rebuilt: pack {pack} is missing from the chunk store; "
                 "load another version of this checkpoint, or log it again from the original file"
             ) from None
-        except CorruptPackError as exc:
-            raise corrupt(pack, exc.chunk) from None
+        except ValueError as exc:  # a chunk of the downloaded pack is bad: it was not kept
+            raise corrupt(str(exc)) from None
 
     def rebuilt(again: bool) -> bool:
         if again:
@@ -158,14 +159,12 @@ def restore_file(
                 break
             bad = bad_chunks()
             if not bad:
-                raise ChunkStoreError(
-                    f"{what} cannot be rebuilt: its chunks do not add up to the recorded sha256 (the manifest is "
-                    "inconsistent); load another version of this checkpoint, or log it again"
-                )
+                raise corrupt("its chunks do not add up to the recorded sha256 (the manifest is inconsistent)")
             if attempt:  # downloaded again and still bad
                 for pack in bad:
                     cache.discard(pack)
-                raise corrupt(*next(iter(bad.items())))
+                pack, chunk = next(iter(bad.items()))
+                raise corrupt(f"chunk {chunk.digest} in pack {pack} of the chunk store is corrupt")
             for pack in bad:  # the cached copy went bad: fetch the store's, checked
                 logger.warning("chunk store: cached pack %s is corrupt; downloading it again", pack)
                 sources.pop(pack).close()
