@@ -30,6 +30,9 @@ nox.options.error_on_missing_interpreters = True  # a session that cannot run mu
 
 NEWEST_PYTHON = "3.13"
 TRACKER_EXTRAS = ("mlflow", "wandb")
+# The floor also installs pyfastcdc (the `incremental` extra) at its floor, 0.3.1 (constraints.txt's pin):
+# the incremental W&B fit below runs on the oldest W&B and Python too.
+FLOOR_EXTRAS = (*TRACKER_EXTRAS, "incremental")
 # Declared floors that the trackers' own dependencies raise far above ours, so they cannot be installed
 # together: typing_extensions 4.4 (`override`) against pydantic, alembic and optree, which need 4.10 to 4.16.
 FLOOR_SET_BY_OTHERS = ("typing-extensions",)
@@ -55,15 +58,19 @@ TESTS = [
     "tests/integrations/test_wandb_offline.py::test_an_offline_fit_is_listed_ranked_and_loaded_from_its_folder",
     "tests/integrations/test_wandb_offline.py::test_a_log_cut_anywhere_reads_as_the_checkpoints_written_before_the_cut",
 ]
+# Only where the `incremental` extra is installed (the test skips without pyfastcdc).
+FLOOR_ONLY_TESTS = [
+    "tests/integrations/test_wandb.py::test_a_fit_with_incremental_storage_logs_manifests_and_loads_back_offline",
+]
 
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyproject.toml"), "rb") as _f:
     PROJECT = tomllib.load(_f)["project"]
 
 
 def declared_requirements() -> list[Requirement]:
-    """The core dependencies and those of the tracker extras, as pyproject.toml declares them."""
+    """The core dependencies and those of the floor's extras, as pyproject.toml declares them."""
     lines = PROJECT["dependencies"] + [
-        line for extra in TRACKER_EXTRAS for line in PROJECT["optional-dependencies"][extra]
+        line for extra in FLOOR_EXTRAS for line in PROJECT["optional-dependencies"][extra]
     ]
     return [Requirement(line) for line in lines if not line.startswith(PROJECT["name"])]
 
@@ -102,7 +109,7 @@ FLOOR_PYTHON = oldest_python()
 _put_pyenv_pythons_on_path(FLOOR_PYTHON, NEWEST_PYTHON)
 
 
-def run_tests(session: nox.Session) -> None:
+def run_tests(session: nox.Session, *tests: str) -> None:
     session.run(
         "python",
         "-c",
@@ -116,6 +123,7 @@ def run_tests(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         *TESTS,
+        *tests,
         *session.posargs,
         env={"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
@@ -123,12 +131,12 @@ def run_tests(session: nox.Session) -> None:
 
 @nox.session(python=FLOOR_PYTHON)
 def floor(session: nox.Session) -> None:
-    """The oldest Python and the lowest declared version of keras, mlflow, wandb, GitPython, tqdm."""
+    """The oldest Python and the lowest declared version of keras, mlflow, wandb, GitPython, tqdm, pyfastcdc."""
     constraints = os.path.join(session.create_tmp(), "floor-constraints.txt")
     with open(constraints, "w") as f:
         f.write("\n".join(floor_pins()) + "\n")
-    session.install("-c", constraints, f".[{','.join(TRACKER_EXTRAS)}]", *TEST_TOOLS)
-    run_tests(session)
+    session.install("-c", constraints, f".[{','.join(FLOOR_EXTRAS)}]", *TEST_TOOLS)
+    run_tests(session, *FLOOR_ONLY_TESTS)
 
 
 @nox.session(python=NEWEST_PYTHON)

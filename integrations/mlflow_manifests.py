@@ -7,9 +7,9 @@ file; the file's chunks are in the experiment's chunk store (`mlflow_chunks`). H
 
 - `restore_checkpoint` rebuilds the byte-identical file from the manifest, through this machine's
   pack cache (`tracked_ckpt.pack_cache.default_pack_cache`), so only the packs it lacks are
-  downloaded, and every chunk and the whole file are verified (`tracked_ckpt.pack_reader`). It is
-  what the registry's `fetch` does for such a checkpoint, so `load_model`, `download_checkpoint`,
-  `tracked-ckpt pull` and resume by job key all go through it.
+  downloaded (their chunks checked), and the file is verified against its sha256
+  (`tracked_ckpt.pack_reader`). It is what the registry's `fetch` does for such a checkpoint, so
+  `load_model`, `download_checkpoint`, `tracked-ckpt pull` and resume by job key all go through it.
 - `materialize` writes the complete MLflow model (the keras flavor's folder, as `mlflow_model`
   builds it for a full checkpoint) into the same LoggedModel before it is registered, once, so
   that `models:/NAME@alias` is a normal model for `mlflow.pyfunc`, `mlflow.keras` and

@@ -26,7 +26,7 @@ W&B computes an MD5 of every file added to a version; a pack's is computed once 
 added) and its entry reused for later versions, so a version hashes its new bytes only.
 
 Reading (`fetch_incremental`): the manifest is downloaded, then only the packs the local pack
-cache lacks (`pack_reader.restore_file`, which verifies every chunk and the whole file).
+cache lacks (`pack_reader.restore_file`, which checks their chunks and the whole file's sha256).
 
 Not on W&B: dedup across collections. W&B stores a file under its collection (storage layout
 V2: `artifactsV2/<region>/<entity>/<project>/<collection>/<birth artifact id>/<md5>`, wandb 0.31
@@ -313,8 +313,8 @@ def restore_from_files(files: dict[str, str], label: str, directory: str) -> str
 def fetch_incremental(artifact: Any, label: str, directory: str, cache: PackCache | None = None) -> str:
     """Rebuild an incremental version's checkpoint file in `directory`; return its path.
 
-    Downloads the version's manifest, then the packs the pack cache lacks; every chunk and the
-    whole file are verified (`pack_reader.restore_file`).
+    Downloads the version's manifest, then the packs the pack cache lacks (their chunks checked);
+    the file is verified against its sha256 (`pack_reader.restore_file`).
 
     Raises:
         ChunkStoreError: the version has no readable manifest, or a pack is missing or corrupt

@@ -137,7 +137,7 @@ class WandbRegistry(WandbVersions, WandbJobKeys):
 
         An offline run's checkpoint is copied from the run's folder. An incremental version (a
         manifest and packs, `wandb_chunks`) is rebuilt from the packs the local pack cache lacks,
-        every chunk and the whole file verified.
+        the file verified against its sha256 (`pack_reader.restore_file`).
         """
         if checkpoint.extra.get("offline_run_dir"):
             return wandb_offline.copy_file(checkpoint, directory)

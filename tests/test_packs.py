@@ -20,11 +20,12 @@ from support.io_counters import bytes_read
 from tracked_ckpt.blobstore import LocalFolderStore
 from tracked_ckpt.chunking import ChunkParams, scan_file
 from tracked_ckpt.errors import ChecksumError
+from tracked_ckpt.files import written_sha256
 from tracked_ckpt.pack_cache import PackCache
 from tracked_ckpt.pack_reader import restore_file
 from tracked_ckpt.pack_writer import StoreListing, store_file
 from tracked_ckpt.packgc import collect_garbage
-from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkStoreError, Manifest, condemned_marker
+from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkLocation, ChunkStoreError, Manifest, condemned_marker
 
 GRACE = 3600.0
 T0 = 1_800_000_000.0
@@ -201,6 +202,128 @@ def test_a_corrupt_cached_pack_is_replaced_from_the_store(checkpoints, store, tm
 
     assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
     assert cached.read_bytes() == _pack_path(store, pack).read_bytes()
+
+
+def _two_pack_manifest(path: Path, store: LocalFolderStore, cache: PackCache) -> Manifest:
+    manifest = store_file(path, store, cache, pack_size=path.stat().st_size // 2).manifest
+    assert len(manifest.packs) == 2
+    return manifest
+
+
+def _flip_a_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_only_the_cached_pack_whose_chunk_fails_is_downloaded_again(checkpoints, store, tmp_path, caplog):
+    """The whole file's sha256 fails, the chunks are checked one by one, and the bad pack alone is fetched."""
+    path = checkpoints["keras"][0]
+    cache = PackCache(tmp_path / "cache")
+    manifest = _two_pack_manifest(path, store, cache)  # the writer keeps both packs in the cache
+    bad, good = (cache.root / "packs" / pack for pack in manifest.packs)
+    _flip_a_byte(bad, bad.stat().st_size // 2)
+    kept = good.stat().st_ino
+
+    with caplog.at_level("WARNING", logger="tracked_ckpt"):
+        restore_file(manifest, store, cache, tmp_path / "restored.keras")
+
+    assert (tmp_path / "restored.keras").read_bytes() == path.read_bytes()
+    assert bad.read_bytes() == _pack_path(store, bad.name).read_bytes()  # replaced from the store
+    assert good.stat().st_ino == kept  # not downloaded again
+    assert [r.getMessage() for r in caplog.records] == [
+        f"chunk store: cached pack {bad.name} is corrupt; downloading it again"
+    ]
+
+
+def test_a_cached_pack_bad_in_the_store_too_fails_in_one_line_and_is_not_kept(checkpoints, store, tmp_path):
+    path = checkpoints["keras"][0]
+    cache = PackCache(tmp_path / "cache")
+    manifest = _two_pack_manifest(path, store, cache)
+    pack = manifest.packs[1]
+    _flip_a_byte(cache.root / "packs" / pack, 10)
+    _flip_a_byte(_pack_path(store, pack), 10)
+    destination = tmp_path / "out" / "restored.keras"
+
+    with pytest.raises(ChunkStoreError) as caught:
+        restore_file(manifest, store, cache, destination, label="digits-classifier v4")
+
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("digits-classifier v4 cannot be rebuilt: chunk ")
+    assert f"in pack {pack} of the chunk store is corrupt; load another version" in message
+    assert not cache.has(pack) and cache.has(manifest.packs[0])  # the intact pack stays
+    assert list(destination.parent.iterdir()) == []  # no file, no temporary left
+    assert list((cache.root / "staging").iterdir()) == []
+
+
+def test_a_downloaded_pack_enters_the_cache_only_once_its_chunks_are_checked(checkpoints, store, tmp_path):
+    path = checkpoints["h5"][0]
+    manifest = store_file(path, store, PackCache(tmp_path / "writer")).manifest
+    (pack,) = manifest.packs
+    _flip_a_byte(_pack_path(store, pack), manifest.chunks[-1].offset)
+    cache = _cold_cache(tmp_path)
+
+    with pytest.raises(ValueError, match=rf"^chunk {manifest.chunks[-1].digest} in pack {pack} of the chunk store is"):
+        cache.open_pack(store, pack, manifest.chunks)
+
+    assert not cache.has(pack) and list((cache.root / "staging").iterdir()) == []
+    source, downloaded = cache.open_pack(store, pack, manifest.chunks[:-1])  # the chunks asked for are intact
+    source.close()
+    assert downloaded and cache.has(pack)
+
+
+def test_a_manifest_whose_chunks_do_not_add_up_fails_without_dropping_good_packs(checkpoints, store, tmp_path):
+    path = checkpoints["keras"][0]
+    cache = PackCache(tmp_path / "cache")
+    manifest = store_file(path, store, cache).manifest
+    wrong = Manifest.from_json({**manifest.to_json(), "sha256": "0" * 64})
+
+    with pytest.raises(ChunkStoreError, match=r"^epoch0\.keras cannot be rebuilt: its chunks do not add up"):
+        restore_file(wrong, store, cache, tmp_path / "restored.keras")
+    assert all(cache.has(pack) for pack in manifest.packs)
+
+
+def test_chunks_in_any_order_across_packs_rebuild_byte_identical(store, tmp_path):
+    """Chunks adjacent in a pack are read at once; one used twice, or out of order, is copied where it goes."""
+    pieces = {name: bytes([65 + i]) * (3000 + 1000 * i) for i, name in enumerate("abcde")}
+    one, two = "1" * 64, "2" * 64
+    where = {"a": (one, 0), "b": (one, 3000), "c": (one, 7000), "d": (two, 0), "e": (two, 6000)}
+    (store.root / PACKS).mkdir(parents=True)
+    _pack_path(store, one).write_bytes(pieces["a"] + pieces["b"] + pieces["c"])
+    _pack_path(store, two).write_bytes(pieces["d"] + pieces["e"])
+    order = "abcdecabeddb"
+    chunks = tuple(ChunkLocation(hashlib.sha256(pieces[n]).hexdigest(), len(pieces[n]), *where[n]) for n in order)
+    content = b"".join(pieces[n] for n in order)
+    manifest = Manifest("pieces.bin", len(content), hashlib.sha256(content).hexdigest(), ChunkParams(4096), chunks)
+
+    restored = restore_file(manifest, store, _cold_cache(tmp_path), tmp_path / "pieces.bin")
+
+    assert restored.read_bytes() == content
+
+
+def test_a_truncated_pack_fails_as_corrupt(store, tmp_path):
+    data = np.random.default_rng(3).bytes(50_000)
+    path = tmp_path / "small.bin"
+    path.write_bytes(data)
+    manifest = store_file(path, store, PackCache(tmp_path / "writer")).manifest
+    (pack,) = manifest.packs
+    _pack_path(store, pack).write_bytes(data[:-10])  # the last chunk is cut short
+
+    with pytest.raises(ChunkStoreError, match=rf"in pack {pack} of the chunk store is corrupt"):
+        restore_file(manifest, store, _cold_cache(tmp_path), tmp_path / "restored.bin")
+
+
+def test_a_restored_file_is_known_by_its_sha256_until_it_changes(checkpoints, store, tmp_path):
+    """The download cache takes a rebuilt file's sha256 from the rebuild instead of hashing it again."""
+    manifest = store_file(checkpoints["h5"][0], store, PackCache(tmp_path / "writer")).manifest
+    restored = restore_file(manifest, store, _cold_cache(tmp_path), tmp_path / "restored.h5")
+    moved = restored.rename(tmp_path / "moved.h5")  # as the download cache moves it into place
+
+    assert written_sha256(moved) == manifest.sha256
+    with open(moved, "ab") as f:
+        f.write(b"\0")
+    assert written_sha256(moved) is None
+    assert written_sha256(tmp_path / "absent.h5") is None
 
 
 def test_a_missing_pack_fails_in_one_line(checkpoints, store, tmp_path):

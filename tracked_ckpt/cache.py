@@ -13,7 +13,7 @@ import re
 import tempfile
 
 from tracked_ckpt import settings
-from tracked_ckpt.files import safe_file_name, sha256_file
+from tracked_ckpt.files import safe_file_name, sha256_file, written_sha256
 from tracked_ckpt.progress import Progress, watch_folder_size
 from tracked_ckpt.tracker import ChecksumError, LoggedCheckpoint, Tracker, registry_of
 
@@ -32,6 +32,9 @@ def fetch_verified(
     verify: bool = False,
 ) -> str:
     """The checkpoint's file in the cache, downloaded through `tracker` unless a verified copy is there.
+
+    A file the tracker hashed as it wrote it (an incremental checkpoint's rebuild, see
+    `files.note_written_sha256`) is checked against the record with that hash, not read again.
 
     Raises:
         ChecksumError: no valid sha256 is recorded, or the downloaded bytes do not match it.
@@ -53,7 +56,7 @@ def fetch_verified(
             fetched = registry_of(tracker, "download checkpoints").fetch(checkpoint, tmp)
         finally:
             stop_watching()
-        sha, _size = sha256_file(fetched)
+        sha = written_sha256(fetched) or sha256_file(fetched)[0]  # a rebuilt file was hashed as it was written
         if sha != record.sha256:
             raise ChecksumError(
                 f"Checksum mismatch for {record.name}: downloaded sha256 {sha[:12]}... "

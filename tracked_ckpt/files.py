@@ -80,6 +80,36 @@ def copy_hashing(src: str, dst: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+_WRITTEN_SHA256: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime) -> sha256
+_WRITTEN_LOCK = threading.Lock()
+_WRITTEN_KEPT = 64
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def note_written_sha256(path: str | os.PathLike[str], sha256: str) -> None:
+    """Remember that the file at `path`, as it is now, has `sha256`, computed as it was written.
+
+    `written_sha256` gives it back while the file is unchanged (same inode, size and modification
+    time; a rename keeps them), in this process: a file rebuilt and verified as it was written
+    (`pack_reader.restore_file`) is not hashed again by the download cache.
+    """
+    with _WRITTEN_LOCK:
+        if len(_WRITTEN_SHA256) >= _WRITTEN_KEPT:
+            del _WRITTEN_SHA256[next(iter(_WRITTEN_SHA256))]  # the oldest
+        _WRITTEN_SHA256[_identity(path)] = sha256
+
+
+def written_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The sha256 `note_written_sha256` noted for the file at `path`, if it is unchanged since; else None."""
+    with contextlib.suppress(OSError), _WRITTEN_LOCK:
+        return _WRITTEN_SHA256.get(_identity(path))
+    return None
+
+
 def sha256_file(path: str) -> tuple[str, int]:
     """Return (hex sha256, size in bytes) of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()

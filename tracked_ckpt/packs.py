@@ -10,8 +10,8 @@ uploads the chunks the store lacks packed into a few large pack files, and retur
 (this module): the file's chunks in order, where each one lives, and the file's size and sha256.
 The tracker is to keep the manifest in place of the file. `pack_reader.restore_file` rebuilds the
 byte-identical file from a manifest, downloading only the packs a local `pack_cache.PackCache`
-lacks, and verifies every chunk and the whole file. `packgc.collect_garbage` removes the packs no
-live manifest references.
+lacks, and verifies the chunks of the packs it downloads and the whole file.
+`packgc.collect_garbage` removes the packs no live manifest references.
 
 Layout in the store (restic's and git's packfiles are the model):
 
