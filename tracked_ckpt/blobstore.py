@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -74,8 +74,9 @@ class LocalFolderStore(BlobStore):
     def put(self, name: str, local_path: Path) -> None:
         target = self._path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-        os.close(handle)
+        # A new name, not an empty file made first: copying into an existing file truncates it,
+        # and ext4 flushes a file truncated to 0 when it is closed.
+        temporary = target.parent / f".incoming-{uuid.uuid4().hex}"
         try:
             shutil.copyfile(local_path, temporary)
             os.replace(temporary, target)
@@ -85,9 +86,15 @@ class LocalFolderStore(BlobStore):
 
     @override
     def get(self, name: str, local_path: Path) -> None:
+        source = self._path(name)
+        if not source.is_file():
+            raise BlobNotFoundError(f"{self.root}: no blob {name}")
+        # Into a new file at `local_path`, not into the (empty) one there: copying into an existing
+        # file truncates it, and ext4 flushes a file truncated to 0 when it is closed.
+        Path(local_path).unlink(missing_ok=True)
         try:
-            shutil.copyfile(self._path(name), local_path)
-        except FileNotFoundError as exc:
+            shutil.copyfile(source, local_path)
+        except FileNotFoundError as exc:  # deleted meanwhile
             raise BlobNotFoundError(f"{self.root}: no blob {name}") from exc
 
     @override

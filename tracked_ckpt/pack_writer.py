@@ -176,7 +176,9 @@ class _PackWriter:
     def add(self, chunk: ChunkRef, data: memoryview) -> None:
         if self._file is None:
             self._path = self.cache.staging_file()
-            self._file = open(self._path, "wb")  # noqa: SIM115 (closed by seal)
+            # "r+b", not "wb": the staged file exists, empty, and ext4 flushes a file truncated to
+            # 0 when it is closed (~0.4 s of waiting per GB on the upload thread).
+            self._file = open(self._path, "r+b")  # noqa: SIM115 (closed by seal)
         self._file.write(data)
         self.pending[chunk.digest] = (self._offset, chunk.length)
         self._chunks.append(chunk)
