@@ -84,6 +84,12 @@ def read_manifest(
         MlflowException, OSError: the store failed to answer (it is not taken for "no manifest").
     """
     data = cache.manifest(final_id) if cache is not None and final_id else None
+    if data is not None and cache is not None and final_id:
+        try:
+            return Manifest.from_bytes(data)
+        except (ValueError, KeyError, TypeError, IndexError):
+            cache.forget_manifest(final_id)  # a damaged local copy: read the tracker's again
+            data = None
     if data is None:
         with tempfile.TemporaryDirectory(prefix="tracked-ckpt-manifest-") as tmp:
             try:

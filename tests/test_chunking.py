@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -163,4 +164,5 @@ def test_a_scan_is_recalled_only_for_the_same_unchanged_file_cut_the_same_way(tm
     assert RECENT_SCANS.recall(path, ChunkParams(2 * MIN_AVERAGE)) is None
     assert RECENT_SCANS.recall(tmp_path / "other.bin", params) is None
     path.write_bytes(_bytes(500_000, 7))  # the same bytes, written again: no longer provably the scanned file
+    os.utime(path, ns=(scanned.identity.mtime_ns + 10**9,) * 2)  # a later mtime, whatever the clock's tick
     assert RECENT_SCANS.recall(path, params) is None

@@ -431,6 +431,11 @@ def test_gc_downloads_a_ready_checkpoint_s_manifest_once(server_store, workdir, 
     for model_id in ids:
         manifest_packs(client, model_id, workdir)  # downloads it into workdir/<model id>
         assert default_pack_cache().manifest(model_id) == (workdir / model_id / "checkpoint.manifest.json").read_bytes()
+    # A damaged local copy (a crash while it was written) is read from the tracker again, not trusted.
+    default_pack_cache().keep_manifest(ids[0], b"")
+    (collected,) = tracked_ckpt.collect_garbage(experiment=experiment, grace_seconds=3600)
+    assert collected.checkpoints == 2 and collected.collected.live > 0 and not collected.collected.condemned
+    assert default_pack_cache().manifest(ids[0]) == (workdir / ids[0] / "checkpoint.manifest.json").read_bytes()
 
 
 def test_resume_by_job_key_continues_from_an_incremental_checkpoint(embedded_store, workdir, monkeypatch):

@@ -3,6 +3,7 @@ or missing packs, and garbage collection (its grace, rescue and kill-safety)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -408,6 +409,58 @@ def test_a_listing_is_reused_for_a_minute_and_forgotten_when_a_write_fails(check
     with pytest.raises(OSError, match="refused"):
         store_file(third, Refuses(store.root), cache, listing=listing)
     assert store_file(third, store, cache, listing=listing).requests == 3 + 1 + 1  # listed again after the failure
+
+
+def test_bytes_changed_since_the_scan_never_reach_the_store(checkpoints, store, tmp_path):
+    """The file changed after the publisher's pass without its size or mtime telling: checked, not stored."""
+    path = tmp_path / "ckpt.keras"
+    shutil.copyfile(checkpoints["keras"][0], path)
+    scanned = scan_file(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(path, "r+b") as f:  # in place: same inode and size
+        f.write(data)
+    os.utime(path, ns=(scanned.identity.mtime_ns,) * 2)  # and the mtime put back
+
+    with pytest.raises(ChecksumError, match=r"^m-e0001: .*ckpt\.keras changed since it was hashed: not logged\.$"):
+        store_file(path, store, PackCache(tmp_path / "cache"), expected_sha256=scanned.sha256, label="m-e0001")
+    assert store.list(INDEXES) == [] and store.list(PACKS) == []
+
+
+class _AfterFirstListing(LocalFolderStore):
+    """The same folder store, calling `hook` once right after the first listing of packs or marks."""
+
+    def __init__(self, root: Path, hook) -> None:
+        super().__init__(root)
+        self.hook = hook
+
+    def list(self, prefix: str) -> list[str]:
+        listed = super().list(prefix)
+        if prefix in (PACKS, CONDEMNED) and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return listed
+
+
+def test_a_pack_collected_while_a_writer_lists_the_store_is_not_referenced(checkpoints, store, tmp_path):
+    """A collection deletes a pack, then its mark, between the writer's listings of the two; the
+    pack's index file stays (it lists a live pack too), so only the listings can tell."""
+    cache = PackCache(tmp_path / "cache")
+    path = checkpoints["keras"][0]
+    first = store_file(path, store, cache, pack_size=1 << 20).manifest  # several packs, one index file
+    gone, *others = first.packs
+    live = [dataclasses.replace(first, chunks=tuple(c for c in first.chunks if c.pack != gone))]
+    assert others and collect_garbage(store, lambda: live, cache, grace_seconds=GRACE, now=T0).condemned == (gone,)
+
+    def collection() -> None:
+        assert collect_garbage(store, lambda: live, cache, grace_seconds=GRACE, now=T0 + GRACE).deleted == (gone,)
+        assert len(store.list(INDEXES)) == 1  # still lists the pack just deleted
+
+    stored = store_file(path, _AfterFirstListing(store.root, collection), PackCache(tmp_path / "writer"))
+
+    assert gone not in stored.manifest.packs
+    restored = restore_file(stored.manifest, store, _cold_cache(tmp_path), tmp_path / "restored.keras")
+    assert restored.read_bytes() == path.read_bytes()
 
 
 def test_gc_keeps_shared_packs_and_removes_unreferenced_ones_after_grace(checkpoints, store, tmp_path):

@@ -7,13 +7,13 @@ unchanged variables of a checkpoint give the same chunks whatever moved before t
 
 The pass computes the whole file's sha256 (for the record) and each chunk's sha256 (its name in
 the store). A chunk seen before in this process (the frozen part of the previous checkpoint) is
-recognised by its XXH3-128 hash and length (~30 GB/s) and gets the sha256 computed when it was
-first seen, so a mostly unchanged file costs one sha256 pass (~1.3 GB/s with SHA-NI) plus the
-cutting (~2 GB/s), not two. This trusts a 128-bit non-cryptographic hash not to collide between
-two chunks of one process's checkpoints (odds ~n²/2^129: 10^-27 for a million chunks); what a
-collision would do is still caught: the chunk would be named by another's digest, so the rebuilt
-file would fail its whole-file sha256 when loaded, never load wrong. Without the `xxhash` package
-every chunk is hashed with sha256.
+recognised by its XXH3-128 hash and length (~30 GB/s), seeded at random per process, and gets the
+sha256 computed when it was first seen, so a mostly unchanged file costs one sha256 pass
+(~1.3 GB/s with SHA-NI) plus the cutting (~2 GB/s), not two. This trusts a 128-bit hash with a
+secret seed not to collide between two chunks of one process's checkpoints (odds ~n²/2^129:
+10^-27 for a million chunks; the seed keeps a file from being crafted to collide). A collision
+would name a chunk by another's digest: the rebuilt file would fail its whole-file sha256 when
+loaded, never load wrong. Without the `xxhash` package every chunk is hashed with sha256.
 
 `RECENT_SCANS` remembers the last few files scanned in this process by their identity (device,
 inode, size, mtime): the publisher scans an incremental checkpoint's frozen file once, for the
@@ -135,6 +135,8 @@ class ScannedFile:
         params: how it was cut.
         chunks: its chunks in order; their lengths add up to `size`.
         identity: the file's `FileIdentity` when it was read (None for a file changed while read).
+        fingerprints: each chunk's seeded XXH3-128, in order (None each without `xxhash`), so a
+            later read of a chunk can be checked against the scan at a fraction of a sha256's cost.
     """
 
     size: int
@@ -142,6 +144,7 @@ class ScannedFile:
     params: ChunkParams
     chunks: tuple[ChunkRef, ...]
     identity: FileIdentity | None = None
+    fingerprints: tuple[bytes | None, ...] = ()
 
     def offsets(self) -> list[int]:
         """Where each chunk starts in the file, in order."""
@@ -169,12 +172,14 @@ class FileIdentity:
 
 
 def _fast_hash() -> Callable[[bytes | memoryview], bytes] | None:
-    """XXH3-128 (`xxhash`: the `incremental` extra, and wandb, name it), or None where missing."""
+    """XXH3-128 with a seed of this process's (`xxhash`: the `incremental` extra, and wandb, name
+    it), or None where missing. Seeded, so that no file can be crafted to collide in it."""
     try:
         from xxhash import xxh3_128_digest
     except ImportError:  # every chunk is then hashed with sha256
         return None
-    return xxh3_128_digest
+    seed = int.from_bytes(os.urandom(8), "little")
+    return lambda data: xxh3_128_digest(data, seed)
 
 
 class _ChunkDigests:
@@ -186,22 +191,37 @@ class _ChunkDigests:
         self._lock = threading.Lock()
         self._fast_hash = _fast_hash()
 
-    def digest(self, data: memoryview) -> str:
-        """The sha256 (hex) of `data`, computed only for bytes not seen before."""
-        if self._fast_hash is None:
-            return hashlib.sha256(data).hexdigest()
-        key = (self._fast_hash(data), len(data))
+    def fingerprint(self, data: bytes | memoryview) -> bytes | None:
+        """The seeded XXH3-128 of `data` (None without `xxhash`): what `digest` knows chunks by."""
+        return None if self._fast_hash is None else self._fast_hash(data)
+
+    def digest(self, data: memoryview) -> tuple[str, bytes | None]:
+        """The sha256 (hex) of `data`, computed only for bytes not seen before, and its fingerprint."""
+        fingerprint = self.fingerprint(data)
+        if fingerprint is None:
+            return hashlib.sha256(data).hexdigest(), None
+        key = (fingerprint, len(data))
         with self._lock:
             known = self._known.get(key)
             if known is not None:
                 self._known.move_to_end(key)
-                return known
+                return known, fingerprint
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             self._known[key] = digest
             while len(self._known) > self.capacity:
                 self._known.popitem(last=False)
-        return digest
+        return digest, fingerprint
+
+
+def chunk_matches(chunk: ChunkRef, data: bytes | memoryview, fingerprint: bytes | None) -> bool:
+    """Whether `data` are the bytes `chunk` was scanned with: by their fingerprint when the scan kept
+    one (~30 GB/s), else by their sha256."""
+    if len(data) != chunk.length:
+        return False
+    if fingerprint is not None:
+        return _CHUNK_DIGESTS.fingerprint(data) == fingerprint
+    return hashlib.sha256(data).hexdigest() == chunk.digest
 
 
 _CHUNK_DIGESTS = _ChunkDigests()
@@ -278,6 +298,7 @@ def scan_file(
     cutter = _fastcdc(params)
     whole = hashlib.sha256()
     chunks: list[ChunkRef] = []
+    fingerprints: list[bytes | None] = []
     size = 0
     # A stream, not `cut_file`'s mmap: the read buffer stays bounded however large the checkpoint.
     with open(path, "rb", buffering=0) as stream:
@@ -285,12 +306,16 @@ def scan_file(
         for piece in cutter.cut_stream(stream):
             data = piece.data
             whole.update(data)
-            ref = ChunkRef(_CHUNK_DIGESTS.digest(data), piece.length)
+            digest, fingerprint = _CHUNK_DIGESTS.digest(data)
+            ref = ChunkRef(digest, piece.length)
             chunks.append(ref)
+            fingerprints.append(fingerprint)
             size += piece.length
             if on_chunk is not None:
                 on_chunk(ref, data)
         unchanged = FileIdentity.of(stream.fileno()) == before and before.size == size
-    scanned = ScannedFile(size, whole.hexdigest(), params, tuple(chunks), before if unchanged else None)
+    scanned = ScannedFile(
+        size, whole.hexdigest(), params, tuple(chunks), before if unchanged else None, tuple(fingerprints)
+    )
     RECENT_SCANS.remember(path, scanned)
     return scanned

@@ -3,16 +3,17 @@
 Both `pack_writer` (packs it uploads, index files it reads) and `pack_reader` (packs it downloads)
 go through it; `default_pack_cache` is the one every tracker uses (see `tracked_ckpt.packs`).
 
-Every pack enters the cache verified once: the writer's from the bytes it hashed as it packed
-them, a downloaded one by checking, before it is adopted, each chunk the downloading reader needs
-against its digest (`open_pack`). The pack was just written, so this reads it from the page
-cache and costs one sha256 pass over the downloaded bytes, the pass the reader used to make chunk
-by chunk while rebuilding: a cold load is no slower (`download_checkpoint` of 1 GB from MLflow's
-embedded store: 3.0 s against 4.3 s before), and the cache never holds a pack no one checked. A pack is named by its
-chunk table, not its bytes, and a manifest lists only the chunks it uses, so chunks of a pack no
-reader has asked for yet are not checked on the way in; what keeps a bad byte from being served
-is the reader's check of the whole file (`pack_reader`), which also catches a cached pack
-damaged since.
+Every pack enters the cache verified once: the writer's from bytes checked against the chunks'
+digests as it packed them (hashed then, or matched to the publisher's scan, `pack_writer`), a
+downloaded one by checking, before it is adopted, each chunk the downloading reader needs against
+its digest (`open_pack`). The pack was just written, so this reads it from the page cache and
+costs one sha256 pass over the downloaded bytes, the pass the reader used to make chunk by chunk
+while rebuilding: a cold load is no slower (`download_checkpoint` of 1 GB from MLflow's embedded
+store: 3.0 s against 4.3 s before), and the cache never holds a pack no one checked. A pack is
+named by its chunk table (and a salt), not its bytes, and a manifest lists only the chunks it
+uses, so chunks of a pack no reader has asked for yet are not checked on the way in; what keeps
+a bad byte from being served is the reader's check of the whole file (`pack_reader`), which also
+catches a cached pack damaged since.
 """
 
 from __future__ import annotations
@@ -170,19 +171,36 @@ class PackCache:
 
     def manifest(self, key: str) -> bytes | None:
         """The manifest kept under `key` by `keep_manifest`, or None."""
+        path = self._manifests / _file_name(key)
         with contextlib.suppress(FileNotFoundError):
-            return (self._manifests / _file_name(key)).read_bytes()
+            data = path.read_bytes()
+            with contextlib.suppress(OSError):
+                os.utime(path)  # most recently used
+            return data
         return None
+
+    def forget_manifest(self, key: str) -> None:
+        """Drop the manifest kept under `key` (it could not be read)."""
+        (self._manifests / _file_name(key)).unlink(missing_ok=True)
 
     def keep_manifest(self, key: str, data: bytes) -> None:
         """Keep a manifest that can no longer change under `key` (e.g. a READY LoggedModel's id).
 
         `tracked-ckpt gc` reads every live manifest of a store each run: kept here, each is
-        downloaded once. Evicted by `trim` with the packs, least recently used first.
+        downloaded once. Evicted by `trim` with the packs, least recently used first. A cache that
+        cannot be written only costs the download again next time.
         """
-        staged = self.staging_file()
-        staged.write_bytes(data)
-        os.replace(staged, self._manifests / _file_name(key))
+        try:
+            staged = self.staging_file()
+        except OSError:
+            return
+        try:
+            staged.write_bytes(data)
+            os.replace(staged, self._manifests / _file_name(key))
+        except OSError:
+            pass  # only a later download is lost
+        finally:
+            staged.unlink(missing_ok=True)
 
     def trim(self) -> None:
         """Evict the least recently used packs and manifests until the cache holds at most `max_bytes`."""
