@@ -83,25 +83,24 @@ def read_manifest(
         ChunkStoreError: the manifest is there but cannot be read as one (one line naming `what`).
         MlflowException, OSError: the store failed to answer (it is not taken for "no manifest").
     """
-    data = cache.manifest(final_id) if cache is not None and final_id else None
-    if data is not None and cache is not None and final_id:
-        try:
-            return Manifest.from_bytes(data)
-        except (ValueError, KeyError, TypeError, IndexError):
-            cache.forget_manifest(final_id)  # a damaged local copy: read the tracker's again
-            data = None
-    if data is None:
-        with tempfile.TemporaryDirectory(prefix="tracked-ckpt-manifest-") as tmp:
+    if cache is not None and final_id:
+        cached = cache.manifest(final_id)
+        if cached is not None:
             try:
-                with without_progress_bar():
-                    path = repository.download_artifacts(MANIFEST_ARTIFACT, dst_path=tmp)
-            except (MlflowException, OSError):
-                if not any(posixpath.basename(e.path) == MANIFEST_ARTIFACT for e in repository.list_artifacts(None)):
-                    return None
-                raise
-            data = Path(path).read_bytes()
-        if cache is not None and final_id:
-            cache.keep_manifest(final_id, data)
+                return Manifest.from_bytes(cached)
+            except (ValueError, KeyError, TypeError, IndexError):
+                cache.forget_manifest(final_id)  # a damaged local copy: read the tracker's again
+    with tempfile.TemporaryDirectory(prefix="tracked-ckpt-manifest-") as tmp:
+        try:
+            with without_progress_bar():
+                path = repository.download_artifacts(MANIFEST_ARTIFACT, dst_path=tmp)
+        except (MlflowException, OSError):
+            if not any(posixpath.basename(e.path) == MANIFEST_ARTIFACT for e in repository.list_artifacts(None)):
+                return None
+            raise
+        data = Path(path).read_bytes()
+    if cache is not None and final_id:
+        cache.keep_manifest(final_id, data)
     try:
         return Manifest.from_bytes(data)
     except (ValueError, KeyError, TypeError, IndexError) as exc:

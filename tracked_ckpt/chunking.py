@@ -43,6 +43,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from tracked_ckpt.files import FileIdentity
+
 if TYPE_CHECKING:
     from pyfastcdc import FastCDC
 
@@ -155,22 +157,6 @@ class ScannedFile:
         return starts
 
 
-@dataclasses.dataclass(frozen=True)
-class FileIdentity:
-    """What tells one file's bytes from another's without reading them: a write changes the mtime."""
-
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, fd: int) -> FileIdentity:
-        """The identity of the open file `fd`."""
-        stat = os.fstat(fd)
-        return cls(stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
 def _fast_hash() -> Callable[[bytes | memoryview], bytes] | None:
     """XXH3-128 with a seed of this process's (`xxhash`: the `incremental` extra, and wandb, name
     it), or None where missing. Seeded, so that no file can be crafted to collide in it."""
@@ -255,13 +241,9 @@ class RecentScans:
         if scanned is None or scanned.params != params:
             return None
         try:
-            fd = os.open(path, os.O_RDONLY)
+            return scanned if FileIdentity.of(path) == scanned.identity else None
         except OSError:
             return None
-        try:
-            return scanned if FileIdentity.of(fd) == scanned.identity else None
-        finally:
-            os.close(fd)
 
 
 #: The scans of this process (the publisher's, recalled by the chunk stores its trackers write).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -80,14 +81,25 @@ def copy_hashing(src: str, dst: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-_WRITTEN_SHA256: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime) -> sha256
+@dataclasses.dataclass(frozen=True)
+class FileIdentity:
+    """What tells one file's bytes from another's without reading them: a write changes the mtime."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, file: int | str | os.PathLike[str]) -> FileIdentity:
+        """The identity of an open file descriptor, or of the file at a path."""
+        status = os.fstat(file) if isinstance(file, int) else os.stat(file)
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+_WRITTEN_SHA256: dict[FileIdentity, str] = {}
 _WRITTEN_LOCK = threading.Lock()
 _WRITTEN_KEPT = 64
-
-
-def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
-    status = os.stat(path)
-    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def note_written_sha256(path: str | os.PathLike[str], sha256: str) -> None:
@@ -100,13 +112,13 @@ def note_written_sha256(path: str | os.PathLike[str], sha256: str) -> None:
     with _WRITTEN_LOCK:
         if len(_WRITTEN_SHA256) >= _WRITTEN_KEPT:
             del _WRITTEN_SHA256[next(iter(_WRITTEN_SHA256))]  # the oldest
-        _WRITTEN_SHA256[_identity(path)] = sha256
+        _WRITTEN_SHA256[FileIdentity.of(path)] = sha256
 
 
 def written_sha256(path: str | os.PathLike[str]) -> str | None:
     """The sha256 `note_written_sha256` noted for the file at `path`, if it is unchanged since; else None."""
     with contextlib.suppress(OSError), _WRITTEN_LOCK:
-        return _WRITTEN_SHA256.get(_identity(path))
+        return _WRITTEN_SHA256.get(FileIdentity.of(path))
     return None
 
 

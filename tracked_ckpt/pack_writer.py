@@ -30,7 +30,7 @@ from tracked_ckpt.chunking import (
     scan_file,
 )
 from tracked_ckpt.errors import ChecksumError
-from tracked_ckpt.pack_cache import PackCache
+from tracked_ckpt.pack_cache import PackCache, read_into
 from tracked_ckpt.packs import CONDEMNED, INDEXES, PACKS, ChunkLocation, Manifest, index_to_bytes, parse_condemned
 
 logger = logging.getLogger("tracked_ckpt")
@@ -243,11 +243,9 @@ def _replay(
             if not wanted(chunk):
                 on_chunk(chunk, buffer[:0])
                 continue
-            data, got = buffer[: chunk.length], 0
             stream.seek(offset)
-            while got < chunk.length and (n := stream.readinto(data[got:])):
-                got += n
-            if not chunk_matches(chunk, data[:got], fingerprint):
+            data = buffer[: read_into(stream, buffer[: chunk.length])]
+            if not chunk_matches(chunk, data, fingerprint):
                 raise ChecksumError(f"{path} changed since it was hashed: not logged.")
             on_chunk(chunk, data)
 
